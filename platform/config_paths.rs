@@ -1,0 +1,69 @@
+//! Where the ckms client configuration is looked for, first match wins:
+//! `COSMIAN_KMS_CLI_CONF`, `CKMS_CONF` (taken as given, even if the file is missing, so that
+//! a wrong path is reported rather than silently replaced), then `~/.cosmian/kms.toml`,
+//! `~/.cosmian/ckms.toml` and the system-wide `/etc/cosmian/ckms.toml` (for agents started
+//! by launchd or systemd, whose environment the user does not control).
+
+use std::path::{Path, PathBuf};
+
+/// Environment variables naming the file, in order.
+pub const ENV_VARS: [&str; 2] = ["COSMIAN_KMS_CLI_CONF", "CKMS_CONF"];
+
+/// The system-wide file.
+pub const SYSTEM_FILE: &str = "/etc/cosmian/ckms.toml";
+
+/// The files looked for when no variable is set, in order.
+pub fn default_locations() -> Vec<String> {
+    candidates(dirs::home_dir().as_deref()).iter().map(|p| p.display().to_string()).collect()
+}
+
+fn candidates(home: Option<&Path>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(home) = home {
+        files.push(home.join(".cosmian/kms.toml"));
+        files.push(home.join(".cosmian/ckms.toml"));
+    }
+    files.push(PathBuf::from(SYSTEM_FILE));
+    files
+}
+
+/// The configuration file to use, if any.
+pub fn find() -> Option<PathBuf> {
+    let chosen = choose(|k| std::env::var_os(k).map(PathBuf::from), dirs::home_dir().as_deref(), |p| p.is_file());
+    match &chosen {
+        Some(p) => tracing::debug!(file = %p.display(), "configuration file"),
+        None => tracing::debug!("no configuration file found"),
+    }
+    chosen
+}
+
+fn choose(env: impl Fn(&str) -> Option<PathBuf>, home: Option<&Path>, exists: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    ENV_VARS
+        .iter()
+        .find_map(|k| env(k).filter(|p| !p.as_os_str().is_empty()))
+        .or_else(|| candidates(home).into_iter().find(|p| exists(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_order() {
+        let home = Path::new("/home/u");
+        let all = |_: &Path| true;
+        let none = |_: &Path| false;
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| PathBuf::from(v))
+        };
+        assert_eq!(choose(env(&[("CKMS_CONF", "/b"), ("COSMIAN_KMS_CLI_CONF", "/a")]), Some(home), all), Some("/a".into()));
+        assert_eq!(choose(env(&[("CKMS_CONF", "/b")]), Some(home), none), Some("/b".into()));
+        assert_eq!(choose(env(&[("CKMS_CONF", "")]), Some(home), all), Some("/home/u/.cosmian/kms.toml".into()));
+        let only_ckms = |p: &Path| p.ends_with("ckms.toml") && p.starts_with("/home");
+        assert_eq!(choose(env(&[]), Some(home), only_ckms), Some("/home/u/.cosmian/ckms.toml".into()));
+        let only_etc = |p: &Path| p.starts_with("/etc");
+        assert_eq!(choose(env(&[]), Some(home), only_etc), Some(SYSTEM_FILE.into()));
+        assert_eq!(choose(env(&[]), None, only_etc), Some(SYSTEM_FILE.into()));
+        assert_eq!(choose(env(&[]), Some(home), none), None);
+    }
+}

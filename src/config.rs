@@ -1,0 +1,298 @@
+//! What the provider is told: the ckms client configuration file (5.28 schema) and the
+//! provider's own environment variables. Reading never writes or creates a file, never
+//! panics, and never puts a secret in an error message.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A secret string (token, password, PIN) whose `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A TLS client certificate, as the ckms config names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCertificate {
+    Pem { cert: PathBuf, key: PathBuf },
+    Pkcs12 { path: PathBuf, password: Option<Secret> },
+}
+
+/// The settings of `[http_config]` (and `vendor_id`) the provider uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsConfig {
+    /// Where the file was read from, for log lines.
+    pub source: PathBuf,
+    pub server_url: String,
+    pub access_token: Option<Secret>,
+    pub accept_invalid_certs: bool,
+    /// Inline PEM of an extra trusted certificate.
+    pub verified_cert: Option<String>,
+    pub client_certificate: Option<ClientCertificate>,
+    /// `Name: value` headers added to every request.
+    pub custom_headers: Vec<(String, String)>,
+    pub vendor_id: String,
+}
+
+/// Keys of the 5.28 schema that the provider knows about but does not use.
+const KNOWN_UNUSED: &[&str] = &["database_secret", "vault_token", "cipher_suites", "proxy_params", "oauth2_conf"];
+
+impl KmsConfig {
+    /// Reads and checks a config file. Unknown keys are returned as warnings, not errors.
+    pub fn load(path: &Path) -> Result<(Self, Vec<String>), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `source` only labels messages.
+    pub fn parse(text: &str, source: &Path) -> Result<(Self, Vec<String>), String> {
+        let at = source.display();
+        // The toml error text quotes the offending line, which may hold a token: keep only
+        // where it is.
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let place = e.span().map(|s| format!(" at byte {}", s.start)).unwrap_or_default();
+            format!("{at} is not valid TOML{place}")
+        })?;
+        let mut warnings = Vec::new();
+        let mut vendor_id = "cosmian".to_owned();
+        let mut http = None;
+        for (key, value) in &root {
+            match (key.as_str(), value) {
+                ("vendor_id", toml::Value::String(v)) => vendor_id = v.clone(),
+                ("http_config", toml::Value::Table(t)) => http = Some(t),
+                ("vendor_id" | "http_config", _) => return Err(format!("{at}: `{key}` has the wrong type")),
+                _ => warnings.push(format!("{at}: ignoring unknown key `{key}`")),
+            }
+        }
+        let http = http.ok_or_else(|| format!("{at} has no [http_config] section"))?;
+        let get_str = |key: &str| -> Result<Option<String>, String> {
+            match http.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("{at}: http_config.{key} must be a string")),
+            }
+        };
+        // The legacy `ssl_client_*` names are aliases of `tls_client_*`.
+        let get_tls = |suffix: &str| -> Result<Option<String>, String> {
+            Ok(get_str(&format!("tls_client_{suffix}"))?.or(get_str(&format!("ssl_client_{suffix}"))?))
+        };
+        let server_url = get_str("server_url")?
+            .ok_or_else(|| format!("{at}: http_config.server_url is missing"))?
+            .trim_end_matches('/')
+            .to_owned();
+        if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
+            return Err(format!("{at}: http_config.server_url must start with http:// or https://"));
+        }
+        let accept_invalid_certs = match http.get("accept_invalid_certs") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(_) => return Err(format!("{at}: http_config.accept_invalid_certs must be true or false")),
+        };
+        let client_certificate = match (get_tls("pkcs12_path")?, get_tls("pem_cert_path")?, get_tls("pem_key_path")?) {
+            (Some(path), _, _) => Some(ClientCertificate::Pkcs12 {
+                path: path.into(),
+                password: get_tls("pkcs12_password")?.map(Secret::new),
+            }),
+            (None, Some(cert), Some(key)) => Some(ClientCertificate::Pem { cert: cert.into(), key: key.into() }),
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(format!("{at}: tls_client_pem_cert_path and tls_client_pem_key_path go together"))
+            }
+            (None, None, None) => None,
+        };
+        let custom_headers = match http.get("custom_headers") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .and_then(|h| h.split_once(':'))
+                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                        .filter(|(n, _)| !n.is_empty())
+                        .ok_or_else(|| format!("{at}: each custom_headers entry must read \"Name: value\""))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(format!("{at}: http_config.custom_headers must be a list of strings")),
+        };
+        const USED: &[&str] = &[
+            "server_url",
+            "access_token",
+            "accept_invalid_certs",
+            "verified_cert",
+            "custom_headers",
+            "tls_client_pkcs12_path",
+            "tls_client_pkcs12_password",
+            "tls_client_pem_cert_path",
+            "tls_client_pem_key_path",
+            "ssl_client_pkcs12_path",
+            "ssl_client_pkcs12_password",
+            "ssl_client_pem_cert_path",
+            "ssl_client_pem_key_path",
+        ];
+        for key in http.keys() {
+            if !USED.contains(&key.as_str()) && !KNOWN_UNUSED.contains(&key.as_str()) {
+                warnings.push(format!("{at}: ignoring unknown key `http_config.{key}`"));
+            }
+        }
+        let config = KmsConfig {
+            source: source.to_owned(),
+            server_url,
+            access_token: get_str("access_token")?.filter(|t| !t.is_empty()).map(Secret::new),
+            accept_invalid_certs,
+            verified_cert: get_str("verified_cert")?,
+            client_certificate,
+            custom_headers,
+            vendor_id,
+        };
+        Ok((config, warnings))
+    }
+}
+
+/// The provider's own knobs, from environment variables (the ckms file is shared with ckms,
+/// which rejects keys it does not know).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Only key pairs carrying this tag are offered (`COSMIAN_PKCS11_SSH_KEY_TAG`).
+    pub key_tag: String,
+    /// How long the key list is served from memory (`COSMIAN_PKCS11_KEY_CACHE_SECONDS`).
+    pub key_cache_ttl: Duration,
+    /// TCP connect timeout (`COSMIAN_PKCS11_CONNECT_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (`COSMIAN_PKCS11_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    pub const DEFAULT_TAG: &'static str = "ssh-auth";
+
+    /// Reads the environment; a malformed number falls back to the default with a warning.
+    pub fn from_env(warnings: &mut Vec<String>) -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok(), warnings)
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> Self {
+        let mut number = |key: &str, default: u64| match get(key) {
+            None => default,
+            Some(v) => v.trim().parse().unwrap_or_else(|_| {
+                warnings.push(format!("{key}={v:?} is not a whole number; using {default}"));
+                default
+            }),
+        };
+        let key_cache_ttl = Duration::from_secs(number("COSMIAN_PKCS11_KEY_CACHE_SECONDS", 300));
+        let connect_timeout = Duration::from_millis(number("COSMIAN_PKCS11_CONNECT_TIMEOUT_MS", 2_000));
+        let request_timeout = Duration::from_millis(number("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", 10_000));
+        let key_tag = get("COSMIAN_PKCS11_SSH_KEY_TAG")
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| Self::DEFAULT_TAG.to_owned());
+        Settings { key_tag, key_cache_ttl, connect_timeout, request_timeout }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(KmsConfig, Vec<String>), String> {
+        KmsConfig::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn reads_the_full_schema() {
+        let (c, warnings) = parse(
+            r#"
+            vendor_id = "acme"
+            [http_config]
+            server_url = "https://kms.example.com:9998/"
+            access_token = "tok"
+            accept_invalid_certs = true
+            verified_cert = "-----BEGIN CERTIFICATE-----"
+            tls_client_pem_cert_path = "/c.pem"
+            tls_client_pem_key_path = "/k.pem"
+            custom_headers = ["X-A: 1", "X-B:two: three"]
+            database_secret = "x"
+            "#,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.server_url, "https://kms.example.com:9998");
+        assert_eq!(c.vendor_id, "acme");
+        assert_eq!(c.access_token, Some(Secret::new("tok")));
+        assert!(c.accept_invalid_certs);
+        assert_eq!(c.client_certificate, Some(ClientCertificate::Pem { cert: "/c.pem".into(), key: "/k.pem".into() }));
+        assert_eq!(c.custom_headers, [("X-A".into(), "1".into()), ("X-B".into(), "two: three".into())]);
+    }
+
+    #[test]
+    fn legacy_pkcs12_names_and_defaults() {
+        let (c, _) = parse(
+            "[http_config]\nserver_url = \"http://h\"\nssl_client_pkcs12_path = \"/p.p12\"\nssl_client_pkcs12_password = \"pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.client_certificate,
+            Some(ClientCertificate::Pkcs12 { path: "/p.p12".into(), password: Some(Secret::new("pw")) })
+        );
+        assert_eq!(c.vendor_id, "cosmian");
+        assert_eq!(c.access_token, None);
+        assert!(!c.accept_invalid_certs);
+    }
+
+    #[test]
+    fn unknown_keys_warn_but_load() {
+        let (_, warnings) = parse("surprise = 1\n[http_config]\nserver_url = \"http://h\"\nnew_key = 2\n").unwrap();
+        assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn broken_files_are_errors_that_never_quote_secrets() {
+        for text in [
+            "",
+            "[http_config]\naccess_token = \"s3cr3t-token\"\n",
+            "[http_config]\nserver_url = \"ftp://h\"\naccess_token = \"s3cr3t-token\"",
+            "[http_config]\nserver_url = 3\n",
+            "[http_config\nserver_url = \"http://h\"\naccess_token = \"s3cr3t-token",
+            "http_config = 1",
+            "[http_config]\nserver_url = \"http://h\"\ntls_client_pem_cert_path = \"/c\"\n",
+            "[http_config]\nserver_url = \"http://h\"\ncustom_headers = [\"nocolon\"]\n",
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(!err.contains("s3cr3t"), "{err}");
+            assert!(err.contains("test.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\naccess_token = \"s3cr3t\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn settings_from_environment() {
+        let mut w = Vec::new();
+        let env = |k: &str| match k {
+            "COSMIAN_PKCS11_SSH_KEY_TAG" => Some("team-a".to_owned()),
+            "COSMIAN_PKCS11_CONNECT_TIMEOUT_MS" => Some("abc".to_owned()),
+            _ => None,
+        };
+        let s = Settings::from_lookup(env, &mut w);
+        assert_eq!(s.key_tag, "team-a");
+        assert_eq!(s.connect_timeout, Duration::from_secs(2));
+        assert_eq!(w.len(), 1);
+        let s = Settings::from_lookup(|_| None, &mut Vec::new());
+        assert_eq!(s.key_tag, "ssh-auth");
+    }
+}

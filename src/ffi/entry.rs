@@ -1,0 +1,459 @@
+//! The implemented PKCS#11 entry points: pointer checks and C struct conversions around
+//! calls into [`Provider`]. Nothing here decides anything the core could decide.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, RwLock};
+
+use cryptoki_sys::*;
+
+use crate::error::{Error, Result};
+use crate::provider::{Provider, SignOutput};
+use crate::signing::Mechanism;
+use crate::token::Attr;
+
+/// The initialized provider, between C_Initialize and C_Finalize.
+static PROVIDER: RwLock<Option<Arc<Provider>>> = RwLock::new(None);
+
+/// Longest input accepted for signing in one call, and longest attribute value in a search
+/// template: beyond this a length is taken as garbage rather than read.
+const MAX_INPUT: CK_ULONG = 64 << 20;
+const MAX_TEMPLATE_VALUE: CK_ULONG = 1 << 20;
+const MAX_TEMPLATE_LEN: CK_ULONG = 4096;
+
+/// Runs an entry point's body with the provider's logger, turning errors into their code and
+/// a panic into CKR_GENERAL_ERROR. Nothing unwinds into the caller.
+pub(super) fn guard(name: &'static str, body: impl FnOnce() -> Result<()>) -> CK_RV {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        tracing::dispatcher::with_default(crate::platform::logging::dispatch(), || {
+            let result = body();
+            match &result {
+                Ok(()) => tracing::trace!("{name}: ok"),
+                Err(e) if matches!(e.rv, CKR_DEVICE_ERROR | CKR_FUNCTION_FAILED | CKR_GENERAL_ERROR) => {
+                    tracing::warn!("{name}: {e}")
+                }
+                Err(e) => tracing::debug!("{name}: {e}"),
+            }
+            result
+        })
+    }));
+    match outcome {
+        Ok(Ok(())) => CKR_OK,
+        Ok(Err(e)) => e.rv,
+        Err(_) => {
+            // The logger itself may be what panicked: keep this path free of it.
+            CKR_GENERAL_ERROR
+        }
+    }
+}
+
+fn bad_args(what: &str) -> Error {
+    Error::new(CKR_ARGUMENTS_BAD, what.to_owned())
+}
+
+/// A caller's output pointer.
+pub(super) unsafe fn out<'a, T>(p: *mut T) -> Result<&'a mut T> {
+    p.as_mut().ok_or_else(|| bad_args("NULL output pointer"))
+}
+
+/// A caller's input array; NULL is allowed for an empty one.
+unsafe fn input<'a, T>(p: *const T, len: CK_ULONG, max: CK_ULONG) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(bad_args("NULL pointer with a non-zero length"));
+    }
+    if len > max {
+        return Err(Error::new(CKR_DATA_LEN_RANGE, format!("length {len} is beyond what this token accepts")));
+    }
+    Ok(std::slice::from_raw_parts(p, len as usize))
+}
+
+/// The two-call list pattern: NULL list → count; short list → count and BUFFER_TOO_SMALL.
+pub(super) unsafe fn fill_list<T: Copy>(list: *mut T, count: *mut CK_ULONG, items: &[T]) -> Result<()> {
+    let count = out(count)?;
+    let available = *count;
+    *count = items.len() as CK_ULONG;
+    if list.is_null() {
+        return Ok(());
+    }
+    if (available as usize) < items.len() {
+        return Err(Error::new(CKR_BUFFER_TOO_SMALL, "list too short"));
+    }
+    std::ptr::copy_nonoverlapping(items.as_ptr(), list, items.len());
+    Ok(())
+}
+
+/// A blank-padded, not NUL-terminated PKCS#11 text field.
+fn pad<const N: usize>(text: &str) -> [CK_UTF8CHAR; N] {
+    let mut field = [b' '; N];
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    field[..end].copy_from_slice(&text.as_bytes()[..end]);
+    field
+}
+
+fn provider() -> Result<Arc<Provider>> {
+    let guard = PROVIDER.read().unwrap_or_else(|p| p.into_inner());
+    match guard.as_ref() {
+        Some(p) if p.pid == std::process::id() => Ok(p.clone()),
+        _ => Err(Error::new(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called")),
+    }
+}
+
+fn library_version() -> CK_VERSION {
+    let part = |s: &str| s.parse::<u8>().unwrap_or(0);
+    CK_VERSION { major: part(env!("CARGO_PKG_VERSION_MAJOR")), minor: part(env!("CARGO_PKG_VERSION_MINOR")) }
+}
+
+// ---- general ----------------------------------------------------------------------------
+
+pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_void) -> CK_RV {
+    guard("C_Initialize", || {
+        if let Some(args) = (pInitArgs as *const CK_C_INITIALIZE_ARGS).as_ref() {
+            if !args.pReserved.is_null() {
+                return Err(bad_args("pReserved must be NULL"));
+            }
+            let callbacks = [
+                args.CreateMutex.is_some(),
+                args.DestroyMutex.is_some(),
+                args.LockMutex.is_some(),
+                args.UnlockMutex.is_some(),
+            ];
+            let given = callbacks.iter().filter(|c| **c).count();
+            if given != 0 && given != 4 {
+                return Err(bad_args("mutex callbacks must be all given or none"));
+            }
+            if given == 4 && args.flags & CKF_OS_LOCKING_OK == 0 {
+                return Err(Error::new(CKR_CANT_LOCK, "only OS locking is supported"));
+            }
+        }
+        let mut state = PROVIDER.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = state.as_ref() {
+            if p.pid == std::process::id() {
+                return Err(Error::new(CKR_CRYPTOKI_ALREADY_INITIALIZED, "already initialized"));
+            }
+            // A forked child starts afresh; the parent's connection is left to the parent.
+            tracing::debug!(parent = p.pid, "initializing again in a forked child");
+        }
+        *state = Some(Arc::new(Provider::from_environment()));
+        Ok(())
+    })
+}
+
+pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void) -> CK_RV {
+    guard("C_Finalize", || {
+        if !pReserved.is_null() {
+            return Err(bad_args("pReserved must be NULL"));
+        }
+        provider()?;
+        PROVIDER.write().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(())
+    })
+}
+
+pub(super) unsafe extern "C" fn C_GetInfo(pInfo: *mut CK_INFO) -> CK_RV {
+    guard("C_GetInfo", || {
+        let info = out(pInfo)?;
+        provider()?;
+        *info = CK_INFO {
+            cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
+            manufacturerID: pad("cosmian"),
+            flags: 0,
+            libraryDescription: pad("Cosmian KMS PKCS#11 provider"),
+            libraryVersion: library_version(),
+        };
+        Ok(())
+    })
+}
+
+// ---- slot and token ---------------------------------------------------------------------
+
+pub(super) unsafe extern "C" fn C_GetSlotList(_tokenPresent: CK_BBOOL, pSlotList: *mut CK_SLOT_ID, pulCount: *mut CK_ULONG) -> CK_RV {
+    guard("C_GetSlotList", || fill_list(pSlotList, pulCount, &provider()?.slot_ids()))
+}
+
+pub(super) unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_SLOT_INFO) -> CK_RV {
+    guard("C_GetSlotInfo", || {
+        let info = out(pInfo)?;
+        provider()?.check_slot(slotID)?;
+        *info = CK_SLOT_INFO {
+            slotDescription: pad("Cosmian KMS"),
+            manufacturerID: pad("cosmian"),
+            flags: CKF_TOKEN_PRESENT,
+            hardwareVersion: library_version(),
+            firmwareVersion: library_version(),
+        };
+        Ok(())
+    })
+}
+
+pub(super) unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_TOKEN_INFO) -> CK_RV {
+    guard("C_GetTokenInfo", || {
+        let info = out(pInfo)?;
+        let p = provider()?;
+        p.check_slot(slotID)?;
+        let (sessions, rw_sessions) = p.session_counts();
+        let label = p.token_label();
+        *info = CK_TOKEN_INFO {
+            label: pad(&label),
+            manufacturerID: pad("cosmian"),
+            model: pad("KMS"),
+            serialNumber: pad(&format!("{:016x}", fnv1a(label.as_bytes()))),
+            // No CKF_LOGIN_REQUIRED: credentials come from the configuration, and OpenSSH
+            // in batch mode gives up on tokens that want a PIN.
+            flags: CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED,
+            ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
+            ulSessionCount: sessions as CK_ULONG,
+            ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
+            ulRwSessionCount: rw_sessions as CK_ULONG,
+            ulMaxPinLen: 0,
+            ulMinPinLen: 0,
+            ulTotalPublicMemory: CK_UNAVAILABLE_INFORMATION,
+            ulFreePublicMemory: CK_UNAVAILABLE_INFORMATION,
+            ulTotalPrivateMemory: CK_UNAVAILABLE_INFORMATION,
+            ulFreePrivateMemory: CK_UNAVAILABLE_INFORMATION,
+            hardwareVersion: library_version(),
+            firmwareVersion: library_version(),
+            utcTime: pad(""),
+        };
+        Ok(())
+    })
+}
+
+/// A stable serial number from the token label.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+pub(super) unsafe extern "C" fn C_GetMechanismList(slotID: CK_SLOT_ID, pMechanismList: *mut CK_MECHANISM_TYPE, pulCount: *mut CK_ULONG) -> CK_RV {
+    guard("C_GetMechanismList", || {
+        provider()?.check_slot(slotID)?;
+        let all: Vec<CK_MECHANISM_TYPE> = Mechanism::ALL.iter().map(|m| m.ck_type()).collect();
+        fill_list(pMechanismList, pulCount, &all)
+    })
+}
+
+pub(super) unsafe extern "C" fn C_GetMechanismInfo(slotID: CK_SLOT_ID, type_: CK_MECHANISM_TYPE, pInfo: *mut CK_MECHANISM_INFO) -> CK_RV {
+    guard("C_GetMechanismInfo", || {
+        let info = out(pInfo)?;
+        let (min, max, flags) = provider()?.mechanism_info(slotID, type_)?;
+        *info = CK_MECHANISM_INFO { ulMinKeySize: min, ulMaxKeySize: max, flags };
+        Ok(())
+    })
+}
+
+// ---- sessions ---------------------------------------------------------------------------
+
+pub(super) unsafe extern "C" fn C_OpenSession(
+    slotID: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _pApplication: *mut std::os::raw::c_void,
+    _Notify: CK_NOTIFY,
+    phSession: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    guard("C_OpenSession", || {
+        let handle = out(phSession)?;
+        *handle = provider()?.open_session(slotID, flags)?;
+        Ok(())
+    })
+}
+
+pub(super) unsafe extern "C" fn C_CloseSession(hSession: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_CloseSession", || provider()?.close_session(hSession))
+}
+
+pub(super) unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV {
+    guard("C_CloseAllSessions", || provider()?.close_all_sessions(slotID))
+}
+
+pub(super) unsafe extern "C" fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pInfo: *mut CK_SESSION_INFO) -> CK_RV {
+    guard("C_GetSessionInfo", || {
+        let info = out(pInfo)?;
+        let (slotID, state, flags) = provider()?.session_info(hSession)?;
+        *info = CK_SESSION_INFO { slotID, state, flags, ulDeviceError: 0 };
+        Ok(())
+    })
+}
+
+pub(super) unsafe extern "C" fn C_Login(hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: *mut CK_UTF8CHAR, ulPinLen: CK_ULONG) -> CK_RV {
+    guard("C_Login", || {
+        // The PIN is checked for shape only and never kept or logged.
+        input(pPin, ulPinLen, 4096)?;
+        provider()?.login(hSession, userType)
+    })
+}
+
+pub(super) unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_Logout", || provider()?.logout(hSession))
+}
+
+// ---- objects ----------------------------------------------------------------------------
+
+pub(super) unsafe extern "C" fn C_FindObjectsInit(hSession: CK_SESSION_HANDLE, pTemplate: *mut CK_ATTRIBUTE, ulCount: CK_ULONG) -> CK_RV {
+    guard("C_FindObjectsInit", || {
+        let p = provider()?;
+        let mut template = Vec::new();
+        for attr in input(pTemplate, ulCount, MAX_TEMPLATE_LEN)? {
+            let value = input(attr.pValue as *const u8, attr.ulValueLen, MAX_TEMPLATE_VALUE)
+                .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, e.message))?;
+            template.push((attr.type_, value.to_vec()));
+        }
+        p.find_init(hSession, &template)
+    })
+}
+
+pub(super) unsafe extern "C" fn C_FindObjects(
+    hSession: CK_SESSION_HANDLE,
+    phObject: *mut CK_OBJECT_HANDLE,
+    ulMaxObjectCount: CK_ULONG,
+    pulObjectCount: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_FindObjects", || {
+        let count = out(pulObjectCount)?;
+        if phObject.is_null() && ulMaxObjectCount > 0 {
+            return Err(bad_args("NULL object array"));
+        }
+        let found = provider()?.find_next(hSession, ulMaxObjectCount as usize)?;
+        if !found.is_empty() {
+            std::ptr::copy_nonoverlapping(found.as_ptr(), phObject, found.len());
+        }
+        *count = found.len() as CK_ULONG;
+        Ok(())
+    })
+}
+
+pub(super) unsafe extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_FindObjectsFinal", || provider()?.find_final(hSession))
+}
+
+/// Fills each attribute independently; the first problem met is the call's code, and every
+/// other attribute is still filled, as the specification asks.
+pub(super) unsafe extern "C" fn C_GetAttributeValue(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+) -> CK_RV {
+    guard("C_GetAttributeValue", || {
+        if pTemplate.is_null() && ulCount > 0 {
+            return Err(bad_args("NULL template"));
+        }
+        if ulCount > MAX_TEMPLATE_LEN {
+            return Err(bad_args("template too long"));
+        }
+        let template = if ulCount == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) };
+        let types: Vec<_> = template.iter().map(|a| a.type_).collect();
+        let values = provider()?.attributes(hSession, hObject, &types)?;
+        let mut rv = CKR_OK;
+        for (attr, value) in template.iter_mut().zip(values) {
+            let problem = match value {
+                Attr::Value(v) if attr.pValue.is_null() => {
+                    attr.ulValueLen = v.len() as CK_ULONG;
+                    None
+                }
+                Attr::Value(v) if (attr.ulValueLen as usize) >= v.len() => {
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), attr.pValue as *mut u8, v.len());
+                    attr.ulValueLen = v.len() as CK_ULONG;
+                    None
+                }
+                Attr::Value(_) => Some(CKR_BUFFER_TOO_SMALL),
+                Attr::Sensitive => Some(CKR_ATTRIBUTE_SENSITIVE),
+                Attr::Invalid => Some(CKR_ATTRIBUTE_TYPE_INVALID),
+            };
+            if let Some(code) = problem {
+                attr.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                if rv == CKR_OK {
+                    rv = code;
+                }
+            }
+        }
+        match rv {
+            CKR_OK => Ok(()),
+            code => Err(Error::new(code, "some attributes could not be returned")),
+        }
+    })
+}
+
+// ---- signing ----------------------------------------------------------------------------
+
+pub(super) unsafe extern "C" fn C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+    guard("C_SignInit", || {
+        let mechanism = pMechanism.as_ref().ok_or_else(|| bad_args("NULL mechanism"))?;
+        let has_parameter = !mechanism.pParameter.is_null() || mechanism.ulParameterLen != 0;
+        provider()?.sign_init(hSession, mechanism.mechanism, has_parameter, hKey)
+    })
+}
+
+/// Hands a signing outcome back through the C length/buffer pair.
+unsafe fn deliver(outcome: SignOutput, pSignature: *mut CK_BYTE, len: &mut CK_ULONG) -> Result<()> {
+    match outcome {
+        SignOutput::Length(n) => {
+            *len = n as CK_ULONG;
+            Ok(())
+        }
+        SignOutput::TooSmall(n) => {
+            *len = n as CK_ULONG;
+            Err(Error::new(CKR_BUFFER_TOO_SMALL, format!("the signature needs {n} bytes")))
+        }
+        SignOutput::Signature(sig) => {
+            std::ptr::copy_nonoverlapping(sig.as_ptr(), pSignature, sig.len());
+            *len = sig.len() as CK_ULONG;
+            Ok(())
+        }
+    }
+}
+
+pub(super) unsafe extern "C" fn C_Sign(
+    hSession: CK_SESSION_HANDLE,
+    pData: *mut CK_BYTE,
+    ulDataLen: CK_ULONG,
+    pSignature: *mut CK_BYTE,
+    pulSignatureLen: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_Sign", || {
+        let len = out(pulSignatureLen)?;
+        let p = provider()?;
+        let data = input(pData, ulDataLen, MAX_INPUT)?;
+        let capacity = (!pSignature.is_null()).then_some(*len as usize);
+        deliver(p.sign(hSession, data, capacity)?, pSignature, len)
+    })
+}
+
+pub(super) unsafe extern "C" fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) -> CK_RV {
+    guard("C_SignUpdate", || {
+        let p = provider()?;
+        p.sign_update(hSession, input(pPart, ulPartLen, MAX_INPUT)?)
+    })
+}
+
+pub(super) unsafe extern "C" fn C_SignFinal(hSession: CK_SESSION_HANDLE, pSignature: *mut CK_BYTE, pulSignatureLen: *mut CK_ULONG) -> CK_RV {
+    guard("C_SignFinal", || {
+        let len = out(pulSignatureLen)?;
+        let p = provider()?;
+        let capacity = (!pSignature.is_null()).then_some(*len as usize);
+        deliver(p.sign_final(hSession, capacity)?, pSignature, len)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_are_blank_padded_and_cut_on_char_boundaries() {
+        assert_eq!(&pad::<8>("ab"), b"ab      ");
+        assert_eq!(&pad::<4>("abcdef"), b"abcd");
+        assert_eq!(&pad::<3>("aé"), b"a\xc3\xa9");
+        assert_eq!(&pad::<2>("aé"), b"a ");
+    }
+
+    #[test]
+    fn panics_become_general_error() {
+        assert_eq!(guard("test", || panic!("boom")), CKR_GENERAL_ERROR);
+        assert_eq!(guard("test", || Err(Error::new(CKR_DATA_INVALID, "x"))), CKR_DATA_INVALID);
+        assert_eq!(guard("test", || Ok(())), CKR_OK);
+    }
+}

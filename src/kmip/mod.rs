@@ -1,0 +1,7 @@
+//! Talking to the Cosmian KMS: KMIP 2.1 in JSON-TTLV over HTTP(S).
+
+pub mod client;
+pub mod operations;
+pub mod ttlv;
+
+pub use client::{KmsClient, KmsError};

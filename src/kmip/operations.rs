@@ -1,0 +1,243 @@
+//! The KMIP operations the provider sends, built and read as measured against the server:
+//! Locate (tagged keys, paged), a batched Export of the public keys with their attributes,
+//! and Sign. Never a Get or Export of a private key.
+
+use super::client::{KmsClient, KmsError};
+use super::ttlv::{Ttlv, Value};
+use crate::asn1::Hash;
+
+/// The server caps a Locate answer at this many ids.
+const LOCATE_PAGE: i64 = 1000;
+
+/// What to sign: a message, or a hash computed by the caller or by us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignInput {
+    Data(Vec<u8>),
+    Digest(Vec<u8>),
+}
+
+/// One Sign request's parameters and input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignRequest {
+    /// `CryptographicParameters` items, in KMIP order: (tag, enumeration variant).
+    pub parameters: Vec<(&'static str, &'static str)>,
+    pub input: SignInput,
+}
+
+fn hash_name(h: Hash) -> &'static str {
+    match h {
+        Hash::Sha1 => "SHA1",
+        Hash::Sha256 => "SHA256",
+        Hash::Sha384 => "SHA384",
+        Hash::Sha512 => "SHA512",
+    }
+}
+
+impl SignRequest {
+    pub fn ecdsa(hash: Hash, input: SignInput) -> Self {
+        let algorithm = match hash {
+            Hash::Sha1 => "ECDSAWithSHA1",
+            Hash::Sha256 => "ECDSAWithSHA256",
+            Hash::Sha384 => "ECDSAWithSHA384",
+            Hash::Sha512 => "ECDSAWithSHA512",
+        };
+        Self { parameters: vec![("DigitalSignatureAlgorithm", algorithm)], input }
+    }
+
+    pub fn eddsa(message: Vec<u8>) -> Self {
+        Self { parameters: Vec::new(), input: SignInput::Data(message) }
+    }
+
+    /// PKCS#1 v1.5 over a hash. Without `DigitalSignatureAlgorithm` the server signs PSS.
+    pub fn rsa_pkcs1(hash: Hash, digest: Vec<u8>) -> Self {
+        let algorithm = match hash {
+            Hash::Sha1 => "SHA1WithRSAEncryption",
+            Hash::Sha256 => "SHA256WithRSAEncryption",
+            Hash::Sha384 => "SHA384WithRSAEncryption",
+            Hash::Sha512 => "SHA512WithRSAEncryption",
+        };
+        Self {
+            parameters: vec![
+                ("PaddingMethod", "PKCS1v15"),
+                ("HashingAlgorithm", hash_name(hash)),
+                ("DigitalSignatureAlgorithm", algorithm),
+                ("CryptographicAlgorithm", "RSA"),
+            ],
+            input: SignInput::Digest(digest),
+        }
+    }
+
+    fn to_ttlv(&self, private_key_id: &str) -> Ttlv {
+        let mut items = vec![Ttlv::text("UniqueIdentifier", private_key_id)];
+        if !self.parameters.is_empty() {
+            let params = self.parameters.iter().map(|(tag, variant)| Ttlv::enumeration(tag, variant)).collect();
+            items.push(Ttlv::structure("CryptographicParameters", params));
+        }
+        items.push(match &self.input {
+            SignInput::Data(d) => Ttlv::bytes("Data", d),
+            SignInput::Digest(d) => Ttlv::bytes("DigestedData", d),
+        });
+        Ttlv::structure("Sign", items)
+    }
+}
+
+/// Signs with the private key `private_key_id`; returns the KMS's `SignatureData` as is.
+pub fn sign(client: &KmsClient, private_key_id: &str, request: &SignRequest) -> Result<Vec<u8>, KmsError> {
+    let answer = client.call(&request.to_ttlv(private_key_id))?;
+    answer
+        .child("SignatureData")
+        .and_then(Ttlv::as_bytes)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| KmsError::Malformed("SignResponse without SignatureData".into()))
+}
+
+/// The `Attribute` structure of a vendor tag set, as Locate takes it.
+fn tag_attribute(vendor_id: &str, tags: &[&str]) -> Ttlv {
+    let json = serde_json::to_string(tags).unwrap_or_default();
+    Ttlv::structure(
+        "Attribute",
+        vec![
+            Ttlv::text("VendorIdentification", vendor_id),
+            Ttlv::text("AttributeName", "tag"),
+            Ttlv::text("AttributeValue", &json),
+        ],
+    )
+}
+
+/// The ids of the objects of `object_type` (`PublicKey`, `PrivateKey`) carrying `tag`, all
+/// pages of them.
+pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type: &str) -> Result<Vec<String>, KmsError> {
+    let mut ids = Vec::new();
+    loop {
+        let request = Ttlv::structure(
+            "Locate",
+            vec![
+                Ttlv::integer("MaximumItems", LOCATE_PAGE),
+                Ttlv::integer("OffsetItems", ids.len() as i64),
+                Ttlv::structure(
+                    "Attributes",
+                    vec![Ttlv::enumeration("ObjectType", object_type), tag_attribute(vendor_id, &[tag])],
+                ),
+            ],
+        );
+        let answer = client.call(&request)?;
+        let page: Vec<String> = answer.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
+        let full = page.len() as i64 >= LOCATE_PAGE;
+        ids.extend(page);
+        if !full {
+            return Ok(ids);
+        }
+    }
+}
+
+/// A public key of the KMS with what the token needs to know of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteKey {
+    pub public_id: String,
+    /// From the public key's `PrivateKeyLink`.
+    pub private_id: String,
+    /// DER SubjectPublicKeyInfo.
+    pub spki: Vec<u8>,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// Fetches the public keys and their attributes in one round trip.
+pub fn export_public_keys(
+    client: &KmsClient,
+    vendor_id: &str,
+    public_ids: &[String],
+) -> Result<Vec<Result<RemoteKey, KmsError>>, KmsError> {
+    if public_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let requests = public_ids
+        .iter()
+        .map(|id| {
+            Ttlv::structure(
+                "Export",
+                vec![Ttlv::text("UniqueIdentifier", id), Ttlv::enumeration("KeyFormatType", "PKCS8")],
+            )
+        })
+        .collect();
+    let answers = client.batch(requests)?;
+    Ok(public_ids
+        .iter()
+        .zip(answers)
+        .map(|(id, answer)| answer.and_then(|a| read_exported_public_key(id, vendor_id, &a)))
+        .collect())
+}
+
+/// Reads an `Export` answer of a public key.
+fn read_exported_public_key(public_id: &str, vendor_id: &str, answer: &Ttlv) -> Result<RemoteKey, KmsError> {
+    let malformed = |what: &str| KmsError::Malformed(format!("Export of {public_id}: {what}"));
+    if answer.find("ObjectType").and_then(Ttlv::as_text).is_some_and(|t| t != "PublicKey") {
+        return Err(malformed("not a public key"));
+    }
+    let spki = answer
+        .find("KeyMaterial")
+        .and_then(Ttlv::as_bytes)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| malformed("no KeyMaterial"))?;
+    let attributes = answer.find("Attributes");
+    let private_id = attributes
+        .into_iter()
+        .flat_map(|a| a.children_tagged("Link"))
+        .find(|l| l.child("LinkType").and_then(Ttlv::as_text) == Some("PrivateKeyLink"))
+        .and_then(|l| l.child("LinkedObjectIdentifier"))
+        .and_then(Ttlv::as_text)
+        .map(str::to_owned)
+        .or_else(|| public_id.strip_suffix("_pk").map(str::to_owned))
+        .ok_or_else(|| malformed("no link to its private key"))?;
+    let name = attributes
+        .into_iter()
+        .flat_map(|a| a.children_tagged("Name"))
+        .find_map(|n| n.child("NameValue").and_then(Ttlv::as_text))
+        .map(str::to_owned);
+    let tags = attributes
+        .into_iter()
+        .flat_map(|a| a.children_tagged("VendorAttribute").chain(a.children_tagged("Attribute")))
+        .filter(|v| {
+            v.child("VendorIdentification").and_then(Ttlv::as_text) == Some(vendor_id)
+                && v.child("AttributeName").and_then(Ttlv::as_text) == Some("tag")
+        })
+        .find_map(|v| v.child("AttributeValue"))
+        .and_then(|v| match &v.value {
+            Value::TextString(s) => serde_json::from_str::<Vec<String>>(s).ok(),
+            Value::ByteString(b) => serde_json::from_slice::<Vec<String>>(b).ok(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok(RemoteKey { public_id: public_id.to_owned(), private_id, spki, name, tags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_requests_follow_the_measured_recipes() {
+        let r = SignRequest::rsa_pkcs1(Hash::Sha512, vec![1, 2]);
+        assert_eq!(
+            r.to_ttlv("k").to_json(),
+            concat!(
+                r#"{"tag":"Sign","value":[{"tag":"UniqueIdentifier","type":"TextString","value":"k"},"#,
+                r#"{"tag":"CryptographicParameters","value":["#,
+                r#"{"tag":"PaddingMethod","type":"Enumeration","value":"PKCS1v15"},"#,
+                r#"{"tag":"HashingAlgorithm","type":"Enumeration","value":"SHA512"},"#,
+                r#"{"tag":"DigitalSignatureAlgorithm","type":"Enumeration","value":"SHA512WithRSAEncryption"},"#,
+                r#"{"tag":"CryptographicAlgorithm","type":"Enumeration","value":"RSA"}]},"#,
+                r#"{"tag":"DigestedData","type":"ByteString","value":"0102"}]}"#
+            )
+        );
+        let e = SignRequest::eddsa(vec![0xFF]).to_ttlv("k");
+        assert_eq!(e.children().len(), 2);
+        assert_eq!(e.child("Data").and_then(Ttlv::as_bytes), Some(&[0xFF][..]));
+    }
+
+    #[test]
+    fn tag_attribute_is_a_json_array_in_a_text_string() {
+        let a = tag_attribute("cosmian", &["ssh-auth"]);
+        assert_eq!(a.child("AttributeValue").and_then(Ttlv::as_text), Some(r#"["ssh-auth"]"#));
+    }
+}

@@ -1,0 +1,24 @@
+//! cosmian-pkcs11: a PKCS#11 provider that lets OpenSSH (and any PKCS#11 client) sign with
+//! keys held in a Cosmian KMS. Private keys never leave the KMS: each signature is one KMIP
+//! Sign request.
+//!
+//! Layers, from the C ABI inwards:
+//! - [`ffi`]: the three exported symbols, the function tables, pointer checks (thin);
+//! - [`provider`]: the PKCS#11 API as safe Rust, with the specification's state rules;
+//! - [`session`], [`token`], [`signing`]: sessions, the key objects and their attributes, the
+//!   per-mechanism Sign recipes;
+//! - [`kmip`]: JSON-TTLV and the KMS operations over HTTP(S);
+//! - [`config`], [`platform`]: configuration file and environment, per-OS paths and logging;
+//! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes).
+
+pub mod asn1;
+pub mod config;
+pub mod error;
+mod ffi;
+pub mod kmip;
+#[path = "../platform/mod.rs"]
+pub mod platform;
+pub mod provider;
+pub mod session;
+pub mod signing;
+pub mod token;

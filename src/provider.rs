@@ -1,0 +1,395 @@
+//! The PKCS#11 API in safe Rust: slot, token, sessions, object search, attributes and
+//! signing, with the specification's state rules and return codes. The FFI layer only
+//! converts C arguments into calls here.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cryptoki_sys::*;
+
+use crate::asn1::Hasher;
+use crate::config::{KmsConfig, Settings};
+use crate::error::{Error, Result};
+use crate::kmip::KmsClient;
+use crate::platform;
+use crate::session::{lock, FindOp, SignOp, Sessions};
+use crate::signing::{self, Mechanism};
+use crate::token::{Attr, Kms, ObjectClass, Token};
+
+/// The only slot.
+pub const SLOT_ID: CK_SLOT_ID = 1;
+
+/// What a signing call hands back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignOutput {
+    /// Size query (no buffer): the operation goes on.
+    Length(usize),
+    /// The buffer is too small for this many bytes: the operation goes on.
+    TooSmall(usize),
+    /// Done: the operation is over.
+    Signature(Vec<u8>),
+}
+
+pub struct Provider {
+    pub token: Token,
+    sessions: Sessions,
+    logged_in: AtomicBool,
+    /// The process that initialized; a forked child must initialize again.
+    pub pid: u32,
+}
+
+fn check_slot(slot: CK_SLOT_ID) -> Result<()> {
+    if slot == SLOT_ID {
+        Ok(())
+    } else {
+        Err(Error::new(CKR_SLOT_ID_INVALID, format!("no slot {slot}")))
+    }
+}
+
+impl Provider {
+    /// Reads the configuration and environment. No network: the KMS is first contacted by
+    /// the first object search.
+    pub fn from_environment() -> Self {
+        let mut warnings = Vec::new();
+        let settings = Settings::from_env(&mut warnings);
+        let kms = platform::config_paths::find()
+            .ok_or_else(|| {
+                format!(
+                    "no configuration file found (set COSMIAN_KMS_CLI_CONF or CKMS_CONF, or create one of {})",
+                    platform::config_paths::default_locations().join(", ")
+                )
+            })
+            .and_then(|path| KmsConfig::load(&path))
+            .and_then(|(config, config_warnings)| {
+                warnings.extend(config_warnings);
+                let client = KmsClient::new(&config, &settings)?;
+                Ok(Kms { config, client })
+            });
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        match &kms {
+            Ok(k) => tracing::info!(server = %k.config.server_url, config = %k.config.source.display(), tag = %settings.key_tag, "configured"),
+            Err(e) => tracing::error!("the token will hold no keys: {e}"),
+        }
+        Self::new(Token::new(settings, kms))
+    }
+
+    pub fn new(token: Token) -> Self {
+        Self { token, sessions: Sessions::default(), logged_in: AtomicBool::new(false), pid: std::process::id() }
+    }
+
+    // ---- slot and token ---------------------------------------------------------------
+
+    pub fn slot_ids(&self) -> Vec<CK_SLOT_ID> {
+        vec![SLOT_ID]
+    }
+
+    pub fn check_slot(&self, slot: CK_SLOT_ID) -> Result<()> {
+        check_slot(slot)
+    }
+
+    /// The token label: `Cosmian KMS <host:port>`.
+    pub fn token_label(&self) -> String {
+        let host = self
+            .token
+            .server_url()
+            .map(|u| u.split("://").nth(1).unwrap_or(u).trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| "(not configured)".into());
+        format!("Cosmian KMS {host}")
+    }
+
+    /// Open sessions, and open read-write sessions.
+    pub fn session_counts(&self) -> (usize, usize) {
+        self.sessions.count()
+    }
+
+    pub fn mechanism_info(&self, slot: CK_SLOT_ID, ty: CK_MECHANISM_TYPE) -> Result<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
+        check_slot(slot)?;
+        Mechanism::from_ck(ty)
+            .map(Mechanism::info)
+            .ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{ty:X} is not offered")))
+    }
+
+    // ---- sessions -----------------------------------------------------------------------
+
+    pub fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+        check_slot(slot)?;
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(Error::new(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "CKF_SERIAL_SESSION must be set"));
+        }
+        Ok(self.sessions.open(slot, flags))
+    }
+
+    pub fn close_session(&self, session: CK_SESSION_HANDLE) -> Result<()> {
+        self.sessions.close(session)?;
+        if self.sessions.count().0 == 0 {
+            self.logged_in.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<()> {
+        check_slot(slot)?;
+        self.sessions.close_all();
+        self.logged_in.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Slot, state and flags of a session.
+    pub fn session_info(&self, session: CK_SESSION_HANDLE) -> Result<(CK_SLOT_ID, CK_STATE, CK_FLAGS)> {
+        let s = self.sessions.get(session)?;
+        let s = lock(&s);
+        let rw = s.flags & CKF_RW_SESSION != 0;
+        let state = match (rw, self.logged_in.load(Ordering::SeqCst)) {
+            (false, false) => CKS_RO_PUBLIC_SESSION,
+            (true, false) => CKS_RW_PUBLIC_SESSION,
+            (false, true) => CKS_RO_USER_FUNCTIONS,
+            (true, true) => CKS_RW_USER_FUNCTIONS,
+        };
+        Ok((s.slot, state, s.flags))
+    }
+
+    /// Login succeeds without effect: credentials come from the configuration.
+    pub fn login(&self, session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE) -> Result<()> {
+        self.sessions.get(session)?;
+        match user_type {
+            CKU_USER | CKU_CONTEXT_SPECIFIC => {}
+            CKU_SO => return Err(Error::new(CKR_USER_TYPE_INVALID, "this token has no security officer")),
+            _ => return Err(Error::new(CKR_USER_TYPE_INVALID, format!("user type {user_type}"))),
+        }
+        if user_type == CKU_USER && self.logged_in.swap(true, Ordering::SeqCst) {
+            return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN, "already logged in"));
+        }
+        Ok(())
+    }
+
+    pub fn logout(&self, session: CK_SESSION_HANDLE) -> Result<()> {
+        self.sessions.get(session)?;
+        if !self.logged_in.swap(false, Ordering::SeqCst) {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "not logged in"));
+        }
+        Ok(())
+    }
+
+    // ---- objects ------------------------------------------------------------------------
+
+    pub fn find_init(&self, session: CK_SESSION_HANDLE, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Result<()> {
+        let s = self.sessions.get(session)?;
+        if lock(&s).find.is_some() {
+            return Err(Error::new(CKR_OPERATION_ACTIVE, "a search is already active"));
+        }
+        // The search may load the key list over the network: no session lock held meanwhile.
+        let handles = self.token.find(template);
+        let mut s = lock(&s);
+        if s.find.is_some() {
+            return Err(Error::new(CKR_OPERATION_ACTIVE, "a search is already active"));
+        }
+        s.find = Some(FindOp { handles, next: 0 });
+        Ok(())
+    }
+
+    pub fn find_next(&self, session: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
+        let s = self.sessions.get(session)?;
+        let mut s = lock(&s);
+        let op = s.find.as_mut().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active search"))?;
+        let end = op.handles.len().min(op.next.saturating_add(max));
+        let out = op.handles[op.next..end].to_vec();
+        op.next = end;
+        Ok(out)
+    }
+
+    pub fn find_final(&self, session: CK_SESSION_HANDLE) -> Result<()> {
+        let s = self.sessions.get(session)?;
+        let mut s = lock(&s);
+        s.find.take().map(drop).ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active search"))
+    }
+
+    /// The values of `types` on an object, one answer per type.
+    pub fn attributes(&self, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, types: &[CK_ATTRIBUTE_TYPE]) -> Result<Vec<Attr>> {
+        self.sessions.get(session)?;
+        let (key, class) = self.token.object(object)?;
+        Ok(types.iter().map(|t| key.attribute(class, *t)).collect())
+    }
+
+    // ---- signing ------------------------------------------------------------------------
+
+    pub fn sign_init(&self, session: CK_SESSION_HANDLE, mechanism: CK_MECHANISM_TYPE, has_parameter: bool, key: CK_OBJECT_HANDLE) -> Result<()> {
+        let s = self.sessions.get(session)?;
+        let mut s = lock(&s);
+        if s.sign.is_some() {
+            return Err(Error::new(CKR_OPERATION_ACTIVE, "a signature is already active"));
+        }
+        let mechanism = Mechanism::from_ck(mechanism)
+            .ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{mechanism:X} is not offered")))?;
+        if has_parameter {
+            return Err(Error::new(CKR_MECHANISM_PARAM_INVALID, "the offered mechanisms take no parameter"));
+        }
+        let (key, class) = self.token.object(key).map_err(|e| Error::new(CKR_KEY_HANDLE_INVALID, e.message))?;
+        if class != ObjectClass::PrivateKey {
+            return Err(Error::new(CKR_KEY_FUNCTION_NOT_PERMITTED, "only private keys sign"));
+        }
+        if !mechanism.fits(&key.public_key) {
+            return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("{mechanism:?} does not fit this key")));
+        }
+        s.sign = Some(SignOp { key, mechanism, hasher: None });
+        Ok(())
+    }
+
+    /// Single-part signature.
+    pub fn sign(&self, session: CK_SESSION_HANDLE, data: &[u8], capacity: Option<usize>) -> Result<SignOutput> {
+        self.finish_signature(session, capacity, |op| {
+            if op.hasher.is_some() {
+                return Err(Error::new(CKR_OPERATION_ACTIVE, "C_Sign after C_SignUpdate: finish with C_SignFinal"));
+            }
+            Ok((data.to_vec(), false))
+        })
+    }
+
+    pub fn sign_update(&self, session: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+        let s = self.sessions.get(session)?;
+        let mut s = lock(&s);
+        let op = s.sign.as_mut().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active signature"))?;
+        let Some(hash) = op.mechanism.hash() else {
+            s.sign = None;
+            return Err(Error::new(CKR_MECHANISM_INVALID, "this mechanism signs in one part only (C_Sign)"));
+        };
+        op.hasher.get_or_insert_with(|| Hasher::new(hash)).update(data);
+        Ok(())
+    }
+
+    pub fn sign_final(&self, session: CK_SESSION_HANDLE, capacity: Option<usize>) -> Result<SignOutput> {
+        self.finish_signature(session, capacity, |op| match (op.hasher.clone(), op.mechanism.hash()) {
+            (Some(h), _) => Ok((h.finish(), true)),
+            // C_SignFinal straight after C_SignInit signs the empty message.
+            (None, Some(_)) => Ok((Vec::new(), false)),
+            (None, None) => Err(Error::new(CKR_MECHANISM_INVALID, "this mechanism signs in one part only (C_Sign)")),
+        })
+    }
+
+    /// The shared end of C_Sign and C_SignFinal: size query, short buffer, KMS round trip.
+    /// `input` gives the bytes to sign and whether they are already hashed.
+    fn finish_signature(
+        &self,
+        session: CK_SESSION_HANDLE,
+        capacity: Option<usize>,
+        input: impl FnOnce(&SignOp) -> Result<(Vec<u8>, bool)>,
+    ) -> Result<SignOutput> {
+        let s = self.sessions.get(session)?;
+        let mut s = lock(&s);
+        let op = s.sign.as_ref().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active signature"))?;
+        let len = op.key.public_key.signature_len();
+        match capacity {
+            None => return Ok(SignOutput::Length(len)),
+            Some(c) if c < len => return Ok(SignOutput::TooSmall(len)),
+            Some(_) => {}
+        }
+        // From here on the operation ends, whatever happens.
+        let Some(op) = s.sign.take() else { return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active signature")) };
+        let (bytes, prehashed) = input(&op)?;
+        let request = signing::request(op.mechanism, &bytes, prehashed)?;
+        // Only this session's lock is held during the KMS call.
+        let signature = self.token.sign(&op.key, &request)?;
+        signing::finish(op.mechanism, &op.key.public_key, signature).map(SignOutput::Signature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::objects::tests::{p256_pair, rsa_pair};
+
+    fn provider() -> Provider {
+        Provider::new(Token::with_keys(vec![p256_pair(), rsa_pair()]))
+    }
+
+    fn class(c: CK_ULONG) -> (CK_ATTRIBUTE_TYPE, Vec<u8>) {
+        (CKA_CLASS, c.to_ne_bytes().to_vec())
+    }
+
+    #[test]
+    fn sessions_need_the_serial_flag_and_a_valid_slot() {
+        let p = provider();
+        assert_eq!(p.open_session(SLOT_ID, 0).unwrap_err().rv, CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+        assert_eq!(p.open_session(7, CKF_SERIAL_SESSION).unwrap_err().rv, CKR_SLOT_ID_INVALID);
+        let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION | CKF_RW_SESSION).unwrap();
+        assert_eq!(p.session_info(h).unwrap().1, CKS_RW_PUBLIC_SESSION);
+        assert_eq!(p.session_counts(), (1, 1));
+        p.close_session(h).unwrap();
+        assert_eq!(p.close_session(h).unwrap_err().rv, CKR_SESSION_HANDLE_INVALID);
+    }
+
+    #[test]
+    fn login_is_accepted_without_effect() {
+        let p = provider();
+        let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
+        assert_eq!(p.logout(h).unwrap_err().rv, CKR_USER_NOT_LOGGED_IN);
+        p.login(h, CKU_USER).unwrap();
+        assert_eq!(p.session_info(h).unwrap().1, CKS_RO_USER_FUNCTIONS);
+        assert_eq!(p.login(h, CKU_USER).unwrap_err().rv, CKR_USER_ALREADY_LOGGED_IN);
+        assert_eq!(p.login(h, CKU_SO).unwrap_err().rv, CKR_USER_TYPE_INVALID);
+        p.logout(h).unwrap();
+    }
+
+    #[test]
+    fn search_state_machine() {
+        let p = provider();
+        let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
+        assert_eq!(p.find_next(h, 1).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
+        p.find_init(h, &[class(CKO_PUBLIC_KEY)]).unwrap();
+        assert_eq!(p.find_init(h, &[]).unwrap_err().rv, CKR_OPERATION_ACTIVE);
+        let mut seen = Vec::new();
+        loop {
+            let got = p.find_next(h, 1).unwrap();
+            if got.is_empty() {
+                break;
+            }
+            seen.extend(got);
+        }
+        assert_eq!(seen.len(), 2);
+        p.find_final(h).unwrap();
+        assert_eq!(p.find_final(h).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
+        p.find_init(h, &[class(CKO_PRIVATE_KEY), (CKA_ID, b"k1_pk".to_vec())]).unwrap();
+        let private = p.find_next(h, 10).unwrap();
+        assert_eq!(private.len(), 1);
+        let attrs = p.attributes(h, private[0], &[CKA_ID, CKA_VALUE, CKA_MODULUS]).unwrap();
+        assert_eq!(attrs, [Attr::Value(b"k1".to_vec()), Attr::Sensitive, Attr::Invalid]);
+        assert_eq!(p.attributes(h, 9999, &[CKA_ID]).unwrap_err().rv, CKR_OBJECT_HANDLE_INVALID);
+    }
+
+    #[test]
+    fn sign_state_machine_without_network() {
+        let p = provider();
+        let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
+        p.find_init(h, &[class(CKO_PRIVATE_KEY), (CKA_ID, b"k1".to_vec())]).unwrap();
+        let ec = p.find_next(h, 1).unwrap()[0];
+        p.find_final(h).unwrap();
+        p.find_init(h, &[class(CKO_PUBLIC_KEY), (CKA_ID, b"k1".to_vec())]).unwrap();
+        let ec_pub = p.find_next(h, 1).unwrap()[0];
+        p.find_final(h).unwrap();
+
+        assert_eq!(p.sign(h, b"x", None).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
+        assert_eq!(p.sign_init(h, CKM_RSA_PKCS, false, ec).unwrap_err().rv, CKR_KEY_TYPE_INCONSISTENT);
+        assert_eq!(p.sign_init(h, CKM_ECDSA, false, ec_pub).unwrap_err().rv, CKR_KEY_FUNCTION_NOT_PERMITTED);
+        assert_eq!(p.sign_init(h, CKM_ECDSA, false, 4242).unwrap_err().rv, CKR_KEY_HANDLE_INVALID);
+        assert_eq!(p.sign_init(h, CKM_AES_CBC, false, ec).unwrap_err().rv, CKR_MECHANISM_INVALID);
+        p.sign_init(h, CKM_ECDSA, false, ec).unwrap();
+        assert_eq!(p.sign_init(h, CKM_ECDSA, false, ec).unwrap_err().rv, CKR_OPERATION_ACTIVE);
+        // Size query and short buffer keep the operation.
+        assert_eq!(p.sign(h, &[0; 32], None).unwrap(), SignOutput::Length(64));
+        assert_eq!(p.sign(h, &[0; 32], Some(10)).unwrap(), SignOutput::TooSmall(64));
+        // Bad input ends it, before any network.
+        assert_eq!(p.sign(h, &[0; 7], Some(64)).unwrap_err().rv, CKR_DATA_LEN_RANGE);
+        assert_eq!(p.sign(h, &[0; 32], Some(64)).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
+        // Single-part mechanisms refuse C_SignUpdate.
+        p.sign_init(h, CKM_ECDSA, false, ec).unwrap();
+        assert_eq!(p.sign_update(h, b"x").unwrap_err().rv, CKR_MECHANISM_INVALID);
+        assert_eq!(p.sign_final(h, Some(64)).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
+        // Without a KMS, a real signature fails cleanly.
+        p.sign_init(h, CKM_ECDSA_SHA256, false, ec).unwrap();
+        p.sign_update(h, b"part").unwrap();
+        assert_eq!(p.sign(h, b"x", Some(64)).unwrap_err().rv, CKR_OPERATION_ACTIVE);
+        p.sign_init(h, CKM_ECDSA_SHA256, false, ec).unwrap();
+        p.sign_update(h, b"part").unwrap();
+        assert_eq!(p.sign_final(h, Some(64)).unwrap_err().rv, CKR_DEVICE_ERROR);
+    }
+}

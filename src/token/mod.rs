@@ -1,0 +1,271 @@
+//! The one token: the tagged key pairs of the configured KMS, kept in memory with stable
+//! object handles, refreshed from the KMS when the list has aged, and the signing call.
+
+pub mod objects;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cryptoki_sys::*;
+
+use crate::asn1::PublicKey;
+use crate::config::{KmsConfig, Settings};
+use crate::error::{Error, Result};
+use crate::kmip::operations::{self, RemoteKey, SignRequest};
+use crate::kmip::KmsClient;
+pub use objects::{Attr, KeyPair, ObjectClass};
+
+/// After a failed load, how long searches are answered from memory before trying again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The connection to the KMS, when the configuration allowed one.
+pub struct Kms {
+    pub config: KmsConfig,
+    pub client: KmsClient,
+}
+
+/// Key pairs and the handles of their objects.
+#[derive(Default)]
+pub struct KeyStore {
+    objects: HashMap<CK_OBJECT_HANDLE, (Arc<KeyPair>, ObjectClass)>,
+    /// Handles survive refreshes: the same key keeps the same handle.
+    handles: HashMap<(String, ObjectClass), CK_OBJECT_HANDLE>,
+    next_handle: CK_OBJECT_HANDLE,
+    /// When the list was last loaded (or last failed to load), and whether that worked.
+    loaded: Option<(Instant, bool)>,
+}
+
+impl KeyStore {
+    /// Replaces the key list, keeping the handles of keys that stay.
+    pub fn replace(&mut self, keys: Vec<KeyPair>) {
+        self.objects.clear();
+        for key in keys {
+            let key = Arc::new(key);
+            for class in [ObjectClass::PublicKey, ObjectClass::PrivateKey] {
+                let next = &mut self.next_handle;
+                let handle = *self.handles.entry((key.private_id.clone(), class)).or_insert_with(|| {
+                    *next += 1;
+                    *next
+                });
+                self.objects.insert(handle, (key.clone(), class));
+            }
+        }
+        self.handles.retain(|_, h| self.objects.contains_key(h));
+    }
+
+    pub fn object(&self, handle: CK_OBJECT_HANDLE) -> Option<(Arc<KeyPair>, ObjectClass)> {
+        self.objects.get(&handle).cloned()
+    }
+
+    /// Handles of the objects matching `template`, public keys first, in handle order.
+    pub fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
+        let mut found: Vec<_> = self
+            .objects
+            .iter()
+            .filter(|(_, (key, class))| key.matches(*class, template))
+            .map(|(h, (_, class))| (*class == ObjectClass::PrivateKey, *h))
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Does a search with `template` need the list loaded or reloaded first? Searches for
+    /// classes the token never holds don't; private-key searches (every ssh signature) only
+    /// before the first load.
+    fn needs_load(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], ttl: Duration) -> bool {
+        let class = template.iter().find(|(t, _)| *t == CKA_CLASS).map(|(_, v)| v.as_slice());
+        let public = CKO_PUBLIC_KEY.to_ne_bytes();
+        let private = CKO_PRIVATE_KEY.to_ne_bytes();
+        match (self.loaded, class) {
+            (_, Some(c)) if c != public && c != private => false,
+            (None, _) => true,
+            (Some((at, ok)), c) => {
+                let age = at.elapsed();
+                let private_only = c == Some(&private[..]);
+                (!ok && age >= RETRY_AFTER_FAILURE && !private_only) || (age >= ttl && !private_only)
+            }
+        }
+    }
+}
+
+pub struct Token {
+    pub settings: Settings,
+    kms: std::result::Result<Kms, String>,
+    store: Mutex<KeyStore>,
+    /// Held while loading, so that concurrent searches load once.
+    loading: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Token {
+    /// `kms` is the configured KMS, or why there is none (the token then holds no keys).
+    pub fn new(settings: Settings, kms: std::result::Result<Kms, String>) -> Self {
+        Self { settings, kms, store: Mutex::default(), loading: Mutex::new(()) }
+    }
+
+    /// A token holding these keys and no KMS, for unit tests.
+    #[cfg(test)]
+    pub fn with_keys(keys: Vec<KeyPair>) -> Self {
+        let mut store = KeyStore::default();
+        store.replace(keys);
+        store.loaded = Some((Instant::now(), true));
+        let settings = Settings::from_lookup(|_| None, &mut Vec::new());
+        Self { settings, kms: Err("no KMS in unit tests".into()), store: Mutex::new(store), loading: Mutex::new(()) }
+    }
+
+    /// The KMS's address, for the token label; None when not configured.
+    pub fn server_url(&self) -> Option<&str> {
+        self.kms.as_ref().ok().map(|k| k.config.server_url.as_str())
+    }
+
+    pub fn object(&self, handle: CK_OBJECT_HANDLE) -> Result<(Arc<KeyPair>, ObjectClass)> {
+        lock(&self.store)
+            .object(handle)
+            .ok_or_else(|| Error::new(CKR_OBJECT_HANDLE_INVALID, format!("no object {handle}")))
+    }
+
+    /// The handles of the objects that match `template`, loading the key list first when it
+    /// is missing or old.
+    pub fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
+        let ttl = self.settings.key_cache_ttl;
+        if lock(&self.store).needs_load(template, ttl) {
+            let _loading = lock(&self.loading);
+            // Another thread may have loaded while this one waited.
+            if lock(&self.store).needs_load(template, ttl) {
+                let result = self.load();
+                let mut store = lock(&self.store);
+                match result {
+                    Ok(keys) => {
+                        tracing::info!(keys = keys.len(), tag = %self.settings.key_tag, "key list loaded from the KMS");
+                        store.replace(keys);
+                        store.loaded = Some((Instant::now(), true));
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot list the keys of the KMS: {e}");
+                        store.loaded = Some((Instant::now(), false));
+                    }
+                }
+            }
+        }
+        lock(&self.store).find(template)
+    }
+
+    /// Lists the tagged key pairs: one Locate (paged), one batched Export.
+    fn load(&self) -> std::result::Result<Vec<KeyPair>, String> {
+        let kms = self.kms.as_ref().map_err(|e| format!("no KMS configured: {e}"))?;
+        let vendor = &kms.config.vendor_id;
+        let tag = &self.settings.key_tag;
+        let ids = operations::locate_tagged(&kms.client, vendor, tag, "PublicKey").map_err(|e| e.to_string())?;
+        let exported = operations::export_public_keys(&kms.client, vendor, &ids).map_err(|e| e.to_string())?;
+        let mut keys = Vec::new();
+        for (id, result) in ids.iter().zip(exported) {
+            match result.map_err(|e| e.to_string()).and_then(|remote| key_pair(remote, tag)) {
+                Ok(key) => keys.push(key),
+                Err(e) => tracing::warn!(key = %id, "skipping key: {e}"),
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Signs through the KMS.
+    pub fn sign(&self, key: &KeyPair, request: &SignRequest) -> Result<Vec<u8>> {
+        let kms = self.kms.as_ref().map_err(|e| Error::new(CKR_DEVICE_ERROR, format!("no KMS configured: {e}")))?;
+        operations::sign(&kms.client, &key.private_id, request).map_err(Error::from)
+    }
+}
+
+/// Builds the token's view of a KMS key pair.
+fn key_pair(remote: RemoteKey, selection_tag: &str) -> std::result::Result<KeyPair, String> {
+    let public_key = PublicKey::from_spki(&remote.spki)?;
+    let label = label(&remote, selection_tag);
+    Ok(KeyPair { private_id: remote.private_id, public_id: remote.public_id, label, public_key })
+}
+
+/// `CKA_LABEL`: the key's name, else its other user tags, then its id, e.g.
+/// `alice-laptop (3f0c…)`; just the id when there is nothing else.
+fn label(remote: &RemoteKey, selection_tag: &str) -> String {
+    let described = remote.name.clone().filter(|n| !n.is_empty()).or_else(|| {
+        let tags: Vec<&str> = remote
+            .tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| *t != selection_tag && !t.starts_with('_'))
+            .collect();
+        (!tags.is_empty()).then(|| tags.join(","))
+    });
+    match described {
+        Some(d) => format!("{d} ({})", remote.private_id),
+        None => remote.private_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::objects::tests::{p256_pair, rsa_pair};
+    use super::*;
+
+    fn class(c: CK_ULONG) -> (CK_ATTRIBUTE_TYPE, Vec<u8>) {
+        (CKA_CLASS, c.to_ne_bytes().to_vec())
+    }
+
+    #[test]
+    fn handles_are_stable_across_refreshes() {
+        let mut s = KeyStore::default();
+        s.replace(vec![p256_pair(), rsa_pair()]);
+        let before = s.find(&[]);
+        assert_eq!(before.len(), 4);
+        s.replace(vec![rsa_pair()]);
+        let after = s.find(&[]);
+        assert_eq!(after.len(), 2);
+        assert!(after.iter().all(|h| before.contains(h)));
+        assert!(s.object(before[0]).is_none() || after.contains(&before[0]));
+        s.replace(vec![p256_pair(), rsa_pair()]);
+        assert_eq!(s.find(&[]).len(), 4);
+    }
+
+    #[test]
+    fn public_keys_come_first() {
+        let mut s = KeyStore::default();
+        s.replace(vec![p256_pair(), rsa_pair()]);
+        let all = s.find(&[]);
+        let classes: Vec<_> = all.iter().map(|h| s.object(*h).unwrap().1).collect();
+        assert_eq!(classes[..2], [ObjectClass::PublicKey; 2]);
+        assert_eq!(s.find(&[class(CKO_PRIVATE_KEY), (CKA_ID, b"k1".to_vec())]).len(), 1);
+    }
+
+    #[test]
+    fn private_key_searches_are_served_from_memory() {
+        let mut s = KeyStore::default();
+        let ttl = Duration::from_secs(60);
+        assert!(s.needs_load(&[class(CKO_PRIVATE_KEY)], ttl));
+        assert!(!s.needs_load(&[class(CKO_CERTIFICATE)], ttl));
+        s.loaded = Some((Instant::now() - Duration::from_secs(120), true));
+        assert!(s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
+        assert!(s.needs_load(&[], ttl));
+        assert!(!s.needs_load(&[class(CKO_PRIVATE_KEY)], ttl));
+        s.loaded = Some((Instant::now(), true));
+        assert!(!s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
+        s.loaded = Some((Instant::now() - Duration::from_secs(6), false));
+        assert!(s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
+    }
+
+    #[test]
+    fn labels_say_what_the_key_is() {
+        let mut r = RemoteKey {
+            public_id: "id_pk".into(),
+            private_id: "id".into(),
+            spki: vec![],
+            name: None,
+            tags: vec!["ssh-auth".into(), "_pk".into()],
+        };
+        assert_eq!(label(&r, "ssh-auth"), "id");
+        r.tags.push("alice-laptop".into());
+        assert_eq!(label(&r, "ssh-auth"), "alice-laptop (id)");
+        r.name = Some("deploy".into());
+        assert_eq!(label(&r, "ssh-auth"), "deploy (id)");
+    }
+}

@@ -1,0 +1,271 @@
+//! The PKCS#11 objects the token shows: a public and a private key object per KMS key pair,
+//! their attributes exactly as OpenSSH and other clients read them, and template matching.
+
+use cryptoki_sys::*;
+
+use crate::asn1::{self, PublicKey};
+
+/// A key pair of the KMS, as the token knows it. Only public facts: the private key stays in
+/// the KMS and is named by its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPair {
+    pub private_id: String,
+    pub public_id: String,
+    /// `CKA_LABEL`: what ssh shows as the key's comment.
+    pub label: String,
+    pub public_key: PublicKey,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectClass {
+    PublicKey,
+    PrivateKey,
+}
+
+/// The answer for one attribute of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attr {
+    Value(Vec<u8>),
+    /// The object has it, but will not say (private key material).
+    Sensitive,
+    /// The object has no such attribute.
+    Invalid,
+}
+
+fn ulong(v: CK_ULONG) -> Attr {
+    Attr::Value(v.to_ne_bytes().to_vec())
+}
+
+fn boolean(v: bool) -> Attr {
+    Attr::Value(vec![if v { CK_TRUE } else { CK_FALSE }])
+}
+
+/// Attributes of private keys that are secret material.
+const SENSITIVE: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_VALUE,
+    CKA_PRIVATE_EXPONENT,
+    CKA_PRIME_1,
+    CKA_PRIME_2,
+    CKA_EXPONENT_1,
+    CKA_EXPONENT_2,
+    CKA_COEFFICIENT,
+];
+
+impl KeyPair {
+    /// `CKA_ID`, the same on both objects of the pair: the private key's id.
+    pub fn ck_id(&self) -> &[u8] {
+        self.private_id.as_bytes()
+    }
+
+    pub fn key_type(&self) -> CK_KEY_TYPE {
+        match self.public_key {
+            PublicKey::Rsa { .. } => CKK_RSA,
+            PublicKey::Ec { .. } => CKK_EC,
+            PublicKey::Ed25519 { .. } => CKK_EC_EDWARDS,
+        }
+    }
+
+    /// The value of attribute `ty` on the object of class `class`.
+    pub fn attribute(&self, class: ObjectClass, ty: CK_ATTRIBUTE_TYPE) -> Attr {
+        let private = class == ObjectClass::PrivateKey;
+        match ty {
+            CKA_CLASS => ulong(if private { CKO_PRIVATE_KEY } else { CKO_PUBLIC_KEY }),
+            CKA_KEY_TYPE => ulong(self.key_type()),
+            CKA_ID => Attr::Value(self.ck_id().to_vec()),
+            CKA_LABEL => Attr::Value(self.label.as_bytes().to_vec()),
+            CKA_TOKEN => boolean(true),
+            // Nothing is hidden behind a login while credentials come from the configuration.
+            CKA_PRIVATE => boolean(false),
+            CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_DERIVE | CKA_LOCAL => boolean(false),
+            CKA_KEY_GEN_MECHANISM => ulong(CK_UNAVAILABLE_INFORMATION),
+            CKA_START_DATE | CKA_END_DATE | CKA_SUBJECT => Attr::Value(Vec::new()),
+            CKA_PUBLIC_KEY_INFO => Attr::Value(self.spki()),
+            CKA_MODULUS | CKA_PUBLIC_EXPONENT | CKA_MODULUS_BITS => self.rsa_attribute(ty),
+            CKA_EC_PARAMS | CKA_EC_POINT => self.ec_attribute(class, ty),
+            // Capabilities.
+            CKA_SIGN if private => boolean(true),
+            CKA_VERIFY if !private => boolean(true),
+            CKA_SIGN_RECOVER | CKA_DECRYPT | CKA_UNWRAP if private => boolean(false),
+            CKA_VERIFY_RECOVER | CKA_ENCRYPT | CKA_WRAP | CKA_TRUSTED if !private => boolean(false),
+            // Private key protection.
+            CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE if private => boolean(true),
+            CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE | CKA_WRAP_WITH_TRUSTED if private => boolean(false),
+            t if private && SENSITIVE.contains(&t) => Attr::Sensitive,
+            _ => Attr::Invalid,
+        }
+    }
+
+    fn rsa_attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Attr {
+        let PublicKey::Rsa { modulus, exponent } = &self.public_key else { return Attr::Invalid };
+        match ty {
+            CKA_MODULUS => Attr::Value(modulus.clone()),
+            CKA_PUBLIC_EXPONENT => Attr::Value(exponent.clone()),
+            _ => {
+                let bits = modulus.first().map_or(0, |top| (modulus.len() * 8) as u32 - top.leading_zeros());
+                ulong(bits as CK_ULONG)
+            }
+        }
+    }
+
+    fn ec_attribute(&self, class: ObjectClass, ty: CK_ATTRIBUTE_TYPE) -> Attr {
+        let (params, point) = match &self.public_key {
+            PublicKey::Ec { curve, point } => (curve.ec_params(), point.as_slice()),
+            PublicKey::Ed25519 { key } => (asn1::ed25519_ec_params(), key.as_slice()),
+            PublicKey::Rsa { .. } => return Attr::Invalid,
+        };
+        match ty {
+            CKA_EC_PARAMS => Attr::Value(params),
+            // A private key object carries the curve, not the point.
+            CKA_EC_POINT if class == ObjectClass::PublicKey => Attr::Value(asn1::octet_string(point)),
+            _ => Attr::Invalid,
+        }
+    }
+
+    /// `CKA_PUBLIC_KEY_INFO`: DER SubjectPublicKeyInfo, rebuilt from the parsed key.
+    fn spki(&self) -> Vec<u8> {
+        use der::Encode;
+        let algorithm_and_key = match &self.public_key {
+            PublicKey::Rsa { modulus, exponent } => {
+                let uint = |b: &[u8]| der::asn1::UintRef::new(b).and_then(|u| u.to_der()).unwrap_or_default();
+                let body = [uint(modulus), uint(exponent)].concat();
+                let rsa_key = [der_header(0x30, body.len()), body].concat();
+                // rsaEncryption with NULL parameters.
+                let alg = hex_bytes("300D06092A864886F70D0101010500");
+                (alg, rsa_key)
+            }
+            PublicKey::Ec { curve, point } => {
+                let oid_ec = hex_bytes("06072A8648CE3D0201");
+                let body = [oid_ec, curve.ec_params()].concat();
+                ([der_header(0x30, body.len()), body].concat(), point.clone())
+            }
+            PublicKey::Ed25519 { key } => (hex_bytes("300506032B6570"), key.to_vec()),
+        };
+        let (alg, key) = algorithm_and_key;
+        let bits = [der_header(0x03, key.len() + 1), vec![0], key].concat();
+        let body = [alg, bits].concat();
+        [der_header(0x30, body.len()), body].concat()
+    }
+
+    /// Does the object of class `class` have every attribute of `template` with that value?
+    /// A private key is also found by its public key's id (`<uid>_pk`), as older providers
+    /// used that as `CKA_ID`.
+    pub fn matches(&self, class: ObjectClass, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> bool {
+        template.iter().all(|(ty, wanted)| {
+            if *ty == CKA_ID && class == ObjectClass::PrivateKey && wanted.as_slice() == self.public_id.as_bytes() {
+                return true;
+            }
+            match self.attribute(class, *ty) {
+                Attr::Value(v) => v == *wanted || bool_equal(&v, wanted),
+                Attr::Sensitive | Attr::Invalid => false,
+            }
+        })
+    }
+}
+
+/// CK_BBOOL templates: any non-zero byte means true.
+fn bool_equal(have: &[u8], wanted: &[u8]) -> bool {
+    have.len() == 1 && wanted.len() == 1 && (have[0] != 0) == (wanted[0] != 0)
+}
+
+fn der_header(tag: u8, len: usize) -> Vec<u8> {
+    match len {
+        0..=0x7F => vec![tag, len as u8],
+        0x80..=0xFF => vec![tag, 0x81, len as u8],
+        _ => vec![tag, 0x82, (len >> 8) as u8, len as u8],
+    }
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    crate::kmip::ttlv::hex_decode(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::asn1::Curve;
+
+    pub fn p256_pair() -> KeyPair {
+        let mut point = vec![4u8];
+        point.extend([1u8; 64]);
+        KeyPair {
+            private_id: "k1".into(),
+            public_id: "k1_pk".into(),
+            label: "laptop (k1)".into(),
+            public_key: PublicKey::Ec { curve: Curve::P256, point },
+        }
+    }
+
+    pub fn rsa_pair() -> KeyPair {
+        let mut modulus = vec![0xC0u8];
+        modulus.extend([7u8; 255]);
+        KeyPair {
+            private_id: "r1".into(),
+            public_id: "r1_pk".into(),
+            label: "r1".into(),
+            public_key: PublicKey::Rsa { modulus, exponent: vec![1, 0, 1] },
+        }
+    }
+
+    fn value(a: Attr) -> Vec<u8> {
+        match a {
+            Attr::Value(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ec_public_key_attributes_as_openssh_reads_them() {
+        let k = p256_pair();
+        let point = value(k.attribute(ObjectClass::PublicKey, CKA_EC_POINT));
+        assert_eq!(point[..3], [0x04, 0x41, 0x04]);
+        assert_eq!(value(k.attribute(ObjectClass::PublicKey, CKA_EC_PARAMS)), Curve::P256.ec_params());
+        assert_eq!(value(k.attribute(ObjectClass::PublicKey, CKA_KEY_TYPE)), CKK_EC.to_ne_bytes());
+        assert_eq!(value(k.attribute(ObjectClass::PublicKey, CKA_ID)), b"k1");
+        assert_eq!(value(k.attribute(ObjectClass::PrivateKey, CKA_ID)), b"k1");
+        assert_eq!(k.attribute(ObjectClass::PublicKey, CKA_MODULUS), Attr::Invalid);
+    }
+
+    #[test]
+    fn spki_round_trips_through_the_parser() {
+        for k in [p256_pair(), rsa_pair()] {
+            let spki = value(k.attribute(ObjectClass::PublicKey, CKA_PUBLIC_KEY_INFO));
+            assert_eq!(PublicKey::from_spki(&spki).unwrap(), k.public_key);
+        }
+        let ed = KeyPair { public_key: PublicKey::Ed25519 { key: [3; 32] }, ..p256_pair() };
+        let spki = value(ed.attribute(ObjectClass::PublicKey, CKA_PUBLIC_KEY_INFO));
+        assert_eq!(PublicKey::from_spki(&spki).unwrap(), ed.public_key);
+    }
+
+    #[test]
+    fn private_key_is_sensitive_and_never_extractable() {
+        let k = rsa_pair();
+        for t in [CKA_VALUE, CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_COEFFICIENT] {
+            assert_eq!(k.attribute(ObjectClass::PrivateKey, t), Attr::Sensitive);
+        }
+        assert_eq!(value(k.attribute(ObjectClass::PrivateKey, CKA_SENSITIVE)), [CK_TRUE]);
+        assert_eq!(value(k.attribute(ObjectClass::PrivateKey, CKA_EXTRACTABLE)), [CK_FALSE]);
+        assert_eq!(value(k.attribute(ObjectClass::PrivateKey, CKA_ALWAYS_AUTHENTICATE)), [CK_FALSE]);
+        assert_eq!(value(k.attribute(ObjectClass::PrivateKey, CKA_MODULUS_BITS)), 2048u64.to_ne_bytes());
+        assert_eq!(k.attribute(ObjectClass::PublicKey, CKA_VALUE), Attr::Invalid);
+    }
+
+    #[test]
+    fn templates_match_every_attribute() {
+        let k = p256_pair();
+        let class = |c: CK_ULONG| (CKA_CLASS, c.to_ne_bytes().to_vec());
+        assert!(k.matches(ObjectClass::PublicKey, &[]));
+        assert!(k.matches(ObjectClass::PublicKey, &[class(CKO_PUBLIC_KEY)]));
+        assert!(!k.matches(ObjectClass::PrivateKey, &[class(CKO_PUBLIC_KEY)]));
+        let by_id = [class(CKO_PRIVATE_KEY), (CKA_ID, b"k1".to_vec()), (CKA_SIGN, vec![1])];
+        assert!(k.matches(ObjectClass::PrivateKey, &by_id));
+        assert!(k.matches(ObjectClass::PrivateKey, &[(CKA_ID, b"k1_pk".to_vec())]));
+        assert!(!k.matches(ObjectClass::PublicKey, &[(CKA_ID, b"k1_pk".to_vec())]));
+        assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_ID, b"k2".to_vec())]));
+        // An attribute the object lacks, or a sensitive one, excludes it.
+        assert!(!k.matches(ObjectClass::PublicKey, &[(CKA_MODULUS, vec![])]));
+        assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_VALUE, vec![])]));
+        assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_SIGN, vec![0])]));
+        assert!(k.matches(ObjectClass::PrivateKey, &[(CKA_SIGN, vec![0xFF])]));
+        assert!(k.matches(ObjectClass::PublicKey, &[(CKA_LABEL, b"laptop (k1)".to_vec())]));
+    }
+}
