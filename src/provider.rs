@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::kmip::KmsClient;
 use crate::platform;
 use crate::session::{lock, FindOp, SignOp, Sessions};
-use crate::signing::{self, Mechanism};
+use crate::signing::{self, Mechanism, Parameter};
 use crate::token::{Attr, Kms, ObjectClass, Token};
 
 /// The only slot.
@@ -105,8 +105,7 @@ impl Provider {
 
     pub fn mechanism_info(&self, slot: CK_SLOT_ID, ty: CK_MECHANISM_TYPE) -> Result<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
         check_slot(slot)?;
-        Mechanism::from_ck(ty)
-            .map(Mechanism::info)
+        signing::info(ty)
             .ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{ty:X} is not offered")))
     }
 
@@ -213,17 +212,13 @@ impl Provider {
 
     // ---- signing ------------------------------------------------------------------------
 
-    pub fn sign_init(&self, session: CK_SESSION_HANDLE, mechanism: CK_MECHANISM_TYPE, has_parameter: bool, key: CK_OBJECT_HANDLE) -> Result<()> {
+    pub fn sign_init(&self, session: CK_SESSION_HANDLE, mechanism: CK_MECHANISM_TYPE, parameter: Parameter, key: CK_OBJECT_HANDLE) -> Result<()> {
         let s = self.sessions.get(session)?;
         let mut s = lock(&s);
         if s.sign.is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "a signature is already active"));
         }
-        let mechanism = Mechanism::from_ck(mechanism)
-            .ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{mechanism:X} is not offered")))?;
-        if has_parameter {
-            return Err(Error::new(CKR_MECHANISM_PARAM_INVALID, "the offered mechanisms take no parameter"));
-        }
+        let mechanism = Mechanism::resolve(mechanism, parameter)?;
         let (key, class) = self.token.object(key).map_err(|e| Error::new(CKR_KEY_HANDLE_INVALID, e.message))?;
         if class != ObjectClass::PrivateKey {
             return Err(Error::new(CKR_KEY_FUNCTION_NOT_PERMITTED, "only private keys sign"));
@@ -368,12 +363,12 @@ mod tests {
         p.find_final(h).unwrap();
 
         assert_eq!(p.sign(h, b"x", None).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
-        assert_eq!(p.sign_init(h, CKM_RSA_PKCS, false, ec).unwrap_err().rv, CKR_KEY_TYPE_INCONSISTENT);
-        assert_eq!(p.sign_init(h, CKM_ECDSA, false, ec_pub).unwrap_err().rv, CKR_KEY_FUNCTION_NOT_PERMITTED);
-        assert_eq!(p.sign_init(h, CKM_ECDSA, false, 4242).unwrap_err().rv, CKR_KEY_HANDLE_INVALID);
-        assert_eq!(p.sign_init(h, CKM_AES_CBC, false, ec).unwrap_err().rv, CKR_MECHANISM_INVALID);
-        p.sign_init(h, CKM_ECDSA, false, ec).unwrap();
-        assert_eq!(p.sign_init(h, CKM_ECDSA, false, ec).unwrap_err().rv, CKR_OPERATION_ACTIVE);
+        assert_eq!(p.sign_init(h, CKM_RSA_PKCS, Parameter::None, ec).unwrap_err().rv, CKR_KEY_TYPE_INCONSISTENT);
+        assert_eq!(p.sign_init(h, CKM_ECDSA, Parameter::None, ec_pub).unwrap_err().rv, CKR_KEY_FUNCTION_NOT_PERMITTED);
+        assert_eq!(p.sign_init(h, CKM_ECDSA, Parameter::None, 4242).unwrap_err().rv, CKR_KEY_HANDLE_INVALID);
+        assert_eq!(p.sign_init(h, CKM_AES_CBC, Parameter::None, ec).unwrap_err().rv, CKR_MECHANISM_INVALID);
+        p.sign_init(h, CKM_ECDSA, Parameter::None, ec).unwrap();
+        assert_eq!(p.sign_init(h, CKM_ECDSA, Parameter::None, ec).unwrap_err().rv, CKR_OPERATION_ACTIVE);
         // Size query and short buffer keep the operation.
         assert_eq!(p.sign(h, &[0; 32], None).unwrap(), SignOutput::Length(64));
         assert_eq!(p.sign(h, &[0; 32], Some(10)).unwrap(), SignOutput::TooSmall(64));
@@ -381,14 +376,14 @@ mod tests {
         assert_eq!(p.sign(h, &[0; 7], Some(64)).unwrap_err().rv, CKR_DATA_LEN_RANGE);
         assert_eq!(p.sign(h, &[0; 32], Some(64)).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
         // Single-part mechanisms refuse C_SignUpdate.
-        p.sign_init(h, CKM_ECDSA, false, ec).unwrap();
+        p.sign_init(h, CKM_ECDSA, Parameter::None, ec).unwrap();
         assert_eq!(p.sign_update(h, b"x").unwrap_err().rv, CKR_MECHANISM_INVALID);
         assert_eq!(p.sign_final(h, Some(64)).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
         // Without a KMS, a real signature fails cleanly.
-        p.sign_init(h, CKM_ECDSA_SHA256, false, ec).unwrap();
+        p.sign_init(h, CKM_ECDSA_SHA256, Parameter::None, ec).unwrap();
         p.sign_update(h, b"part").unwrap();
         assert_eq!(p.sign(h, b"x", Some(64)).unwrap_err().rv, CKR_OPERATION_ACTIVE);
-        p.sign_init(h, CKM_ECDSA_SHA256, false, ec).unwrap();
+        p.sign_init(h, CKM_ECDSA_SHA256, Parameter::None, ec).unwrap();
         p.sign_update(h, b"part").unwrap();
         assert_eq!(p.sign_final(h, Some(64)).unwrap_err().rv, CKR_DEVICE_ERROR);
     }

@@ -20,52 +20,118 @@ pub enum Mechanism {
     RsaPkcs,
     /// RSA PKCS#1 v1.5 hashing the message here.
     RsaPkcsWith(Hash),
+    /// RSA-PSS over a hash the caller computed, with this hash (from the parameters).
+    RsaPss(Hash),
+    /// RSA-PSS hashing the message here.
+    RsaPssWith(Hash),
 }
 
 use Mechanism::*;
 
+/// A mechanism's parameter, as the FFI layer read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parameter {
+    None,
+    /// `CK_RSA_PKCS_PSS_PARAMS`.
+    Pss { hash: CK_MECHANISM_TYPE, mgf: CK_RSA_PKCS_MGF_TYPE, salt_len: CK_ULONG },
+    /// `CK_EDDSA_PARAMS`.
+    Eddsa { prehash: bool, context_len: usize },
+    /// Something this provider cannot read for that mechanism.
+    Unreadable,
+}
+
+/// Every mechanism type offered, in `C_GetMechanismList` order.
+pub const OFFERED: [CK_MECHANISM_TYPE; 15] = [
+    CKM_ECDSA,
+    CKM_ECDSA_SHA256,
+    CKM_ECDSA_SHA384,
+    CKM_ECDSA_SHA512,
+    CKM_EDDSA,
+    CKM_RSA_PKCS,
+    CKM_SHA1_RSA_PKCS,
+    CKM_SHA256_RSA_PKCS,
+    CKM_SHA384_RSA_PKCS,
+    CKM_SHA512_RSA_PKCS,
+    CKM_RSA_PKCS_PSS,
+    CKM_SHA1_RSA_PKCS_PSS,
+    CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS,
+    CKM_SHA512_RSA_PKCS_PSS,
+];
+
+/// `CK_MECHANISM_INFO` of an offered mechanism: smallest and largest key size, flags.
+pub fn info(ty: CK_MECHANISM_TYPE) -> Option<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
+    const EC_FLAGS: CK_FLAGS = CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+    match ty {
+        CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384 | CKM_ECDSA_SHA512 => Some((256, 521, EC_FLAGS)),
+        CKM_EDDSA => Some((255, 255, CKF_SIGN | CKF_EC_NAMEDCURVE)),
+        t if OFFERED.contains(&t) => Some((1024, 8192, CKF_SIGN)),
+        _ => None,
+    }
+}
+
+fn hash_of(ty: CK_MECHANISM_TYPE) -> Option<Hash> {
+    match ty {
+        CKM_SHA_1 => Some(Hash::Sha1),
+        CKM_SHA256 => Some(Hash::Sha256),
+        CKM_SHA384 => Some(Hash::Sha384),
+        CKM_SHA512 => Some(Hash::Sha512),
+        _ => None,
+    }
+}
+
+fn mgf_of(hash: Hash) -> CK_RSA_PKCS_MGF_TYPE {
+    match hash {
+        Hash::Sha1 => CKG_MGF1_SHA1,
+        Hash::Sha256 => CKG_MGF1_SHA256,
+        Hash::Sha384 => CKG_MGF1_SHA384,
+        Hash::Sha512 => CKG_MGF1_SHA512,
+    }
+}
+
 impl Mechanism {
-    pub const ALL: [Mechanism; 10] = [
-        Ecdsa,
-        EcdsaWith(Hash::Sha256),
-        EcdsaWith(Hash::Sha384),
-        EcdsaWith(Hash::Sha512),
-        Eddsa,
-        RsaPkcs,
-        RsaPkcsWith(Hash::Sha1),
-        RsaPkcsWith(Hash::Sha256),
-        RsaPkcsWith(Hash::Sha384),
-        RsaPkcsWith(Hash::Sha512),
-    ];
-
-    pub fn ck_type(self) -> CK_MECHANISM_TYPE {
-        match self {
-            Ecdsa => CKM_ECDSA,
-            EcdsaWith(Hash::Sha1) => CKM_ECDSA_SHA1,
-            EcdsaWith(Hash::Sha256) => CKM_ECDSA_SHA256,
-            EcdsaWith(Hash::Sha384) => CKM_ECDSA_SHA384,
-            EcdsaWith(Hash::Sha512) => CKM_ECDSA_SHA512,
-            Eddsa => CKM_EDDSA,
-            RsaPkcs => CKM_RSA_PKCS,
-            RsaPkcsWith(Hash::Sha1) => CKM_SHA1_RSA_PKCS,
-            RsaPkcsWith(Hash::Sha256) => CKM_SHA256_RSA_PKCS,
-            RsaPkcsWith(Hash::Sha384) => CKM_SHA384_RSA_PKCS,
-            RsaPkcsWith(Hash::Sha512) => CKM_SHA512_RSA_PKCS,
+    /// The mechanism a `C_SignInit` asks for, with its parameter checked against what the
+    /// KMS can do (PSS: MGF1 with the same hash, salt as long as the hash).
+    pub fn resolve(ty: CK_MECHANISM_TYPE, parameter: Parameter) -> Result<Self> {
+        let bad = |why: &str| Error::new(CKR_MECHANISM_PARAM_INVALID, why.to_owned());
+        let mechanism = match ty {
+            CKM_ECDSA => Ecdsa,
+            CKM_ECDSA_SHA256 => EcdsaWith(Hash::Sha256),
+            CKM_ECDSA_SHA384 => EcdsaWith(Hash::Sha384),
+            CKM_ECDSA_SHA512 => EcdsaWith(Hash::Sha512),
+            CKM_EDDSA => Eddsa,
+            CKM_RSA_PKCS => RsaPkcs,
+            CKM_SHA1_RSA_PKCS => RsaPkcsWith(Hash::Sha1),
+            CKM_SHA256_RSA_PKCS => RsaPkcsWith(Hash::Sha256),
+            CKM_SHA384_RSA_PKCS => RsaPkcsWith(Hash::Sha384),
+            CKM_SHA512_RSA_PKCS => RsaPkcsWith(Hash::Sha512),
+            CKM_SHA1_RSA_PKCS_PSS => RsaPssWith(Hash::Sha1),
+            CKM_SHA256_RSA_PKCS_PSS => RsaPssWith(Hash::Sha256),
+            CKM_SHA384_RSA_PKCS_PSS => RsaPssWith(Hash::Sha384),
+            CKM_SHA512_RSA_PKCS_PSS => RsaPssWith(Hash::Sha512),
+            CKM_RSA_PKCS_PSS => match parameter {
+                Parameter::Pss { hash, .. } => RsaPss(hash_of(hash).ok_or_else(|| bad("unsupported PSS hash"))?),
+                _ => return Err(bad("CKM_RSA_PKCS_PSS needs CK_RSA_PKCS_PSS_PARAMS")),
+            },
+            _ => return Err(Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{ty:X} is not offered"))),
+        };
+        match (mechanism, parameter) {
+            (RsaPss(h) | RsaPssWith(h), Parameter::Pss { hash, mgf, salt_len }) => {
+                if hash_of(hash) != Some(h) {
+                    return Err(bad("the PSS hash must be the mechanism's"));
+                }
+                if mgf != mgf_of(h) || salt_len as usize != h.output_len() {
+                    return Err(bad("the KMS signs PSS with MGF1 of the same hash and a salt as long as the hash"));
+                }
+            }
+            (RsaPssWith(_), _) => return Err(bad("PSS mechanisms need CK_RSA_PKCS_PSS_PARAMS")),
+            (Eddsa, Parameter::None) => {}
+            (Eddsa, Parameter::Eddsa { prehash: false, context_len: 0 }) => {}
+            (Eddsa, _) => return Err(bad("only pure Ed25519 (no prehash, no context) is offered")),
+            (_, Parameter::None) => {}
+            (_, _) => return Err(bad("this mechanism takes no parameter")),
         }
-    }
-
-    pub fn from_ck(ty: CK_MECHANISM_TYPE) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.ck_type() == ty)
-    }
-
-    /// `CK_MECHANISM_INFO`: smallest and largest key size, flags.
-    pub fn info(self) -> (CK_ULONG, CK_ULONG, CK_FLAGS) {
-        const EC_FLAGS: CK_FLAGS = CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
-        match self {
-            Ecdsa | EcdsaWith(_) => (256, 521, EC_FLAGS),
-            Eddsa => (255, 255, CKF_SIGN | CKF_EC_NAMEDCURVE),
-            RsaPkcs | RsaPkcsWith(_) => (1024, 8192, CKF_SIGN),
-        }
+        Ok(mechanism)
     }
 
     /// Can a key of this kind be used with this mechanism?
@@ -74,15 +140,15 @@ impl Mechanism {
             (self, key),
             (Ecdsa | EcdsaWith(_), PublicKey::Ec { .. })
                 | (Eddsa, PublicKey::Ed25519 { .. })
-                | (RsaPkcs | RsaPkcsWith(_), PublicKey::Rsa { .. })
+                | (RsaPkcs | RsaPkcsWith(_) | RsaPss(_) | RsaPssWith(_), PublicKey::Rsa { .. })
         )
     }
 
     /// The hash computed here for multi-part signing, if the mechanism hashes.
     pub fn hash(self) -> Option<Hash> {
         match self {
-            EcdsaWith(h) | RsaPkcsWith(h) => Some(h),
-            Ecdsa | Eddsa | RsaPkcs => None,
+            EcdsaWith(h) | RsaPkcsWith(h) | RsaPssWith(h) => Some(h),
+            Ecdsa | Eddsa | RsaPkcs | RsaPss(_) => None,
         }
     }
 }
@@ -116,6 +182,12 @@ pub fn request(mechanism: Mechanism, input: &[u8], prehashed: bool) -> Result<Si
             Ok(SignRequest::rsa_pkcs1(hash, digest.to_vec()))
         }
         RsaPkcsWith(h) => Ok(SignRequest::rsa_pkcs1(h, digest(h))),
+        RsaPss(h) if input.len() != h.output_len() => Err(Error::new(
+            CKR_DATA_LEN_RANGE,
+            format!("CKM_RSA_PKCS_PSS input of {} bytes where the {h:?} hash has {}", input.len(), h.output_len()),
+        )),
+        RsaPss(h) => Ok(SignRequest::rsa_pss(h, input.to_vec())),
+        RsaPssWith(h) => Ok(SignRequest::rsa_pss(h, digest(h))),
     }
 }
 
@@ -142,15 +214,40 @@ mod tests {
     }
 
     #[test]
-    fn mechanisms_round_trip_and_are_unique() {
-        for m in Mechanism::ALL {
-            assert_eq!(Mechanism::from_ck(m.ck_type()), Some(m));
+    fn every_offered_mechanism_resolves_and_has_info() {
+        let pss = |h: CK_MECHANISM_TYPE, mgf, salt_len| Parameter::Pss { hash: h, mgf, salt_len };
+        for ty in OFFERED {
+            assert!(info(ty).is_some());
+            let param = match ty {
+                CKM_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS => pss(CKM_SHA256, CKG_MGF1_SHA256, 32),
+                CKM_SHA1_RSA_PKCS_PSS => pss(CKM_SHA_1, CKG_MGF1_SHA1, 20),
+                CKM_SHA384_RSA_PKCS_PSS => pss(CKM_SHA384, CKG_MGF1_SHA384, 48),
+                CKM_SHA512_RSA_PKCS_PSS => pss(CKM_SHA512, CKG_MGF1_SHA512, 64),
+                _ => Parameter::None,
+            };
+            assert!(Mechanism::resolve(ty, param).is_ok(), "{ty:#x}");
         }
-        let mut types: Vec<_> = Mechanism::ALL.iter().map(|m| m.ck_type()).collect();
-        types.sort();
-        types.dedup();
-        assert_eq!(types.len(), Mechanism::ALL.len());
-        assert_eq!(Mechanism::from_ck(CKM_RSA_X_509), None);
+        assert_eq!(Mechanism::resolve(CKM_RSA_X_509, Parameter::None).unwrap_err().rv, CKR_MECHANISM_INVALID);
+        assert!(info(CKM_RSA_X_509).is_none());
+    }
+
+    #[test]
+    fn parameters_the_kms_cannot_honour_are_refused() {
+        let invalid = |ty, p| Mechanism::resolve(ty, p).unwrap_err().rv == CKR_MECHANISM_PARAM_INVALID;
+        assert!(invalid(CKM_RSA_PKCS_PSS, Parameter::None));
+        assert!(invalid(CKM_RSA_PKCS_PSS, Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA256, salt_len: 0 }));
+        assert!(invalid(CKM_RSA_PKCS_PSS, Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA1, salt_len: 32 }));
+        assert!(invalid(CKM_SHA384_RSA_PKCS_PSS, Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA256, salt_len: 32 }));
+        assert!(invalid(CKM_ECDSA, Parameter::Unreadable));
+        assert!(invalid(CKM_EDDSA, Parameter::Eddsa { prehash: true, context_len: 0 }));
+        assert!(invalid(CKM_EDDSA, Parameter::Eddsa { prehash: false, context_len: 3 }));
+        assert_eq!(Mechanism::resolve(CKM_EDDSA, Parameter::Eddsa { prehash: false, context_len: 0 }), Ok(Eddsa));
+    }
+
+    #[test]
+    fn pss_input_is_a_hash_of_the_parameter_s_length() {
+        assert_eq!(request(RsaPss(Hash::Sha384), &[1; 32], false).unwrap_err().rv, CKR_DATA_LEN_RANGE);
+        assert_eq!(request(RsaPss(Hash::Sha384), &[1; 48], false).unwrap(), SignRequest::rsa_pss(Hash::Sha384, vec![1; 48]));
     }
 
     #[test]

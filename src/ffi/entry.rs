@@ -8,7 +8,7 @@ use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
 use crate::provider::{Provider, SignOutput};
-use crate::signing::Mechanism;
+use crate::signing::{self, Parameter};
 use crate::token::Attr;
 
 /// The initialized provider, between C_Initialize and C_Finalize.
@@ -231,8 +231,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub(super) unsafe extern "C" fn C_GetMechanismList(slotID: CK_SLOT_ID, pMechanismList: *mut CK_MECHANISM_TYPE, pulCount: *mut CK_ULONG) -> CK_RV {
     guard("C_GetMechanismList", || {
         provider()?.check_slot(slotID)?;
-        let all: Vec<CK_MECHANISM_TYPE> = Mechanism::ALL.iter().map(|m| m.ck_type()).collect();
-        fill_list(pMechanismList, pulCount, &all)
+        fill_list(pMechanismList, pulCount, &signing::OFFERED)
     })
 }
 
@@ -382,9 +381,32 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
 pub(super) unsafe extern "C" fn C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE) -> CK_RV {
     guard("C_SignInit", || {
         let mechanism = pMechanism.as_ref().ok_or_else(|| bad_args("NULL mechanism"))?;
-        let has_parameter = !mechanism.pParameter.is_null() || mechanism.ulParameterLen != 0;
-        provider()?.sign_init(hSession, mechanism.mechanism, has_parameter, hKey)
+        let parameter = read_parameter(mechanism);
+        provider()?.sign_init(hSession, mechanism.mechanism, parameter, hKey)
     })
+}
+
+/// Reads a mechanism's parameter as the C struct its mechanism defines; a parameter of the
+/// wrong size is `Unreadable` (the core answers CKR_MECHANISM_PARAM_INVALID).
+unsafe fn read_parameter(mechanism: &CK_MECHANISM) -> Parameter {
+    let (p, len) = (mechanism.pParameter, mechanism.ulParameterLen as usize);
+    if p.is_null() {
+        return if len == 0 { Parameter::None } else { Parameter::Unreadable };
+    }
+    match mechanism.mechanism {
+        CKM_RSA_PKCS_PSS | CKM_SHA1_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS | CKM_SHA384_RSA_PKCS_PSS
+        | CKM_SHA512_RSA_PKCS_PSS
+            if len == std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() =>
+        {
+            let pss = std::ptr::read_unaligned(p as *const CK_RSA_PKCS_PSS_PARAMS);
+            Parameter::Pss { hash: pss.hashAlg, mgf: pss.mgf, salt_len: pss.sLen }
+        }
+        CKM_EDDSA if len == std::mem::size_of::<CK_EDDSA_PARAMS>() => {
+            let eddsa = std::ptr::read_unaligned(p as *const CK_EDDSA_PARAMS);
+            Parameter::Eddsa { prehash: eddsa.phFlag != 0, context_len: eddsa.ulContextDataLen as usize }
+        }
+        _ => Parameter::Unreadable,
+    }
 }
 
 /// Hands a signing outcome back through the C length/buffer pair.

@@ -67,6 +67,19 @@ impl SignRequest {
         }
     }
 
+    /// RSA-PSS over a hash; the server uses MGF1 with that hash and a salt of its length.
+    pub fn rsa_pss(hash: Hash, digest: Vec<u8>) -> Self {
+        Self {
+            parameters: vec![
+                ("PaddingMethod", "PSS"),
+                ("HashingAlgorithm", hash_name(hash)),
+                ("DigitalSignatureAlgorithm", "RSASSAPSS"),
+                ("CryptographicAlgorithm", "RSA"),
+            ],
+            input: SignInput::Digest(digest),
+        }
+    }
+
     fn to_ttlv(&self, private_key_id: &str) -> Ttlv {
         let mut items = vec![Ttlv::text("UniqueIdentifier", private_key_id)];
         if !self.parameters.is_empty() {
@@ -140,6 +153,8 @@ pub struct RemoteKey {
     pub spki: Vec<u8>,
     pub name: Option<String>,
     pub tags: Vec<String>,
+    /// The KMIP state (`Active`, `PreActive`, `Deactivated`, ...), if the KMS said.
+    pub state: Option<String>,
 }
 
 /// Fetches the public keys and their attributes in one round trip.
@@ -208,7 +223,8 @@ fn read_exported_public_key(public_id: &str, vendor_id: &str, answer: &Ttlv) -> 
             _ => None,
         })
         .unwrap_or_default();
-    Ok(RemoteKey { public_id: public_id.to_owned(), private_id, spki, name, tags })
+    let state = attributes.and_then(|a| a.child("State")).and_then(Ttlv::as_text).map(str::to_owned);
+    Ok(RemoteKey { public_id: public_id.to_owned(), private_id, spki, name, tags, state })
 }
 
 #[cfg(test)]

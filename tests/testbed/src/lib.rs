@@ -1,0 +1,159 @@
+//! The test bed of `cosmian-pkcs11`: the real components the provider works with, started and
+//! torn down for one test (or for the demo). Never mocks.
+//!
+//! - [`binaries`]: the Cosmian KMS server and `ckms`, built and cached by
+//!   `scripts/install-test-bed.sh`.
+//! - [`KmsServer`]: a throw-away KMS on a free port, with its own SQLite database and logs.
+//! - [`Ckms`]: the real `ckms` client pointed at such a server, to create keys as users do.
+//! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
+//!   `sshd`, with a scrubbed environment.
+//! - This module: free ports, where the provider library is, and its configuration file.
+//!
+//! Every child process is killed when its owner is dropped, and cannot outlive the test
+//! process (see the `process` module).
+
+mod binaries;
+mod ckms;
+mod kms;
+mod process;
+mod ssh;
+
+use std::ffi::OsStr;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use binaries::{binaries, install_test_bed, Binaries};
+pub use ckms::{Ckms, KeyKind, KeyPair};
+pub use kms::{AuditEvent, KmsServer};
+pub use ssh::{current_user, ssh_command, ssh_keygen_d, SshAgent, SshCommand, Sshd};
+
+/// A command for `program` whose environment holds none of the provider's configuration
+/// variables (`COSMIAN_*`, `CKMS_CONF*`) and no `SSH_AUTH_SOCK`, so that nothing leaks from the
+/// caller's environment: tests add what they need explicitly.
+pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(program);
+    scrub_env(&mut command, &["COSMIAN_", "CKMS_CONF", "SSH_AUTH_SOCK"]);
+    command
+}
+
+/// Removes from `command`'s environment every inherited variable whose name starts with one of
+/// `prefixes`.
+pub(crate) fn scrub_env(command: &mut Command, prefixes: &[&str]) {
+    for (key, _) in std::env::vars_os() {
+        if prefixes
+            .iter()
+            .any(|prefix| key.to_string_lossy().starts_with(prefix))
+        {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("cannot bind 127.0.0.1:0")
+        .port()
+}
+
+/// The root of the cargo workspace (the folder holding `scripts/`).
+pub fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Writes a ckms-style TOML configuration for the provider into `dir` and returns its path:
+/// `[http_config]`, `server_url`, then `extra_http_config_lines` (more `[http_config]` keys such
+/// as `access_token = "..."`; a later `[section]` is allowed too).
+///
+/// The provider finds it through env `COSMIAN_KMS_CLI_CONF`; it also reads
+/// `COSMIAN_PKCS11_SSH_KEY_TAG` (default `ssh-auth`), `COSMIAN_PKCS11_LOGGING_LEVEL` and
+/// `COSMIAN_PKCS11_LOGGING_FOLDER`.
+pub fn write_provider_config(
+    dir: &Path,
+    server_url: &str,
+    extra_http_config_lines: &str,
+) -> PathBuf {
+    let path = dir.join("kms.toml");
+    let mut toml = format!("[http_config]\nserver_url = \"{server_url}\"\n");
+    if !extra_http_config_lines.is_empty() {
+        toml.push_str(extra_http_config_lines.trim_end());
+        toml.push('\n');
+    }
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
+/// The provider library, see [`find_provider_lib`].
+///
+/// # Panics
+/// When the library does not exist: build it first (`cargo build -p cosmian-pkcs11`).
+pub fn provider_lib() -> PathBuf {
+    find_provider_lib().unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// The provider library: env `COSMIAN_PKCS11_LIB` if set; else the one cargo built next to the
+/// running executable (`target/<profile>/` for a binary, `target/<profile>/deps/` for a test);
+/// else `target/debug/` of the workspace (or of `CARGO_TARGET_DIR`). `Err` says where it
+/// looked.
+pub fn find_provider_lib() -> Result<PathBuf, String> {
+    if let Some(lib) = std::env::var_os("COSMIAN_PKCS11_LIB") {
+        let lib = PathBuf::from(lib);
+        return if lib.is_file() {
+            Ok(lib)
+        } else {
+            Err(format!(
+                "COSMIAN_PKCS11_LIB={} does not exist",
+                lib.display()
+            ))
+        };
+    }
+    let file = format!(
+        "{}cosmian_pkcs11{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.to_owned()));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let candidates: Vec<PathBuf> = exe_dir
+        .iter()
+        .flat_map(|dir| [dir.join(&file), dir.join("..").join(&file)])
+        .chain([target.join("debug").join(&file)])
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "the provider library is not built (looked for {candidates:?}): run \
+             `cargo build -p cosmian-pkcs11`, or set COSMIAN_PKCS11_LIB"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_config_is_ckms_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_provider_config(dir.path(), "http://127.0.0.1:1", "access_token = \"t\"");
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "[http_config]\nserver_url = \"http://127.0.0.1:1\"\naccess_token = \"t\"\n"
+        );
+    }
+
+    #[test]
+    fn free_ports_can_be_bound() {
+        TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    }
+}

@@ -1,0 +1,158 @@
+//! Long-lived child processes (KMS server, sshd, ssh-agent) that never outlive the test process.
+//!
+//! Every such child is killed when its [`Daemon`] is dropped and, on Linux, also gets
+//! `PR_SET_PDEATHSIG = SIGKILL`, so a crashed or aborted test run leaves nothing behind. The
+//! kernel sends that signal when the *thread* that forked the child exits, and test threads do
+//! exit; so all daemons are forked by one process-wide spawner thread that lives as long as
+//! the process.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// The channel to the spawner thread, started on first use.
+fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("testbed-spawner".into())
+            .spawn(move || {
+                // The sender lives in a static: this loop, and so this thread, never ends.
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(spawn_tied_to_process(&mut command));
+                }
+            })
+            .expect("cannot start the test bed's spawner thread");
+        requests
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn spawn_tied_to_process(command: &mut Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would ever kill us.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::other("parent exited before the child started"));
+            }
+            Ok(())
+        })
+    };
+    command.spawn()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_tied_to_process(command: &mut Command) -> io::Result<Child> {
+    command.spawn() // No PR_SET_PDEATHSIG: only kill-on-drop.
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped or stopped.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Spawns `command` from the spawner thread, its stdin closed.
+    pub(crate) fn spawn(name: &str, mut command: Command) -> Daemon {
+        command.stdin(Stdio::null());
+        let (reply, answer) = mpsc::channel();
+        spawner()
+            .send((command, reply))
+            .expect("the test bed's spawner thread is gone");
+        let child = answer
+            .recv()
+            .expect("the test bed's spawner thread is gone")
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Daemon {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    /// `Err` with the exit status when the process has already exited.
+    pub(crate) fn check_running(&mut self) -> Result<(), String> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| format!("{} was stopped", self.name))?;
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{} exited: {status}", self.name)),
+            Err(e) => Err(format!("cannot wait for {}: {e}", self.name)),
+        }
+    }
+
+    /// Kills and reaps the process; does nothing the second time.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Calls `ready` every 50 ms until it answers `Ok(true)`, or fails with `Err`, or `timeout`
+/// passes (then `Err("timed out")`).
+pub(crate) fn wait_until(
+    timeout: Duration,
+    mut ready: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?}"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A file opened for appending, as the (stdout, stderr) of a child.
+pub(crate) fn log_file(path: &Path) -> (Stdio, Stdio) {
+    let fail = |e: io::Error| panic!("cannot open log file {}: {e}", path.display());
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(fail);
+    let copy = file.try_clone().unwrap_or_else(fail);
+    (copy.into(), file.into())
+}
+
+/// The file's content, or an empty string when it cannot be read.
+pub(crate) fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `lines` lines of a log file, for panic messages.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let log = read_log(path);
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

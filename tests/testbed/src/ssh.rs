@@ -1,0 +1,324 @@
+//! OpenSSH for the tests: a throw-away `sshd`, the `ssh` client aimed at it, `ssh-agent`, and
+//! `ssh-keygen -D`. Every command gets a scrubbed environment ([`crate::clean_command`]): the
+//! provider's configuration is passed explicitly by the caller.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::{log_file, log_tail, read_log, wait_until, Daemon};
+use crate::{clean_command, free_port};
+
+const SSHD: &str = "/usr/sbin/sshd";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The name of the user running the tests: the login user of [`Sshd`].
+pub fn current_user() -> &'static str {
+    static USER: OnceLock<String> = OnceLock::new();
+    USER.get_or_init(|| {
+        let out = Command::new("id")
+            .arg("-un")
+            .output()
+            .expect("cannot run `id -un`");
+        assert!(out.status.success(), "`id -un` failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
+/// Runs a short command to completion and panics with its stderr when it fails.
+fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A throw-away `sshd` on 127.0.0.1 that accepts public keys only, for the current user, from
+/// an `authorized_keys` file of its own. Killed when dropped.
+#[derive(Debug)]
+pub struct Sshd {
+    dir: TempDir,
+    port: u16,
+    _daemon: Daemon,
+}
+
+impl Sshd {
+    /// Starts `sshd -D -e -E LOG -f CONFIG` with its own ed25519 host key and `LogLevel DEBUG`,
+    /// and waits until it listens.
+    ///
+    /// `extra_config` lines come FIRST in `sshd_config`, so they override the defaults below
+    /// (sshd keeps the first value it reads for a keyword); no `Match` block there.
+    ///
+    /// # Panics
+    /// When sshd is missing or does not start; the message holds its log.
+    pub fn start(authorized_keys: &str, extra_config: &str) -> Sshd {
+        if !Path::new(SSHD).exists() {
+            crate::install_test_bed(); // Installs openssh-server.
+        }
+        // sshd refuses to start without its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("cannot create /run/sshd");
+        let dir = tempfile::Builder::new()
+            .prefix("sshd-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let path = |name: &str| dir.path().join(name);
+        let port = free_port();
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "testbed-host", "-f"])
+                .arg(path("host_ed25519")),
+        );
+        let config = format!(
+            "{extra}\n\
+             ListenAddress 127.0.0.1\n\
+             Port {port}\n\
+             HostKey {host_key}\n\
+             AuthorizedKeysFile {authorized_keys}\n\
+             PidFile {pid}\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             PermitRootLogin prohibit-password\n\
+             LogLevel DEBUG\n",
+            extra = extra_config.trim_end(),
+            host_key = path("host_ed25519").display(),
+            authorized_keys = path("authorized_keys").display(),
+            pid = path("sshd.pid").display(),
+        );
+        std::fs::write(path("sshd_config"), config).expect("cannot write sshd_config");
+        std::fs::write(path("authorized_keys"), authorized_keys)
+            .expect("cannot write authorized_keys");
+
+        let log = path("sshd.log");
+        let (stdout, stderr) = log_file(&log);
+        let mut command = clean_command(SSHD);
+        command
+            .args(["-D", "-e", "-E"])
+            .arg(&log)
+            .arg("-f")
+            .arg(path("sshd_config"))
+            .stdout(stdout)
+            .stderr(stderr);
+        let mut daemon = Daemon::spawn("sshd", command);
+        let listening = format!("Server listening on 127.0.0.1 port {port}");
+        let ready = wait_until(START_TIMEOUT, || {
+            daemon.check_running()?;
+            Ok(read_log(&log).contains(&listening))
+        });
+        if let Err(why) = ready {
+            panic!(
+                "sshd did not start: {why}\n--- {} ---\n{}",
+                log.display(),
+                log_tail(&log, 40)
+            );
+        }
+        Sshd {
+            dir,
+            port,
+            _daemon: daemon,
+        }
+    }
+
+    /// The port sshd listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The login user (the current user).
+    pub fn user(&self) -> &'static str {
+        current_user()
+    }
+
+    /// sshd's temporary directory (config, host key, `authorized_keys`, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// sshd's log so far, at `LogLevel DEBUG`: it says why a key was accepted or refused.
+    pub fn log(&self) -> String {
+        read_log(&self.dir().join("sshd.log"))
+    }
+
+    /// Replaces the `authorized_keys` file; sshd reads it at every login.
+    pub fn set_authorized_keys(&self, authorized_keys: &str) {
+        std::fs::write(self.dir().join("authorized_keys"), authorized_keys)
+            .expect("cannot write authorized_keys");
+    }
+}
+
+/// `ssh` aimed at `sshd` as [`current_user`]; add options, then [`SshCommand::run`].
+pub fn ssh_command(sshd: &Sshd) -> SshCommand {
+    let mut command = clean_command("ssh");
+    command.env_remove("SSH_ASKPASS");
+    SshCommand {
+        command,
+        port: sshd.port(),
+        no_identity: sshd.dir().join("no-such-identity"),
+    }
+}
+
+/// An `ssh` command line being built: `ssh [options added] [test bed defaults] -p PORT
+/// user@127.0.0.1 REMOTE_COMMAND`.
+///
+/// The options added come before the defaults (`-F /dev/null`, no known hosts, `BatchMode`,
+/// `IdentitiesOnly`, `LogLevel=ERROR`, no default identity file, `ConnectTimeout=10`), so
+/// they win: ssh keeps the first value it reads for an option.
+#[derive(Debug)]
+pub struct SshCommand {
+    command: Command,
+    port: u16,
+    no_identity: PathBuf,
+}
+
+impl SshCommand {
+    /// Adds one argument before the destination (`"-v"`, `"-o"`, `"PubkeyAcceptedAlgorithms=..."`).
+    pub fn opt(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    /// `-I lib`: offer the keys of this PKCS#11 provider.
+    pub fn provider(self, lib: &Path) -> Self {
+        self.opt("-I").opt(lib)
+    }
+
+    /// Sets an environment variable of `ssh` (and so of the provider it loads).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    /// The finished command, to spawn it yourself.
+    pub fn command(mut self, remote_command: &str) -> Command {
+        self.command
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .args(["-o", "ConnectTimeout=10", "-o"])
+            // Keeps ssh away from ~/.ssh/id_*; a missing file is skipped silently.
+            .arg(format!("IdentityFile={}", self.no_identity.display()))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{}@127.0.0.1", current_user()))
+            .arg(remote_command);
+        self.command
+    }
+
+    /// Runs it to completion (stdin closed, output captured). A failed login is a non-zero
+    /// status in the `Output`, not a panic.
+    pub fn run(self, remote_command: &str) -> Output {
+        let mut command = self.command(remote_command);
+        command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+    }
+}
+
+/// `ssh-keygen -D lib`: prints one `authorized_keys` line per key the provider offers. Add the
+/// provider's environment with `.env(...)`.
+pub fn ssh_keygen_d(lib: &Path) -> Command {
+    let mut command = clean_command("ssh-keygen");
+    command.arg("-D").arg(lib);
+    command
+}
+
+/// A throw-away `ssh-agent -D -a SOCK`, killed when dropped.
+///
+/// The agent never loads a provider itself: `ssh-add -s lib` makes it start
+/// `ssh-pkcs11-helper`, which inherits THE AGENT'S environment. So the provider's
+/// configuration goes to [`SshAgent::start_with`], not to `ssh-add`.
+#[derive(Debug)]
+pub struct SshAgent {
+    dir: TempDir,
+    _daemon: Daemon,
+}
+
+impl SshAgent {
+    /// An agent with the default provider allow-list and no provider configuration.
+    pub fn start() -> SshAgent {
+        Self::start_with(None, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// An agent with `-P provider_allowlist` (if any) and these environment variables (the
+    /// provider's configuration) added to a scrubbed environment.
+    pub fn start_with<I, K, V>(provider_allowlist: Option<&str>, envs: I) -> SshAgent
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let dir = tempfile::Builder::new()
+            .prefix("agent-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let sock = dir.path().join("agent.sock");
+        let log = dir.path().join("agent.log");
+        let (stdout, stderr) = log_file(&log);
+        let mut command = clean_command("ssh-agent");
+        command
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .envs(envs)
+            .stdout(stdout)
+            .stderr(stderr);
+        if let Some(allowlist) = provider_allowlist {
+            command.arg("-P").arg(allowlist);
+        }
+        let mut daemon = Daemon::spawn("ssh-agent", command);
+        let ready = wait_until(START_TIMEOUT, || {
+            daemon.check_running()?;
+            Ok(sock.exists())
+        });
+        if let Err(why) = ready {
+            panic!("ssh-agent did not start: {why}\n{}", log_tail(&log, 20));
+        }
+        SshAgent {
+            dir,
+            _daemon: daemon,
+        }
+    }
+
+    /// The agent's socket, for `SSH_AUTH_SOCK`.
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// What the agent wrote on stdout and stderr (errors such as a refused provider).
+    pub fn log(&self) -> String {
+        read_log(&self.dir.path().join("agent.log"))
+    }
+
+    /// A scrubbed command for `program` (`ssh-add`, `ssh-keygen -Y sign`...) talking to
+    /// this agent.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = clean_command(program);
+        command.env("SSH_AUTH_SOCK", self.sock());
+        command
+    }
+}
