@@ -42,7 +42,7 @@ impl DemoKey {
 
 pub fn run() -> Result<(), String> {
     install_test_bed();
-    cargo(&["build", "-p", "cosmian-pkcs11"])?;
+    cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
     let lib = testbed::find_provider_lib()?;
     let openssh = openssh_version()?;
 
@@ -107,7 +107,9 @@ pub fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
     let authorized_keys = String::from_utf8_lossy(&listed.stdout).into_owned();
     print_indented(&authorized_keys);
-    print_indented(&String::from_utf8_lossy(&listed.stderr));
+    for line in String::from_utf8_lossy(&listed.stderr).lines() {
+        println!("    ssh-keygen: {line}");
+    }
     if !listed.status.success() || authorized_keys.trim().is_empty() {
         return Err(format!("ssh-keygen -D listed no key ({})", listed.status));
     }
@@ -193,8 +195,34 @@ pub fn run() -> Result<(), String> {
             key.ssh_type()
         );
     }
+    step(
+        "check the KMS's audit log",
+        &kms.audit_path().display().to_string(),
+    );
+    let private_ids: Vec<&str> = keys.iter().map(|k| k.pair.private_id.as_str()).collect();
+    let events = kms.audit_events();
+    let signatures = events.iter().filter(|e| e.operation == "Sign").count();
+    let exported: Vec<_> = events
+        .iter()
+        .filter(|e| e.operation != "Sign" && e.operation != "CreateKeyPair")
+        .filter(|e| {
+            e.object_uid
+                .as_deref()
+                .is_some_and(|id| private_ids.contains(&id))
+        })
+        .collect();
+    println!(
+        "    {} KMIP operations, {signatures} of them Sign",
+        events.len()
+    );
+    if exported.is_empty() {
+        println!("    no operation but Sign ever named a private key: the private keys never left the KMS");
+    } else {
+        failures.push(format!(
+            "private keys were touched by other operations than Sign: {exported:?}"
+        ));
+    }
     if failures.is_empty() {
-        println!("\nThe private keys never left the KMS: every signature was made by the KMS.");
         Ok(())
     } else {
         Err(failures.join("; "))

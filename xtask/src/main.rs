@@ -57,12 +57,9 @@ fn install_test_bed() {
     println!("    COSMIAN_CKMS={}", binaries.ckms.display());
 }
 
-/// `cargo ARGS` in the workspace root, stdio inherited; `Err` when it fails.
-fn cargo(args: &[&str]) -> Result<(), String> {
-    step(
-        &format!("cargo {}", args[0]),
-        &format!("cargo {}", args.join(" ")),
-    );
+/// A step that runs `cargo ARGS` in the workspace root, stdio inherited; `Err` when it fails.
+fn cargo(what: &str, args: &[&str]) -> Result<(), String> {
+    step(what, &format!("cargo {}", args.join(" ")));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run(Command::new(cargo)
         .args(args)
@@ -83,8 +80,8 @@ fn run(command: &mut Command) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     install_test_bed();
-    cargo(&["build", "-p", "cosmian-pkcs11"])?;
-    cargo(&["test", "--workspace", "--all-targets"])
+    cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
+    cargo("run every test", &["test", "--workspace", "--all-targets"])
 }
 
 fn kms_start() -> Result<(), String> {

@@ -169,12 +169,24 @@ pub fn ssh_command(sshd: &Sshd) -> SshCommand {
     }
 }
 
-/// An `ssh` command line being built: `ssh [options added] [test bed defaults] -p PORT
-/// user@127.0.0.1 REMOTE_COMMAND`.
+/// The `-o` options of every test bed login. No `IdentitiesOnly=yes`: with it, OpenSSH drops
+/// every PKCS#11 key whose public key is not also given as an identity file (`-i key.pub`),
+/// so `ssh -I lib` would offer nothing. Keys come only from what the caller adds anyway: the
+/// default identity files are replaced by a missing one, and `SSH_AUTH_SOCK` is removed
+/// unless the caller sets it.
+const SSH_DEFAULTS: [&str; 5] = [
+    "UserKnownHostsFile=/dev/null",
+    "StrictHostKeyChecking=no",
+    "BatchMode=yes",
+    "LogLevel=ERROR",
+    "ConnectTimeout=10",
+];
+
+/// An `ssh` command line being built: `ssh [options added] -F /dev/null [SSH_DEFAULTS]
+/// -o IdentityFile=<missing file> -p PORT user@127.0.0.1 REMOTE_COMMAND`.
 ///
-/// The options added come before the defaults (`-F /dev/null`, no known hosts, `BatchMode`,
-/// `IdentitiesOnly`, `LogLevel=ERROR`, no default identity file, `ConnectTimeout=10`), so
-/// they win: ssh keeps the first value it reads for an option.
+/// The options added come before the defaults, so they win: ssh keeps the first value it reads
+/// for an option.
 #[derive(Debug)]
 pub struct SshCommand {
     command: Command,
@@ -202,28 +214,14 @@ impl SshCommand {
 
     /// The finished command, to spawn it yourself.
     pub fn command(mut self, remote_command: &str) -> Command {
+        self.command.args(["-F", "/dev/null"]);
+        for option in SSH_DEFAULTS {
+            self.command.args(["-o", option]);
+        }
+        // Keeps ssh away from ~/.ssh/id_*; a missing file is skipped silently.
+        let no_identity = format!("IdentityFile={}", self.no_identity.display());
         self.command
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .args(["-o", "ConnectTimeout=10", "-o"])
-            // Keeps ssh away from ~/.ssh/id_*; a missing file is skipped silently.
-            .arg(format!("IdentityFile={}", self.no_identity.display()))
-            .arg("-p")
-            .arg(self.port.to_string())
+            .args(["-o", &no_identity, "-p", &self.port.to_string()])
             .arg(format!("{}@127.0.0.1", current_user()))
             .arg(remote_command);
         self.command

@@ -77,8 +77,6 @@ fn sshd_ssh_and_agent() {
     assert!(added.status.success(), "{added:?}");
     let through_agent = ssh_command(&sshd)
         .env("SSH_AUTH_SOCK", agent.sock())
-        .opt("-o")
-        .opt("IdentitiesOnly=no")
         .run("true");
     assert!(through_agent.status.success(), "{through_agent:?}");
 }

@@ -1,0 +1,208 @@
+//! The C ABI as a C client sees it: the library is dlopened and called through its function
+//! tables with raw arguments, to check the exact return codes of the PKCS#11 specification
+//! (NULL pointers, bad handles, wrong states, size queries, short buffers, per-attribute
+//! errors) that higher-level clients hide. Runs against a real KMS.
+
+use std::ptr::null_mut;
+
+use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cryptoki_sys::*;
+
+/// Calls a function of a table, which must be there.
+macro_rules! call {
+    ($list:expr, $f:ident ( $($arg:expr),* )) => {
+        unsafe { ($list.$f.expect(stringify!($f)))($($arg),*) }
+    };
+}
+
+/// Every slot of a function table (all pointer-sized after the version) is non-NULL.
+fn count_null_slots<T>(table: *const T) -> usize {
+    let words = std::mem::size_of::<T>() / std::mem::size_of::<usize>();
+    // SAFETY: the tables are repr(C): a CK_VERSION padded to a word, then function pointers.
+    let slots = unsafe { std::slice::from_raw_parts(table as *const usize, words) };
+    slots[1..].iter().filter(|p| **p == 0).count()
+}
+
+fn attr(ty: CK_ATTRIBUTE_TYPE, buf: &mut [u8]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE { type_: ty, pValue: if buf.is_empty() { null_mut() } else { buf.as_mut_ptr().cast() }, ulValueLen: buf.len() as CK_ULONG }
+}
+
+#[test]
+fn the_c_abi_answers_as_the_specification_says() {
+    let kms = KmsServer::start();
+    let ckms = Ckms::new(&kms);
+    let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
+    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
+
+    let lib = unsafe { libloading::Library::new(provider_lib()) }.unwrap();
+    let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { lib.get(b"C_GetFunctionList") }.unwrap();
+    let get_interface: libloading::Symbol<CK_C_GetInterface> = unsafe { lib.get(b"C_GetInterface") }.unwrap();
+    let get_interface_list: libloading::Symbol<CK_C_GetInterfaceList> = unsafe { lib.get(b"C_GetInterfaceList") }.unwrap();
+
+    // ---- the tables: 2.40 and 3.0, no NULL slot ------------------------------------------
+    assert_eq!(unsafe { get_list(null_mut()) }, CKR_ARGUMENTS_BAD);
+    let mut list: *mut CK_FUNCTION_LIST = null_mut();
+    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
+    let f = unsafe { &*list };
+    assert_eq!((f.version.major, f.version.minor), (2, 40));
+    assert_eq!(count_null_slots(list), 0);
+
+    let mut count: CK_ULONG = 0;
+    assert_eq!(unsafe { get_interface_list.unwrap()(null_mut(), &mut count) }, CKR_OK);
+    assert_eq!(count, 2);
+    let mut one = [CK_INTERFACE { pInterfaceName: null_mut(), pFunctionList: null_mut(), flags: 0 }; 1];
+    let mut short: CK_ULONG = 1;
+    assert_eq!(unsafe { get_interface_list.unwrap()(one.as_mut_ptr(), &mut short) }, CKR_BUFFER_TOO_SMALL);
+    assert_eq!(short, 2);
+    let mut interface: *mut CK_INTERFACE = null_mut();
+    assert_eq!(unsafe { get_interface.unwrap()(null_mut(), null_mut(), &mut interface, 0) }, CKR_OK);
+    let f3 = unsafe { &*((*interface).pFunctionList as *const CK_FUNCTION_LIST_3_0) };
+    assert_eq!((f3.version.major, f3.version.minor), (3, 0));
+    assert_eq!(count_null_slots(f3 as *const CK_FUNCTION_LIST_3_0), 0);
+    let name = unsafe { std::ffi::CStr::from_ptr((*interface).pInterfaceName as *const _) };
+    assert_eq!(name.to_bytes(), b"PKCS 11");
+    let mut v240 = CK_VERSION { major: 2, minor: 40 };
+    assert_eq!(unsafe { get_interface.unwrap()(b"PKCS 11\0".as_ptr() as *mut _, &mut v240, &mut interface, 0) }, CKR_OK);
+    assert_eq!(unsafe { (*interface).pFunctionList } as *const CK_FUNCTION_LIST, list as *const _);
+    let mut v9 = CK_VERSION { major: 9, minor: 9 };
+    assert_eq!(unsafe { get_interface.unwrap()(null_mut(), &mut v9, &mut interface, 0) }, CKR_ARGUMENTS_BAD);
+    assert_eq!(unsafe { get_interface.unwrap()(b"Vendor\0".as_ptr() as *mut _, null_mut(), &mut interface, 0) }, CKR_ARGUMENTS_BAD);
+
+    // ---- initialization states -----------------------------------------------------------
+    let mut info: CK_INFO = unsafe { std::mem::zeroed() };
+    assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(call!(f, C_Finalize(null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
+    let mut reserved = 0u8;
+    let mut bad_args = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: (&mut reserved as *mut u8).cast(),
+    };
+    assert_eq!(call!(f, C_Initialize((&mut bad_args as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_ARGUMENTS_BAD);
+    let mut args = CK_C_INITIALIZE_ARGS { pReserved: null_mut(), ..bad_args };
+    assert_eq!(call!(f, C_Initialize((&mut args as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_OK);
+    assert_eq!(call!(f, C_Initialize(null_mut())), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+    assert_eq!(call!(f, C_GetInfo(null_mut())), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_OK);
+    assert_eq!(&info.manufacturerID[..8], b"cosmian ");
+
+    // ---- slots, sessions, NULL pointers and bad handles ----------------------------------
+    let mut slots = [0 as CK_SLOT_ID; 4];
+    let mut n: CK_ULONG = 0;
+    assert_eq!(call!(f, C_GetSlotList(CK_TRUE, null_mut(), null_mut())), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_GetSlotList(CK_TRUE, null_mut(), &mut n)), CKR_OK);
+    assert_eq!(n, 1);
+    n = 0;
+    assert_eq!(call!(f, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n)), CKR_BUFFER_TOO_SMALL);
+    n = 4;
+    assert_eq!(call!(f, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n)), CKR_OK);
+    let slot = slots[0];
+    let mut token: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+    assert_eq!(call!(f, C_GetTokenInfo(slot + 100, &mut token)), CKR_SLOT_ID_INVALID);
+    assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);
+    assert_eq!(token.flags & CKF_LOGIN_REQUIRED, 0);
+    assert_ne!(token.flags & CKF_TOKEN_INITIALIZED, 0);
+    let mut mech_info: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
+    assert_eq!(call!(f, C_GetMechanismInfo(slot, CKM_AES_GCM, &mut mech_info)), CKR_MECHANISM_INVALID);
+    assert_eq!(call!(f, C_GetMechanismInfo(slot, CKM_ECDSA, &mut mech_info)), CKR_OK);
+    assert_ne!(mech_info.flags & CKF_SIGN, 0);
+
+    let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+    let mut session: CK_SESSION_HANDLE = 0;
+    assert_eq!(call!(f, C_OpenSession(slot, flags, null_mut(), None, null_mut())), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_OpenSession(slot, CKF_RW_SESSION, null_mut(), None, &mut session)), CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+    assert_eq!(call!(f, C_OpenSession(slot, flags, null_mut(), None, &mut session)), CKR_OK);
+    assert_eq!(call!(f, C_CloseSession(session + 1000)), CKR_SESSION_HANDLE_INVALID);
+    let mut found = [0 as CK_OBJECT_HANDLE; 8];
+    assert_eq!(call!(f, C_FindObjects(session, found.as_mut_ptr(), 8, &mut n)), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(call!(f, C_FindObjectsInit(session, null_mut(), 2)), CKR_ARGUMENTS_BAD);
+
+    // ---- the private key, found as OpenSSH does ------------------------------------------
+    let mut class = CKO_PRIVATE_KEY.to_ne_bytes();
+    let mut id = pair.private_id.as_bytes().to_vec();
+    let mut template = [attr(CKA_CLASS, &mut class), attr(CKA_ID, &mut id)];
+    assert_eq!(call!(f, C_FindObjectsInit(session, template.as_mut_ptr(), 2)), CKR_OK);
+    assert_eq!(call!(f, C_FindObjectsInit(session, template.as_mut_ptr(), 2)), CKR_OPERATION_ACTIVE);
+    assert_eq!(call!(f, C_FindObjects(session, found.as_mut_ptr(), 8, &mut n)), CKR_OK);
+    assert_eq!(n, 1);
+    let key = found[0];
+    assert_eq!(call!(f, C_FindObjects(session, found.as_mut_ptr(), 8, &mut n)), CKR_OK);
+    assert_eq!(n, 0);
+    assert_eq!(call!(f, C_FindObjectsFinal(session)), CKR_OK);
+
+    // ---- C_GetAttributeValue: each attribute answered on its own --------------------------
+    let mut label_probe = [];
+    let mut modulus = [0u8; 300];
+    let mut id_short = [0u8; 1];
+    let mut key_type = [0u8; std::mem::size_of::<CK_ULONG>()];
+    let mut template = [
+        attr(CKA_LABEL, &mut label_probe),
+        attr(CKA_MODULUS, &mut modulus),
+        attr(CKA_ID, &mut id_short),
+        attr(CKA_KEY_TYPE, &mut key_type),
+    ];
+    let rv = call!(f, C_GetAttributeValue(session, key, template.as_mut_ptr(), 4));
+    assert_eq!(rv, CKR_ATTRIBUTE_TYPE_INVALID, "the first problem met is the call's code");
+    assert_eq!(template[0].ulValueLen as usize, pair.private_id.len(), "size query filled");
+    assert_eq!(template[1].ulValueLen, CK_UNAVAILABLE_INFORMATION, "an EC key has no modulus");
+    assert_eq!(template[2].ulValueLen, CK_UNAVAILABLE_INFORMATION, "too short a buffer");
+    assert_eq!(CK_ULONG::from_ne_bytes(key_type), CKK_EC, "the others are still filled");
+    let mut value = [0u8; 64];
+    let mut template = [attr(CKA_VALUE, &mut value)];
+    assert_eq!(call!(f, C_GetAttributeValue(session, key, template.as_mut_ptr(), 1)), CKR_ATTRIBUTE_SENSITIVE);
+    assert_eq!(template[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    let mut id_full = [0u8; 64];
+    let mut template = [attr(CKA_ID, &mut id_full)];
+    assert_eq!(call!(f, C_GetAttributeValue(session, key, template.as_mut_ptr(), 1)), CKR_OK);
+    assert_eq!(&id_full[..template[0].ulValueLen as usize], pair.private_id.as_bytes());
+    assert_eq!(call!(f, C_GetAttributeValue(session, key + 1000, template.as_mut_ptr(), 1)), CKR_OBJECT_HANDLE_INVALID);
+
+    // ---- signing: wrong state, size query, short buffer, then the signature --------------
+    let digest = [0x5Au8; 32];
+    let mut sig = [0u8; 64];
+    let mut sig_len: CK_ULONG = 64;
+    assert_eq!(
+        call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    let mut mechanism = CK_MECHANISM { mechanism: CKM_ECDSA, pParameter: null_mut(), ulParameterLen: 0 };
+    assert_eq!(call!(f, C_SignInit(session, null_mut(), key)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_SignInit(session, &mut mechanism, key)), CKR_OK);
+    sig_len = 0;
+    assert_eq!(call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, null_mut(), &mut sig_len)), CKR_OK);
+    assert_eq!(sig_len, 64, "size query");
+    sig_len = 10;
+    assert_eq!(
+        call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_BUFFER_TOO_SMALL
+    );
+    assert_eq!(sig_len, 64);
+    sig_len = 64;
+    assert_eq!(call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)), CKR_OK, "the operation survived");
+    assert_ne!(sig, [0; 64]);
+    assert_eq!(
+        call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_OPERATION_NOT_INITIALIZED,
+        "a signature ends the operation"
+    );
+    assert_eq!(call!(f, C_SignInit(session, &mut mechanism, key)), CKR_OK);
+    assert_eq!(call!(f, C_Sign(session, null_mut(), 32, sig.as_mut_ptr(), &mut sig_len)), CKR_ARGUMENTS_BAD);
+
+    // ---- what the provider does not do ---------------------------------------------------
+    let mut random = [0u8; 8];
+    assert_eq!(call!(f, C_GenerateRandom(session, random.as_mut_ptr(), 8)), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(call!(f, C_EncryptInit(session, &mut mechanism, key)), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(call!(f3, C_SessionCancel(session, 0)), CKR_FUNCTION_NOT_SUPPORTED);
+
+    // ---- finalization ----------------------------------------------------------------------
+    assert_eq!(call!(f, C_Finalize((&mut reserved as *mut u8).cast())), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_Finalize(null_mut())), CKR_OK);
+    assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(call!(f, C_CloseSession(session)), CKR_CRYPTOKI_NOT_INITIALIZED);
+}
