@@ -28,10 +28,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `cosmian_kms` on 127.0.0.1, killed when dropped.
 #[derive(Debug)]
 pub struct KmsServer {
+    // Fields drop in order: the process dies before its directory is deleted.
+    daemon: Option<Daemon>,
     dir: TempDir,
     port: u16,
     extra_args: Vec<String>,
-    daemon: Option<Daemon>,
 }
 
 /// One line of the server's audit log: one KMIP operation.

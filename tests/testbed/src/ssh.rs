@@ -47,9 +47,10 @@ fn run_ok(command: &mut Command) -> Output {
 /// an `authorized_keys` file of its own. Killed when dropped.
 #[derive(Debug)]
 pub struct Sshd {
+    // Fields drop in order: the process dies before its directory is deleted.
+    _daemon: Daemon,
     dir: TempDir,
     port: u16,
-    _daemon: Daemon,
 }
 
 impl Sshd {
@@ -252,8 +253,9 @@ pub fn ssh_keygen_d(lib: &Path) -> Command {
 /// configuration goes to [`SshAgent::start_with`], not to `ssh-add`.
 #[derive(Debug)]
 pub struct SshAgent {
-    dir: TempDir,
+    // Fields drop in order: the process dies before its directory is deleted.
     _daemon: Daemon,
+    dir: TempDir,
 }
 
 impl SshAgent {
