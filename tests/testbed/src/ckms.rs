@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+use crate::process::temp_dir;
 use crate::{binaries, clean_command, scrub_env, write_provider_config, KmsServer};
 
 /// The two halves of a key pair, as the KMS names them (the public id is the private id
@@ -35,22 +36,12 @@ pub enum KeyKind<'a> {
 impl KeyKind<'_> {
     /// The ckms arguments that create such a pair with these tags.
     pub fn ckms_args(&self, tags: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = match self {
-            KeyKind::Ec(curve) => vec![
-                "ec".into(),
-                "keys".into(),
-                "create".into(),
-                "--curve".into(),
-                curve.to_string(),
-            ],
-            KeyKind::Rsa(bits) => vec![
-                "rsa".into(),
-                "keys".into(),
-                "create".into(),
-                "--size_in_bits".into(),
-                bits.to_string(),
-            ],
+        let (family, option, value) = match self {
+            KeyKind::Ec(curve) => ("ec", "--curve", curve.to_string()),
+            KeyKind::Rsa(bits) => ("rsa", "--size_in_bits", bits.to_string()),
         };
+        let mut args: Vec<String> = [family, "keys", "create", option].map(String::from).into();
+        args.push(value);
         for tag in tags {
             args.extend(["--tag".to_owned(), tag.to_string()]);
         }
@@ -74,10 +65,7 @@ impl Ckms {
     /// A client of `kms` with more `[http_config]` lines (`access_token = "..."`,
     /// `accept_invalid_certs = true`, client certificates...).
     pub fn with_http_config(kms: &KmsServer, extra_http_config_lines: &str) -> Ckms {
-        let dir = tempfile::Builder::new()
-            .prefix("ckms-")
-            .tempdir()
-            .expect("cannot create a temp dir");
+        let dir = temp_dir("ckms-");
         let config = write_provider_config(dir.path(), &kms.url(), extra_http_config_lines);
         Ckms { dir, config }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{log_file, log_tail, read_log, wait_until, Daemon};
+use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
 use crate::{binaries, free_port, scrub_env};
 
 /// How long the server may take to answer its first request.
@@ -69,10 +69,7 @@ impl KmsServer {
             system_conf.display()
         );
         let mut server = KmsServer {
-            dir: tempfile::Builder::new()
-                .prefix("kms-")
-                .tempdir()
-                .expect("cannot create a temp dir"),
+            dir: temp_dir("kms-"),
             port: free_port(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             daemon: None,
@@ -121,9 +118,14 @@ impl KmsServer {
         self.dir().join("audit.jsonl")
     }
 
-    /// Every KMIP operation the server has run so far, oldest first, across restarts.
+    /// Every KMIP operation the server has logged so far, oldest first, across restarts. The
+    /// server logs from a background task: right after a request, poll until the count is
+    /// reached rather than reading once.
     pub fn audit_events(&self) -> Vec<AuditEvent> {
-        read_log(&self.audit_path())
+        let log = read_log(&self.audit_path());
+        // A last line without its newline is still being written: not an event yet.
+        let complete = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
+        complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(parse_audit_line)

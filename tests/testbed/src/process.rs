@@ -5,15 +5,66 @@
 //! kernel sends that signal when the *thread* that forked the child exits, and test threads do
 //! exit; so all daemons are forked by one process-wide spawner thread that lives as long as
 //! the process.
+//!
+//! A test bed kept in a `static` is never dropped: an `atexit` handler kills the daemons and
+//! deletes the temporary directories that are still alive when the process exits normally.
 
 use std::fs::OpenOptions;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::sync::{mpsc, Mutex, Once, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// What owners that are never dropped would leave behind at exit.
+struct Leftovers {
+    pids: Vec<u32>,
+    dirs: Vec<PathBuf>,
+}
+
+static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers {
+    pids: Vec::new(),
+    dirs: Vec::new(),
+});
+
+/// Runs `change` on the leftovers, registering the `atexit` handler the first time.
+fn leftovers(change: impl FnOnce(&mut Leftovers)) {
+    static HANDLER: Once = Once::new();
+    // SAFETY: registers a plain function that never unwinds.
+    HANDLER.call_once(|| unsafe {
+        libc::atexit(clean_up_at_exit);
+    });
+    if let Ok(mut leftovers) = LEFTOVERS.lock() {
+        change(&mut leftovers);
+    }
+}
+
+extern "C" fn clean_up_at_exit() {
+    let Ok(mut leftovers) = LEFTOVERS.try_lock() else {
+        return;
+    };
+    for pid in leftovers.pids.drain(..) {
+        // SAFETY: our own child, not reaped yet (stop() unregisters before reaping).
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+    }
+    for dir in leftovers.dirs.drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A new temporary directory `/tmp/PREFIX-XXXXXX`, deleted when dropped or at exit.
+pub(crate) fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+    leftovers(|l| l.dirs.push(dir.path().to_owned()));
+    dir
+}
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
@@ -79,6 +130,7 @@ impl Daemon {
             .recv()
             .expect("the test bed's spawner thread is gone")
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        leftovers(|l| l.pids.push(child.id()));
         Daemon {
             name: name.to_owned(),
             child: Some(child),
@@ -101,6 +153,7 @@ impl Daemon {
     /// Kills and reaps the process; does nothing the second time.
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            leftovers(|l| l.pids.retain(|&pid| pid != child.id()));
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{log_file, log_tail, read_log, wait_until, Daemon};
+use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
 use crate::{clean_command, free_port};
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -68,10 +68,7 @@ impl Sshd {
         }
         // sshd refuses to start without its privilege separation directory.
         std::fs::create_dir_all("/run/sshd").expect("cannot create /run/sshd");
-        let dir = tempfile::Builder::new()
-            .prefix("sshd-")
-            .tempdir()
-            .expect("cannot create a temp dir");
+        let dir = temp_dir("sshd-");
         let path = |name: &str| dir.path().join(name);
         let port = free_port();
         run_ok(
@@ -272,10 +269,7 @@ impl SshAgent {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
-        let dir = tempfile::Builder::new()
-            .prefix("agent-")
-            .tempdir()
-            .expect("cannot create a temp dir");
+        let dir = temp_dir("agent-");
         let sock = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");
         let (stdout, stderr) = log_file(&log);
