@@ -56,7 +56,7 @@ extern "C" fn clean_up_at_exit() {
     }
 }
 
-/// A new temporary directory `/tmp/PREFIX-XXXXXX`, deleted when dropped or at exit.
+/// A new temporary directory `$TMPDIR/<prefix>XXXXXX`, deleted when dropped or at exit.
 pub(crate) fn temp_dir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
