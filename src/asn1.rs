@@ -119,6 +119,28 @@ impl PublicKey {
         }
     }
 
+    /// The DER SubjectPublicKeyInfo of this key (`CKA_PUBLIC_KEY_INFO`).
+    pub fn to_spki(&self) -> Vec<u8> {
+        use der::asn1::{AnyRef, BitString, Null};
+        let encode = || -> der::Result<Vec<u8>> {
+            let (oid, parameters, key) = match self {
+                PublicKey::Rsa { modulus, exponent } => {
+                    let key = RsaPublicKey { modulus: UintRef::new(modulus)?, public_exponent: UintRef::new(exponent)? };
+                    (OID_RSA, Some(Null.to_der()?), key.to_der()?)
+                }
+                PublicKey::Ec { curve, point } => (OID_EC, Some(curve.ec_params()), point.clone()),
+                PublicKey::Ed25519 { key } => (OID_ED25519, None, key.to_vec()),
+            };
+            let parameters = parameters.as_deref().map(AnyRef::try_from).transpose()?;
+            spki::SubjectPublicKeyInfo {
+                algorithm: spki::AlgorithmIdentifier { oid, parameters },
+                subject_public_key: BitString::from_bytes(&key)?,
+            }
+            .to_der()
+        };
+        encode().unwrap_or_default()
+    }
+
     /// Most bytes a signature by this key takes.
     pub fn signature_len(&self) -> usize {
         match self {

@@ -22,3 +22,9 @@ pub mod provider;
 pub mod session;
 pub mod signing;
 pub mod token;
+
+/// Locks a mutex, recovering it if a panicking thread poisoned it: every entry point catches
+/// panics, and the state behind these locks stays consistent between statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -11,7 +11,8 @@ use crate::config::{KmsConfig, Settings};
 use crate::error::{Error, Result};
 use crate::kmip::KmsClient;
 use crate::platform;
-use crate::session::{lock, FindOp, SignOp, Sessions};
+use crate::lock;
+use crate::session::{FindOp, SignOp, Sessions};
 use crate::signing::{self, Mechanism, Parameter};
 use crate::token::{Attr, Kms, ObjectClass, Token};
 

@@ -2,12 +2,13 @@
 //! session has its own lock, so a signature waiting on the KMS holds up no other session.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use cryptoki_sys::*;
 
 use crate::asn1::Hasher;
 use crate::error::{Error, Result};
+use crate::lock;
 use crate::signing::Mechanism;
 use crate::token::KeyPair;
 
@@ -40,10 +41,6 @@ type Entry = (bool, Arc<Mutex<Session>>);
 pub struct Sessions {
     map: Mutex<HashMap<CK_SESSION_HANDLE, Entry>>,
     last: Mutex<CK_SESSION_HANDLE>,
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Sessions {

@@ -31,7 +31,6 @@ const KINDS: [(&str, KeyKind<'static>); 7] = [
 
 struct Bed {
     _kms: KmsServer,
-    _dir: tempfile::TempDir,
     ckms: Ckms,
     pkcs11: Pkcs11,
     slot: Slot,
@@ -51,17 +50,19 @@ fn bed() -> &'static Bed {
             keys.insert(name, (pair.private_id, pair.public_id));
         }
         let untagged = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["not-ssh"]).private_id;
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_provider_config(dir.path(), &kms.url(), "");
+        // Inside the KMS's folder, which the test bed removes at exit (statics are never dropped).
+        let dir = kms.dir().join("client");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = write_provider_config(&dir, &kms.url(), "");
         std::env::set_var("COSMIAN_KMS_CLI_CONF", &config);
-        std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
+        std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"));
         std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
         std::env::remove_var("COSMIAN_PKCS11_SSH_KEY_TAG");
         let pkcs11 = Pkcs11::new(provider_lib()).expect("dlopen the provider");
         pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
         let slots = pkcs11.get_slots_with_token().unwrap();
         assert_eq!(slots.len(), 1, "one slot with a token");
-        Bed { slot: slots[0], _kms: kms, _dir: dir, ckms, pkcs11, keys, untagged }
+        Bed { slot: slots[0], _kms: kms, ckms, pkcs11, keys, untagged }
     })
 }
 

@@ -25,7 +25,8 @@ const KEYS: [(&str, KeyKind<'static>); 5] = [
 
 struct Bed {
     kms: KmsServer,
-    dir: tempfile::TempDir,
+    /// Inside the KMS's folder, which the test bed removes at exit (statics are never dropped).
+    dir: PathBuf,
     config: PathBuf,
     /// name -> (private id, `authorized_keys` line made from ckms's export, without comment)
     keys: BTreeMap<&'static str, (String, String)>,
@@ -48,17 +49,18 @@ fn bed() -> &'static Bed {
     BED.get_or_init(|| {
         let kms = KmsServer::start();
         let ckms = Ckms::new(&kms);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = kms.dir().join("client");
+        std::fs::create_dir_all(&dir).unwrap();
         let mut keys = BTreeMap::new();
         for (name, kind) in KEYS {
             let pair = ckms.create_key_pair(kind, &["ssh-auth", name]);
             // ssh-keygen 9.2 cannot convert an Ed25519 PKCS#8 key either.
-            let line = if name == "ed25519" { String::new() } else { authorized_line(&ckms, dir.path(), &pair.public_id) };
+            let line = if name == "ed25519" { String::new() } else { authorized_line(&ckms, &dir, &pair.public_id) };
             keys.insert(name, (pair.private_id, line));
         }
         let other = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["not-ssh"]);
-        let untagged = authorized_line(&ckms, dir.path(), &other.public_id);
-        let config = write_provider_config(dir.path(), &kms.url(), "");
+        let untagged = authorized_line(&ckms, &dir, &other.public_id);
+        let config = write_provider_config(&dir, &kms.url(), "");
         Bed { kms, dir, config, keys, untagged }
     })
 }
@@ -85,7 +87,7 @@ fn text(out: &Output) -> String {
 }
 
 fn logs_dir(name: &str) -> PathBuf {
-    let dir = bed().dir.path().join("logs").join(name);
+    let dir = bed().dir.join("logs").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

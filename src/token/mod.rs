@@ -4,7 +4,7 @@
 pub mod objects;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
@@ -14,6 +14,7 @@ use crate::config::{KmsConfig, Settings};
 use crate::error::{Error, Result};
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
 use crate::kmip::KmsClient;
+use crate::lock;
 pub use objects::{Attr, KeyPair, ObjectClass};
 
 /// After a failed load, how long searches are answered from memory before trying again.
@@ -95,10 +96,6 @@ pub struct Token {
     store: Mutex<KeyStore>,
     /// Held while loading, so that concurrent searches load once.
     loading: Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Token {

@@ -79,7 +79,7 @@ impl KeyPair {
             CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_DERIVE | CKA_LOCAL => boolean(false),
             CKA_KEY_GEN_MECHANISM => ulong(CK_UNAVAILABLE_INFORMATION),
             CKA_START_DATE | CKA_END_DATE | CKA_SUBJECT => Attr::Value(Vec::new()),
-            CKA_PUBLIC_KEY_INFO => Attr::Value(self.spki()),
+            CKA_PUBLIC_KEY_INFO => Attr::Value(self.public_key.to_spki()),
             CKA_MODULUS | CKA_PUBLIC_EXPONENT | CKA_MODULUS_BITS => self.rsa_attribute(ty),
             CKA_EC_PARAMS | CKA_EC_POINT => self.ec_attribute(class, ty),
             // Capabilities.
@@ -121,31 +121,6 @@ impl KeyPair {
         }
     }
 
-    /// `CKA_PUBLIC_KEY_INFO`: DER SubjectPublicKeyInfo, rebuilt from the parsed key.
-    fn spki(&self) -> Vec<u8> {
-        use der::Encode;
-        let algorithm_and_key = match &self.public_key {
-            PublicKey::Rsa { modulus, exponent } => {
-                let uint = |b: &[u8]| der::asn1::UintRef::new(b).and_then(|u| u.to_der()).unwrap_or_default();
-                let body = [uint(modulus), uint(exponent)].concat();
-                let rsa_key = [der_header(0x30, body.len()), body].concat();
-                // rsaEncryption with NULL parameters.
-                let alg = hex_bytes("300D06092A864886F70D0101010500");
-                (alg, rsa_key)
-            }
-            PublicKey::Ec { curve, point } => {
-                let oid_ec = hex_bytes("06072A8648CE3D0201");
-                let body = [oid_ec, curve.ec_params()].concat();
-                ([der_header(0x30, body.len()), body].concat(), point.clone())
-            }
-            PublicKey::Ed25519 { key } => (hex_bytes("300506032B6570"), key.to_vec()),
-        };
-        let (alg, key) = algorithm_and_key;
-        let bits = [der_header(0x03, key.len() + 1), vec![0], key].concat();
-        let body = [alg, bits].concat();
-        [der_header(0x30, body.len()), body].concat()
-    }
-
     /// Does the object of class `class` have every attribute of `template` with that value?
     /// A private key is also found by its public key's id (`<uid>_pk`), as older providers
     /// used that as `CKA_ID`.
@@ -165,18 +140,6 @@ impl KeyPair {
 /// CK_BBOOL templates: any non-zero byte means true.
 fn bool_equal(have: &[u8], wanted: &[u8]) -> bool {
     have.len() == 1 && wanted.len() == 1 && (have[0] != 0) == (wanted[0] != 0)
-}
-
-fn der_header(tag: u8, len: usize) -> Vec<u8> {
-    match len {
-        0..=0x7F => vec![tag, len as u8],
-        0x80..=0xFF => vec![tag, 0x81, len as u8],
-        _ => vec![tag, 0x82, (len >> 8) as u8, len as u8],
-    }
-}
-
-fn hex_bytes(s: &str) -> Vec<u8> {
-    crate::kmip::ttlv::hex_decode(s).unwrap_or_default()
 }
 
 #[cfg(test)]
