@@ -65,11 +65,11 @@ fn the_c_abi_answers_as_the_specification_says() {
     let name = unsafe { std::ffi::CStr::from_ptr((*interface).pInterfaceName as *const _) };
     assert_eq!(name.to_bytes(), b"PKCS 11");
     let mut v240 = CK_VERSION { major: 2, minor: 40 };
-    assert_eq!(unsafe { get_interface.unwrap()(b"PKCS 11\0".as_ptr() as *mut _, &mut v240, &mut interface, 0) }, CKR_OK);
+    assert_eq!(unsafe { get_interface.unwrap()(c"PKCS 11".as_ptr() as *mut _, &mut v240, &mut interface, 0) }, CKR_OK);
     assert_eq!(unsafe { (*interface).pFunctionList } as *const CK_FUNCTION_LIST, list as *const _);
     let mut v9 = CK_VERSION { major: 9, minor: 9 };
     assert_eq!(unsafe { get_interface.unwrap()(null_mut(), &mut v9, &mut interface, 0) }, CKR_ARGUMENTS_BAD);
-    assert_eq!(unsafe { get_interface.unwrap()(b"Vendor\0".as_ptr() as *mut _, null_mut(), &mut interface, 0) }, CKR_ARGUMENTS_BAD);
+    assert_eq!(unsafe { get_interface.unwrap()(c"Vendor".as_ptr() as *mut _, null_mut(), &mut interface, 0) }, CKR_ARGUMENTS_BAD);
 
     // ---- initialization states -----------------------------------------------------------
     let mut info: CK_INFO = unsafe { std::mem::zeroed() };

@@ -404,7 +404,9 @@ fn rsa_pss_verifies_with_the_parameters_the_kms_supports() {
     let verifier = rsa::RsaPublicKey::new(n, e).unwrap();
     let key = private_key(&s, "rsa2048");
     for (hash, digest) in digests(message) {
-        let (hash_alg, mgf, scheme, mechanism): (_, _, fn() -> rsa::Pss, fn(PkcsPssParams) -> Mechanism<'static>) = match hash {
+        type Scheme = fn() -> rsa::Pss;
+        type WithHash = fn(PkcsPssParams) -> Mechanism<'static>;
+        let (hash_alg, mgf, scheme, mechanism): (_, _, Scheme, WithHash) = match hash {
             "sha1" => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, rsa::Pss::new::<sha1::Sha1>, Mechanism::Sha1RsaPkcsPss),
             "sha256" => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, rsa::Pss::new::<sha2::Sha256>, Mechanism::Sha256RsaPkcsPss),
             "sha384" => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384, rsa::Pss::new::<sha2::Sha384>, Mechanism::Sha384RsaPkcsPss),
