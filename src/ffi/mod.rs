@@ -61,23 +61,29 @@ static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = table_2_40_and!(
 /// The interface name of PKCS#11 3.0, NUL-terminated.
 static INTERFACE_NAME: &[u8; 8] = b"PKCS 11\0";
 
-/// A `CK_INTERFACE` in static memory (its raw pointers point at statics, never written).
-struct Interface(CK_INTERFACE);
-// SAFETY: the pointers inside refer to immutable statics.
-unsafe impl Sync for Interface {}
-
-static INTERFACES: [Interface; 2] = [
-    Interface(CK_INTERFACE {
+/// The interfaces handed out by `C_GetInterface`/`C_GetInterfaceList`: "PKCS 11" 3.0 (the
+/// default) and 2.40. WRITABLE on purpose: clients may write into the `CK_INTERFACE` they are
+/// given (OpenSC's pkcs11-spy replaces `pFunctionList` with its own table), which would fault
+/// on read-only memory. Only ever accessed through raw pointers.
+static mut INTERFACES: [CK_INTERFACE; 2] = [
+    CK_INTERFACE {
         pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
         pFunctionList: &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0 as *mut std::os::raw::c_void,
         flags: 0,
-    }),
-    Interface(CK_INTERFACE {
+    },
+    CK_INTERFACE {
         pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
         pFunctionList: &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut std::os::raw::c_void,
         flags: 0,
-    }),
+    },
 ];
+
+/// Pointers to the entries of [`INTERFACES`].
+fn interfaces() -> [*mut CK_INTERFACE; 2] {
+    let base = std::ptr::addr_of_mut!(INTERFACES) as *mut CK_INTERFACE;
+    // SAFETY: in bounds of a two-element static array.
+    unsafe { [base, base.add(1)] }
+}
 
 /// The PKCS#11 2.40 entry point.
 #[no_mangle]
@@ -93,7 +99,7 @@ pub unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInterfaceList(pInterfacesList: *mut CK_INTERFACE, pulCount: *mut CK_ULONG) -> CK_RV {
     entry::guard("C_GetInterfaceList", || {
-        let all: Vec<CK_INTERFACE> = INTERFACES.iter().map(|i| i.0).collect();
+        let all: Vec<CK_INTERFACE> = interfaces().iter().map(|i| i.read()).collect();
         entry::fill_list(pInterfacesList, pulCount, &all)
     })
 }
@@ -115,14 +121,15 @@ pub unsafe extern "C" fn C_GetInterface(
             }
         }
         let wanted = (!pVersion.is_null()).then(|| *pVersion);
-        let found = INTERFACES.iter().find(|i| {
-            // SAFETY: pFunctionList points at one of our two static tables, both starting with a CK_VERSION.
-            let version = unsafe { *(i.0.pFunctionList as *const CK_VERSION) };
-            wanted.map_or(true, |w| w.major == version.major && w.minor == version.minor) && i.0.flags & flags == flags
+        let found = interfaces().into_iter().find(|i| {
+            // SAFETY: the entry is ours; pFunctionList points at a function table, which
+            // always starts with its CK_VERSION (ours, or a client's that replaced it).
+            let (version, own_flags) = unsafe { (*((**i).pFunctionList as *const CK_VERSION), (**i).flags) };
+            wanted.map_or(true, |w| w.major == version.major && w.minor == version.minor) && own_flags & flags == flags
         });
         match found {
             Some(i) => {
-                *out = &i.0 as *const CK_INTERFACE as *mut CK_INTERFACE;
+                *out = i;
                 Ok(())
             }
             None => Err(crate::error::Error::new(CKR_ARGUMENTS_BAD, "no such interface version or flags")),
