@@ -83,8 +83,7 @@ impl KeyStore {
             (None, _) => true,
             (Some((at, ok)), c) => {
                 let age = at.elapsed();
-                let private_only = c == Some(&private[..]);
-                (!ok && age >= RETRY_AFTER_FAILURE && !private_only) || (age >= ttl && !private_only)
+                c != Some(&private[..]) && (age >= ttl || (!ok && age >= RETRY_AFTER_FAILURE))
             }
         }
     }
