@@ -15,7 +15,10 @@ log() { printf '[test-bed] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------
 need_pkgs=()
-for pkg in openssh-client openssh-server opensc libssl-dev pkg-config; do
+# keyutils, gnome-keyring, libsecret-tools, dbus: the OS credential stores the provider reads
+# (`keyctl`, `secret-tool`, inside `dbus-run-session`); openssl: the tests' certificates.
+for pkg in openssh-client openssh-server opensc libssl-dev pkg-config \
+  keyutils gnome-keyring libsecret-tools dbus openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -70,6 +73,9 @@ if [ ! -x "$CKMS_BIN" ]; then
   install -m 0755 "$work/root/bin/ckms" "$CKMS_BIN"
   rm -rf "$work"; trap - EXIT
 fi
+
+# --- valgrind, python-pkcs11, cargo-fuzz (reliability tests and fuzzing) -----------------
+bash "$(dirname "${BASH_SOURCE[0]}")/install-reliability-tools.sh" >&2
 
 log "KMS server: $KMS_BIN"
 log "ckms:       $CKMS_BIN"

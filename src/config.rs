@@ -1,6 +1,7 @@
-//! What the provider is told: the ckms client configuration file (5.28 schema) and the
-//! provider's own environment variables. Reading never writes or creates a file, never
-//! panics, and never puts a secret in an error message.
+//! What the provider is told: the ckms client configuration file (5.28 schema), the secrets
+//! the OS credential store holds for it, and the provider's own environment variables.
+//! Reading never writes or creates a file, never panics, and never puts a secret in an error
+//! message.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,16 +46,73 @@ pub struct KmsConfig {
     /// `Name: value` headers added to every request.
     pub custom_headers: Vec<(String, String)>,
     pub vendor_id: String,
+    /// `pkcs11_use_pin_as_access_token = true` (top level, as Cosmian's own provider reads
+    /// it; ckms ignores unknown top-level keys): the token requires a login, and the PIN is
+    /// the access token.
+    pub use_pin_as_access_token: bool,
 }
 
 /// Keys of the 5.28 schema that the provider knows about but does not use.
 const KNOWN_UNUSED: &[&str] = &["database_secret", "vault_token", "cipher_suites", "proxy_params", "oauth2_conf"];
 
 impl KmsConfig {
-    /// Reads and checks a config file. Unknown keys are returned as warnings, not errors.
+    /// Reads and checks a config file, then looks up in the OS credential store the secrets
+    /// the file does not hold (see [`KmsConfig::fill_from_store`]). Unknown keys, and a
+    /// secret in a file others can read, are returned as warnings, not errors.
     pub fn load(path: &Path) -> Result<(Self, Vec<String>), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text, path)
+        let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(cannot_read)?;
+        let (mut config, mut warnings) = Self::parse(&text, path)?;
+        #[cfg(unix)]
+        if let Ok(meta) = file.metadata() {
+            use std::os::unix::fs::PermissionsExt;
+            warnings.extend(config.exposed_secrets_warning(meta.permissions().mode()));
+        }
+        config.fill_from_store(crate::platform::credentials::lookup, &mut warnings);
+        Ok((config, warnings))
+    }
+
+    /// A warning when the file holds a secret and its `mode` lets the group or others read it.
+    pub fn exposed_secrets_warning(&self, mode: u32) -> Option<String> {
+        let mut secrets = Vec::new();
+        if self.access_token.is_some() {
+            secrets.push("access_token");
+        }
+        if matches!(self.client_certificate, Some(ClientCertificate::Pkcs12 { password: Some(_), .. })) {
+            secrets.push("tls_client_pkcs12_password");
+        }
+        (mode & 0o044 != 0 && !secrets.is_empty()).then(|| {
+            format!(
+                "{} holds {} and other users can read it (mode {:o}): run `chmod 600` on it, or keep the secret in the OS credential store",
+                self.source.display(),
+                secrets.join(" and "),
+                mode & 0o777
+            )
+        })
+    }
+
+    /// Fills in the secrets the file does not hold from the OS credential store, through
+    /// `lookup(service, account)`: the access token (service `cosmian-kms`, account the
+    /// `server_url`) and the PKCS#12 password (service `cosmian-kms-pkcs12`, account the
+    /// PKCS#12 path as written). In PIN mode the PIN is the access token: none is looked up,
+    /// and one in the file is ignored.
+    pub fn fill_from_store(&mut self, lookup: impl Fn(&str, &str) -> Option<Secret>, warnings: &mut Vec<String>) {
+        use crate::platform::credentials::{PKCS12_SERVICE, TOKEN_SERVICE};
+        if self.use_pin_as_access_token {
+            if self.access_token.take().is_some() {
+                warnings.push(format!(
+                    "{}: access_token is ignored: with pkcs11_use_pin_as_access_token = true the PIN is the access token",
+                    self.source.display()
+                ));
+            }
+        } else if self.access_token.is_none() {
+            self.access_token = lookup(TOKEN_SERVICE, &self.server_url);
+        }
+        if let Some(ClientCertificate::Pkcs12 { path, password: password @ None }) = &mut self.client_certificate {
+            *password = lookup(PKCS12_SERVICE, &path.to_string_lossy());
+        }
     }
 
     /// Parses config text; `source` only labels messages.
@@ -69,11 +127,15 @@ impl KmsConfig {
         let mut warnings = Vec::new();
         let mut vendor_id = "cosmian".to_owned();
         let mut http = None;
+        let mut use_pin_as_access_token = false;
         for (key, value) in &root {
             match (key.as_str(), value) {
                 ("vendor_id", toml::Value::String(v)) => vendor_id = v.clone(),
                 ("http_config", toml::Value::Table(t)) => http = Some(t),
-                ("vendor_id" | "http_config", _) => return Err(format!("{at}: `{key}` has the wrong type")),
+                ("pkcs11_use_pin_as_access_token", toml::Value::Boolean(b)) => use_pin_as_access_token = *b,
+                ("vendor_id" | "http_config" | "pkcs11_use_pin_as_access_token", _) => {
+                    return Err(format!("{at}: `{key}` has the wrong type"))
+                }
                 _ => warnings.push(format!("{at}: ignoring unknown key `{key}`")),
             }
         }
@@ -155,6 +217,7 @@ impl KmsConfig {
             client_certificate,
             custom_headers,
             vendor_id,
+            use_pin_as_access_token,
         };
         Ok((config, warnings))
     }
@@ -278,6 +341,48 @@ mod tests {
     fn secret_debug_is_redacted() {
         let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\naccess_token = \"s3cr3t\"\n").unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn pin_mode_is_a_top_level_switch() {
+        let (c, warnings) = parse("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"http://h\"\n").unwrap();
+        assert!(c.use_pin_as_access_token && warnings.is_empty(), "{warnings:?}");
+        assert!(!parse("[http_config]\nserver_url = \"http://h\"\n").unwrap().0.use_pin_as_access_token);
+        let err = parse("pkcs11_use_pin_as_access_token = \"yes\"\n[http_config]\nserver_url = \"http://h\"\n").unwrap_err();
+        assert!(err.contains("wrong type"), "{err}");
+    }
+
+    #[test]
+    fn missing_secrets_come_from_the_store() {
+        let store = |service: &str, account: &str| Some(Secret::new(format!("{service}|{account}")));
+        let (mut c, _) = parse("[http_config]\nserver_url = \"https://k:1/\"\ntls_client_pkcs12_path = \"/c.p12\"\n").unwrap();
+        c.fill_from_store(store, &mut Vec::new());
+        assert_eq!(c.access_token, Some(Secret::new("cosmian-kms|https://k:1")));
+        assert_eq!(
+            c.client_certificate,
+            Some(ClientCertificate::Pkcs12 { path: "/c.p12".into(), password: Some(Secret::new("cosmian-kms-pkcs12|/c.p12")) })
+        );
+        // The file wins.
+        let (mut c, _) = parse("[http_config]\nserver_url = \"https://k:1\"\naccess_token = \"file\"\n").unwrap();
+        c.fill_from_store(store, &mut Vec::new());
+        assert_eq!(c.access_token, Some(Secret::new("file")));
+        // PIN mode: no token from the file or the store.
+        let (mut c, _) = parse("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"https://k:1\"\naccess_token = \"s3cr3t\"\n").unwrap();
+        let mut warnings = Vec::new();
+        c.fill_from_store(store, &mut warnings);
+        assert_eq!(c.access_token, None);
+        assert!(warnings.len() == 1 && !warnings[0].contains("s3cr3t"), "{warnings:?}");
+    }
+
+    #[test]
+    fn secrets_in_a_file_others_can_read_are_flagged() {
+        let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\naccess_token = \"s3cr3t\"\n").unwrap();
+        let warning = c.exposed_secrets_warning(0o100644).unwrap();
+        assert!(warning.contains("access_token") && warning.contains("644") && !warning.contains("s3cr3t"), "{warning}");
+        assert!(c.exposed_secrets_warning(0o100640).is_some());
+        assert!(c.exposed_secrets_warning(0o100600).is_none());
+        let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\n").unwrap();
+        assert!(c.exposed_secrets_warning(0o100644).is_none());
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use cryptoki_sys::*;
 
 use crate::asn1::Hasher;
-use crate::config::{KmsConfig, Settings};
+use crate::config::{KmsConfig, Secret, Settings};
 use crate::error::{Error, Result};
-use crate::kmip::KmsClient;
+use crate::kmip::operations;
+use crate::kmip::{KmsClient, KmsError};
 use crate::platform;
 use crate::lock;
 use crate::session::{FindOp, SignOp, Sessions};
@@ -34,6 +35,9 @@ pub struct Provider {
     pub token: Token,
     sessions: Sessions,
     logged_in: AtomicBool,
+    /// PIN mode (`pkcs11_use_pin_as_access_token`): the token requires a login, and the PIN
+    /// is the KMS access token, kept in memory only until the login ends.
+    pin_mode: bool,
     /// The process that initialized; a forked child must initialize again.
     pub pid: u32,
 }
@@ -72,11 +76,20 @@ impl Provider {
             Ok(k) => tracing::info!(server = %k.config.server_url, config = %k.config.source.display(), tag = %settings.key_tag, "configured"),
             Err(e) => tracing::error!("the token will hold no keys: {e}"),
         }
-        Self::new(Token::new(settings, kms))
+        let pin_mode = kms.as_ref().is_ok_and(|k| k.config.use_pin_as_access_token);
+        if pin_mode {
+            tracing::info!("PIN mode: the token requires a login; the PIN is the KMS access token");
+        }
+        Self { pin_mode, ..Self::new(Token::new(settings, kms)) }
     }
 
     pub fn new(token: Token) -> Self {
-        Self { token, sessions: Sessions::default(), logged_in: AtomicBool::new(false), pid: std::process::id() }
+        Self { token, sessions: Sessions::default(), logged_in: AtomicBool::new(false), pin_mode: false, pid: std::process::id() }
+    }
+
+    /// Whether the token requires C_Login (PIN mode): `CKF_LOGIN_REQUIRED`.
+    pub fn login_required(&self) -> bool {
+        self.pin_mode
     }
 
     // ---- slot and token ---------------------------------------------------------------
@@ -123,7 +136,7 @@ impl Provider {
     pub fn close_session(&self, session: CK_SESSION_HANDLE) -> Result<()> {
         self.sessions.close(session)?;
         if self.sessions.count().0 == 0 {
-            self.logged_in.store(false, Ordering::SeqCst);
+            self.end_login();
         }
         Ok(())
     }
@@ -131,7 +144,7 @@ impl Provider {
     pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<()> {
         check_slot(slot)?;
         self.sessions.close_all();
-        self.logged_in.store(false, Ordering::SeqCst);
+        self.end_login();
         Ok(())
     }
 
@@ -149,26 +162,74 @@ impl Provider {
         Ok((s.slot, state, s.flags))
     }
 
-    /// Login succeeds without effect: credentials come from the configuration.
-    pub fn login(&self, session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE) -> Result<()> {
+    /// Logs the user in. Without PIN mode it succeeds without effect (credentials come from
+    /// the configuration). In PIN mode the PIN becomes the KMS access token, checked at once
+    /// with one Locate: a PIN the KMS refuses is `CKR_PIN_INCORRECT` and is forgotten.
+    pub fn login(&self, session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
         self.sessions.get(session)?;
         match user_type {
-            CKU_USER | CKU_CONTEXT_SPECIFIC => {}
+            CKU_USER => {}
+            CKU_CONTEXT_SPECIFIC => return Ok(()),
             CKU_SO => return Err(Error::new(CKR_USER_TYPE_INVALID, "this token has no security officer")),
             _ => return Err(Error::new(CKR_USER_TYPE_INVALID, format!("user type {user_type}"))),
         }
-        if user_type == CKU_USER && self.logged_in.swap(true, Ordering::SeqCst) {
+        if self.logged_in.load(Ordering::SeqCst) {
+            return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN, "already logged in"));
+        }
+        if self.pin_mode {
+            self.use_pin_as_access_token(pin)?;
+        }
+        if self.logged_in.swap(true, Ordering::SeqCst) {
             return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN, "already logged in"));
         }
         Ok(())
     }
 
+    /// PIN mode: sends the PIN as the bearer token from now on, if the KMS accepts it.
+    fn use_pin_as_access_token(&self, pin: &[u8]) -> Result<()> {
+        let pin = std::str::from_utf8(pin).map(str::trim).unwrap_or("");
+        if pin.is_empty() {
+            return Err(Error::new(CKR_PIN_INCORRECT, "PIN mode: the PIN (the KMS access token) is empty or not UTF-8"));
+        }
+        let kms = self.token.kms().ok_or_else(|| Error::new(CKR_DEVICE_ERROR, "no KMS configured"))?;
+        kms.client.set_access_token(Some(Secret::new(pin)));
+        let checked = operations::locate_tagged(&kms.client, &kms.config.vendor_id, &self.token.settings.key_tag, "PublicKey");
+        match checked {
+            Ok(_) => {
+                tracing::info!("PIN mode: the KMS accepted the PIN as access token");
+                Ok(())
+            }
+            Err(e) => {
+                kms.client.set_access_token(None);
+                Err(match e {
+                    KmsError::Unauthorized(_) => Error::new(CKR_PIN_INCORRECT, format!("PIN mode: the KMS refused the PIN as access token ({e})")),
+                    _ => Error::new(CKR_DEVICE_ERROR, format!("PIN mode: cannot check the PIN: {e}")),
+                })
+            }
+        }
+    }
+
     pub fn logout(&self, session: CK_SESSION_HANDLE) -> Result<()> {
         self.sessions.get(session)?;
-        if !self.logged_in.swap(false, Ordering::SeqCst) {
+        if !self.logged_in.load(Ordering::SeqCst) {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "not logged in"));
         }
+        self.end_login();
         Ok(())
+    }
+
+    /// The login ends (C_Logout, or the last session closed); in PIN mode the PIN is dropped.
+    fn end_login(&self) {
+        self.logged_in.store(false, Ordering::SeqCst);
+        if let Some(kms) = self.token.kms().filter(|_| self.pin_mode) {
+            kms.client.set_access_token(None);
+        }
+    }
+
+    /// PIN mode before C_Login: the KMS would refuse every request, so the token shows no
+    /// object and signs nothing (OpenSSH then asks for the PIN and searches again).
+    fn needs_login(&self) -> bool {
+        self.pin_mode && !self.logged_in.load(Ordering::SeqCst)
     }
 
     // ---- objects ------------------------------------------------------------------------
@@ -179,7 +240,7 @@ impl Provider {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "a search is already active"));
         }
         // The search may load the key list over the network: no session lock held meanwhile.
-        let handles = self.token.find(template);
+        let handles = if self.needs_login() { Vec::new() } else { self.token.find(template) };
         let mut s = lock(&s);
         if s.find.is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "a search is already active"));
@@ -218,6 +279,9 @@ impl Provider {
         let mut s = lock(&s);
         if s.sign.is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "a signature is already active"));
+        }
+        if self.needs_login() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "PIN mode: log in first"));
         }
         let mechanism = Mechanism::resolve(mechanism, parameter)?;
         let (key, class) = self.token.object(key).map_err(|e| Error::new(CKR_KEY_HANDLE_INVALID, e.message))?;
@@ -319,11 +383,27 @@ mod tests {
         let p = provider();
         let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
         assert_eq!(p.logout(h).unwrap_err().rv, CKR_USER_NOT_LOGGED_IN);
-        p.login(h, CKU_USER).unwrap();
+        p.login(h, CKU_USER, b"").unwrap();
         assert_eq!(p.session_info(h).unwrap().1, CKS_RO_USER_FUNCTIONS);
-        assert_eq!(p.login(h, CKU_USER).unwrap_err().rv, CKR_USER_ALREADY_LOGGED_IN);
-        assert_eq!(p.login(h, CKU_SO).unwrap_err().rv, CKR_USER_TYPE_INVALID);
+        assert_eq!(p.login(h, CKU_USER, b"").unwrap_err().rv, CKR_USER_ALREADY_LOGGED_IN);
+        assert_eq!(p.login(h, CKU_SO, b"").unwrap_err().rv, CKR_USER_TYPE_INVALID);
         p.logout(h).unwrap();
+    }
+
+    #[test]
+    fn pin_mode_shows_nothing_before_a_login_the_kms_accepts() {
+        let p = Provider { pin_mode: true, ..provider() };
+        assert!(p.login_required() && !provider().login_required());
+        let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
+        p.find_init(h, &[]).unwrap();
+        assert!(p.find_next(h, 10).unwrap().is_empty());
+        p.find_final(h).unwrap();
+        assert_eq!(p.sign_init(h, CKM_ECDSA, Parameter::None, 1).unwrap_err().rv, CKR_USER_NOT_LOGGED_IN);
+        assert_eq!(p.login(h, CKU_USER, b" \n").unwrap_err().rv, CKR_PIN_INCORRECT);
+        // No KMS to check the PIN against: not logged in.
+        assert_eq!(p.login(h, CKU_USER, b"s3cr3t").unwrap_err().rv, CKR_DEVICE_ERROR);
+        assert_eq!(p.session_info(h).unwrap().1, CKS_RO_PUBLIC_SESSION);
+        assert_eq!(p.logout(h).unwrap_err().rv, CKR_USER_NOT_LOGGED_IN);
     }
 
     #[test]

@@ -25,10 +25,16 @@ const MAX_TEMPLATE_LEN: CK_ULONG = 4096;
 pub(super) fn guard(name: &'static str, body: impl FnOnce() -> Result<()>) -> CK_RV {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         tracing::dispatcher::with_default(crate::platform::logging::dispatch(), || {
+            #[cfg(test)]
+            if panic_injection::ARMED.with(std::cell::Cell::get) {
+                panic!("panic injected into {name}");
+            }
             let result = body();
             match &result {
                 Ok(()) => tracing::trace!("{name}: ok"),
-                Err(e) if matches!(e.rv, CKR_DEVICE_ERROR | CKR_FUNCTION_FAILED | CKR_GENERAL_ERROR) => {
+                // The token (the KMS) failing, or refusing our credentials: worth a line at the
+                // default level. A caller's mistake is only debug.
+                Err(e) if matches!(e.rv, CKR_DEVICE_ERROR | CKR_FUNCTION_FAILED | CKR_GENERAL_ERROR | CKR_USER_NOT_LOGGED_IN) => {
                     tracing::warn!("{name}: {e}")
                 }
                 Err(e) => tracing::debug!("{name}: {e}"),
@@ -202,9 +208,9 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut C
             manufacturerID: pad("cosmian"),
             model: pad("KMS"),
             serialNumber: pad(&format!("{:016x}", fnv1a(label.as_bytes()))),
-            // No CKF_LOGIN_REQUIRED: credentials come from the configuration, and OpenSSH
-            // in batch mode gives up on tokens that want a PIN.
-            flags: CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED,
+            // CKF_LOGIN_REQUIRED only in PIN mode: otherwise credentials come from the
+            // configuration, and OpenSSH in batch mode gives up on tokens that want a PIN.
+            flags: CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED | if p.login_required() { CKF_LOGIN_REQUIRED } else { 0 },
             ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
             ulSessionCount: sessions as CK_ULONG,
             ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
@@ -279,9 +285,14 @@ pub(super) unsafe extern "C" fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pI
 
 pub(super) unsafe extern "C" fn C_Login(hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: *mut CK_UTF8CHAR, ulPinLen: CK_ULONG) -> CK_RV {
     guard("C_Login", || {
-        // The PIN is checked for shape only and never kept or logged.
-        input(pPin, ulPinLen, 4096)?;
-        provider()?.login(hSession, userType)
+        // The PIN is never logged; in PIN mode it is the KMS access token (an OIDC token may
+        // be long), else it is ignored.
+        const MAX_PIN: CK_ULONG = 16 << 10;
+        let pin = input(pPin, ulPinLen, MAX_PIN).map_err(|e| match e.rv {
+            CKR_DATA_LEN_RANGE => Error::new(CKR_PIN_LEN_RANGE, format!("a PIN is at most {MAX_PIN} bytes")),
+            _ => e,
+        })?;
+        provider()?.login(hSession, userType, pin)
     })
 }
 
@@ -477,5 +488,117 @@ mod tests {
         assert_eq!(guard("test", || panic!("boom")), CKR_GENERAL_ERROR);
         assert_eq!(guard("test", || Err(Error::new(CKR_DATA_INVALID, "x"))), CKR_DATA_INVALID);
         assert_eq!(guard("test", || Ok(())), CKR_OK);
+    }
+}
+
+/// Proof that no panic leaves the library: with a panic injected into every guarded body (on
+/// the test's thread only), every slot of both function tables and the three exported symbols
+/// are called through their C ABI. A panic unwinding out of an `extern "C"` function aborts
+/// the whole test process, so passing means every one of them caught it.
+#[cfg(test)]
+mod panic_injection {
+    use super::super::{C_GetFunctionList, C_GetInterface, C_GetInterfaceList, FUNCTION_LIST, FUNCTION_LIST_3_0};
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::BTreeSet;
+
+    thread_local! {
+        /// When set, [`guard`] panics instead of running the entry point's body.
+        pub(super) static ARMED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Calls a C function with every argument zeroed (NULL pointers, 0 handles and lengths).
+    trait CallZeroed {
+        unsafe fn call_zeroed(self) -> CK_RV;
+    }
+
+    macro_rules! call_zeroed_for_arity {
+        ($($arg:ident),*) => {
+            impl<$($arg),*> CallZeroed for unsafe extern "C" fn($($arg),*) -> CK_RV {
+                unsafe fn call_zeroed(self) -> CK_RV {
+                    self($(std::mem::zeroed::<$arg>()),*)
+                }
+            }
+        };
+    }
+    call_zeroed_for_arity!(A);
+    call_zeroed_for_arity!(A, B);
+    call_zeroed_for_arity!(A, B, C);
+    call_zeroed_for_arity!(A, B, C, D);
+    call_zeroed_for_arity!(A, B, C, D, E);
+    call_zeroed_for_arity!(A, B, C, D, E, F);
+    call_zeroed_for_arity!(A, B, C, D, E, F, G);
+    call_zeroed_for_arity!(A, B, C, D, E, F, G, H);
+    call_zeroed_for_arity!(A, B, C, D, E, F, G, H, I);
+
+    macro_rules! call_all {
+        ($table:expr; $($f:ident),*) => {
+            vec![$((stringify!($f), unsafe { $table.$f.expect(stringify!($f)).call_zeroed() })),*]
+        };
+    }
+
+    /// `$callback!($table; <every 2.40 slot> $(, $extra)*)`.
+    macro_rules! with_2_40_slots {
+        ($callback:ident!($table:expr $(, $extra:ident)*)) => {
+            $callback!($table; C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList,
+                C_GetSlotInfo, C_GetTokenInfo, C_GetMechanismList, C_GetMechanismInfo, C_InitToken,
+                C_InitPIN, C_SetPIN, C_OpenSession, C_CloseSession, C_CloseAllSessions,
+                C_GetSessionInfo, C_GetOperationState, C_SetOperationState, C_Login, C_Logout,
+                C_CreateObject, C_CopyObject, C_DestroyObject, C_GetObjectSize, C_GetAttributeValue,
+                C_SetAttributeValue, C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal,
+                C_EncryptInit, C_Encrypt, C_EncryptUpdate, C_EncryptFinal, C_DecryptInit, C_Decrypt,
+                C_DecryptUpdate, C_DecryptFinal, C_DigestInit, C_Digest, C_DigestUpdate, C_DigestKey,
+                C_DigestFinal, C_SignInit, C_Sign, C_SignUpdate, C_SignFinal, C_SignRecoverInit,
+                C_SignRecover, C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal,
+                C_VerifyRecoverInit, C_VerifyRecover, C_DigestEncryptUpdate, C_DecryptDigestUpdate,
+                C_SignEncryptUpdate, C_DecryptVerifyUpdate, C_GenerateKey, C_GenerateKeyPair,
+                C_WrapKey, C_UnwrapKey, C_DeriveKey, C_SeedRandom, C_GenerateRandom,
+                C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent $(, $extra)*)
+        };
+    }
+
+    /// The names of the functions the ffi layer implements (rather than stubs): every C
+    /// function named `C_*` defined in entry.rs and mod.rs.
+    fn implemented() -> BTreeSet<&'static str> {
+        [include_str!("entry.rs"), include_str!("mod.rs")]
+            .iter()
+            .flat_map(|source| source.split("extern \"C\" fn ").skip(1))
+            .map(|rest| &rest[..rest.find('(').unwrap_or(0)])
+            .filter(|name| name.starts_with("C_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .collect()
+    }
+
+    #[test]
+    fn every_entry_point_catches_a_panic() {
+        ARMED.with(|a| a.set(true));
+        let mut calls = with_2_40_slots!(call_all!(FUNCTION_LIST));
+        calls.extend(with_2_40_slots!(call_all!(FUNCTION_LIST_3_0, C_GetInterfaceList, C_GetInterface,
+            C_LoginUser, C_SessionCancel, C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin,
+            C_EncryptMessageNext, C_MessageEncryptFinal, C_MessageDecryptInit, C_DecryptMessage,
+            C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal, C_MessageSignInit,
+            C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
+            C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext,
+            C_MessageVerifyFinal)));
+        unsafe {
+            calls.push(("C_GetFunctionList", C_GetFunctionList(std::ptr::null_mut())));
+            calls.push(("C_GetInterfaceList", C_GetInterfaceList(std::ptr::null_mut(), std::ptr::null_mut())));
+            calls.push(("C_GetInterface", C_GetInterface(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0)));
+        }
+        ARMED.with(|a| a.set(false));
+        assert_eq!(calls.len(), 68 + 92 + 3);
+
+        let mut guarded = BTreeSet::new();
+        for (name, rv) in calls {
+            match rv {
+                CKR_GENERAL_ERROR => {
+                    guarded.insert(name);
+                }
+                // A stub: one constant return, nothing that could panic.
+                CKR_FUNCTION_NOT_SUPPORTED => assert!(!implemented().contains(name), "{name} is implemented but not guarded"),
+                other => panic!("{name} ran its body despite the injected panic (0x{other:X})"),
+            }
+        }
+        assert_eq!(guarded, implemented(), "every implemented function, and only those, went through guard");
+        assert!(guarded.len() >= 25, "{guarded:?}");
     }
 }

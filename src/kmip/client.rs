@@ -1,23 +1,46 @@
-//! The HTTP(S) transport to the KMS: one `ureq` agent (so one kept-alive connection reused by
-//! every call and session), TLS through rustls with the system's roots, timeouts, and the
-//! translation of HTTP outcomes into [`KmsError`]. One debug line per request; never a secret.
+//! The HTTP(S) transport to the KMS: one `ureq` agent (so kept-alive connections reused by
+//! every call and session), TLS through rustls with the system's roots, timeouts, retries, and
+//! the translation of HTTP outcomes into [`KmsError`]. One debug line per attempt; never a
+//! secret.
+//!
+//! Timeouts: `connect_timeout` bounds the TCP (and TLS) connection; `request_timeout` bounds a
+//! whole call, retries and back-off included: no call outlives it.
+//!
+//! Retries ([`RetryPolicy`]): read-only operations (Locate, the batched Export, ...) are tried
+//! again after a short back-off when the KMS could not be reached, closed the connection before
+//! answering, or answered 502/503/504. Any other operation (Sign) is tried again once, at once,
+//! only when the connection closed before any answer: the mark of a kept-alive connection the
+//! server had dropped. Nothing is retried after a timeout: the request may be in the KMS's
+//! hands, and the time budget is spent. A retry always opens a new connection: after one
+//! pooled connection turned out dead, the others are suspect too.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use super::ttlv::Ttlv;
-use crate::config::{ClientCertificate, KmsConfig, Secret, Settings};
+use crate::config::{KmsConfig, Secret, Settings};
 
 /// Largest answer accepted from the KMS.
 const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 
+/// The pauses before the second and third attempts of a read-only request.
+const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(300)];
+
+/// KMIP operations that change nothing on the KMS: safe to send twice.
+const READ_ONLY_OPERATIONS: [&str; 7] =
+    ["Locate", "Get", "Export", "GetAttributes", "GetAttributeList", "Query", "DiscoverVersions"];
+
 /// Why a KMS call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsError {
-    /// No connection could be made (refused, DNS, TLS handshake).
+    /// No connection could be made (refused, reset, DNS).
     Unreachable(String),
+    /// The TLS handshake failed (certificate not trusted, protocol): retrying will not help.
+    Tls(String),
     /// Connected, but no complete answer in time.
     Timeout(String),
+    /// The connection closed (or was reset) before any answer.
+    Dropped(String),
     /// 401/403: the KMS refused our credentials.
     Unauthorized(String),
     /// 422: the KMS refused the request (`Item_Not_Found`, `Permission_Denied`, ...).
@@ -32,11 +55,48 @@ impl std::fmt::Display for KmsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KmsError::Unreachable(m) => write!(f, "KMS unreachable: {m}"),
+            KmsError::Tls(m) => write!(f, "KMS unreachable over TLS: {m}"),
             KmsError::Timeout(m) => write!(f, "KMS did not answer in time: {m}"),
+            KmsError::Dropped(m) => write!(f, "KMS closed the connection without answering: {m}"),
             KmsError::Unauthorized(m) => write!(f, "KMS refused the credentials: {m}"),
             KmsError::Refused(m) => write!(f, "KMS refused the request: {m}"),
             KmsError::Status(code, m) => write!(f, "KMS answered HTTP {code}: {m}"),
             KmsError::Malformed(m) => write!(f, "KMS answer not understood: {m}"),
+        }
+    }
+}
+
+/// When a failed request is sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RetryPolicy {
+    /// Read-only: after each pause of [`BACKOFF`], when the KMS was unreachable, dropped the
+    /// connection or answered 502/503/504.
+    ReadOnly,
+    /// Once, at once, only when the connection was dropped before any answer.
+    OnceIfDropped,
+}
+
+impl RetryPolicy {
+    fn for_operations<'a>(mut names: impl Iterator<Item = &'a str>) -> Self {
+        if names.all(|n| READ_ONLY_OPERATIONS.contains(&n)) {
+            RetryPolicy::ReadOnly
+        } else {
+            RetryPolicy::OnceIfDropped
+        }
+    }
+
+    /// The pause before attempt `failed + 1`, after `failed` failed attempts ending with
+    /// `error`; `None`: give up.
+    fn pause(self, failed: usize, error: &KmsError) -> Option<Duration> {
+        match self {
+            RetryPolicy::ReadOnly => {
+                let transient = matches!(
+                    error,
+                    KmsError::Unreachable(_) | KmsError::Dropped(_) | KmsError::Status(502..=504, _)
+                );
+                BACKOFF.get(failed - 1).copied().filter(|_| transient)
+            }
+            RetryPolicy::OnceIfDropped => (failed == 1 && matches!(error, KmsError::Dropped(_))).then_some(Duration::ZERO),
         }
     }
 }
@@ -46,12 +106,15 @@ pub struct KmsClient {
     agent: ureq::Agent,
     base_url: String,
     headers: Vec<(String, String)>,
-    access_token: Option<Secret>,
+    /// The bearer token: from the configuration, or the PIN given to C_Login in PIN mode.
+    access_token: RwLock<Option<Secret>>,
+    /// The budget of one call, retries included.
+    request_timeout: Duration,
 }
 
 impl KmsClient {
     pub fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
-        let tls = tls_config(config)?;
+        let tls = crate::platform::tls::client_config(config)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(settings.connect_timeout))
@@ -65,19 +128,27 @@ impl KmsClient {
             agent,
             base_url: config.server_url.clone(),
             headers: config.custom_headers.clone(),
-            access_token: config.access_token.clone(),
+            access_token: RwLock::new(config.access_token.clone()),
+            request_timeout: settings.request_timeout,
         })
+    }
+
+    /// Replaces the bearer token sent from now on (PIN mode: the PIN, or none after logout).
+    pub fn set_access_token(&self, token: Option<Secret>) {
+        *self.access_token.write().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
     /// Sends one KMIP operation to `/kmip/2_1`; `Ok` is the `...Response` payload.
     pub fn call(&self, operation: &Ttlv) -> Result<Ttlv, KmsError> {
-        self.post("/kmip/2_1", &operation.tag, operation)
+        let policy = RetryPolicy::for_operations(std::iter::once(operation.tag.as_str()));
+        self.post("/kmip/2_1", &operation.tag, operation, policy)
     }
 
     /// Sends several operations in one `RequestMessage` to `/kmip`; one result per operation,
     /// in order. `Err` only when the message as a whole failed.
     pub fn batch(&self, operations: Vec<Ttlv>) -> Result<Vec<Result<Ttlv, KmsError>>, KmsError> {
         let count = operations.len();
+        let policy = RetryPolicy::for_operations(operations.iter().map(|op| op.tag.as_str()));
         let mut message = vec![Ttlv::structure(
             "RequestHeader",
             vec![
@@ -94,7 +165,7 @@ impl KmsClient {
             message.push(Ttlv::structure("BatchItem", vec![Ttlv::enumeration("Operation", &name), payload]));
         }
         let label = format!("RequestMessage[{count}]");
-        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message))?;
+        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy)?;
         let items: Vec<_> = answer.children_tagged("BatchItem").collect();
         if items.len() != count {
             return Err(KmsError::Malformed(format!("{} batch items answered for {count}", items.len())));
@@ -102,18 +173,42 @@ impl KmsClient {
         Ok(items.into_iter().map(batch_item_result).collect())
     }
 
-    fn post(&self, path: &str, label: &str, body: &Ttlv) -> Result<Ttlv, KmsError> {
+    /// Sends `body`, again as `policy` allows, all within `request_timeout`.
+    fn post(&self, path: &str, label: &str, body: &Ttlv, policy: RetryPolicy) -> Result<Ttlv, KmsError> {
+        let json = body.to_json();
         let started = Instant::now();
-        let result = self.post_inner(path, body);
-        let elapsed_ms = started.elapsed().as_millis();
-        match &result {
-            Ok(_) => tracing::debug!(operation = label, status = "ok", elapsed_ms, "KMS request"),
-            Err(e) => tracing::debug!(operation = label, status = %e, elapsed_ms, "KMS request"),
+        let mut attempt = 1;
+        loop {
+            let attempt_started = Instant::now();
+            let budget = self.request_timeout.saturating_sub(started.elapsed());
+            let result = if budget.is_zero() {
+                Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
+            } else {
+                self.post_once(path, &json, budget, attempt > 1)
+            };
+            let elapsed_ms = attempt_started.elapsed().as_millis();
+            let error = match result {
+                Ok(answer) => {
+                    tracing::debug!(operation = label, attempt, status = "ok", elapsed_ms, "KMS request");
+                    return Ok(answer);
+                }
+                Err(e) => e,
+            };
+            tracing::debug!(operation = label, attempt, status = %error, elapsed_ms, "KMS request");
+            let pause = policy
+                .pause(attempt, &error)
+                .filter(|pause| started.elapsed() + *pause < self.request_timeout);
+            let Some(pause) = pause else {
+                return Err(with_context(error, label, attempt, started.elapsed()));
+            };
+            tracing::info!(operation = label, attempt, error = %error, pause_ms = pause.as_millis(), "KMS request failed, trying again");
+            std::thread::sleep(pause);
+            attempt += 1;
         }
-        result
     }
 
-    fn post_inner(&self, path: &str, body: &Ttlv) -> Result<Ttlv, KmsError> {
+    /// One HTTP exchange, within `timeout`; on a new connection if `fresh`.
+    fn post_once(&self, path: &str, json: &str, timeout: Duration, fresh: bool) -> Result<Ttlv, KmsError> {
         let mut request = self
             .agent
             .post(format!("{}{path}", self.base_url))
@@ -122,23 +217,49 @@ impl KmsClient {
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        if let Some(token) = &self.access_token {
-            request = request.header("Authorization", format!("Bearer {}", token.expose()));
+        let bearer = self.access_token.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| format!("Bearer {}", t.expose()));
+        if let Some(bearer) = bearer {
+            request = request.header("Authorization", bearer);
         }
-        let mut response = request.send(body.to_json()).map_err(transport_error)?;
+        let mut config = request.config().timeout_global(Some(timeout));
+        if fresh {
+            // No pooled connection is young enough: ureq connects anew.
+            config = config.max_idle_age(Duration::ZERO);
+        }
+        let request = config.build();
+        let mut response = request.send(json).map_err(|e| transport_error(e, false))?;
         let status = response.status().as_u16();
         let bytes = response
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
             .read_to_vec()
-            .map_err(transport_error)?;
+            .map_err(|e| transport_error(e, true))?;
         match status {
-            200 => Ttlv::from_json(&bytes).map_err(|e| KmsError::Malformed(e.to_string())),
+            200 => Ttlv::from_json(&bytes).map_err(|e| KmsError::Malformed(format!("not KMIP JSON-TTLV: {e}"))),
             401 | 403 => Err(KmsError::Unauthorized(format!("HTTP {status}"))),
             422 => Err(KmsError::Refused(snippet(&bytes))),
             _ => Err(KmsError::Status(status, snippet(&bytes))),
         }
+    }
+}
+
+/// Adds the operation, the attempts and the time spent to an error's message, for the log
+/// line of the PKCS#11 call that failed.
+fn with_context(error: KmsError, label: &str, attempts: usize, elapsed: Duration) -> KmsError {
+    let context = |m: String| {
+        let tries = if attempts > 1 { format!(", {attempts} attempts") } else { String::new() };
+        format!("{m} ({label}{tries}, {} ms)", elapsed.as_millis())
+    };
+    match error {
+        KmsError::Unreachable(m) => KmsError::Unreachable(context(m)),
+        KmsError::Tls(m) => KmsError::Tls(context(m)),
+        KmsError::Timeout(m) => KmsError::Timeout(context(m)),
+        KmsError::Dropped(m) => KmsError::Dropped(context(m)),
+        KmsError::Unauthorized(m) => KmsError::Unauthorized(context(m)),
+        KmsError::Refused(m) => KmsError::Refused(context(m)),
+        KmsError::Status(code, m) => KmsError::Status(code, context(m)),
+        KmsError::Malformed(m) => KmsError::Malformed(context(m)),
     }
 }
 
@@ -149,22 +270,27 @@ fn snippet(bytes: &[u8]) -> String {
     line.chars().take(300).collect()
 }
 
-fn transport_error(e: ureq::Error) -> KmsError {
+/// A transport failure, before (`answered` false) or while reading (true) the answer's body.
+fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
+    use std::io::ErrorKind::*;
+    let dropped = |m: String| if answered { KmsError::Malformed(format!("answer cut short: {m}")) } else { KmsError::Dropped(m) };
     match e {
         ureq::Error::Timeout(t) => KmsError::Timeout(t.to_string()),
-        ureq::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
-            KmsError::Timeout(io.to_string())
-        }
-        ureq::Error::Io(io)
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotConnected | std::io::ErrorKind::AddrNotAvailable
-            ) =>
-        {
+        ureq::Error::Io(io) if matches!(io.kind(), TimedOut | WouldBlock) => KmsError::Timeout(io.to_string()),
+        ureq::Error::Io(io) if matches!(io.kind(), ConnectionRefused | NotConnected | AddrNotAvailable | HostUnreachable | NetworkUnreachable) => {
             KmsError::Unreachable(io.to_string())
         }
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Tls(_) => KmsError::Unreachable(e.to_string()),
-        ureq::Error::BodyExceedsLimit(_) => KmsError::Malformed(e.to_string()),
+        ureq::Error::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe) => {
+            dropped(io.to_string())
+        }
+        // rustls's handshake errors come through the socket as InvalidData.
+        ureq::Error::Io(io) if io.kind() == InvalidData && !answered => KmsError::Tls(io.to_string()),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => KmsError::Tls(e.to_string()),
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => KmsError::Unreachable(e.to_string()),
+        ureq::Error::BodyExceedsLimit(_) | ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => {
+            KmsError::Malformed(e.to_string())
+        }
+        other if answered => KmsError::Malformed(other.to_string()),
         other => KmsError::Unreachable(other.to_string()),
     }
 }
@@ -182,64 +308,71 @@ fn batch_item_result(item: &Ttlv) -> Result<Ttlv, KmsError> {
         .ok_or_else(|| KmsError::Malformed("batch item without ResponsePayload".into()))
 }
 
-/// rustls, with the system's roots plus `verified_cert`, or no verification at all when
-/// `accept_invalid_certs` says so, and the client certificate if one is configured.
-fn tls_config(config: &KmsConfig) -> Result<ureq::tls::TlsConfig, String> {
-    use ureq::tls::{Certificate, ClientCert, PemItem, RootCerts, TlsConfig};
-    let mut builder = TlsConfig::builder();
-    if config.server_url.starts_with("https://") {
-        if config.accept_invalid_certs {
-            tracing::warn!(config = %config.source.display(), "accept_invalid_certs = true: the KMS's TLS certificate is NOT verified");
-            builder = builder.disable_verification(true);
-        } else {
-            let native = rustls_native_certs::load_native_certs();
-            for error in &native.errors {
-                tracing::debug!(%error, "skipping a system root certificate");
-            }
-            let mut roots: Vec<Certificate<'static>> =
-                native.certs.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
-            if let Some(pem) = &config.verified_cert {
-                let extra: Vec<_> = ureq::tls::parse_pem(pem.as_bytes())
-                    .filter_map(|item| match item {
-                        Ok(PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
-                if extra.is_empty() {
-                    return Err("verified_cert holds no PEM certificate".into());
-                }
-                roots.extend(extra);
-            }
-            builder = builder.root_certs(RootCerts::Specific(Arc::new(roots)));
-        }
-        match &config.client_certificate {
-            None => {}
-            Some(ClientCertificate::Pem { cert, key }) => {
-                let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-                let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&read(cert)?)
-                    .filter_map(|item| match item {
-                        Ok(PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
-                let key = ureq::tls::parse_pem(&read(key)?)
-                    .find_map(|item| match item {
-                        Ok(PemItem::PrivateKey(k)) => Some(k),
-                        _ => None,
-                    })
-                    .ok_or_else(|| format!("{} holds no PEM private key", key.display()))?;
-                if chain.is_empty() {
-                    return Err(format!("{} holds no PEM certificate", cert.display()));
-                }
-                builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-            }
-            Some(ClientCertificate::Pkcs12 { path, .. }) => {
-                return Err(format!(
-                    "PKCS#12 client certificates ({}) are not supported yet: convert it to PEM (tls_client_pem_cert_path/tls_client_pem_key_path)",
-                    path.display()
-                ));
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> ureq::Error {
+        ureq::Error::Io(std::io::Error::new(kind, "x"))
+    }
+
+    #[test]
+    fn read_only_operations_are_retried_with_backoff_on_transient_failures() {
+        let p = RetryPolicy::for_operations(["Locate"].into_iter());
+        assert_eq!(p, RetryPolicy::ReadOnly);
+        assert_eq!(RetryPolicy::for_operations(["Export", "Export"].into_iter()), RetryPolicy::ReadOnly);
+        let refused = KmsError::Unreachable("refused".into());
+        assert_eq!(p.pause(1, &refused), Some(BACKOFF[0]));
+        assert_eq!(p.pause(2, &KmsError::Dropped("eof".into())), Some(BACKOFF[1]));
+        assert_eq!(p.pause(3, &refused), None, "three attempts at most");
+        assert_eq!(p.pause(1, &KmsError::Status(503, String::new())), Some(BACKOFF[0]));
+        for final_answer in [
+            KmsError::Timeout("t".into()),
+            KmsError::Tls("invalid peer certificate: UnknownIssuer".into()),
+            KmsError::Status(500, String::new()),
+            KmsError::Refused("Item_Not_Found".into()),
+            KmsError::Unauthorized("HTTP 401".into()),
+            KmsError::Malformed("garbage".into()),
+        ] {
+            assert_eq!(p.pause(1, &final_answer), None, "{final_answer}");
         }
     }
-    Ok(builder.build())
+
+    #[test]
+    fn a_signature_is_sent_again_once_and_only_after_a_dropped_connection() {
+        let p = RetryPolicy::for_operations(["Sign"].into_iter());
+        assert_eq!(p, RetryPolicy::OnceIfDropped);
+        assert_eq!(RetryPolicy::for_operations(["Locate", "Sign"].into_iter()), RetryPolicy::OnceIfDropped);
+        let dropped = KmsError::Dropped("eof".into());
+        assert_eq!(p.pause(1, &dropped), Some(Duration::ZERO));
+        assert_eq!(p.pause(2, &dropped), None);
+        assert_eq!(p.pause(1, &KmsError::Timeout("t".into())), None, "never after a timeout");
+        assert_eq!(p.pause(1, &KmsError::Unreachable("refused".into())), None);
+        assert_eq!(p.pause(1, &KmsError::Status(503, String::new())), None);
+    }
+
+    #[test]
+    fn transport_failures_are_classified_by_when_they_happen() {
+        use std::io::ErrorKind::*;
+        assert!(matches!(transport_error(io(ConnectionRefused), false), KmsError::Unreachable(_)));
+        assert!(matches!(transport_error(io(UnexpectedEof), false), KmsError::Dropped(_)));
+        assert!(matches!(transport_error(io(ConnectionReset), false), KmsError::Dropped(_)));
+        assert!(matches!(transport_error(io(BrokenPipe), false), KmsError::Dropped(_)));
+        // Once the answer has started, a cut is not a dropped connection: never resent.
+        assert!(matches!(transport_error(io(ConnectionReset), true), KmsError::Malformed(_)));
+        assert!(matches!(transport_error(io(TimedOut), true), KmsError::Timeout(_)));
+        assert!(matches!(transport_error(ureq::Error::Timeout(ureq::Timeout::Global), false), KmsError::Timeout(_)));
+        assert!(matches!(transport_error(ureq::Error::HostNotFound, false), KmsError::Unreachable(_)));
+        assert!(matches!(transport_error(io(InvalidData), false), KmsError::Tls(_)));
+        assert!(matches!(transport_error(ureq::Error::Tls("bad"), false), KmsError::Tls(_)));
+        assert!(matches!(transport_error(ureq::Error::BodyExceedsLimit(1), true), KmsError::Malformed(_)));
+    }
+
+    #[test]
+    fn the_final_error_names_the_operation_attempts_and_time() {
+        let e = with_context(KmsError::Unreachable("refused".into()), "Locate", 3, Duration::from_millis(412));
+        assert_eq!(e.to_string(), "KMS unreachable: refused (Locate, 3 attempts, 412 ms)");
+        let e = with_context(KmsError::Status(500, "Internal server error".into()), "Sign", 1, Duration::from_millis(3));
+        assert_eq!(e.to_string(), "KMS answered HTTP 500: Internal server error (Sign, 3 ms)");
+    }
 }

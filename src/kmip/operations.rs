@@ -118,7 +118,7 @@ fn tag_attribute(vendor_id: &str, tags: &[&str]) -> Ttlv {
 }
 
 /// The ids of the objects of `object_type` (`PublicKey`, `PrivateKey`) carrying `tag`, all
-/// pages of them.
+/// pages of them that the server gives (see [`add_locate_page`]).
 pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type: &str) -> Result<Vec<String>, KmsError> {
     let mut ids = Vec::new();
     loop {
@@ -135,12 +135,33 @@ pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type
         );
         let answer = client.call(&request)?;
         let page: Vec<String> = answer.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
-        let full = page.len() as i64 >= LOCATE_PAGE;
-        ids.extend(page);
-        if !full {
+        if !add_locate_page(&mut ids, page) {
             return Ok(ids);
         }
     }
+}
+
+/// Adds a Locate page to `ids` (without repeats); whether to ask for the next page. Only a full
+/// page that brought new ids calls for another: KMS 5.28 ignores `OffsetItems` and answers
+/// the same first 1,000 ids again, so with it paging stops after one extra Locate and the
+/// keys past the first 1,000 cannot be listed (logged).
+fn add_locate_page(ids: &mut Vec<String>, page: Vec<String>) -> bool {
+    let full = page.len() as i64 >= LOCATE_PAGE;
+    let mut known: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    let before = ids.len();
+    for id in page {
+        if known.insert(id.clone()) {
+            ids.push(id);
+        }
+    }
+    if full && ids.len() == before {
+        tracing::warn!(
+            listed = ids.len(),
+            "the KMS caps Locate at {LOCATE_PAGE} ids and does not page further: only the first {} tagged keys are offered",
+            ids.len()
+        );
+    }
+    full && ids.len() > before
 }
 
 /// A public key of the KMS with what the token needs to know of it.
@@ -249,6 +270,24 @@ mod tests {
         let e = SignRequest::eddsa(vec![0xFF]).to_ttlv("k");
         assert_eq!(e.children().len(), 2);
         assert_eq!(e.child("Data").and_then(Ttlv::as_bytes), Some(&[0xFF][..]));
+    }
+
+    #[test]
+    fn locate_paging_stops_when_a_full_page_brings_nothing_new() {
+        let page = |from: usize, n: usize| (from..from + n).map(|i| format!("k{i}")).collect::<Vec<_>>();
+        let mut ids = Vec::new();
+        assert!(!add_locate_page(&mut ids, page(0, 3)), "a short page is the last one");
+        assert_eq!(ids, page(0, 3));
+        // A server that pages: full pages, then a short one.
+        let mut ids = Vec::new();
+        assert!(add_locate_page(&mut ids, page(0, 1000)));
+        assert!(!add_locate_page(&mut ids, page(1000, 1)));
+        assert_eq!(ids, page(0, 1001));
+        // KMS 5.28 ignores OffsetItems: the same full page again ends the listing, no repeats.
+        let mut ids = Vec::new();
+        assert!(add_locate_page(&mut ids, page(0, 1000)));
+        assert!(!add_locate_page(&mut ids, page(0, 1000)));
+        assert_eq!(ids, page(0, 1000));
     }
 
     #[test]

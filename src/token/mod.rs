@@ -113,6 +113,11 @@ impl Token {
         Self { settings, kms: Err("no KMS in unit tests".into()), store: Mutex::new(store), loading: Mutex::new(()) }
     }
 
+    /// The configured KMS, if any (PIN mode: C_Login sets the client's access token).
+    pub fn kms(&self) -> Option<&Kms> {
+        self.kms.as_ref().ok()
+    }
+
     /// The KMS's address, for the token label; None when not configured.
     pub fn server_url(&self) -> Option<&str> {
         self.kms.as_ref().ok().map(|k| k.config.server_url.as_str())

@@ -5,8 +5,17 @@
 //! - `demo`: what a user does, step by step, from a fresh machine to an SSH login with keys
 //!   held in a local KMS (see `demo.rs`).
 //! - `kms-start`: a local KMS and a provider configuration to play with by hand.
+//! - `fuzz`: the cargo-fuzz targets of `fuzz/`, each for a bounded time (`fuzz.rs`).
+//! - `bench`: the provider measured against the raw KMS (see `bench.rs`).
+//! - `dist`, `dist-macos`, `package-test`, `licenses`: the release artifacts (`package.rs`).
+//! - `install`: the release library into /usr/local/lib, for who builds from source
+//!   (`install.rs`).
 
+mod bench;
 mod demo;
+mod fuzz;
+mod install;
+mod package;
 
 use std::io::BufRead;
 use std::process::{Command, ExitCode};
@@ -18,7 +27,18 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test       install the test bed, build the provider, run all the workspace's tests
   demo       from a fresh machine to an SSH login with keys held in a local KMS, step by step
-  kms-start  start a local KMS and print the environment to use it; Enter stops it";
+  kms-start  start a local KMS and print the environment to use it; Enter stops it
+  bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
+             requests, throughput (release build; prints figures, takes a few minutes)
+  dist       build and check the Linux release artifacts into target/dist: the .so (glibc 2.28),
+             .deb, .rpm, source tarball, Homebrew formula
+  dist-macos (macOS) the universal .dylib, signed and notarized, and a signed, notarized,
+             stapled .pkg; the signing secrets come from the environment
+  package-test  dist, then install the .deb and log in through it, the macOS signing
+             plumbing on a fixture, the release workflows, THIRDPARTY.yml, install
+  licenses   regenerate THIRDPARTY.yml (--check: fail if it is out of date)
+  install    build the release library, copy it into /usr/local/lib (--prefix DIR)
+  fuzz       build the cargo-fuzz targets and run each for SECONDS (default 20): fuzz [SECONDS]";
 
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
@@ -26,6 +46,21 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo::run(),
         Some("kms-start") => kms_start(),
+        Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
+            None => fuzz::run(fuzz::DEFAULT_SECONDS),
+            Some(Ok(seconds)) => fuzz::run(seconds),
+            Some(Err(e)) => Err(format!("fuzz: SECONDS: {e}")),
+        },
+        Some("bench") => bench::run(),
+        Some("dist") => package::dist().map(drop),
+        Some("dist-macos") => package::macos::dist_macos(),
+        Some("package-test") => package::test(),
+        Some("licenses") => match std::env::args().nth(2).as_deref() {
+            None => package::licenses::regenerate(),
+            Some("--check") => package::Tools::get().and_then(package::licenses::check),
+            Some(other) => Err(format!("licenses: unknown argument {other}")),
+        },
+        Some("install") => install::install(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -81,7 +116,9 @@ fn run(command: &mut Command) -> Result<(), String> {
 fn test() -> Result<(), String> {
     install_test_bed();
     cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
-    cargo("run every test", &["test", "--workspace", "--all-targets"])
+    cargo("run every test", &["test", "--workspace", "--all-targets"])?;
+    fuzz::run(fuzz::DEFAULT_SECONDS)?;
+    package::test()
 }
 
 fn kms_start() -> Result<(), String> {

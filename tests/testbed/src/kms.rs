@@ -146,6 +146,13 @@ impl KmsServer {
         self.launch();
     }
 
+    /// Same as [`KmsServer::restart`], with these extra arguments instead of the first ones:
+    /// e.g. `--api-token-id UID` once the key it names exists in the database.
+    pub fn restart_with_args(&mut self, extra: &[&str]) {
+        self.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     fn launch(&mut self) {
         let dir = self.dir.path();
         let (stdout, stderr) = log_file(&self.log_path());

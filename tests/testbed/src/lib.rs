@@ -4,7 +4,9 @@
 //! - [`binaries`]: the Cosmian KMS server and `ckms`, built and cached by
 //!   `scripts/install-test-bed.sh`.
 //! - [`KmsServer`]: a throw-away KMS on a free port, with its own SQLite database and logs.
-//! - [`Ckms`]: the real `ckms` client pointed at such a server, to create keys as users do.
+//! - [`Ckms`]: the real `ckms` client pointed at such a server, to create keys as users do;
+//!   [`create_p256_key_pairs`] for many keys in one request.
+//! - [`CountingProxy`]: counts the connections and HTTP requests a client makes to the KMS.
 //! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
 //!   `sshd`, with a scrubbed environment.
 //! - This module: free ports, where the provider library is, and its configuration file.
@@ -14,8 +16,10 @@
 
 mod binaries;
 mod ckms;
+mod kmip;
 mod kms;
 mod process;
+mod proxy;
 mod ssh;
 
 use std::ffi::OsStr;
@@ -25,7 +29,9 @@ use std::process::Command;
 
 pub use binaries::{binaries, install_test_bed, Binaries};
 pub use ckms::{Ckms, KeyKind, KeyPair};
+pub use kmip::{create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
+pub use proxy::CountingProxy;
 pub use ssh::{current_user, ssh_command, ssh_keygen_d, SshAgent, SshCommand, Sshd};
 
 /// A command for `program` whose environment holds none of the provider's configuration

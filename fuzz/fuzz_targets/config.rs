@@ -1,0 +1,32 @@
+//! The ckms configuration file (`KmsConfig::parse`): any text gives a configuration or an
+//! error, never a panic; neither the error nor a warning repeats a secret of the file (the
+//! access token, a PKCS#12 password).
+#![no_main]
+
+use cosmian_pkcs11::config::KmsConfig;
+use libfuzzer_sys::fuzz_target;
+
+/// The secret the seeds carry.
+const TOKEN: &str = "fuzz-secret-token-0123456789";
+
+/// Whether every occurrence of [`TOKEN`] in `text` is on a line that gives a secret, so that
+/// quoting it back would be a leak (elsewhere, e.g. as a key's name, it is not a secret).
+fn token_only_in_secrets(text: &str) -> bool {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(TOKEN)).collect();
+    !lines.is_empty()
+        && lines.iter().all(|l| {
+            let l = l.trim_start();
+            l.starts_with("access_token") || (l.contains("password") && l.find("password") < l.find(TOKEN))
+        })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let said = match KmsConfig::parse(text, std::path::Path::new("/fuzz/kms.toml")) {
+        Ok((_, warnings)) => warnings.join("\n"),
+        Err(error) => error,
+    };
+    if token_only_in_secrets(text) {
+        assert!(!said.contains(TOKEN), "a secret was repeated: {said}");
+    }
+});

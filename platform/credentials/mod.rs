@@ -1,0 +1,91 @@
+//! Secrets kept in the operating system's credential store rather than in the plaintext
+//! configuration file: the access token and the PKCS#12 password. Read only (the provider
+//! never stores anything), and never in the way: a store that is absent, locked, slow or
+//! refuses counts as "not found", with a debug line saying why. A secret is never logged.
+//!
+//! Every store names an entry the same way: a service and an account.
+//! - access token: service [`TOKEN_SERVICE`], account = the configuration's `server_url`;
+//! - PKCS#12 password: service [`PKCS12_SERVICE`], account = the `tls_client_pkcs12_path`.
+//!
+//! Stores, in the order they are asked:
+//! - Linux: the kernel keyutils store (`user` key `SERVICE:ACCOUNT` in the session or user
+//!   keyring; no daemon), then the Secret Service (attributes `service`, `account`) when a
+//!   session bus and a running Secret Service exist;
+//! - macOS: the login Keychain (generic password, service and account).
+
+#[cfg(target_os = "linux")]
+mod dbus;
+#[cfg(target_os = "macos")]
+mod keychain;
+#[cfg(target_os = "linux")]
+mod keyutils;
+#[cfg(target_os = "linux")]
+mod secret_service;
+
+use crate::config::Secret;
+
+/// The service under which the access token is stored.
+pub const TOKEN_SERVICE: &str = "cosmian-kms";
+/// The service under which the PKCS#12 password is stored.
+pub const PKCS12_SERVICE: &str = "cosmian-kms-pkcs12";
+
+/// A store: its name for log lines, and its lookup (`Ok(None)`: not there).
+type Store = (&'static str, fn(&str, &str) -> Result<Option<Vec<u8>>, String>);
+
+const STORES: &[Store] = &[
+    #[cfg(target_os = "linux")]
+    ("keyutils", keyutils::lookup),
+    #[cfg(target_os = "linux")]
+    ("Secret Service", secret_service::lookup),
+    #[cfg(target_os = "macos")]
+    ("login Keychain", keychain::lookup),
+];
+
+/// The secret stored for `service` and `account`, from the first store that has it.
+pub fn lookup(service: &str, account: &str) -> Option<Secret> {
+    STORES.iter().find_map(|(store, find)| match find(service, account) {
+        Ok(Some(bytes)) => match to_secret(bytes) {
+            Some(secret) => {
+                tracing::debug!(store, service, account, "secret found in the OS credential store");
+                Some(secret)
+            }
+            None => {
+                tracing::warn!(store, service, account, "ignoring a stored secret that is empty or not UTF-8");
+                None
+            }
+        },
+        Ok(None) => {
+            tracing::debug!(store, service, account, "no secret in the OS credential store");
+            None
+        }
+        Err(why) => {
+            tracing::debug!(store, service, account, "OS credential store not usable: {why}");
+            None
+        }
+    })
+}
+
+/// The stored bytes as a secret: UTF-8, without the surrounding white space that
+/// `secret-tool store` and `keyctl padd` keep from a shell's `echo` or here-string.
+fn to_secret(bytes: Vec<u8>) -> Option<Secret> {
+    let text = String::from_utf8(bytes).ok()?;
+    let trimmed = text.trim();
+    (!trimmed.is_empty()).then(|| Secret::new(trimmed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_bytes_become_trimmed_secrets() {
+        assert_eq!(to_secret(b"tok\n".to_vec()), Some(Secret::new("tok")));
+        assert_eq!(to_secret(b"  \n".to_vec()), None);
+        assert_eq!(to_secret(vec![0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn a_missing_entry_is_not_found() {
+        assert_eq!(lookup(TOKEN_SERVICE, "https://no-such-entry.invalid:1"), None);
+    }
+}

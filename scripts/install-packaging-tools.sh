@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs what `cargo xtask dist` needs to build and check the release artifacts, and caches
+# the slow parts outside the work tree, like scripts/install-test-bed.sh:
+#   - Debian packages: lintian, rpm (rpmbuild), rpmlint, ruby (`ruby -c`, Fiddle for the
+#     formula's test), binutils (objdump), python3-venv.
+#   - PyPI, in a venv at $COSMIAN_PKCS11_CACHE/venv: ziglang (the linker and the glibc 2.28
+#     stubs cargo-zigbuild uses; also compiles the Mach-O signing fixture), PyYAML.
+#   - crates.io, into $COSMIAN_PKCS11_CACHE/tools/bin: cargo-zigbuild, cargo-bundle-licenses,
+#     rcodesign (apple-codesign, signing only: see RCODESIGN_FEATURES below).
+# On macOS (`cargo xtask dist-macos`), only rcodesign, with notarization.
+# Every version is pinned. Idempotent: a second run finds everything in place in a second.
+# Prints the two folders to put first on PATH as KEY=VALUE lines on its last two lines.
+set -euo pipefail
+
+ZIGBUILD_VERSION=0.24.1
+BUNDLE_LICENSES_VERSION=5.0.0
+APPLE_CODESIGN_VERSION=0.29.0
+ZIGLANG_VERSION=0.15.2
+PYYAML_VERSION=6.0.2
+# The default `notarize` feature pulls in the AWS SDK (Apple's notary service uploads to S3)
+# and triples the build; the checks here only sign and verify. The macOS release workflow
+# installs rcodesign with its default features.
+MACOS=""; [ "$(uname -s)" = Darwin ] && MACOS=1
+if [ -n "$MACOS" ]; then default_features=""; else default_features="--no-default-features"; fi
+RCODESIGN_FEATURES="${RCODESIGN_FEATURES-$default_features}"
+
+CACHE="${COSMIAN_PKCS11_CACHE:-$HOME/.cache/cosmian-pkcs11}"
+TOOLS="$CACHE/tools"
+VENV="$CACHE/venv"
+log() { printf '[packaging-tools] %s\n' "$*" >&2; }
+
+# --- Debian packages --------------------------------------------------------------------
+if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
+  need_pkgs=()
+  for pkg in lintian rpm rpmlint ruby binutils python3-venv; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
+  done
+  if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_pkgs[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+  fi
+fi
+
+# --- PyPI -------------------------------------------------------------------------------
+venv_ok() {
+  local frozen; frozen="$("$VENV/bin/python" -m pip freeze 2>/dev/null)" || return 1
+  grep -qx "ziglang==$ZIGLANG_VERSION" <<<"$frozen" && grep -qx "PyYAML==$PYYAML_VERSION" <<<"$frozen"
+}
+if [ -z "$MACOS" ] && ! venv_ok; then
+  log "installing ziglang $ZIGLANG_VERSION and PyYAML $PYYAML_VERSION into $VENV"
+  # Debian's python3, not a pyenv or conda shim that may lack venv.
+  python=/usr/bin/python3; [ -x "$python" ] || python=python3
+  "$python" -m venv "$VENV" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    "ziglang==$ZIGLANG_VERSION" "pyyaml==$PYYAML_VERSION" >&2
+fi
+
+# --- crates.io --------------------------------------------------------------------------
+# $1 crate, $2 version, $3 binary, then extra `cargo install` arguments.
+cargo_tool() {
+  local crate="$1" version="$2" bin="$3"; shift 3
+  local args="$*"
+  local stamp="$TOOLS/.$crate-$version${args// /}"
+  if [ ! -x "$TOOLS/bin/$bin" ] || [ ! -e "$stamp" ]; then
+    log "building $crate $version from crates.io"
+    local start=$SECONDS
+    # In cargo's own temporary folder, not the caller's CARGO_TARGET_DIR.
+    env -u CARGO_TARGET_DIR cargo install --locked --force "$crate@$version" --root "$TOOLS" "$@" >&2
+    touch "$stamp"
+    log "built $crate in $((SECONDS - start)) s"
+  fi
+}
+if [ -z "$MACOS" ]; then
+  cargo_tool cargo-zigbuild "$ZIGBUILD_VERSION" cargo-zigbuild
+  cargo_tool cargo-bundle-licenses "$BUNDLE_LICENSES_VERSION" cargo-bundle-licenses
+fi
+# shellcheck disable=SC2086 # RCODESIGN_FEATURES is a list of arguments
+cargo_tool apple-codesign "$APPLE_CODESIGN_VERSION" rcodesign --bin rcodesign $RCODESIGN_FEATURES
+
+log "cargo tools: $TOOLS/bin"
+log "venv:        $VENV/bin"
+echo "PACKAGING_TOOLS_BIN=$TOOLS/bin"
+echo "PACKAGING_VENV_BIN=$VENV/bin"

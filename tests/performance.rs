@@ -1,0 +1,317 @@
+//! What enumeration, an ssh login and signatures cost in requests to the KMS, counted outside
+//! the provider: a [`CountingProxy`] on the wire (TCP connections, HTTP requests) and the KMS's
+//! own audit log (KMIP operations, batch items included). Counts only, never timings
+//! (`cargo xtask bench` measures those).
+//!
+//! KMS 5.28 caps a Locate at 1,000 ids and ignores `OffsetItems`: past 1,000 tagged keys the
+//! provider makes one extra Locate, sees nothing new, and offers the first 1,000.
+//!
+//! The tests share one KMS and take turns ([`serial`]): the audit log is the server's.
+//! `in_process_*` loads the provider once in this process, with a 1 s key cache.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use cosmian_pkcs11_testbed::{
+    create_p256_key_pairs, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config, AuditEvent, Ckms, CountingProxy,
+    KeyKind, KeyPair, KmsServer, Sshd,
+};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::Session;
+
+/// Tags and how many P-256 key pairs carry each (created in one request per tag).
+const BATCHES: [(&str, usize); 4] = [("n1", 1), ("n10", 10), ("n100", 100), ("n1001", 1001)];
+/// The tag of the key ssh logs in with (made with ckms).
+const LOGIN: &str = "login";
+/// The tag of the in-process test's keys.
+const LIVE: &str = "live";
+
+/// The request lines of one enumeration: a Locate, then the batched Export.
+const ENUMERATION: [&str; 2] = ["POST /kmip/2_1", "POST /kmip"];
+
+struct Bed {
+    kms: KmsServer,
+    /// Inside the KMS's folder, which the test bed removes at exit (statics are never dropped).
+    dir: PathBuf,
+    keys: BTreeMap<&'static str, Vec<KeyPair>>,
+}
+
+fn bed() -> &'static Bed {
+    static BED: OnceLock<Bed> = OnceLock::new();
+    BED.get_or_init(|| {
+        let kms = KmsServer::start();
+        let dir = kms.dir().join("client");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut keys = BTreeMap::new();
+        for (tag, count) in BATCHES {
+            keys.insert(tag, create_p256_key_pairs(&kms, count, &[tag]));
+        }
+        keys.insert(LOGIN, vec![Ckms::new(&kms).create_key_pair(KeyKind::Ec("nist-p256"), &[LOGIN])]);
+        keys.insert(LIVE, create_p256_key_pairs(&kms, 1, &[LIVE]));
+        let created = keys.values().map(Vec::len).sum();
+        // The server writes its audit log behind the answers: start the tests from a quiet log.
+        wait_for_audit(&kms, |events| events.iter().filter(|e| e.operation == "CreateKeyPair").count() >= created);
+        Bed { kms, dir, keys }
+    })
+}
+
+/// One test at a time: each reads the audit log from a mark.
+fn serial() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until the audit log satisfies `done` (one minute at most).
+fn wait_for_audit(kms: &KmsServer, done: impl Fn(&[AuditEvent]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = kms.audit_events();
+        if done(&events) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the audit log did not get there; it holds {} events", events.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many events the audit log holds once events of the previous test have all come.
+fn audit_mark() -> usize {
+    settled_audit_events(&bed().kms).len()
+}
+
+/// The (operation, object) pairs the KMS logged after `mark` events, once there are at
+/// least `expected` of them and the log has settled (so that an extra one would show).
+fn audited_since(mark: usize, expected: usize) -> Vec<(String, Option<String>)> {
+    let kms = &bed().kms;
+    wait_for_audit(kms, |events| events.len() >= mark + expected);
+    let mut events: Vec<_> = settled_audit_events(kms)[mark..].iter().map(|e| (e.operation.clone(), e.object_uid.clone())).collect();
+    events.sort();
+    events
+}
+
+/// `(operation, Some(uid))` for each uid, sorted like [`audited_since`].
+fn operations_on<'a>(operation: &str, uids: impl IntoIterator<Item = &'a String>) -> Vec<(String, Option<String>)> {
+    uids.into_iter().map(|uid| (operation.to_owned(), Some(uid.clone()))).collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// A provider configuration that sends everything through `proxy`, and the provider's
+/// environment for a process: that configuration, the tag, a log folder of the test's own.
+fn provider_env(name: &str, proxy: &CountingProxy, tag: &str) -> (PathBuf, Vec<(&'static str, String)>) {
+    let dir = bed().dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_provider_config(&dir, &proxy.url(), "");
+    let env = vec![
+        ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
+        ("COSMIAN_PKCS11_SSH_KEY_TAG", tag.to_owned()),
+        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
+        ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
+        // Counts, not latency: a slow CI machine decoding 1,000 keys in a debug build must not
+        // time out (the default is 10 s).
+        ("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", "60000".to_owned()),
+    ];
+    (dir, env)
+}
+
+fn provider_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("cosmian-pkcs11.log")).unwrap_or_default()
+}
+
+fn text(out: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `ssh-keygen -D` through a fresh proxy, the provider offering the keys tagged `tag`: the
+/// lines printed, the proxy, the provider's log folder.
+fn keygen_d(tag: &str) -> (Vec<String>, CountingProxy, PathBuf) {
+    let proxy = CountingProxy::start(bed().kms.port());
+    let (dir, env) = provider_env(&format!("keygen-{tag}"), &proxy, tag);
+    let stdout = dir.join("stdout");
+    let mut child = ssh_keygen_d(&provider_lib()).envs(env).stdout(std::fs::File::create(&stdout).unwrap()).spawn().unwrap();
+    // Generous: a listing that never ends (a Locate paging loop) must fail, not hang.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssh-keygen -D still running after 120 s; {} requests so far", proxy.requests().len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let printed = std::fs::read_to_string(&stdout).unwrap();
+    assert!(status.success(), "ssh-keygen -D: {status}\n{printed}\nprovider log:\n{}", provider_log(&dir));
+    (printed.lines().map(str::to_owned).collect(), proxy, dir)
+}
+
+#[test]
+fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys() {
+    let _turn = serial();
+    let bed = bed();
+    for (tag, count) in &BATCHES[..3] {
+        let mark = audit_mark();
+        let (lines, proxy, _) = keygen_d(tag);
+        assert_eq!(lines.len(), *count, "{tag}: ssh-keygen -D printed {lines:?}");
+        assert_eq!(proxy.requests(), ENUMERATION, "{tag}");
+        assert_eq!(proxy.connections(), 1, "{tag}");
+        // The KMS's side: one Locate, one Export per public key, nothing else.
+        let public_ids = bed.keys[tag].iter().map(|k| &k.public_id);
+        let mut expected = operations_on("Export", public_ids);
+        expected.push(("Locate".to_owned(), None));
+        assert_eq!(audited_since(mark, count + 1), sorted(expected), "{tag}");
+    }
+}
+
+/// KMS 5.28 answers at most 1,000 ids per Locate and ignores `OffsetItems`: the second page is
+/// the first one again, which ends the listing. Three round trips, the first 1,000 keys, a
+/// warning in the log.
+#[test]
+fn past_the_kms_locate_cap_of_1000_keys_it_is_three_round_trips() {
+    let _turn = serial();
+    let mark = audit_mark();
+    let (lines, proxy, dir) = keygen_d("n1001");
+    assert_eq!(proxy.requests(), ["POST /kmip/2_1", "POST /kmip/2_1", "POST /kmip"]);
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(lines.len(), 1000);
+    assert!(provider_log(&dir).contains("caps Locate at 1000"), "{}", provider_log(&dir));
+    let audited = audited_since(mark, 1002);
+    let count = |op: &str| audited.iter().filter(|(o, _)| o == op).count();
+    assert_eq!((count("Locate"), count("Export"), audited.len()), (2, 1000, 1002));
+}
+
+#[test]
+fn an_ssh_login_is_the_enumeration_plus_one_sign() {
+    let _turn = serial();
+    let bed = bed();
+    let key = &bed.keys[LOGIN][0];
+    let (authorized, _, _) = keygen_d(LOGIN);
+    assert_eq!(authorized.len(), 1);
+    let sshd = Sshd::start(&authorized[0], "");
+
+    let mark = audit_mark();
+    let proxy = CountingProxy::start(bed.kms.port());
+    let (dir, env) = provider_env("ssh-login", &proxy, LOGIN);
+    let mut ssh = ssh_command(&sshd).provider(&provider_lib());
+    for (k, v) in env {
+        ssh = ssh.env(k, v);
+    }
+    let out = ssh.run("echo logged-in");
+    assert!(out.status.success(), "{}\nsshd:\n{}\nprovider:\n{}", text(&out), sshd.log(), provider_log(&dir));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "logged-in");
+    assert_eq!(proxy.requests(), [ENUMERATION[0], ENUMERATION[1], "POST /kmip/2_1"]);
+    assert_eq!(proxy.connections(), 1, "one kept-alive connection for the whole login");
+    let expected = vec![
+        ("Export".to_owned(), Some(key.public_id.clone())),
+        ("Locate".to_owned(), None),
+        ("Sign".to_owned(), Some(key.private_id.clone())),
+    ];
+    assert_eq!(audited_since(mark, 3), expected);
+}
+
+/// The provider in this process with `COSMIAN_PKCS11_KEY_CACHE_SECONDS=1`, as a long-lived
+/// ssh-agent holds it: searches, attributes and SignInit after the load are free, a signature
+/// is one request, a key added later shows at the first public-key search after the cache
+/// expired and not before.
+#[test]
+fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
+    let _turn = serial();
+    let bed = bed();
+    let proxy = CountingProxy::start(bed.kms.port());
+    let (_dir, env) = provider_env("in-process", &proxy, LIVE);
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    std::env::set_var("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "1");
+    let pkcs11 = Pkcs11::new(provider_lib()).expect("dlopen the provider");
+    pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    assert_eq!(proxy.requests(), [] as [&str; 0], "C_Initialize, C_GetSlotList, C_OpenSession");
+
+    let ids = |class: ObjectClass| -> Vec<String> {
+        let found = session.find_objects(&[Attribute::Class(class)]).unwrap();
+        found.iter().map(|h| key_id(&session, *h)).collect()
+    };
+    let first = &bed.keys[LIVE][0].private_id;
+    assert_eq!(ids(ObjectClass::PUBLIC_KEY), std::slice::from_ref(first));
+    assert_eq!(proxy.requests(), ENUMERATION);
+
+    // (c) What ssh does around every signature, from memory.
+    for _ in 0..20 {
+        let ssh_session = pkcs11.open_ro_session(slot).unwrap();
+        let private = private_key(&ssh_session, first).expect("the private key");
+        let _ = ssh_session.get_attributes(private, &[AttributeType::KeyType, AttributeType::Label, AttributeType::Sign]).unwrap();
+        ssh_session.sign_init(&Mechanism::Ecdsa, private).unwrap();
+    }
+    assert!(pkcs11.open_ro_session(slot).unwrap().find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)]).unwrap().is_empty());
+    assert_eq!(proxy.requests(), ENUMERATION, "searches, attributes, SignInit");
+    let signer = pkcs11.open_ro_session(slot).unwrap();
+    let private = private_key(&signer, first).unwrap();
+    signer.sign(&Mechanism::Ecdsa, private, &[7; 32]).unwrap();
+    assert_eq!(proxy.requests(), [ENUMERATION[0], ENUMERATION[1], "POST /kmip/2_1"], "one Sign");
+    assert_eq!(proxy.connections(), 1, "one kept-alive connection across sessions");
+
+    // (d) A key added while the list is fresh is not seen, by either kind of search; after
+    // the cache expired, private-key searches still answer from memory, and the next
+    // public-key search reloads.
+    proxy.reset();
+    let mut attempts = 0;
+    let (added, loaded) = loop {
+        attempts += 1;
+        std::thread::sleep(Duration::from_millis(1100)); // The list has expired.
+        let before_load = Instant::now();
+        let known = ids(ObjectClass::PUBLIC_KEY);
+        let loaded = Instant::now();
+        assert_eq!(proxy.requests(), ENUMERATION, "a public-key search after expiry reloads");
+        let added = create_p256_key_pairs(&bed.kms, 1, &[LIVE]).remove(0).private_id;
+        let seen = ids(ObjectClass::PUBLIC_KEY);
+        let by_id = private_key(&session, &added);
+        let requests = proxy.requests();
+        proxy.reset();
+        if before_load.elapsed() >= Duration::from_millis(900) {
+            // Too slow a machine to be sure the list had not expired yet: again.
+            assert!(attempts < 5, "could not search within 1 s of a load in 5 attempts");
+            continue;
+        }
+        assert_eq!(seen, known, "a key added before expiry is not listed");
+        assert!(!seen.contains(&added));
+        assert_eq!(by_id, None, "nor found by a private-key search");
+        assert_eq!(requests, ENUMERATION, "no request between the load and expiry");
+        break (added, loaded);
+    };
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(loaded.elapsed()));
+    assert_eq!(private_key(&session, &added), None, "private-key searches never reload");
+    assert_eq!(proxy.requests(), [] as [&str; 0]);
+    let seen = ids(ObjectClass::PUBLIC_KEY);
+    assert!(seen.contains(&added), "the next public-key search after expiry lists the new key: {seen:?}");
+    assert_eq!(proxy.requests(), ENUMERATION);
+    assert!(private_key(&session, &added).is_some());
+    assert_eq!(proxy.requests(), ENUMERATION);
+    assert_eq!(proxy.connections(), 0, "no new connection: the kept-alive one serves the reloads");
+}
+
+fn key_id(session: &Session, object: cryptoki::object::ObjectHandle) -> String {
+    match session.get_attributes(object, &[AttributeType::Id]).unwrap().pop() {
+        Some(Attribute::Id(id)) => String::from_utf8(id).unwrap(),
+        other => panic!("CKA_ID: {other:?}"),
+    }
+}
+
+/// The private key with this `CKA_ID`, searched the way OpenSSH does.
+fn private_key(session: &Session, id: &str) -> Option<cryptoki::object::ObjectHandle> {
+    let found = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.as_bytes().to_vec()), Attribute::Sign(true)])
+        .unwrap();
+    assert!(found.len() <= 1, "{found:?}");
+    found.first().copied()
+}

@@ -1,0 +1,325 @@
+//! The release artifacts users install, built and checked as users get them.
+//!
+//! - `cargo xtask dist`: the Linux artifacts into `target/dist/` (the glibc 2.28 `.so`, the
+//!   `.deb`, the `.rpm`, the source tarball and the Homebrew formula), each checked right
+//!   after it is built (see the submodules).
+//! - `cargo xtask dist-macos` (on macOS): the universal `.dylib`, signed and notarized, and a
+//!   signed, notarized and stapled `.pkg` ([`macos`]).
+//! - `cargo xtask package-test`: `dist`, then what only a throw-away machine may do
+//!   (`apt-get install` of the `.deb`, logins through it, `apt-get remove`), the signing
+//!   plumbing of `dist-macos` on a Mach-O fixture, the release workflows, the third-party
+//!   licenses file and `cargo xtask install`. `cargo xtask test` runs it.
+//! - `cargo xtask licenses [--check]`: `THIRDPARTY.yml` ([`licenses`]).
+//!
+//! This module holds what they share: the tools (installed by
+//! `scripts/install-packaging-tools.sh`), the version, the folders, templates.
+
+mod deb;
+pub mod elf;
+mod homebrew;
+mod installed;
+pub mod licenses;
+pub mod macos;
+mod rpm;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use cosmian_pkcs11_testbed::workspace_root;
+use sha2::{Digest, Sha256};
+
+use crate::step;
+
+/// The package name everywhere: .deb, .rpm, formula, tarball.
+pub const NAME: &str = "cosmian-pkcs11";
+/// The project's home, for the formula and the packages.
+pub const HOMEPAGE: &str = "https://github.com/cosmian/cosmian-pkcs11";
+
+/// The version of the provider (the workspace's, which the xtask shares).
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// cargo's target folder: `CARGO_TARGET_DIR`, else `target/` of the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Where the artifacts go: `target/dist/`.
+pub fn dist_dir() -> Result<PathBuf, String> {
+    let dir = target_dir().join("dist");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The packaging tools' folders first on `PATH`: cargo-zigbuild, cargo-bundle-licenses,
+/// rcodesign, the venv with ziglang and PyYAML.
+pub struct Tools {
+    path: OsString,
+    venv_bin: PathBuf,
+}
+
+impl Tools {
+    /// Runs `scripts/install-packaging-tools.sh` once per process (it is idempotent and
+    /// fast when everything is there).
+    pub fn get() -> Result<&'static Tools, String> {
+        static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+        TOOLS
+            .get_or_init(Tools::install)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn install() -> Result<Tools, String> {
+        step(
+            "install the packaging tools",
+            "scripts/install-packaging-tools.sh",
+        );
+        let script = workspace_root().join("scripts/install-packaging-tools.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!("{} failed: {}", script.display(), out.status));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let value = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{} printed no {key}=", script.display()))
+        };
+        let venv_bin = value("PACKAGING_VENV_BIN")?;
+        let mut dirs = vec![value("PACKAGING_TOOLS_BIN")?, venv_bin.clone()];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path = std::env::join_paths(dirs).map_err(|e| format!("bad PATH: {e}"))?;
+        Ok(Tools { path, venv_bin })
+    }
+
+    /// `program` with the tools on `PATH`, run from the workspace root.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("PATH", &self.path)
+            .current_dir(workspace_root());
+        command
+    }
+
+    /// The venv's Python, which has ziglang and PyYAML.
+    pub fn python(&self) -> Command {
+        self.command(self.venv_bin.join("python"))
+    }
+}
+
+/// Runs a command to completion and returns its stdout; `Err` with its stderr when it fails.
+pub fn capture(command: &mut Command) -> Result<String, String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{command:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` if set, else the time of the last commit: every timestamp inside the
+/// packages, so that two builds of one commit are identical.
+pub fn source_date_epoch() -> Result<u64, String> {
+    let text = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value,
+        Err(_) => capture(
+            Command::new("git")
+                .args(["log", "-1", "--format=%ct"])
+                .current_dir(workspace_root()),
+        )?,
+    };
+    text.trim()
+        .parse()
+        .map_err(|e| format!("bad SOURCE_DATE_EPOCH {text:?}: {e}"))
+}
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `bytes` compressed with gzip at the best level, with no name and no timestamp in the
+/// header (what lintian asks of documentation, and what makes the source tarball
+/// reproducible).
+pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let mut encoder = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).map_err(|e| format!("gzip: {e}"))?;
+    encoder.finish().map_err(|e| format!("gzip: {e}"))
+}
+
+/// A file of `packaging/`, read.
+pub fn packaging_file(relative: &str) -> Result<String, String> {
+    let path = workspace_root().join("packaging").join(relative);
+    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Replaces every `@KEY@` of `template` by its value; `Err` if a key is missing from the
+/// template or a placeholder is left.
+pub fn render(template: &str, values: &[(&str, &str)]) -> Result<String, String> {
+    let mut text = template.to_owned();
+    for (key, value) in values {
+        let placeholder = format!("@{key}@");
+        if !text.contains(&placeholder) {
+            return Err(format!("the template has no {placeholder}"));
+        }
+        text = text.replace(&placeholder, value);
+    }
+    match leftover_placeholder(&text) {
+        Some(key) => Err(format!("@{key}@ is left unrendered in:\n{text}")),
+        None => Ok(text),
+    }
+}
+
+/// The first `@KEY@` (upper case, digits and `_`) of `text`.
+fn leftover_placeholder(text: &str) -> Option<&str> {
+    text.match_indices('@').find_map(|(at, _)| {
+        let rest = &text[at + 1..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(rest.len());
+        (len > 0 && rest[len..].starts_with('@')).then(|| &rest[..len])
+    })
+}
+
+/// Writes `text` to `path`, creating its folder.
+pub fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The Linux artifacts, built and checked, in `target/dist/`.
+pub struct Dist {
+    /// The release library (glibc 2.28 floor, three exports).
+    pub lib: elf::LinuxLib,
+    pub deb: PathBuf,
+}
+
+/// `cargo xtask dist`.
+pub fn dist() -> Result<Dist, String> {
+    let tools = Tools::get()?;
+    let epoch = source_date_epoch()?;
+    let dist = dist_dir()?;
+    let lib = elf::build(tools, &dist)?;
+    let deb = deb::build_and_check(tools, &lib, epoch, &dist)?;
+    let rpm = rpm::build_and_check(tools, &lib, epoch, &dist)?;
+    let (tarball, formula) = homebrew::build_and_check(tools, &lib, &dist)?;
+    write_checksums(
+        &dist,
+        "SHA256SUMS-linux",
+        &[&lib.path, &deb, &rpm, &tarball, &formula],
+    )?;
+    println!("\nartifacts in {}", dist.display());
+    Ok(Dist { lib, deb })
+}
+
+/// Builds `artifact` a second time, into a new folder and a second later, and compares the
+/// two: any timestamp, host name or file order that leaks into it shows.
+fn check_reproducible(
+    artifact: &Path,
+    build: impl Fn(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let name = artifact.file_name().expect("an artifact is a file");
+    step(
+        &format!("check that {} is reproducible", name.to_string_lossy()),
+        "build it again, compare SHA-256",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let second = again.path().join(name);
+    build(&second)?;
+    let (first, second) = (sha256_file(artifact)?, sha256_file(&second)?);
+    if first != second {
+        return Err(format!(
+            "{} is not reproducible: {first} then {second}",
+            name.to_string_lossy()
+        ));
+    }
+    println!("    sha256 {first}, twice");
+    Ok(())
+}
+
+/// `file` (`SHA256SUMS-linux`, `SHA256SUMS-macos`) in `dist`: the SHA-256 of each artifact,
+/// in `sha256sum -c` format, for the release.
+pub fn write_checksums(dist: &Path, file: &str, artifacts: &[&Path]) -> Result<(), String> {
+    let mut sums = String::new();
+    for artifact in artifacts {
+        let name = artifact.strip_prefix(dist).unwrap_or(artifact);
+        sums.push_str(&format!("{}  {}\n", sha256_file(artifact)?, name.display()));
+    }
+    write(&dist.join(file), sums)
+}
+
+/// `cargo xtask package-test`: every artifact built and checked, installed and used.
+pub fn test() -> Result<(), String> {
+    let tools = Tools::get()?;
+    licenses::check(tools)?;
+    let dist = dist()?;
+    installed::deb_install_login_remove(&dist)?;
+    macos::signing_selftest(tools)?;
+    macos::check_workflows(tools)?;
+    crate::install::selftest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fills_every_placeholder() {
+        let text = render(
+            "v@VERSION@ sha @SHA256@",
+            &[("VERSION", "1.2"), ("SHA256", "ab")],
+        );
+        assert_eq!(text.unwrap(), "v1.2 sha ab");
+    }
+
+    #[test]
+    fn render_refuses_missing_or_leftover_placeholders() {
+        assert!(render("v@VERSION@ @SHA256@", &[("VERSION", "1")]).is_err());
+        assert!(render("v@VERSION@", &[("VERSION", "1"), ("SHA256", "x")]).is_err());
+        // An e-mail address is not a placeholder.
+        assert!(render("tech@cosmian.com @V@", &[("V", "1")]).is_ok());
+        assert!(render("tech@cosmian.com @V@ @LEFT@", &[("V", "1")]).is_err());
+    }
+
+    #[test]
+    fn sha256_is_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "abc").unwrap();
+        assert_eq!(
+            sha256_file(&file).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

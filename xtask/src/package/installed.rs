@@ -1,0 +1,228 @@
+//! The .deb as a user installs and uses it, on the test bed (the real KMS, ckms and a
+//! throw-away sshd): `apt-get install ./cosmian-pkcs11_*.deb`, then `ssh -I
+//! /usr/local/lib/libcosmian_pkcs11.so` logs in, an ssh-agent with its DEFAULT provider
+//! allow-list (no `-P`) takes `ssh-add -s /usr/local/lib/libcosmian_pkcs11.so` and logs in,
+//! and refuses the same library from the build folder; `apt-get remove` leaves nothing behind.
+//!
+//! It changes the system (root, or sudo), so it runs in `cargo xtask package-test` and
+//! `cargo xtask test` (throw-away CI machines), not in `dist`. Any missing piece fails it.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer, SshAgent, Sshd};
+
+use super::{capture, sha256_file, Dist, NAME};
+use crate::step;
+
+const INSTALLED: &str = "/usr/local/lib/libcosmian_pkcs11.so";
+const DOC: &str = "/usr/share/doc/cosmian-pkcs11";
+
+/// `program` as root: itself when we are root, else through sudo.
+fn as_root(program: &str) -> Result<Command, String> {
+    let uid = capture(Command::new("id").arg("-u"))?;
+    Ok(if uid.trim() == "0" {
+        Command::new(program)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(program);
+        sudo
+    })
+}
+
+fn package_status() -> String {
+    capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", NAME])).unwrap_or_default()
+}
+
+pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
+    let installed = Path::new(INSTALLED);
+    if installed.exists() && !package_status().contains("ok installed") {
+        return Err(format!(
+            "{INSTALLED} exists and no package owns it (`cargo xtask install`?): the .deb would \
+             replace it, and removing the .deb would delete it. Remove it first."
+        ));
+    }
+    let dir = dist.deb.parent().expect("the .deb is in a folder");
+    let file = dist
+        .deb
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    step(
+        "install the .deb",
+        &format!("cd {}; apt-get install -y ./{file}", dir.display()),
+    );
+    crate::run(
+        as_root("apt-get")?
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                &format!("./{file}"),
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .current_dir(dir),
+    )?;
+    let result = logins(installed, &dist.lib.path);
+    // Removed whatever happened, so that a failed run leaves no package behind.
+    step("remove it", "apt-get remove -y cosmian-pkcs11");
+    let removed = crate::run(
+        as_root("apt-get")?
+            .args(["remove", "-y", NAME])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
+    result?;
+    removed?;
+    let left: Vec<&str> = [
+        INSTALLED,
+        DOC,
+        "/usr/share/lintian/overrides/cosmian-pkcs11",
+    ]
+    .into_iter()
+    .filter(|path| Path::new(path).exists())
+    .collect();
+    let status = package_status();
+    if !left.is_empty() || status.contains("installed") && !status.contains("not-installed") {
+        return Err(format!(
+            "apt-get remove left {left:?}, package status {status:?}"
+        ));
+    }
+    println!("    removed: no file left, package status {status:?}");
+    Ok(())
+}
+
+/// The logins through the installed library.
+fn logins(installed: &Path, built: &Path) -> Result<(), String> {
+    if sha256_file(installed)? != sha256_file(built)? {
+        return Err(format!(
+            "{INSTALLED} is not the library that was checked ({})",
+            built.display()
+        ));
+    }
+    for doc in ["copyright", "changelog.Debian.gz", "THIRDPARTY.yml.gz"] {
+        if !Path::new(DOC).join(doc).is_file() {
+            return Err(format!("{DOC}/{doc} is not installed"));
+        }
+    }
+
+    step(
+        "a KMS with an SSH key, and an sshd that accepts it",
+        "ckms ec keys create --curve nist-p256 --tag ssh-auth",
+    );
+    let kms = KmsServer::start();
+    let ckms = Ckms::new(&kms);
+    let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth", "packaged"]);
+    let client = kms.dir().join("packaged-client");
+    std::fs::create_dir_all(&client).map_err(|e| e.to_string())?;
+    let pem = client.join("key.pem");
+    super::write(&pem, ckms.export_public_pkcs8_pem(&pair.public_id))?;
+    let authorized = capture(
+        Command::new("ssh-keygen")
+            .args(["-i", "-m", "PKCS8", "-f"])
+            .arg(&pem),
+    )?;
+    let config = testbed::write_provider_config(&client, &kms.url(), "");
+    let provider_env = [
+        ("COSMIAN_KMS_CLI_CONF", config.clone()),
+        ("COSMIAN_PKCS11_LOGGING_FOLDER", client.join("logs")),
+    ];
+    let sshd = Sshd::start(&authorized, "");
+
+    step(
+        "log in with the installed library",
+        &format!("ssh -I {INSTALLED} ..."),
+    );
+    let mut ssh = testbed::ssh_command(&sshd).provider(installed);
+    for (key, value) in &provider_env {
+        ssh = ssh.env(key, value);
+    }
+    let out = ssh.run("echo packaged-login");
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "packaged-login" {
+        return Err(format!(
+            "ssh -I {INSTALLED} failed: {}\nsshd:\n{}",
+            text(&out),
+            sshd.log()
+        ));
+    }
+    println!("    logged in");
+
+    step(
+        "add it to an ssh-agent with the default allow-list",
+        &format!("ssh-agent (no -P); ssh-add -s {INSTALLED}"),
+    );
+    let agent = SshAgent::start_with(None, provider_env.iter().map(|(k, v)| (*k, v)));
+    let out = ssh_add_s(&agent, installed)?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh-add -s {INSTALLED} failed: {}\nagent:\n{}",
+            text(&out),
+            agent.log()
+        ));
+    }
+    let listed = capture(agent.command("ssh-add").arg("-l"))?;
+    if !listed.contains(&pair.private_id) {
+        return Err(format!(
+            "ssh-add -l does not list the key {}:\n{listed}",
+            pair.private_id
+        ));
+    }
+    let out = testbed::ssh_command(&sshd)
+        .env("SSH_AUTH_SOCK", agent.sock())
+        .run("echo via-agent");
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "via-agent" {
+        return Err(format!(
+            "login through the agent failed: {}\nagent:\n{}",
+            text(&out),
+            agent.log()
+        ));
+    }
+    println!("    the agent took it and logged in");
+
+    // The allow-list is in force: the same library outside /usr/lib* and /usr/local/lib* is
+    // refused by this agent.
+    let out = ssh_add_s(&agent, built)?;
+    if out.status.success() {
+        return Err(format!(
+            "the agent accepted {}, outside its default allow-list",
+            built.display()
+        ));
+    }
+    println!(
+        "    and refused the same library from {}",
+        built.parent().unwrap_or(built).display()
+    );
+    Ok(())
+}
+
+/// `ssh-add -s LIB` against `agent`, answering its PIN prompt with an empty line.
+fn ssh_add_s(agent: &SshAgent, lib: &Path) -> Result<std::process::Output, String> {
+    let mut child = agent
+        .command("ssh-add")
+        .arg("-s")
+        .arg(lib)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ssh-add: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(b"\n")
+        .map_err(|e| format!("ssh-add: {e}"))?;
+    child
+        .wait_with_output()
+        .map_err(|e| format!("ssh-add: {e}"))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
