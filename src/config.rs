@@ -255,7 +255,7 @@ impl Settings {
         };
         let key_cache_ttl = Duration::from_secs(number("COSMIAN_PKCS11_KEY_CACHE_SECONDS", 300));
         let connect_timeout = Duration::from_millis(number("COSMIAN_PKCS11_CONNECT_TIMEOUT_MS", 2_000));
-        let request_timeout = Duration::from_millis(number("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", 10_000));
+        let request_timeout = Duration::from_millis(number("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", 5_000));
         let key_tag = get("COSMIAN_PKCS11_SSH_KEY_TAG")
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
