@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,7 @@ fn ssh_with_provider(sshd: &Sshd, logs: &Path) -> SshCommand {
     ssh
 }
 
-fn text(out: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use cosmian_pkcs11_testbed::output_text as text;
 
 fn logs_dir(name: &str) -> PathBuf {
     let dir = bed().dir.join("logs").join(name);

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -126,9 +125,7 @@ fn provider_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("cosmian-pkcs11.log")).unwrap_or_default()
 }
 
-fn text(out: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use cosmian_pkcs11_testbed::output_text as text;
 
 /// `ssh-keygen -D` through a fresh proxy, the provider offering the keys tagged `tag`: the
 /// lines printed, the proxy, the provider's log folder.

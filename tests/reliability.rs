@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -474,14 +474,7 @@ fn a_stalled_signature_holds_up_no_other_session() {
 
 // ---- faults at enumeration time, in processes of their own ---------------------------------
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use cosmian_pkcs11_testbed::output_text as text;
 
 /// The environment of a provider in a process of its own, aimed at `url`, logging into `logs`.
 fn provider_env(url: &str, logs: &Path) -> Vec<(&'static str, String)> {

@@ -10,7 +10,6 @@
 //! checked in c_abi.rs.)
 
 use std::path::Path;
-use std::process::Output;
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
@@ -19,14 +18,7 @@ use cosmian_pkcs11_testbed::{
 };
 use sha2::Digest;
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use cosmian_pkcs11_testbed::output_text as text;
 
 /// A fresh 32-byte secret, base64 as the KMS expects it in `Authorization: Bearer`.
 fn secret(salt: &str) -> String {

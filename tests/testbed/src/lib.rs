@@ -163,3 +163,13 @@ mod tests {
         TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     }
 }
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
