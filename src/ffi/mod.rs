@@ -5,27 +5,13 @@
 
 #![allow(non_snake_case)]
 
-mod entry;
-mod unsupported;
-
-use cryptoki_sys::*;
-use entry::*;
-use unsupported::*;
-
-const VERSION_2_40: CK_VERSION = CK_VERSION { major: 2, minor: 40 };
-const VERSION_3_0: CK_VERSION = CK_VERSION { major: 3, minor: 0 };
-
-/// Builds a function table from the names of its slots, each the function of that name.
-macro_rules! table {
-    ($ty:ident, $version:expr, [$($name:ident),* $(,)?]) => {
-        $ty { version: $version, $($name: Some($name),)* }
-    };
-}
-
-/// The 2.40 slots, in order, then the extra slots given: the 3.0 table begins as the 2.40 one.
-macro_rules! table_2_40_and {
-    ($ty:ident, $version:expr $(, $extra:ident)* $(,)?) => {
-        table!($ty, $version, [
+/// `with_2_40_slots!(callback!([ARGS] EXTRA, ...))` calls
+/// `callback!(ARGS; <every 2.40 slot, in order>, EXTRA, ...)`: the one list of the 2.40
+/// slots, for the tables below and for the tests that call every slot. (The 3.0 table begins
+/// as the 2.40 one; its extra slots are the EXTRAs.)
+macro_rules! with_2_40_slots {
+    ($callback:ident!([$($args:tt)*] $($extra:ident),* $(,)?)) => {
+        $callback!($($args)*;
             C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo,
             C_GetTokenInfo, C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_InitPIN,
             C_SetPIN, C_OpenSession, C_CloseSession, C_CloseAllSessions, C_GetSessionInfo,
@@ -39,24 +25,40 @@ macro_rules! table_2_40_and {
             C_VerifyRecoverInit, C_VerifyRecover, C_DigestEncryptUpdate, C_DecryptDigestUpdate,
             C_SignEncryptUpdate, C_DecryptVerifyUpdate, C_GenerateKey, C_GenerateKeyPair,
             C_WrapKey, C_UnwrapKey, C_DeriveKey, C_SeedRandom, C_GenerateRandom,
-            C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent,
-            $($extra),*
-        ])
+            C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent $(, $extra)*)
     };
 }
 
-static FUNCTION_LIST: CK_FUNCTION_LIST = table_2_40_and!(CK_FUNCTION_LIST, VERSION_2_40);
+mod entry;
+mod unsupported;
 
-static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = table_2_40_and!(
-    CK_FUNCTION_LIST_3_0,
-    VERSION_3_0,
+use cryptoki_sys::*;
+use entry::*;
+use unsupported::*;
+
+const VERSION_2_40: CK_VERSION = CK_VERSION { major: 2, minor: 40 };
+const VERSION_3_0: CK_VERSION = CK_VERSION { major: 3, minor: 0 };
+
+/// Builds a function table from the names of its slots, each the function of that name.
+macro_rules! table {
+    ($ty:ident, $version:expr; $($name:ident),*) => {
+        $ty { version: $version, $($name: Some($name),)* }
+    };
+}
+
+/// The 2.40 slots, in order, then the extra slots given: the 3.0 table begins as the 2.40 one.
+
+static FUNCTION_LIST: CK_FUNCTION_LIST = with_2_40_slots!(table!([CK_FUNCTION_LIST, VERSION_2_40]));
+
+static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = with_2_40_slots!(table!(
+    [CK_FUNCTION_LIST_3_0, VERSION_3_0]
     C_GetInterfaceList, C_GetInterface, C_LoginUser, C_SessionCancel, C_MessageEncryptInit,
     C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
     C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext,
     C_MessageDecryptFinal, C_MessageSignInit, C_SignMessage, C_SignMessageBegin, C_SignMessageNext,
     C_MessageSignFinal, C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin,
-    C_VerifyMessageNext, C_MessageVerifyFinal,
-);
+    C_VerifyMessageNext, C_MessageVerifyFinal
+));
 
 /// The interface name of PKCS#11 3.0, NUL-terminated.
 static INTERFACE_NAME: &[u8; 8] = b"PKCS 11\0";
