@@ -46,8 +46,6 @@ macro_rules! table {
     };
 }
 
-/// The 2.40 slots, in order, then the extra slots given: the 3.0 table begins as the 2.40 one.
-
 static FUNCTION_LIST: CK_FUNCTION_LIST = with_2_40_slots!(table!([CK_FUNCTION_LIST, VERSION_2_40]));
 
 static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = with_2_40_slots!(table!(
@@ -127,7 +125,7 @@ pub unsafe extern "C" fn C_GetInterface(
             // SAFETY: the entry is ours; pFunctionList points at a function table, which
             // always starts with its CK_VERSION (ours, or a client's that replaced it).
             let (version, own_flags) = unsafe { (*((**i).pFunctionList as *const CK_VERSION), (**i).flags) };
-            wanted.map_or(true, |w| w.major == version.major && w.minor == version.minor) && own_flags & flags == flags
+            wanted.is_none_or(|w| w.major == version.major && w.minor == version.minor) && own_flags & flags == flags
         });
         match found {
             Some(i) => {
