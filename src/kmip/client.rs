@@ -17,6 +17,7 @@
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use super::resolver::CachingResolver;
 use super::ttlv::Ttlv;
 use crate::config::{KmsConfig, Secret, Settings};
 
@@ -104,6 +105,8 @@ impl RetryPolicy {
 /// A connection to one KMS.
 pub struct KmsClient {
     agent: ureq::Agent,
+    /// The agent's resolver, to forget the KMS's addresses when a connection fails.
+    resolver: CachingResolver,
     base_url: String,
     headers: Vec<(String, String)>,
     /// The bearer token: from the configuration, or the PIN given to C_Login in PIN mode.
@@ -115,17 +118,20 @@ pub struct KmsClient {
 impl KmsClient {
     pub fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
         let tls = crate::platform::tls::client_config(config)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(settings.connect_timeout))
             .timeout_global(Some(settings.request_timeout))
             .max_idle_connections_per_host(4)
             .user_agent(concat!("cosmian-pkcs11/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls)
-            .build()
-            .into();
+            .build();
+        let resolver = CachingResolver::default();
+        let connector = ureq::unversioned::transport::DefaultConnector::default();
+        let agent = ureq::Agent::with_parts(agent_config, connector, resolver.clone());
         Ok(Self {
             agent,
+            resolver,
             base_url: config.server_url.clone(),
             headers: config.custom_headers.clone(),
             access_token: RwLock::new(config.access_token.clone()),
@@ -195,6 +201,9 @@ impl KmsClient {
                 Err(e) => e,
             };
             tracing::debug!(operation = label, attempt, status = %error, elapsed_ms, "KMS request");
+            if matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_)) {
+                self.resolver.forget();
+            }
             let pause = policy
                 .pause(attempt, &error)
                 .filter(|pause| started.elapsed() + *pause < self.request_timeout);

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod operations;
+mod resolver;
 pub mod ttlv;
 
 pub use client::{KmsClient, KmsError};

@@ -1,0 +1,112 @@
+//! Name resolution for the KMS's host, cached: ureq resolves the host before every request,
+//! even one that reuses a kept-alive connection, and does so on a new thread whenever a
+//! timeout is set, which is about a tenth of a signature's round trip on a local network.
+//!
+//! The addresses are kept for [`TTL`] and forgotten at once when a connection fails, so a KMS
+//! that moved (DNS fail-over) is found again by the next attempt. Built on ureq's
+//! `unversioned` resolver API, which does not follow semver: Cargo.toml pins ureq's minor
+//! version.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
+
+/// How long resolved addresses are used before the host is resolved again.
+const TTL: Duration = Duration::from_secs(60);
+
+/// The last resolution: the `host:port` it was for, when it was made, the addresses.
+type Entry = (String, Instant, ResolvedSocketAddrs);
+
+/// A resolver that remembers its last answer; clones share the memory.
+#[derive(Debug, Default, Clone)]
+pub struct CachingResolver {
+    last: Arc<Mutex<Option<Entry>>>,
+}
+
+impl CachingResolver {
+    /// Drops the remembered addresses: the next request resolves the host again.
+    pub fn forget(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn remembered(&self, authority: &str) -> Option<ResolvedSocketAddrs> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((known, at, addrs)) if known == authority && at.elapsed() < TTL => Some(addrs.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+        if let Some(addrs) = self.remembered(&authority) {
+            return Ok(addrs);
+        }
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((authority, Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(resolver: &CachingResolver, url: &str) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let config = ureq::config::Config::default();
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::NotHappening,
+            reason: ureq::Timeout::Resolve,
+            per_read: None,
+            per_write: None,
+        };
+        resolver.resolve(&url.parse().unwrap(), &config, timeout)
+    }
+
+    #[test]
+    fn an_answer_is_reused_for_the_same_host_only_and_until_forgotten() {
+        let resolver = CachingResolver::default();
+        let first = resolve(&resolver, "http://localhost:9998/kmip").unwrap();
+        assert!(first.iter().all(|a| a.ip().is_loopback() && a.port() == 9998));
+        // Plant a different answer: a cached lookup returns it, a fresh one does not.
+        let planted: ResolvedSocketAddrs = {
+            let mut a = resolver.empty();
+            a.push("192.0.2.7:9998".parse().unwrap());
+            a
+        };
+        resolver.last.lock().unwrap().as_mut().unwrap().2 = planted.clone();
+        assert_eq!(resolve(&resolver, "http://localhost:9998/kmip/2_1").unwrap(), planted);
+        let other_port = resolve(&resolver, "http://localhost:9999/kmip").unwrap();
+        assert!(other_port.iter().all(|a| a.port() == 9999), "another host:port is resolved anew");
+        resolver.last.lock().unwrap().as_mut().unwrap().2 = planted.clone();
+        resolver.forget();
+        assert_ne!(resolve(&resolver, "http://localhost:9999/kmip").unwrap(), planted);
+    }
+
+    #[test]
+    fn an_old_answer_is_not_reused() {
+        let resolver = CachingResolver::default();
+        resolve(&resolver, "http://127.0.0.1:9998/").unwrap();
+        let planted: ResolvedSocketAddrs = {
+            let mut a = resolver.empty();
+            a.push("192.0.2.7:9998".parse().unwrap());
+            a
+        };
+        {
+            let mut last = resolver.last.lock().unwrap();
+            let entry = last.as_mut().unwrap();
+            entry.2 = planted.clone();
+            entry.1 = Instant::now().checked_sub(TTL).expect("the monotonic clock is older than a minute");
+        }
+        assert_ne!(resolve(&resolver, "http://127.0.0.1:9998/").unwrap(), planted);
+    }
+}
