@@ -2,7 +2,8 @@
 //! `COSMIAN_KMS_CLI_CONF`, `CKMS_CONF` (taken as given, even if the file is missing, so that
 //! a wrong path is reported rather than silently replaced), then `~/.cosmian/kms.toml`,
 //! `~/.cosmian/ckms.toml` and the system-wide `/etc/cosmian/ckms.toml` (for agents started
-//! by launchd or systemd, whose environment the user does not control).
+//! by launchd or systemd, whose environment the user does not control). Also where the
+//! public-key cache lives.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,12 @@ fn candidates(home: Option<&Path>) -> Vec<PathBuf> {
     }
     files.push(PathBuf::from(SYSTEM_FILE));
     files
+}
+
+/// The folder of the public-key cache (`src/token/key_cache.rs`): `$XDG_CACHE_HOME` or
+/// `~/.cache` on Linux, `~/Library/Caches` on macOS, then `cosmian-pkcs11/keys`.
+pub fn key_cache_folder() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("cosmian-pkcs11").join("keys"))
 }
 
 /// The configuration file to use, if any.

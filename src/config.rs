@@ -6,9 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A secret string (token, password, PIN) whose `Debug` never shows the value.
+/// A secret string (token, password, PIN) whose `Debug` never shows the value, wiped from
+/// memory when dropped (the copies the TOML parser and the HTTP headers make are not).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -235,6 +242,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Whole-request timeout (`COSMIAN_PKCS11_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
+    /// How long a public key fetched from the KMS is reused from the disk cache, across
+    /// processes (`COSMIAN_PKCS11_DISK_CACHE_SECONDS`; 0: no disk cache).
+    pub disk_cache_max_age: Duration,
 }
 
 impl Settings {
@@ -256,11 +266,12 @@ impl Settings {
         let key_cache_ttl = Duration::from_secs(number("COSMIAN_PKCS11_KEY_CACHE_SECONDS", 300));
         let connect_timeout = Duration::from_millis(number("COSMIAN_PKCS11_CONNECT_TIMEOUT_MS", 2_000));
         let request_timeout = Duration::from_millis(number("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", 5_000));
+        let disk_cache_max_age = Duration::from_secs(number("COSMIAN_PKCS11_DISK_CACHE_SECONDS", 86_400));
         let key_tag = get("COSMIAN_PKCS11_SSH_KEY_TAG")
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| Self::DEFAULT_TAG.to_owned());
-        Settings { key_tag, key_cache_ttl, connect_timeout, request_timeout }
+        Settings { key_tag, key_cache_ttl, connect_timeout, request_timeout, disk_cache_max_age }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::platform;
 use crate::lock;
 use crate::session::{FindOp, SignOp, Sessions};
 use crate::signing::{self, Mechanism, Parameter};
-use crate::token::{Attr, Kms, ObjectClass, Token};
+use crate::token::{Attr, KeyCache, Kms, ObjectClass, Token};
 
 /// The only slot.
 pub const SLOT_ID: CK_SLOT_ID = 1;
@@ -67,7 +67,9 @@ impl Provider {
             .and_then(|(config, config_warnings)| {
                 warnings.extend(config_warnings);
                 let client = KmsClient::new(&config, &settings)?;
-                Ok(Kms { config, client })
+                let key_cache = platform::config_paths::key_cache_folder()
+                    .and_then(|folder| KeyCache::new(folder, &config.server_url, settings.disk_cache_max_age));
+                Ok(Kms { config, client, key_cache })
             });
         for w in &warnings {
             tracing::warn!("{w}");

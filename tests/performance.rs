@@ -6,6 +6,10 @@
 //! KMS 5.28 caps a Locate at 1,000 ids and ignores `OffsetItems`: past 1,000 tagged keys the
 //! provider makes one extra Locate, sees nothing new, and offers the first 1,000.
 //!
+//! The public-key disk cache (one file per KMS URL, so per proxy here) makes an enumeration
+//! through a URL seen before one Locate: each test says which kind it measures, cold (a fresh
+//! proxy) or warm (the same proxy again).
+//!
 //! The tests share one KMS and take turns ([`serial`]): the audit log is the server's.
 //! `in_process_*` loads the provider once in this process, with a 1 s key cache.
 
@@ -29,9 +33,13 @@ const BATCHES: [(&str, usize); 4] = [("n1", 1), ("n10", 10), ("n100", 100), ("n1
 const LOGIN: &str = "login";
 /// The tag of the in-process test's keys.
 const LIVE: &str = "live";
+/// The tag of the keys revoked while cached.
+const REVOKED: &str = "revoked";
 
 /// The request lines of one enumeration: a Locate, then the batched Export.
 const ENUMERATION: [&str; 2] = ["POST /kmip/2_1", "POST /kmip"];
+/// An enumeration whose public keys are all in the disk cache: the Locate alone.
+const WARM_ENUMERATION: [&str; 1] = ["POST /kmip/2_1"];
 
 struct Bed {
     kms: KmsServer,
@@ -52,6 +60,7 @@ fn bed() -> &'static Bed {
         }
         keys.insert(LOGIN, vec![Ckms::new(&kms).create_key_pair(KeyKind::Ec("nist-p256"), &[LOGIN])]);
         keys.insert(LIVE, create_p256_key_pairs(&kms, 1, &[LIVE]));
+        keys.insert(REVOKED, create_p256_key_pairs(&kms, 2, &[REVOKED]));
         let created = keys.values().map(Vec::len).sum();
         // The server writes its audit log behind the answers: start the tests from a quiet log.
         wait_for_audit(&kms, |events| events.iter().filter(|e| e.operation == "CreateKeyPair").count() >= created);
@@ -104,7 +113,8 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 }
 
 /// A provider configuration that sends everything through `proxy`, and the provider's
-/// environment for a process: that configuration, the tag, a log folder of the test's own.
+/// environment for a process: that configuration, the tag, a log and a cache folder of the
+/// test's own.
 fn provider_env(name: &str, proxy: &CountingProxy, tag: &str) -> (PathBuf, Vec<(&'static str, String)>) {
     let dir = bed().dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,8 +124,9 @@ fn provider_env(name: &str, proxy: &CountingProxy, tag: &str) -> (PathBuf, Vec<(
         ("COSMIAN_PKCS11_SSH_KEY_TAG", tag.to_owned()),
         ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
         ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
+        ("XDG_CACHE_HOME", dir.join("cache").display().to_string()),
         // Counts, not latency: a slow CI machine decoding 1,000 keys in a debug build must not
-        // time out (the default is 10 s).
+        // time out (the default is 5 s).
         ("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", "60000".to_owned()),
     ];
     (dir, env)
@@ -127,13 +138,24 @@ fn provider_log(dir: &Path) -> String {
 
 use cosmian_pkcs11_testbed::output_text as text;
 
-/// `ssh-keygen -D` through a fresh proxy, the provider offering the keys tagged `tag`: the
-/// lines printed, the proxy, the provider's log folder.
+/// `ssh-keygen -D` through a fresh proxy (so a cold disk cache), the provider offering the
+/// keys tagged `tag`: the lines printed, the proxy, the provider's log folder.
 fn keygen_d(tag: &str) -> (Vec<String>, CountingProxy, PathBuf) {
     let proxy = CountingProxy::start(bed().kms.port());
-    let (dir, env) = provider_env(&format!("keygen-{tag}"), &proxy, tag);
+    let (lines, dir) = keygen_d_via(&proxy, tag, &[]);
+    (lines, proxy, dir)
+}
+
+/// `ssh-keygen -D` through `proxy`, with `extra` environment: the lines printed, the log folder.
+fn keygen_d_via(proxy: &CountingProxy, tag: &str, extra: &[(&'static str, &str)]) -> (Vec<String>, PathBuf) {
+    let (dir, env) = provider_env(&format!("keygen-{tag}-{}", proxy.url().rsplit(':').next().unwrap()), proxy, tag);
     let stdout = dir.join("stdout");
-    let mut child = ssh_keygen_d(&provider_lib()).envs(env).stdout(std::fs::File::create(&stdout).unwrap()).spawn().unwrap();
+    let mut child = ssh_keygen_d(&provider_lib())
+        .envs(env)
+        .envs(extra.iter().copied())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .spawn()
+        .unwrap();
     // Generous: a listing that never ends (a Locate paging loop) must fail, not hang.
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -148,11 +170,11 @@ fn keygen_d(tag: &str) -> (Vec<String>, CountingProxy, PathBuf) {
     };
     let printed = std::fs::read_to_string(&stdout).unwrap();
     assert!(status.success(), "ssh-keygen -D: {status}\n{printed}\nprovider log:\n{}", provider_log(&dir));
-    (printed.lines().map(str::to_owned).collect(), proxy, dir)
+    (printed.lines().map(str::to_owned).collect(), dir)
 }
 
 #[test]
-fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys() {
+fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys_then_one() {
     let _turn = serial();
     let bed = bed();
     for (tag, count) in &BATCHES[..3] {
@@ -166,7 +188,39 @@ fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys() {
         let mut expected = operations_on("Export", public_ids);
         expected.push(("Locate".to_owned(), None));
         assert_eq!(audited_since(mark, count + 1), sorted(expected), "{tag}");
+
+        // Another process, same KMS URL: the public keys come from the disk cache.
+        proxy.reset();
+        let mark = audit_mark();
+        let (again, _) = keygen_d_via(&proxy, tag, &[]);
+        assert_eq!(again, lines, "{tag}: the same keys, the same lines");
+        assert_eq!(proxy.requests(), WARM_ENUMERATION, "{tag}: warm");
+        assert_eq!(audited_since(mark, 1), [("Locate".to_owned(), None)], "{tag}: warm");
     }
+    // The disk cache turned off: every process exports again.
+    let (_, proxy, _) = keygen_d("n1");
+    proxy.reset();
+    let (lines, _) = keygen_d_via(&proxy, "n1", &[("COSMIAN_PKCS11_DISK_CACHE_SECONDS", "0")]);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(proxy.requests(), ENUMERATION, "no disk cache");
+}
+
+/// A key revoked after its public key was cached is not offered: the Locate asks for active
+/// keys only, whatever the cache holds.
+#[test]
+fn a_revoked_key_is_not_offered_from_the_disk_cache() {
+    let _turn = serial();
+    let bed = bed();
+    let (lines, proxy, _) = keygen_d(REVOKED);
+    assert_eq!(lines.len(), 2);
+    let [kept, revoked] = &bed.keys[REVOKED][..] else { panic!("two keys") };
+    let out = Ckms::new(&bed.kms).run(&["ec", "keys", "revoke", "-k", &revoked.private_id, "test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    proxy.reset();
+    let (lines, _) = keygen_d_via(&proxy, REVOKED, &[]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].ends_with(&format!(" {}", kept.private_id)), "the key kept is the one offered: {lines:?}");
+    assert_eq!(proxy.requests(), WARM_ENUMERATION);
 }
 
 /// KMS 5.28 answers at most 1,000 ids per Locate and ignores `OffsetItems`: the second page is
@@ -195,24 +249,33 @@ fn an_ssh_login_is_the_enumeration_plus_one_sign() {
     assert_eq!(authorized.len(), 1);
     let sshd = Sshd::start(&authorized[0], "");
 
-    let mark = audit_mark();
     let proxy = CountingProxy::start(bed.kms.port());
-    let (dir, env) = provider_env("ssh-login", &proxy, LOGIN);
-    let mut ssh = ssh_command(&sshd).provider(&provider_lib());
-    for (k, v) in env {
-        ssh = ssh.env(k, v);
-    }
-    let out = ssh.run("echo logged-in");
-    assert!(out.status.success(), "{}\nsshd:\n{}\nprovider:\n{}", text(&out), sshd.log(), provider_log(&dir));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "logged-in");
+    let login = |what: &str| {
+        let mark = audit_mark();
+        proxy.reset();
+        let (dir, env) = provider_env("ssh-login", &proxy, LOGIN);
+        let mut ssh = ssh_command(&sshd).provider(&provider_lib());
+        for (k, v) in env {
+            ssh = ssh.env(k, v);
+        }
+        let out = ssh.run("echo logged-in");
+        assert!(out.status.success(), "{what}: {}\nsshd:\n{}\nprovider:\n{}", text(&out), sshd.log(), provider_log(&dir));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "logged-in");
+        assert_eq!(proxy.connections(), 1, "{what}: one kept-alive connection for the whole login");
+        mark
+    };
+    let sign = ("Sign".to_owned(), Some(key.private_id.clone()));
+    let locate = ("Locate".to_owned(), None);
+
+    let mark = login("cold");
     assert_eq!(proxy.requests(), [ENUMERATION[0], ENUMERATION[1], "POST /kmip/2_1"]);
-    assert_eq!(proxy.connections(), 1, "one kept-alive connection for the whole login");
-    let expected = vec![
-        ("Export".to_owned(), Some(key.public_id.clone())),
-        ("Locate".to_owned(), None),
-        ("Sign".to_owned(), Some(key.private_id.clone())),
-    ];
+    let expected = vec![("Export".to_owned(), Some(key.public_id.clone())), locate.clone(), sign.clone()];
     assert_eq!(audited_since(mark, 3), expected);
+
+    // The next login: the public key from the disk cache, the physical minimum plus a Locate.
+    let mark = login("warm");
+    assert_eq!(proxy.requests(), ["POST /kmip/2_1", "POST /kmip/2_1"]);
+    assert_eq!(audited_since(mark, 2), [locate, sign]);
 }
 
 /// The provider in this process with `COSMIAN_PKCS11_KEY_CACHE_SECONDS=1`, as a long-lived
@@ -269,7 +332,7 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
         let before_load = Instant::now();
         let known = ids(ObjectClass::PUBLIC_KEY);
         let loaded = Instant::now();
-        assert_eq!(proxy.requests(), ENUMERATION, "a public-key search after expiry reloads");
+        assert_eq!(proxy.requests(), WARM_ENUMERATION, "a public-key search after expiry reloads (a Locate: the keys are known)");
         let added = create_p256_key_pairs(&bed.kms, 1, &[LIVE]).remove(0).private_id;
         let seen = ids(ObjectClass::PUBLIC_KEY);
         let by_id = private_key(&session, &added);
@@ -283,7 +346,7 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
         assert_eq!(seen, known, "a key added before expiry is not listed");
         assert!(!seen.contains(&added));
         assert_eq!(by_id, None, "nor found by a private-key search");
-        assert_eq!(requests, ENUMERATION, "no request between the load and expiry");
+        assert_eq!(requests, WARM_ENUMERATION, "no request between the load and expiry");
         break (added, loaded);
     };
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(loaded.elapsed()));
@@ -291,7 +354,7 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
     assert_eq!(proxy.requests(), [] as [&str; 0]);
     let seen = ids(ObjectClass::PUBLIC_KEY);
     assert!(seen.contains(&added), "the next public-key search after expiry lists the new key: {seen:?}");
-    assert_eq!(proxy.requests(), ENUMERATION);
+    assert_eq!(proxy.requests(), ENUMERATION, "a Locate, and the Export of the new key only");
     assert!(private_key(&session, &added).is_some());
     assert_eq!(proxy.requests(), ENUMERATION);
     assert_eq!(proxy.connections(), 0, "no new connection: the kept-alive one serves the reloads");

@@ -150,7 +150,8 @@ fn keygen_logging(home: &Path, level: Option<&str>, folder_var: Option<&Path>, x
     let config = home.join("kms.toml");
     write(&config, &working());
     let mut command: Command = ssh_keygen_d(&provider_lib());
-    command.env("HOME", home).env_remove("XDG_STATE_HOME").env("COSMIAN_KMS_CLI_CONF", &config);
+    // XDG_CACHE_HOME removed too: the public-key disk cache goes to this HOME (a cold one).
+    command.env("HOME", home).env_remove("XDG_STATE_HOME").env_remove("XDG_CACHE_HOME").env("COSMIAN_KMS_CLI_CONF", &config);
     if let Some(level) = level {
         command.env("COSMIAN_PKCS11_LOGGING_LEVEL", level);
     }
@@ -183,6 +184,9 @@ fn the_log_lands_in_the_chosen_folder_at_the_chosen_level() {
     let log = std::fs::read_to_string(home.join(".local/state/cosmian-pkcs11").join(LOG_FILE)).unwrap();
     assert_eq!(levels_in(&log), [" INFO"], "{log}");
     assert!(log.contains("key list loaded from the KMS"), "{log}");
+    // The public-key disk cache's default place: one file for the KMS, private.
+    let cached: Vec<_> = std::fs::read_dir(home.join(".cache/cosmian-pkcs11/keys")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(cached.len() == 1 && cached[0].extension().is_some_and(|e| e == "json"), "{cached:?}");
     let xdg = folder(&root, "xdg-state");
     keygen_logging(&home, Some("info"), None, Some(&xdg));
     assert!(xdg.join("cosmian-pkcs11").join(LOG_FILE).is_file());

@@ -117,8 +117,9 @@ fn tag_attribute(vendor_id: &str, tags: &[&str]) -> Ttlv {
     )
 }
 
-/// The ids of the objects of `object_type` (`PublicKey`, `PrivateKey`) carrying `tag`, all
-/// pages of them that the server gives (see [`add_locate_page`]).
+/// The ids of the `Active` objects of `object_type` (`PublicKey`, `PrivateKey`) carrying
+/// `tag`, all pages of them that the server gives (see [`add_locate_page`]). Revoking a key
+/// pair deactivates both halves: a revoked key is not listed.
 pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type: &str) -> Result<Vec<String>, KmsError> {
     let mut ids = Vec::new();
     loop {
@@ -129,7 +130,11 @@ pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type
                 Ttlv::integer("OffsetItems", ids.len() as i64),
                 Ttlv::structure(
                     "Attributes",
-                    vec![Ttlv::enumeration("ObjectType", object_type), tag_attribute(vendor_id, &[tag])],
+                    vec![
+                        Ttlv::enumeration("ObjectType", object_type),
+                        Ttlv::enumeration("State", "Active"),
+                        tag_attribute(vendor_id, &[tag]),
+                    ],
                 ),
             ],
         );

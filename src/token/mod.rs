@@ -1,6 +1,7 @@
 //! The one token: the tagged key pairs of the configured KMS, kept in memory with stable
 //! object handles, refreshed from the KMS when the list has aged, and the signing call.
 
+pub mod key_cache;
 pub mod objects;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
 use crate::kmip::KmsClient;
 use crate::lock;
+pub use key_cache::KeyCache;
 pub use objects::{Attr, KeyPair, ObjectClass};
 
 /// After a failed load, how long searches are answered from memory before trying again.
@@ -24,6 +26,8 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 pub struct Kms {
     pub config: KmsConfig,
     pub client: KmsClient,
+    /// Its public keys on disk; `None` when turned off or there is no cache folder.
+    pub key_cache: Option<KeyCache>,
 }
 
 /// Key pairs and the handles of their objects.
@@ -155,20 +159,37 @@ impl Token {
         lock(&self.store).find(template)
     }
 
-    /// Lists the tagged key pairs: one Locate (paged), one batched Export.
+    /// Lists the tagged, active key pairs: one Locate (paged), then one batched Export of the
+    /// public keys the disk cache does not hold (none, usually: no request).
     fn load(&self) -> std::result::Result<Vec<KeyPair>, String> {
         let kms = self.kms.as_ref().map_err(|e| format!("no KMS configured: {e}"))?;
         let vendor = &kms.config.vendor_id;
         let tag = &self.settings.key_tag;
         let ids = operations::locate_tagged(&kms.client, vendor, tag, "PublicKey").map_err(|e| e.to_string())?;
-        let exported = operations::export_public_keys(&kms.client, vendor, &ids).map_err(|e| e.to_string())?;
-        let mut keys = Vec::new();
-        for (id, result) in ids.iter().zip(exported) {
-            match result.map_err(|e| e.to_string()).and_then(|remote| key_pair(remote, tag)) {
-                Ok(key) => keys.push(key),
+        let mut known = kms.key_cache.as_ref().map(KeyCache::load).unwrap_or_default();
+        let missing: Vec<String> = ids.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
+        let exported = operations::export_public_keys(&kms.client, vendor, &missing).map_err(|e| e.to_string())?;
+        let mut to_cache = Vec::new();
+        for (id, result) in missing.iter().zip(exported) {
+            match result.map_err(|e| e.to_string()).and_then(|remote| key_pair(&remote, tag).map(|_| remote)) {
+                Ok(remote) => {
+                    to_cache.push(remote.clone());
+                    known.insert(id.clone(), remote);
+                }
                 Err(e) => tracing::warn!(key = %id, "skipping key: {e}"),
             }
         }
+        tracing::debug!(located = ids.len(), from_disk_cache = ids.len() - missing.len(), exported = to_cache.len(), "key list");
+        if let Some(cache) = &kms.key_cache {
+            cache.store(&to_cache);
+        }
+        let keys = ids
+            .iter()
+            .filter_map(|id| known.remove(id))
+            .filter_map(|remote| {
+                key_pair(&remote, tag).map_err(|e| tracing::warn!(key = %remote.public_id, "skipping key: {e}")).ok()
+            })
+            .collect();
         Ok(keys)
     }
 
@@ -180,14 +201,14 @@ impl Token {
 }
 
 /// Builds the token's view of a KMS key pair.
-fn key_pair(remote: RemoteKey, selection_tag: &str) -> std::result::Result<KeyPair, String> {
+fn key_pair(remote: &RemoteKey, selection_tag: &str) -> std::result::Result<KeyPair, String> {
     // A key that is not Active cannot sign: offering it would only fail the login later.
     if let Some(state) = remote.state.as_deref().filter(|s| *s != "Active") {
         return Err(format!("its state is {state}, not Active"));
     }
     let public_key = PublicKey::from_spki(&remote.spki)?;
-    let label = label(&remote, selection_tag);
-    Ok(KeyPair { private_id: remote.private_id, public_id: remote.public_id, label, public_key })
+    let label = label(remote, selection_tag);
+    Ok(KeyPair { private_id: remote.private_id.clone(), public_id: remote.public_id.clone(), label, public_key })
 }
 
 /// `CKA_LABEL`: the key's name, else its other user tags, then its id, e.g.

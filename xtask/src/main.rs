@@ -94,11 +94,15 @@ fn install_test_bed() {
 
 /// A step that runs `cargo ARGS` in the workspace root, stdio inherited; `Err` when it fails.
 fn cargo(what: &str, args: &[&str]) -> Result<(), String> {
+    run(&mut cargo_command(what, args))
+}
+
+/// The command of a `cargo ARGS` step, announced.
+fn cargo_command(what: &str, args: &[&str]) -> Command {
     step(what, &format!("cargo {}", args.join(" ")));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
-        .args(args)
-        .current_dir(testbed::workspace_root()))
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.args(args).current_dir(testbed::workspace_root());
+    command
 }
 
 /// Runs a command to completion, stdio inherited; `Err` when it fails.
@@ -116,7 +120,12 @@ fn run(command: &mut Command) -> Result<(), String> {
 fn test() -> Result<(), String> {
     install_test_bed();
     cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
-    cargo("run every test", &["test", "--workspace", "--all-targets"])?;
+    // The provider's public-key disk cache of this run, not the developer's (only for the
+    // tests: zig keeps its own cache under XDG_CACHE_HOME too).
+    let key_cache = testbed::workspace_root().join("target/test-cache");
+    let _ = std::fs::remove_dir_all(&key_cache);
+    println!("    XDG_CACHE_HOME={}", key_cache.display());
+    run(cargo_command("run every test", &["test", "--workspace", "--all-targets"]).env("XDG_CACHE_HOME", &key_cache))?;
     fuzz::run(fuzz::DEFAULT_SECONDS)?;
     package::test()
 }

@@ -1,0 +1,309 @@
+//! The public keys already fetched from a KMS, kept on disk between processes: every `ssh`
+//! is a new process, and exporting N public keys costs the KMS N lookups, while a Locate of
+//! the same N ids costs about one. With the cache an enumeration is one Locate plus one batched
+//! Export of the keys not seen before (none, usually).
+//!
+//! What is kept can be kept: a KMIP object's key material and its link to its private key
+//! never change. The Locate that precedes every use of the cache asks for the tag and the
+//! `Active` state, so a key that lost its tag, was revoked or destroyed is not offered even
+//! while its entry lives. Only the label (name, other tags) can lag, for `max_age` at most,
+//! after which the key is exported again.
+//!
+//! One JSON file per KMS URL in the user's cache folder (`~/.cache/cosmian-pkcs11/keys`,
+//! `~/Library/Caches/cosmian-pkcs11/keys`), written whole to a temporary file then renamed
+//! (concurrent processes: the last writer wins, nobody reads half a file), folder 0700 and file
+//! 0600. Files not written to for `max_age` are removed. Any trouble reading or writing only
+//! costs the Exports: it is logged and the KMS answers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::kmip::operations::RemoteKey;
+use crate::kmip::ttlv::{hex_decode, hex_encode};
+
+/// Larger files are not read (a thousand keys take about 400 KB).
+const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The public keys of one KMS, on disk.
+#[derive(Debug, Clone)]
+pub struct KeyCache {
+    file: PathBuf,
+    server_url: String,
+    max_age: Duration,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct CacheFile {
+    server_url: String,
+    keys: Vec<Entry>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Entry {
+    public_id: String,
+    private_id: String,
+    /// DER SubjectPublicKeyInfo, hex.
+    spki: String,
+    name: Option<String>,
+    tags: Vec<String>,
+    /// When it was exported from the KMS, seconds since the Unix epoch.
+    exported_at: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl KeyCache {
+    /// The cache of the KMS at `server_url` in `folder`; `None` when `max_age` is zero (off).
+    pub fn new(folder: PathBuf, server_url: &str, max_age: Duration) -> Option<Self> {
+        if max_age.is_zero() {
+            return None;
+        }
+        let name: String = server_url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        Some(Self { file: folder.join(format!("{name}.json")), server_url: server_url.to_owned(), max_age })
+    }
+
+    /// The file, for log lines and tests.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The keys exported less than `max_age` ago, by public id. Empty when the file is
+    /// missing, unreadable, for another KMS or not understood.
+    pub fn load(&self) -> HashMap<String, RemoteKey> {
+        let oldest = now().saturating_sub(self.max_age.as_secs());
+        self.read()
+            .keys
+            .into_iter()
+            .filter(|e| e.exported_at > oldest)
+            .filter_map(|e| {
+                let spki = hex_decode(&e.spki)?;
+                let key = RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags, state: None };
+                Some((key.public_id.clone(), key))
+            })
+            .collect()
+    }
+
+    /// Adds keys just exported (replacing older entries of the same ids), drops expired entries
+    /// and files, writes the file.
+    pub fn store(&self, exported: &[RemoteKey]) {
+        if exported.is_empty() {
+            return;
+        }
+        let now = now();
+        let oldest = now.saturating_sub(self.max_age.as_secs());
+        let fresh: HashMap<&str, &RemoteKey> = exported.iter().map(|k| (k.public_id.as_str(), k)).collect();
+        let mut keys: Vec<Entry> =
+            self.read().keys.into_iter().filter(|e| e.exported_at > oldest && !fresh.contains_key(e.public_id.as_str())).collect();
+        keys.extend(exported.iter().map(|k| Entry {
+            public_id: k.public_id.clone(),
+            private_id: k.private_id.clone(),
+            spki: hex_encode(&k.spki),
+            name: k.name.clone(),
+            tags: k.tags.clone(),
+            exported_at: now,
+        }));
+        let count = keys.len();
+        match self.write(&CacheFile { server_url: self.server_url.clone(), keys }) {
+            Ok(()) => tracing::debug!(file = %self.file.display(), keys = count, "public keys cached"),
+            Err(e) => tracing::warn!(file = %self.file.display(), "cannot cache the public keys: {e}"),
+        }
+        self.remove_old_files();
+    }
+
+    fn read(&self) -> CacheFile {
+        let read = || -> Result<CacheFile, String> {
+            let file = std::fs::File::open(&self.file).map_err(|e| e.to_string())?;
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES), &mut text).map_err(|e| e.to_string())?;
+            let parsed: CacheFile = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+            if parsed.server_url != self.server_url {
+                return Err(format!("it is the cache of {}", parsed.server_url));
+            }
+            Ok(parsed)
+        };
+        read().unwrap_or_else(|e| {
+            if self.file.exists() {
+                tracing::warn!(file = %self.file.display(), "ignoring the public-key cache: {e}");
+            }
+            CacheFile::default()
+        })
+    }
+
+    fn write(&self, content: &CacheFile) -> std::io::Result<()> {
+        let folder = self.file.parent().unwrap_or(Path::new("."));
+        create_private_folder(folder)?;
+        let json = serde_json::to_vec(content).map_err(std::io::Error::other)?;
+        let temporary = folder.join(format!(".{}.{}", std::process::id(), now_nanos()));
+        let written = write_private_file(&temporary, &json).and_then(|()| std::fs::rename(&temporary, &self.file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
+    }
+
+    /// Removes the files of other KMSs (or tags of old test runs) not written for `max_age`.
+    fn remove_old_files(&self) {
+        let Some(Ok(entries)) = self.file.parent().map(std::fs::read_dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > self.max_age));
+            if old && path.extension().is_some_and(|e| e == "json") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+#[cfg(unix)]
+fn create_private_folder(folder: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)
+}
+
+#[cfg(not(unix))]
+fn create_private_folder(folder: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(folder)
+}
+
+#[cfg(unix)]
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> RemoteKey {
+        RemoteKey {
+            public_id: format!("{id}_pk"),
+            private_id: id.to_owned(),
+            spki: vec![0x30, 0x03, 1, 2, 3],
+            name: Some(format!("name of {id}")),
+            tags: vec!["ssh-auth".into(), "laptop".into()],
+            state: None,
+        }
+    }
+
+    fn cache(folder: &Path) -> KeyCache {
+        KeyCache::new(folder.join("keys"), "https://kms.example.com:9998", Duration::from_secs(3600)).unwrap()
+    }
+
+    #[test]
+    fn stored_keys_come_back_and_merge_with_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        assert!(cache.load().is_empty(), "no file yet");
+        cache.store(&[key("a"), key("b")]);
+        let mut renamed = key("b");
+        renamed.name = Some("renamed".into());
+        cache.store(&[renamed.clone(), key("c")]);
+        let loaded = cache.load();
+        assert_eq!(loaded.len(), 3);
+        assert_eq!(loaded["a_pk"], key("a"));
+        assert_eq!(loaded["b_pk"], renamed);
+        assert_eq!(cache.file().file_name().unwrap(), "https___kms.example.com_9998.json");
+    }
+
+    #[test]
+    fn the_folder_and_file_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        cache.store(&[key("a")]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(cache.file()), 0o600);
+        assert_eq!(mode(cache.file().parent().unwrap()), 0o700);
+        let leftovers: Vec<_> = std::fs::read_dir(cache.file().parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+    }
+
+    #[test]
+    fn expired_entries_are_neither_loaded_nor_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let old = now() - 3601;
+        let entry = |id: &str, exported_at| Entry {
+            public_id: format!("{id}_pk"),
+            private_id: id.into(),
+            spki: "300301".into(),
+            name: None,
+            tags: vec![],
+            exported_at,
+        };
+        cache.write(&CacheFile { server_url: cache.server_url.clone(), keys: vec![entry("old", old), entry("new", now())] }).unwrap();
+        assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["new_pk"]);
+        cache.store(&[key("c")]);
+        assert_eq!(cache.read().keys.len(), 2, "the expired entry was dropped");
+    }
+
+    #[test]
+    fn a_broken_or_foreign_file_is_ignored_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        for content in ["", "{not json", r#"{"server_url":"https://other:9998","keys":[]}"#, "[1,2]"] {
+            std::fs::create_dir_all(cache.file().parent().unwrap()).unwrap();
+            std::fs::write(cache.file(), content).unwrap();
+            assert!(cache.load().is_empty(), "{content:?}");
+        }
+        let other = KeyCache::new(dir.path().join("keys"), "https://other:9998", Duration::from_secs(60)).unwrap();
+        other.store(&[key("x")]);
+        std::fs::copy(other.file(), cache.file()).unwrap();
+        assert!(cache.load().is_empty(), "another KMS's keys are not this one's");
+        cache.store(&[key("a")]);
+        assert_eq!(cache.load().len(), 1);
+        // An entry with a bad hex key is skipped, not fatal.
+        let mut text = std::fs::read_to_string(cache.file()).unwrap();
+        text = text.replace("\"3003010203\"", "\"zz\"");
+        std::fs::write(cache.file(), text).unwrap();
+        assert!(cache.load().is_empty());
+    }
+
+    #[test]
+    fn unwritable_folders_are_survived() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        let cache = KeyCache::new(blocker.join("keys"), "http://k", Duration::from_secs(60)).unwrap();
+        cache.store(&[key("a")]);
+        assert!(cache.load().is_empty());
+    }
+
+    #[test]
+    fn files_not_written_for_max_age_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = KeyCache::new(dir.path().join("keys"), "http://k", Duration::from_secs(1)).unwrap();
+        let stale = KeyCache::new(dir.path().join("keys"), "http://old-test-kms", Duration::from_secs(1)).unwrap();
+        stale.store(&[key("x")]);
+        std::thread::sleep(Duration::from_millis(2100));
+        cache.store(&[key("a")]);
+        assert!(!stale.file().exists());
+        assert!(cache.file().exists());
+    }
+
+    #[test]
+    fn zero_max_age_turns_the_cache_off() {
+        assert!(KeyCache::new(PathBuf::from("/x"), "http://k", Duration::ZERO).is_none());
+    }
+}
