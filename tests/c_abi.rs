@@ -63,7 +63,8 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!((f3.version.major, f3.version.minor), (3, 0));
     assert_eq!(count_null_slots(f3 as *const CK_FUNCTION_LIST_3_0), 0);
     // Proxies such as OpenSC's pkcs11-spy write into the interface they are handed.
-    unsafe { (*interface).flags = (*interface).flags };
+    // A volatile write: a plain self-assignment could be optimised away.
+    unsafe { std::ptr::write_volatile(&mut (*interface).flags, (*interface).flags) };
     let name = unsafe { std::ffi::CStr::from_ptr((*interface).pInterfaceName as *const _) };
     assert_eq!(name.to_bytes(), b"PKCS 11");
     let mut v240 = CK_VERSION { major: 2, minor: 40 };

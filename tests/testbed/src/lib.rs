@@ -144,6 +144,16 @@ pub fn find_provider_lib() -> Result<PathBuf, String> {
         })
 }
 
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,14 +172,4 @@ mod tests {
     fn free_ports_can_be_bound() {
         TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     }
-}
-
-/// A command's status, stdout and stderr, for assertion messages.
-pub fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
