@@ -338,14 +338,19 @@ struct Bench {
     raw: RawKmip,
 }
 
-/// Runs the benchmark and prints its report.
-pub fn run() -> Result<(), String> {
+/// Runs the benchmark, or the `parts` named (`p1` ... `p5`), and prints its report.
+pub fn run(parts: &[String]) -> Result<(), String> {
+    const PARTS: [&str; 5] = ["p1", "p2", "p3", "p4", "p5"];
+    let parts: Vec<String> = parts.iter().map(|p| p.to_lowercase()).collect();
+    if let Some(unknown) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return Err(format!("bench: unknown part {unknown} (parts: {})", PARTS.join(" ")));
+    }
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     if cfg!(debug_assertions) {
         // The raw client is measured against the release provider: it must be optimized too.
-        return cargo(
-            "build and run the benchmark optimized",
-            &["run", "--release", "--quiet", "-p", "xtask", "--", "bench"],
-        );
+        let mut args = vec!["run", "--release", "--quiet", "-p", "xtask", "--", "bench"];
+        args.extend(parts.iter().map(String::as_str));
+        return cargo("build and run the benchmark optimized", &args);
     }
     install_test_bed();
     // COSMIAN_PKCS11_LIB (the test bed's variable) measures another build of the provider.
@@ -365,11 +370,21 @@ pub fn run() -> Result<(), String> {
 
     let bench = Bench::new(lib)?;
     let mut targets = Vec::new();
-    bench.p1_sign_latency(&mut targets)?;
-    bench.p2_ssh_login(&mut targets)?;
-    bench.p3_enumeration(&mut targets)?;
-    bench.p4_login_requests(&mut targets)?;
-    bench.p5_throughput(&mut targets)?;
+    if wanted("p1") {
+        bench.p1_sign_latency(&mut targets)?;
+    }
+    if wanted("p2") {
+        bench.p2_ssh_login(&mut targets)?;
+    }
+    if wanted("p3") {
+        bench.p3_enumeration(&mut targets)?;
+    }
+    if wanted("p4") {
+        bench.p4_login_requests(&mut targets)?;
+    }
+    if wanted("p5") {
+        bench.p5_throughput(&mut targets)?;
+    }
 
     println!("\nTargets (load average at the end: {})", load_average());
     for (what, figure, met) in &targets {
@@ -663,7 +678,7 @@ impl Bench {
         println!("    (a fresh connection, the Locate) vs the same Locate from a new raw client. Requests");
         println!("    counted on runs of their own, by a proxy (HTTP) and in the KMS's audit log (KMIP)");
         println!(
-            "    {:>5} {:>4} {:>8} {:>8} {:>5} {:>8} {:>8} {:>5} {:>7} {:>7}  {:<12} cold KMIP operations",
+            "    {:>5} {:>4} {:>8} {:>8} {:>5} {:>8} {:>8} {:>5} {:>7} {:>7}  {:<14} KMIP operations, cold + warm",
             "keys", "runs", "cold", "raw", "ratio", "warm", "raw", "ratio", "cold/1", "warm/1", "HTTP cold/warm"
         );
         let (mut one_cold, mut one_warm) = (f64::NAN, f64::NAN);
@@ -713,7 +728,7 @@ impl Bench {
             let operations = operation_counts(&settled_audit_events(&self.kms)[mark..]);
             let http = format!("{} / {}", requests[0], requests[1]);
             println!(
-                "    {count:>5} {runs:>4} {cold:>8.1} {cold_raw:>8.1} {:>5.2} {warm:>8.1} {warm_raw:>8.1} {:>5.2} {:>6.1}x {:>6.1}x  {http:<14} {operations} (both runs)",
+                "    {count:>5} {runs:>4} {cold:>8.1} {cold_raw:>8.1} {:>5.2} {warm:>8.1} {warm_raw:>8.1} {:>5.2} {:>6.1}x {:>6.1}x  {http:<14} {operations}",
                 cold / cold_raw,
                 warm / warm_raw,
                 cold / one_cold,

@@ -29,7 +29,8 @@ commands:
   demo       from a fresh machine to an SSH login with keys held in a local KMS, step by step
   kms-start  start a local KMS and print the environment to use it; Enter stops it
   bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
-             requests, throughput (release build; prints figures, takes a few minutes)
+             requests, throughput (release build; prints figures, takes a few minutes);
+             bench p1 p3 ...: only those parts
   dist       build and check the Linux release artifacts into target/dist: the .so (glibc 2.28),
              .deb, .rpm, source tarball, Homebrew formula
   dist-macos (macOS) the universal .dylib, signed and notarized, and a signed, notarized,
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
             Some(Ok(seconds)) => fuzz::run(seconds),
             Some(Err(e)) => Err(format!("fuzz: SECONDS: {e}")),
         },
-        Some("bench") => bench::run(),
+        Some("bench") => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("dist") => package::dist().map(drop),
         Some("dist-macos") => package::macos::dist_macos(),
         Some("package-test") => package::test(),
