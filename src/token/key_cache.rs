@@ -146,7 +146,8 @@ impl KeyCache {
         written
     }
 
-    /// Removes the files of other KMSs (or tags of old test runs) not written for `max_age`.
+    /// Removes the files (of other KMSs, of old test runs, temporary files a crash left) not
+    /// written for `max_age`: the folder is ours.
     fn remove_old_files(&self) {
         let Some(Ok(entries)) = self.file.parent().map(std::fs::read_dir) else { return };
         for entry in entries.flatten() {
@@ -155,7 +156,7 @@ impl KeyCache {
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > self.max_age));
-            if old && path.extension().is_some_and(|e| e == "json") {
+            if old && path.is_file() {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -296,9 +297,12 @@ mod tests {
         let cache = KeyCache::new(dir.path().join("keys"), "http://k", Duration::from_secs(1)).unwrap();
         let stale = KeyCache::new(dir.path().join("keys"), "http://old-test-kms", Duration::from_secs(1)).unwrap();
         stale.store(&[key("x")]);
+        let crashed_write = dir.path().join("keys/.1234.5678");
+        std::fs::write(&crashed_write, "{").unwrap();
         std::thread::sleep(Duration::from_millis(2100));
         cache.store(&[key("a")]);
         assert!(!stale.file().exists());
+        assert!(!crashed_write.exists());
         assert!(cache.file().exists());
     }
 

@@ -1,5 +1,6 @@
 //! The one token: the tagged key pairs of the configured KMS, kept in memory with stable
-//! object handles, refreshed from the KMS when the list has aged, and the signing call.
+//! object handles, refreshed from the KMS when the list has aged (public keys already seen
+//! come from the disk cache, `key_cache`), and the signing call.
 
 pub mod key_cache;
 pub mod objects;
