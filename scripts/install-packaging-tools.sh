@@ -38,16 +38,7 @@ log() { printf '[packaging-tools] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------
 if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
-  need_pkgs=()
-  for pkg in lintian rpm rpmlint ruby binutils python3-venv; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
-  done
-  if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing Debian packages: ${need_pkgs[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
-  fi
+  "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby binutils python3-venv
 fi
 
 # --- PyPI -------------------------------------------------------------------------------

@@ -15,16 +15,7 @@ log() { printf '[reliability-tools] %s\n' "$*" >&2; }
 exec 3>&1 1>&2 # everything below logs to stderr
 
 # --- Debian packages --------------------------------------------------------------------
-need_pkgs=()
-for pkg in valgrind python3-venv g++; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing Debian packages: ${need_pkgs[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
-fi
+"$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" valgrind python3-venv g++
 
 # --- python-pkcs11 ----------------------------------------------------------------------
 VENV="$CACHE/python-venv"

@@ -14,19 +14,10 @@ mkdir -p "$BIN"
 log() { printf '[test-bed] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------
-need_pkgs=()
 # keyutils, gnome-keyring, libsecret-tools, dbus: the OS credential stores the provider reads
 # (`keyctl`, `secret-tool`, inside `dbus-run-session`); openssl: the tests' certificates.
-for pkg in openssh-client openssh-server opensc libssl-dev pkg-config \
-  keyutils gnome-keyring libsecret-tools dbus openssl; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing Debian packages: ${need_pkgs[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
-fi
+"$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" openssh-client openssh-server opensc libssl-dev pkg-config \
+  keyutils gnome-keyring libsecret-tools dbus openssl
 
 # The KMS crypto crate's build script tries to download OpenSSL first; pointing OPENSSL_DIR at
 # the system OpenSSL (laid out the way it checks) skips that.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -189,13 +189,7 @@ fn ssh_agent_loads_the_provider_and_logs_in() {
     // ssh-pkcs11-helper with THE AGENT's environment, so the configuration goes there.
     let allow = format!("{}/*", lib.parent().unwrap().display());
     let agent = SshAgent::start_with(Some(&allow), provider_env(&bed.config, &logs));
-    let mut add = agent.command("ssh-add");
-    add.arg("-s").arg(&lib).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = add.spawn().unwrap();
-    // ssh-add asks for a PIN; the token needs none: an empty line.
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = agent.add_provider(&lib).unwrap();
     assert!(out.status.success(), "ssh-add -s: {}\nagent:\n{}", text(&out), agent.log());
 
     let listed = agent.command("ssh-add").arg("-l").output().unwrap();

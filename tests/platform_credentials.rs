@@ -8,10 +8,10 @@
 
 mod platform_support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -235,11 +235,7 @@ fn ssh_agent_with_the_token_in_the_keyring() {
     let lib = provider_lib();
     let allow = format!("{}/*", lib.parent().unwrap().display());
     let agent = SshAgent::start_with(Some(&allow), provider_env(&config, &logs));
-    let mut add = agent.command("ssh-add");
-    add.arg("-s").arg(&lib).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = add.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap(); // No PIN.
-    let out = child.wait_with_output().unwrap();
+    let out = agent.add_provider(&lib).unwrap();
     assert!(out.status.success(), "ssh-add -s: {}\nagent:\n{}\nprovider:\n{}", text(&out), agent.log(), provider_log(&logs));
     let listed = run_ok(agent.command("ssh-add").arg("-l"));
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&bed.key_id), "{}", text(&listed));

@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -565,11 +565,7 @@ fn ssh_agent_signs_again_after_the_kms_restarts() {
     let kms_url = bed.kms.lock().unwrap().url();
     let allow = format!("{}/*", lib.parent().unwrap().display());
     let agent = SshAgent::start_with(Some(&allow), provider_env(&kms_url, &logs));
-    let mut add = agent.command("ssh-add");
-    add.arg("-s").arg(&lib).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = add.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = agent.add_provider(&lib).unwrap();
     assert!(out.status.success(), "ssh-add -s: {}\nagent:\n{}", text(&out), agent.log());
 
     let sshd = Sshd::start(&bed.authorized, "");

@@ -179,8 +179,6 @@ pub struct RemoteKey {
     pub spki: Vec<u8>,
     pub name: Option<String>,
     pub tags: Vec<String>,
-    /// The KMIP state (`Active`, `PreActive`, `Deactivated`, ...), if the KMS said.
-    pub state: Option<String>,
 }
 
 /// Fetches the public keys and their attributes in one round trip.
@@ -249,8 +247,7 @@ fn read_exported_public_key(public_id: &str, vendor_id: &str, answer: &Ttlv) -> 
             _ => None,
         })
         .unwrap_or_default();
-    let state = attributes.and_then(|a| a.child("State")).and_then(Ttlv::as_text).map(str::to_owned);
-    Ok(RemoteKey { public_id: public_id.to_owned(), private_id, spki, name, tags, state })
+    Ok(RemoteKey { public_id: public_id.to_owned(), private_id, spki, name, tags })
 }
 
 #[cfg(test)]

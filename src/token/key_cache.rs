@@ -82,7 +82,7 @@ impl KeyCache {
             .filter(|e| e.exported_at > oldest)
             .filter_map(|e| {
                 let spki = hex_decode(&e.spki)?;
-                let key = RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags, state: None };
+                let key = RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags };
                 Some((key.public_id.clone(), key))
             })
             .collect()
@@ -203,7 +203,6 @@ mod tests {
             spki: vec![0x30, 0x03, 1, 2, 3],
             name: Some(format!("name of {id}")),
             tags: vec!["ssh-auth".into(), "laptop".into()],
-            state: None,
         }
     }
 

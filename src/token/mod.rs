@@ -203,10 +203,6 @@ impl Token {
 
 /// Builds the token's view of a KMS key pair.
 fn key_pair(remote: &RemoteKey, selection_tag: &str) -> std::result::Result<KeyPair, String> {
-    // A key that is not Active cannot sign: offering it would only fail the login later.
-    if let Some(state) = remote.state.as_deref().filter(|s| *s != "Active") {
-        return Err(format!("its state is {state}, not Active"));
-    }
     let public_key = PublicKey::from_spki(&remote.spki)?;
     let label = label(remote, selection_tag);
     Ok(KeyPair { private_id: remote.private_id.clone(), public_id: remote.public_id.clone(), label, public_key })
@@ -288,7 +284,6 @@ mod tests {
             spki: vec![],
             name: None,
             tags: vec!["ssh-auth".into(), "_pk".into()],
-            state: Some("Active".into()),
         };
         assert_eq!(label(&r, "ssh-auth"), "id");
         r.tags.push("alice-laptop".into());

@@ -34,6 +34,9 @@ use crate::step;
 
 /// The package name everywhere: .deb, .rpm, formula, tarball.
 pub const NAME: &str = "cosmian-pkcs11";
+/// Where the packages put the library and their documents, relative to `/`.
+pub const LIB_DIR: &str = "usr/local/lib";
+pub const DOC_DIR: &str = "usr/share/doc/cosmian-pkcs11";
 /// The project's home, for the formula and the packages.
 pub const HOMEPAGE: &str = "https://github.com/cosmian/cosmian-pkcs11";
 

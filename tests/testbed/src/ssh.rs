@@ -308,6 +308,24 @@ impl SshAgent {
         read_log(&self.dir.path().join("agent.log"))
     }
 
+    /// `ssh-add -s lib` against this agent, answering its PIN prompt with an empty line (the
+    /// token asks for none outside PIN mode).
+    pub fn add_provider(&self, lib: &Path) -> std::io::Result<Output> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .command("ssh-add")
+            .arg("-s")
+            .arg(lib)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // An ssh-add that exits without asking closes its stdin: its output says why.
+        let _ = child.stdin.take().map(|mut stdin| stdin.write_all(b"\n"));
+        child.wait_with_output()
+    }
+
     /// A scrubbed command for `program` (`ssh-add`, `ssh-keygen -Y sign`...) talking to
     /// this agent.
     pub fn command(&self, program: &str) -> Command {

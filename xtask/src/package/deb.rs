@@ -12,8 +12,7 @@ use super::elf::{self, LinuxLib};
 use super::{capture, packaging_file, render, version, Tools, NAME};
 use crate::step;
 
-const DOC: &str = "usr/share/doc/cosmian-pkcs11";
-const LIB: &str = "usr/local/lib";
+use super::{DOC_DIR as DOC, LIB_DIR as LIB};
 const OVERRIDES: &str = "usr/share/lintian/overrides/cosmian-pkcs11";
 
 /// The Debian version: the upstream version and the packaging revision.

@@ -7,9 +7,8 @@
 //! It changes the system (root, or sudo), so it runs in `cargo xtask package-test` and
 //! `cargo xtask test` (throw-away CI machines), not in `dist`. Any missing piece fails it.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer, SshAgent, Sshd};
 
@@ -142,7 +141,7 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
     if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "packaged-login" {
         return Err(format!(
             "ssh -I {INSTALLED} failed: {}\nsshd:\n{}",
-            text(&out),
+            testbed::output_text(&out),
             sshd.log()
         ));
     }
@@ -153,11 +152,11 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
         &format!("ssh-agent (no -P); ssh-add -s {INSTALLED}"),
     );
     let agent = SshAgent::start_with(None, provider_env.iter().map(|(k, v)| (*k, v)));
-    let out = ssh_add_s(&agent, installed)?;
+    let out = agent.add_provider(installed).map_err(|e| format!("cannot run ssh-add: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "ssh-add -s {INSTALLED} failed: {}\nagent:\n{}",
-            text(&out),
+            testbed::output_text(&out),
             agent.log()
         ));
     }
@@ -174,7 +173,7 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
     if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "via-agent" {
         return Err(format!(
             "login through the agent failed: {}\nagent:\n{}",
-            text(&out),
+            testbed::output_text(&out),
             agent.log()
         ));
     }
@@ -182,7 +181,7 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
 
     // The allow-list is in force: the same library outside /usr/lib* and /usr/local/lib* is
     // refused by this agent.
-    let out = ssh_add_s(&agent, built)?;
+    let out = agent.add_provider(built).map_err(|e| format!("cannot run ssh-add: {e}"))?;
     if out.status.success() {
         return Err(format!(
             "the agent accepted {}, outside its default allow-list",
@@ -194,35 +193,4 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
         built.parent().unwrap_or(built).display()
     );
     Ok(())
-}
-
-/// `ssh-add -s LIB` against `agent`, answering its PIN prompt with an empty line.
-fn ssh_add_s(agent: &SshAgent, lib: &Path) -> Result<std::process::Output, String> {
-    let mut child = agent
-        .command("ssh-add")
-        .arg("-s")
-        .arg(lib)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run ssh-add: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(b"\n")
-        .map_err(|e| format!("ssh-add: {e}"))?;
-    child
-        .wait_with_output()
-        .map_err(|e| format!("ssh-add: {e}"))
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

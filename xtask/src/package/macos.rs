@@ -348,8 +348,8 @@ pub fn dist_macos() -> Result<(), String> {
     );
     let stage = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = stage.path().join("root");
-    std::fs::create_dir_all(root.join("usr/local/lib")).map_err(|e| e.to_string())?;
-    std::fs::copy(&dylib, root.join("usr/local/lib").join(DYLIB)).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(root.join(super::LIB_DIR)).map_err(|e| e.to_string())?;
+    std::fs::copy(&dylib, root.join(super::LIB_DIR).join(DYLIB)).map_err(|e| e.to_string())?;
     let component = stage.path().join("component.pkg");
     crate::run(
         tools

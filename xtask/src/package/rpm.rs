@@ -11,8 +11,7 @@ use super::elf::{self, LinuxLib, GLIBC_FLOOR};
 use super::{capture, packaging_file, sha256_file, version, Tools, NAME};
 use crate::step;
 
-const DOC: &str = "usr/share/doc/cosmian-pkcs11";
-const LIB: &str = "usr/local/lib";
+use super::{DOC_DIR as DOC, LIB_DIR as LIB};
 
 /// Builds the .rpm into `dist`, and checks it.
 pub fn build_and_check(

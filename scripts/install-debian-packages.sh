@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages named as arguments that are not installed yet (apt-get, through
+# sudo when not root); does nothing when all are there. Used by the other install scripts.
+set -euo pipefail
+need_pkgs=()
+for pkg in "$@"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
+done
+[ ${#need_pkgs[@]} -gt 0 ] || exit 0
+printf '[debian-packages] installing %s\n' "${need_pkgs[*]}" >&2
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq >&2
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
