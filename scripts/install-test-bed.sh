@@ -3,8 +3,11 @@
 #   - Debian packages: OpenSSH client and server, OpenSC's pkcs11-tool, OpenSSL headers.
 #   - The real Cosmian KMS server 5.28.0 (non-FIPS) and ckms 5.28.0, built from crates.io
 #     into $COSMIAN_PKCS11_CACHE (default ~/.cache/cosmian-pkcs11/bin).
+#   - A current OpenSSH built from source (scripts/install-openssh.sh) into
+#     $COSMIAN_PKCS11_CACHE/openssh-VERSION: the tests run against it and Debian's 9.2.
 # Idempotent: a second run finds everything in place and returns in a second.
-# Prints the two binaries' paths as KEY=VALUE lines on its last two lines of stdout.
+# Prints the two binaries' paths and OpenSSH's prefix as KEY=VALUE lines on its last three
+# lines of stdout.
 set -euo pipefail
 
 KMS_VERSION=5.28.0
@@ -22,6 +25,8 @@ log() { printf '[test-bed] %s\n' "$*" >&2; }
 # The KMS crypto crate's build script tries to download OpenSSL first; pointing OPENSSL_DIR at
 # the system OpenSSL (laid out the way it checks) skips that.
 openssl_dir() {
+  # macOS (the release workflow's test job): Homebrew's OpenSSL is laid out as it expects.
+  if [ "$(uname -s)" = Darwin ]; then brew --prefix openssl@3; return; fi
   local d="$CACHE/openssl-system"
   local multiarch; multiarch="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
   mkdir -p "$d"
@@ -65,10 +70,15 @@ if [ ! -x "$CKMS_BIN" ]; then
   rm -rf "$work"; trap - EXIT
 fi
 
+# --- OpenSSH, current release (about 3 minutes) ------------------------------------------
+OPENSSH_LINE="$(bash "$(dirname "${BASH_SOURCE[0]}")/install-openssh.sh" | tail -n1)"
+
 # --- valgrind, python-pkcs11, cargo-fuzz (reliability tests and fuzzing) -----------------
-bash "$(dirname "${BASH_SOURCE[0]}")/install-reliability-tools.sh" >&2
+# Linux only: the macOS workflow runs the cryptoki and OpenSSH tests, not those.
+[ "$(uname -s)" = Darwin ] || bash "$(dirname "${BASH_SOURCE[0]}")/install-reliability-tools.sh" >&2
 
 log "KMS server: $KMS_BIN"
 log "ckms:       $CKMS_BIN"
 echo "COSMIAN_KMS_SERVER=$KMS_BIN"
 echo "COSMIAN_CKMS=$CKMS_BIN"
+echo "$OPENSSH_LINE"

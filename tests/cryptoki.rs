@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer, KEY_TYPES};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -18,16 +18,6 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use sha2::Digest;
 
-/// The key pairs the test creates, by name (the name is also a tag, so it shows in labels).
-const KINDS: [(&str, KeyKind<'static>); 7] = [
-    ("p256", KeyKind::Ec("nist-p256")),
-    ("p384", KeyKind::Ec("nist-p384")),
-    ("p521", KeyKind::Ec("nist-p521")),
-    ("ed25519", KeyKind::Ec("ed25519")),
-    ("rsa2048", KeyKind::Rsa(2048)),
-    ("rsa3072", KeyKind::Rsa(3072)),
-    ("rsa4096", KeyKind::Rsa(4096)),
-];
 
 struct Bed {
     _kms: KmsServer,
@@ -45,7 +35,7 @@ fn bed() -> &'static Bed {
         let kms = KmsServer::start();
         let ckms = Ckms::new(&kms);
         let mut keys = BTreeMap::new();
-        for (name, kind) in KINDS {
+        for (name, kind) in KEY_TYPES {
             let pair = ckms.create_key_pair(kind, &["ssh-auth", name]);
             keys.insert(name, (pair.private_id, pair.public_id));
         }
@@ -125,8 +115,8 @@ fn lists_exactly_the_tagged_key_pairs_with_meaningful_labels() {
     let s = session();
     let publics = find(&s, &[Attribute::Class(ObjectClass::PUBLIC_KEY)]);
     let privates = find(&s, &[Attribute::Class(ObjectClass::PRIVATE_KEY)]);
-    assert_eq!(publics.len(), KINDS.len());
-    assert_eq!(privates.len(), KINDS.len());
+    assert_eq!(publics.len(), KEY_TYPES.len());
+    assert_eq!(privates.len(), KEY_TYPES.len());
     let mut labels = Vec::new();
     for h in &publics {
         let attrs = s.get_attributes(*h, &[AttributeType::Label, AttributeType::Id]).unwrap();
@@ -138,7 +128,7 @@ fn lists_exactly_the_tagged_key_pairs_with_meaningful_labels() {
         assert_eq!(label, format!("{name} ({id})"));
         labels.push(label);
     }
-    assert_eq!(labels.len(), KINDS.len());
+    assert_eq!(labels.len(), KEY_TYPES.len());
     // Nothing that is not a key pair of the tag.
     assert!(find(&s, &[Attribute::Class(ObjectClass::CERTIFICATE)]).is_empty());
     assert!(find(&s, &[Attribute::Class(ObjectClass::SECRET_KEY)]).is_empty());
@@ -170,7 +160,7 @@ fn public_attributes_match_what_ckms_exports() {
     let bed = bed();
     let s = session();
     use p256::pkcs8::DecodePublicKey;
-    for (name, kind) in KINDS {
+    for (name, kind) in KEY_TYPES {
         let pem = bed.ckms.export_public_pkcs8_pem(&bed.keys[name].1);
         match (name, kind) {
             ("p256", _) => {

@@ -40,6 +40,11 @@ fn boolean(v: bool) -> Attr {
     Attr::Value(vec![if v { CK_TRUE } else { CK_FALSE }])
 }
 
+/// The most `CKA_LABEL` bytes the token serves. OpenSSH reads the label into a 256-byte buffer
+/// (one byte kept for the NUL) in the same call as `CKA_KEY_TYPE`, and a
+/// `CKR_BUFFER_TOO_SMALL` there abandons every key of the slot, not only that one.
+pub const MAX_LABEL_LEN: usize = 255;
+
 /// Attributes of private keys that are secret material.
 const SENSITIVE: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_VALUE,
@@ -57,6 +62,24 @@ impl KeyPair {
         self.private_id.as_bytes()
     }
 
+    /// `CKA_LABEL` as served: [`KeyPair::label`] with control characters made spaces (it
+    /// ends up as the comment of an `authorized_keys` line), cut to [`MAX_LABEL_LEN`] bytes on
+    /// a character boundary, marked with `…`, keeping its ` (uid)` end.
+    pub fn ck_label(&self) -> String {
+        let label: String = self.label.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        if label.len() <= MAX_LABEL_LEN {
+            return label;
+        }
+        let uid = format!(" ({})", self.private_id);
+        let (head, tail) = match label.strip_suffix(&uid) {
+            Some(head) if uid.len() < MAX_LABEL_LEN / 2 => (head, uid.as_str()),
+            _ => (label.as_str(), ""),
+        };
+        let room = MAX_LABEL_LEN - tail.len() - '…'.len_utf8();
+        let cut = (0..=room).rev().find(|&i| head.is_char_boundary(i)).unwrap_or(0);
+        format!("{}…{tail}", &head[..cut])
+    }
+
     pub fn key_type(&self) -> CK_KEY_TYPE {
         match self.public_key {
             PublicKey::Rsa { .. } => CKK_RSA,
@@ -72,7 +95,7 @@ impl KeyPair {
             CKA_CLASS => ulong(if private { CKO_PRIVATE_KEY } else { CKO_PUBLIC_KEY }),
             CKA_KEY_TYPE => ulong(self.key_type()),
             CKA_ID => Attr::Value(self.ck_id().to_vec()),
-            CKA_LABEL => Attr::Value(self.label.as_bytes().to_vec()),
+            CKA_LABEL => Attr::Value(self.ck_label().into_bytes()),
             CKA_TOKEN => boolean(true),
             // Nothing is hidden behind a login while credentials come from the configuration.
             CKA_PRIVATE => boolean(false),
@@ -230,5 +253,25 @@ pub(crate) mod tests {
         assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_SIGN, vec![0])]));
         assert!(k.matches(ObjectClass::PrivateKey, &[(CKA_SIGN, vec![0xFF])]));
         assert!(k.matches(ObjectClass::PublicKey, &[(CKA_LABEL, b"laptop (k1)".to_vec())]));
+    }
+
+    #[test]
+    fn labels_fit_openssh_and_keep_the_uid() {
+        let id = "0b4f3c8e-5d6a-4e2b-9c1d-7a8f6e5d4c3b";
+        let pair = |label: String| KeyPair { private_id: id.into(), label, ..p256_pair() };
+        // Short labels are served as they are, control characters aside.
+        assert_eq!(pair("laptop\n(x)\t".into()).ck_label(), "laptop (x) ");
+        // Long ones, in any script, stop at 255 bytes on a character boundary, uid kept.
+        for unit in ["a", "é", "鍵", "🔑", "a鍵🔑é"] {
+            let long = pair(format!("{} ({id})", unit.repeat(300)));
+            let label = value(long.attribute(ObjectClass::PublicKey, CKA_LABEL));
+            let label = String::from_utf8(label).expect("cut on a character boundary");
+            assert!(label.len() <= MAX_LABEL_LEN && label.len() > MAX_LABEL_LEN - 4, "{label}");
+            assert!(label.starts_with(unit) && label.ends_with(&format!("… ({id})")), "{label}");
+            assert!(long.matches(ObjectClass::PublicKey, &[(CKA_LABEL, label.into_bytes())]));
+        }
+        // A uid too long to keep is cut like the rest.
+        let huge = KeyPair { private_id: "u".repeat(300), label: "u".repeat(300), ..p256_pair() };
+        assert_eq!(huge.ck_label(), format!("{}…", "u".repeat(MAX_LABEL_LEN - 3)));
     }
 }

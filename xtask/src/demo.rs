@@ -2,15 +2,17 @@
 //! to an SSH login with keys that never leave a (local) Cosmian KMS.
 //!
 //! Install the test bed, build the provider, start a KMS, create with ckms one key pair of
-//! each type tagged `ssh-auth` plus one tagged `not-ssh`, write the provider's configuration,
-//! list the keys with `ssh-keygen -D`, trust them in a throw-away sshd, log in with `ssh -I`,
-//! then log in with each key alone and say which key types work. Fails when a login fails,
-//! when a key that should be offered is not, or when the `not-ssh` key is offered.
+//! each type tagged `ssh-auth` plus one tagged `not-ssh`, write the provider's configuration;
+//! then on Debian's OpenSSH 9.2 and on the current OpenSSH the test bed built: list the keys
+//! with `ssh-keygen -D`, trust them in a throw-away sshd, log in with `ssh -I`, then log in
+//! with each key alone, and say which OpenSSH did what. Fails when a login fails, when a key
+//! that release should offer is not (Ed25519 from 10.1 on), or when the `not-ssh` key is
+//! offered.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KeyPair, KmsServer, Sshd};
+use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KeyPair, KmsServer, OpenSsh, Sshd};
 
 use crate::{cargo, install_test_bed, step};
 
@@ -23,8 +25,6 @@ struct DemoKey {
     kind: KeyKind<'static>,
     tag: &'static str,
     pair: KeyPair,
-    /// The `authorized_keys` line `ssh-keygen -D` printed for it, if it was offered.
-    offered: Option<String>,
 }
 
 impl DemoKey {
@@ -44,7 +44,6 @@ pub fn run() -> Result<(), String> {
     install_test_bed();
     cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
     let lib = testbed::find_provider_lib()?;
-    let openssh = openssh_version()?;
 
     step(
         "start a local KMS",
@@ -58,15 +57,17 @@ pub fn run() -> Result<(), String> {
     );
 
     let ckms = Ckms::new(&kms);
-    let specs: [(&str, KeyKind, &str); 6] = [
+    let specs: [(&str, KeyKind, &str); 8] = [
         ("NIST P-256", KeyKind::Ec("nist-p256"), SSH_TAG),
         ("NIST P-384", KeyKind::Ec("nist-p384"), SSH_TAG),
+        ("NIST P-521", KeyKind::Ec("nist-p521"), SSH_TAG),
         ("Ed25519", KeyKind::Ec("ed25519"), SSH_TAG),
         ("RSA 2048", KeyKind::Rsa(2048), SSH_TAG),
+        ("RSA 3072", KeyKind::Rsa(3072), SSH_TAG),
         ("RSA 4096", KeyKind::Rsa(4096), SSH_TAG),
         ("NIST P-256", KeyKind::Ec("nist-p256"), "not-ssh"),
     ];
-    let mut keys: Vec<DemoKey> = specs
+    let keys: Vec<DemoKey> = specs
         .into_iter()
         .map(|(label, kind, tag)| {
             step(
@@ -83,7 +84,6 @@ pub fn run() -> Result<(), String> {
                 kind,
                 tag,
                 pair,
-                offered: None,
             }
         })
         .collect();
@@ -95,105 +95,25 @@ pub fn run() -> Result<(), String> {
         &config.display().to_string(),
     );
     print_indented(&std::fs::read_to_string(&config).unwrap_or_default());
-    let conf_env = format!("COSMIAN_KMS_CLI_CONF={}", config.display());
 
-    step(
-        "list the keys OpenSSH sees",
-        &format!("{conf_env} ssh-keygen -D {}", lib.display()),
-    );
-    let listed = testbed::ssh_keygen_d(&lib)
-        .env("COSMIAN_KMS_CLI_CONF", &config)
-        .output()
-        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
-    let authorized_keys = String::from_utf8_lossy(&listed.stdout).into_owned();
-    print_indented(&authorized_keys);
-    for line in String::from_utf8_lossy(&listed.stderr).lines() {
-        println!("    ssh-keygen: {line}");
-    }
-    if !listed.status.success() || authorized_keys.trim().is_empty() {
-        return Err(format!("ssh-keygen -D listed no key ({})", listed.status));
-    }
-
-    step(
-        "match each listed key with the KMS's public keys",
-        "ckms ec keys export --key-format pkcs8-pem | ssh-keygen -i -m PKCS8",
-    );
-    for key in &mut keys {
-        key.offered = find_offered(&authorized_keys, key, &ckms, work.path())?;
-    }
-
-    step(
-        "start a throw-away sshd that trusts the listed keys",
-        "sshd -D -e -f CONFIG (authorized_keys = the lines above)",
-    );
-    let sshd = Sshd::start(&authorized_keys, "");
-    println!(
-        "    sshd listens on 127.0.0.1:{} (log: {}/sshd.log)",
-        sshd.port(),
-        sshd.dir().display()
-    );
-
-    let hello = "echo hello from $(hostname)";
-    step(
-        "log in with the KMS's keys",
-        &format!(
-            "{conf_env} ssh -I {} -p {} {}@127.0.0.1 '{hello}'",
-            lib.display(),
-            sshd.port(),
-            sshd.user()
-        ),
-    );
-    let first = login(&sshd, &lib, &config, hello);
-    print_indented(&String::from_utf8_lossy(&first.stdout));
-    if !first.status.success() {
-        print_indented(&String::from_utf8_lossy(&first.stderr));
-        return Err(format!(
-            "the SSH login failed ({}); sshd's log:\n{}",
-            first.status,
-            sshd.log()
-        ));
-    }
-
-    step(
-        "log in with each key alone",
-        "the same ssh, authorized_keys holding one key at a time",
-    );
     let mut failures = Vec::new();
-    println!("    with {}", openssh.name);
-    for key in &keys {
-        let verdict = match (&key.offered, key.tag) {
-            (Some(_), tag) if tag != SSH_TAG => {
-                failures.push(format!("the {tag} key was offered"));
-                "OFFERED, but it is not tagged ssh-auth".to_owned()
-            }
-            (None, tag) if tag != SSH_TAG => format!("not offered (tagged {tag}), as expected"),
-            (None, _) if key.ssh_type() == "ssh-ed25519" && openssh.before(10, 1) => {
-                format!("not offered: {} takes no Ed25519 key from a PKCS#11 provider (10.1p1 and later do)", openssh.name)
-            }
-            (None, _) => {
-                failures.push(format!("the {} key was not offered", key.label));
-                "NOT OFFERED".to_owned()
-            }
-            (Some(line), _) => {
-                sshd.set_authorized_keys(line);
-                let alone = login(&sshd, &lib, &config, "true");
-                if alone.status.success() {
-                    "logged in".to_owned()
-                } else {
-                    failures.push(format!("the {} key could not log in", key.label));
-                    format!(
-                        "LOGIN FAILED: {}",
-                        String::from_utf8_lossy(&alone.stderr).trim()
-                    )
-                }
-            }
-        };
-        println!(
-            "    {:<10} {:<8} {:<20} {verdict}",
-            key.label,
-            key.tag,
-            key.ssh_type()
-        );
+    let mut verdicts = Vec::new();
+    for openssh in [OpenSsh::debian(), OpenSsh::current()] {
+        let verdict = logins_on(
+            openssh,
+            &lib,
+            &config,
+            &keys,
+            &ckms,
+            work.path(),
+            &mut failures,
+        )?;
+        verdicts.push((openssh.banner(), verdict));
+    }
+    step("which OpenSSH did what", "");
+    for (banner, verdict) in verdicts {
+        println!("    with {banner}");
+        print_indented(&verdict);
     }
     step(
         "check the KMS's audit log",
@@ -229,7 +149,126 @@ pub fn run() -> Result<(), String> {
     }
 }
 
-/// `ssh -I lib ... remote_command` to `sshd` with the provider's configuration.
+/// On one OpenSSH: list the keys with `ssh-keygen -D`, log in with all of them through
+/// `ssh -I`, then with each key alone; returns the table of what each key did, and pushes
+/// what went wrong on `failures`.
+fn logins_on(
+    openssh: &'static OpenSsh,
+    lib: &Path,
+    config: &Path,
+    keys: &[DemoKey],
+    ckms: &Ckms,
+    dir: &Path,
+    failures: &mut Vec<String>,
+) -> Result<String, String> {
+    let conf_env = format!("COSMIAN_KMS_CLI_CONF={}", config.display());
+    let banner = openssh.banner();
+    step(
+        &format!("list the keys {banner} sees"),
+        &format!(
+            "{conf_env} {} -D {}",
+            openssh.program("ssh-keygen").display(),
+            lib.display()
+        ),
+    );
+    let listed = openssh
+        .ssh_keygen_d(lib)
+        .env("COSMIAN_KMS_CLI_CONF", config)
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    let authorized_keys = String::from_utf8_lossy(&listed.stdout).into_owned();
+    print_indented(&authorized_keys);
+    for line in String::from_utf8_lossy(&listed.stderr).lines() {
+        println!("    ssh-keygen: {line}");
+    }
+    if !listed.status.success() || authorized_keys.trim().is_empty() {
+        return Err(format!(
+            "{banner}: ssh-keygen -D listed no key ({})",
+            listed.status
+        ));
+    }
+    println!("    (each line matched with the KMS's public key: ckms ec keys export --key-format pkcs8-pem | ssh-keygen -i -m PKCS8)");
+    let offered = keys
+        .iter()
+        .map(|key| find_offered(&authorized_keys, key, ckms, dir))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let sshd = Sshd::start_on(openssh, &authorized_keys, "MaxAuthTries 30");
+    let hello = "echo hello from $(hostname)";
+    step(
+        &format!("log in with the KMS's keys, {banner} client and server"),
+        &format!(
+            "{conf_env} {} -I {} -p {} {}@127.0.0.1 '{hello}'",
+            openssh.program("ssh").display(),
+            lib.display(),
+            sshd.port(),
+            sshd.user()
+        ),
+    );
+    println!(
+        "    (sshd listens on 127.0.0.1:{}, MaxAuthTries 30 as ssh offers every key; log: {}/sshd.log)",
+        sshd.port(),
+        sshd.dir().display()
+    );
+    let first = login(&sshd, lib, config, hello);
+    print_indented(&String::from_utf8_lossy(&first.stdout));
+    if !first.status.success() {
+        print_indented(&String::from_utf8_lossy(&first.stderr));
+        return Err(format!(
+            "{banner}: the SSH login failed ({}); sshd's log:\n{}",
+            first.status,
+            sshd.log()
+        ));
+    }
+
+    step(
+        &format!("log in with each key alone, {banner}"),
+        "the same ssh, authorized_keys holding one key at a time",
+    );
+    let mut table = String::new();
+    for (key, offered) in keys.iter().zip(offered) {
+        let verdict = match (&offered, key.tag) {
+            (Some(_), tag) if tag != SSH_TAG => {
+                failures.push(format!("{banner}: the {tag} key was offered"));
+                "OFFERED, but it is not tagged ssh-auth".to_owned()
+            }
+            (None, tag) if tag != SSH_TAG => format!("not offered (tagged {tag}), as expected"),
+            (None, _) if key.ssh_type() == "ssh-ed25519" && !openssh.at_least(10, 1) => {
+                "not offered: takes no Ed25519 key from a PKCS#11 provider (10.1p1 and later do)"
+                    .to_owned()
+            }
+            (None, _) => {
+                failures.push(format!("{banner}: the {} key was not offered", key.label));
+                "NOT OFFERED".to_owned()
+            }
+            (Some(line), _) => {
+                sshd.set_authorized_keys(line);
+                let alone = login(&sshd, lib, config, "true");
+                if alone.status.success() {
+                    "logged in".to_owned()
+                } else {
+                    failures.push(format!("{banner}: the {} key could not log in", key.label));
+                    format!(
+                        "LOGIN FAILED: {}",
+                        String::from_utf8_lossy(&alone.stderr).trim()
+                    )
+                }
+            }
+        };
+        let row = format!(
+            "{:<10} {:<8} {:<20} {verdict}\n",
+            key.label,
+            key.tag,
+            key.ssh_type()
+        );
+        print!("    {row}");
+        table.push_str(&row);
+    }
+    Ok(table)
+}
+
+/// `ssh -I lib ... remote_command` to `sshd` (its own OpenSSH) with the provider's
+/// configuration.
 fn login(sshd: &Sshd, lib: &Path, config: &Path, remote_command: &str) -> Output {
     testbed::ssh_command(sshd)
         .provider(lib)
@@ -265,46 +304,6 @@ fn find_offered(
         }
     });
     Ok(found.map(str::to_owned))
-}
-
-/// The local OpenSSH's version, from `ssh -V`.
-struct OpenSsh {
-    name: String,
-    major: u32,
-    minor: u32,
-}
-
-impl OpenSsh {
-    fn before(&self, major: u32, minor: u32) -> bool {
-        (self.major, self.minor) < (major, minor)
-    }
-}
-
-fn openssh_version() -> Result<OpenSsh, String> {
-    let out = Command::new("ssh")
-        .arg("-V")
-        .output()
-        .map_err(|e| format!("cannot run ssh -V: {e}"))?;
-    // `OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.17 1 Jul 2025`, on stderr.
-    let text = String::from_utf8_lossy(&out.stderr);
-    let name = text.split([' ', ',']).next().unwrap_or_default().to_owned();
-    let version = name
-        .strip_prefix("OpenSSH_")
-        .ok_or_else(|| format!("unexpected ssh -V: {text}"))?;
-    let number = |s: &str| {
-        s.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse::<u32>()
-            .ok()
-    };
-    let (major, rest) = version
-        .split_once('.')
-        .ok_or_else(|| format!("unexpected ssh -V: {text}"))?;
-    match (number(major), number(rest)) {
-        (Some(major), Some(minor)) => Ok(OpenSsh { name, major, minor }),
-        _ => Err(format!("unexpected ssh -V: {text}")),
-    }
 }
 
 fn print_indented(text: &str) {

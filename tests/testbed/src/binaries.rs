@@ -1,7 +1,8 @@
-//! The real KMS server and `ckms` binaries: where they are, and getting them built.
+//! The real KMS server, `ckms` and the current OpenSSH: where they are, and getting them built.
 //!
 //! Owns the call to `scripts/install-test-bed.sh`, which installs the Debian packages the test
-//! bed needs and builds/caches `cosmian_kms` and `ckms` outside the work tree.
+//! bed needs and builds/caches `cosmian_kms`, `ckms` and OpenSSH (`scripts/install-openssh.sh`)
+//! outside the work tree.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -9,17 +10,23 @@ use std::sync::OnceLock;
 
 use crate::workspace_root;
 
-/// Paths to the two Cosmian binaries.
+/// Paths to the two Cosmian binaries and to the OpenSSH the test bed built.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     /// The `cosmian_kms` server.
     pub kms_server: PathBuf,
     /// The `ckms` command-line client.
     pub ckms: PathBuf,
+    /// The install prefix of the current OpenSSH built from source (`bin/ssh`, `sbin/sshd`,
+    /// `libexec/ssh-pkcs11-helper`...).
+    pub openssh: PathBuf,
 }
 
-/// The binaries, from env `COSMIAN_KMS_SERVER` / `COSMIAN_CKMS` when both are set, else from
-/// [`install_test_bed`] (run at most once per process).
+/// The variables naming the binaries, as `scripts/install-test-bed.sh` prints them.
+pub const BINARIES_ENV: [&str; 3] = ["COSMIAN_KMS_SERVER", "COSMIAN_CKMS", "COSMIAN_OPENSSH"];
+
+/// The binaries, from env `COSMIAN_KMS_SERVER` / `COSMIAN_CKMS` / `COSMIAN_OPENSSH` when all
+/// are set, else from [`install_test_bed`] (run at most once per process).
 ///
 /// # Panics
 /// When they cannot be had: a test must fail, never skip, when the real components are missing.
@@ -27,16 +34,23 @@ pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
         let from_env = |key| std::env::var_os(key).map(PathBuf::from);
-        let binaries = match (from_env("COSMIAN_KMS_SERVER"), from_env("COSMIAN_CKMS")) {
-            (Some(kms_server), Some(ckms)) => Binaries { kms_server, ckms },
+        let [kms_server, ckms, openssh] = BINARIES_ENV.map(from_env);
+        let binaries = match (kms_server, ckms, openssh) {
+            (Some(kms_server), Some(ckms), Some(openssh)) => Binaries {
+                kms_server,
+                ckms,
+                openssh,
+            },
             _ => install_test_bed(),
         };
-        for path in [&binaries.kms_server, &binaries.ckms] {
+        let ssh = binaries.openssh.join("bin/ssh");
+        for path in [&binaries.kms_server, &binaries.ckms, &ssh] {
             assert!(
                 path.is_file(),
                 "test bed binary {} does not exist: run scripts/install-test-bed.sh, or fix \
-                 COSMIAN_KMS_SERVER / COSMIAN_CKMS",
-                path.display()
+                 {}",
+                path.display(),
+                BINARIES_ENV.join(" / ")
             );
         }
         binaries
@@ -44,7 +58,8 @@ pub fn binaries() -> &'static Binaries {
 }
 
 /// Runs `scripts/install-test-bed.sh` (idempotent: a second run takes a second) and parses
-/// the `COSMIAN_KMS_SERVER=` / `COSMIAN_CKMS=` lines it prints. Its log goes to our stderr.
+/// the `COSMIAN_KMS_SERVER=` / `COSMIAN_CKMS=` / `COSMIAN_OPENSSH=` lines it prints. Its log
+/// goes to our stderr.
 ///
 /// # Panics
 /// When the script fails or does not print both paths.
@@ -59,7 +74,8 @@ pub fn install_test_bed() -> Binaries {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "{} failed ({}): the real KMS server and ckms are needed, see its log above.\n{stdout}",
+        "{} failed ({}): the real KMS server, ckms and OpenSSH are needed, see its log above.\n\
+         {stdout}",
         script.display(),
         output.status
     );
@@ -71,8 +87,10 @@ pub fn install_test_bed() -> Binaries {
             .map(PathBuf::from)
             .unwrap_or_else(|| panic!("{} printed no {key}= line:\n{stdout}", script.display()))
     };
+    let [kms_server, ckms, openssh] = BINARIES_ENV.map(value);
     Binaries {
-        kms_server: value("COSMIAN_KMS_SERVER"),
-        ckms: value("COSMIAN_CKMS"),
+        kms_server,
+        ckms,
+        openssh,
     }
 }

@@ -33,6 +33,18 @@ pub enum KeyKind<'a> {
     Rsa(u32),
 }
 
+/// Every key type users create for SSH, by a short name (the tests also tag keys with it, so
+/// it shows in labels): EC P-256, P-384, P-521, Ed25519, RSA 2048, 3072, 4096.
+pub const KEY_TYPES: [(&str, KeyKind<'static>); 7] = [
+    ("p256", KeyKind::Ec("nist-p256")),
+    ("p384", KeyKind::Ec("nist-p384")),
+    ("p521", KeyKind::Ec("nist-p521")),
+    ("ed25519", KeyKind::Ec("ed25519")),
+    ("rsa2048", KeyKind::Rsa(2048)),
+    ("rsa3072", KeyKind::Rsa(3072)),
+    ("rsa4096", KeyKind::Rsa(4096)),
+];
+
 impl KeyKind<'_> {
     /// The ckms arguments that create such a pair with these tags.
     pub fn ckms_args(&self, tags: &[&str]) -> Vec<String> {

@@ -132,6 +132,24 @@ impl KmsServer {
             .collect()
     }
 
+    /// The HTTP requests the server has logged so far, oldest first, across restarts:
+    /// `POST /kmip/2_1` or `POST /kmip` (the `DEBUG kmip` line each request leaves, over
+    /// HTTP or HTTPS alike: a [`crate::CountingProxy`] cannot read requests inside TLS).
+    pub fn http_requests(&self) -> Vec<&'static str> {
+        let log = self.log();
+        log.lines()
+            .filter_map(|line| {
+                if line.contains(" POST /kmip/2_1. Request: ") {
+                    Some("POST /kmip/2_1")
+                } else if line.contains(" POST /kmip 2.1 JSON. Request: ") {
+                    Some("POST /kmip")
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Kills the server (SIGKILL). The database stays, for [`KmsServer::restart`].
     pub fn stop(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {

@@ -1,14 +1,15 @@
 //! The test bed of `cosmian-pkcs11`: the real components the provider works with, started and
 //! torn down for one test (or for the demo). Never mocks.
 //!
-//! - [`binaries`]: the Cosmian KMS server and `ckms`, built and cached by
+//! - [`binaries`]: the Cosmian KMS server, `ckms` and the current OpenSSH, built and cached by
 //!   `scripts/install-test-bed.sh`.
 //! - [`KmsServer`]: a throw-away KMS on a free port, with its own SQLite database and logs.
 //! - [`Ckms`]: the real `ckms` client pointed at such a server, to create keys as users do;
 //!   [`create_p256_key_pairs`] for many keys in one request.
+//! - [`TestCa`]: a test CA and a server certificate for a KMS started with TLS.
 //! - [`CountingProxy`]: counts the connections and HTTP requests a client makes to the KMS.
 //! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
-//!   `sshd`, with a scrubbed environment.
+//!   `sshd`, with a scrubbed environment; [`OpenSsh`]: Debian's 9.2 or the current release.
 //! - This module: free ports, where the provider library is, and its configuration file.
 //!
 //! Every child process is killed when its owner is dropped, and cannot outlive the test
@@ -18,6 +19,7 @@ mod binaries;
 mod ckms;
 mod kmip;
 mod kms;
+mod pki;
 mod process;
 mod proxy;
 mod ssh;
@@ -27,12 +29,13 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use binaries::{binaries, install_test_bed, Binaries};
-pub use ckms::{Ckms, KeyKind, KeyPair};
+pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
+pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
 pub use kmip::{create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
+pub use pki::TestCa;
 pub use proxy::CountingProxy;
-pub use ssh::{current_user, ssh_command, ssh_keygen_d, SshAgent, SshCommand, Sshd};
+pub use ssh::{current_user, ssh_command, ssh_keygen_d, OpenSsh, SshAgent, SshCommand, Sshd};
 
 /// A command for `program` whose environment holds none of the provider's configuration
 /// variables (`COSMIAN_*`, `CKMS_CONF*`) and no `SSH_AUTH_SOCK`, so that nothing leaks from the

@@ -1,6 +1,10 @@
 //! OpenSSH for the tests: a throw-away `sshd`, the `ssh` client aimed at it, `ssh-agent`, and
 //! `ssh-keygen -D`. Every command gets a scrubbed environment ([`crate::clean_command`]): the
 //! provider's configuration is passed explicitly by the caller.
+//!
+//! Two OpenSSH installations ([`OpenSsh`]): Debian 12's 9.2 (the default of the functions
+//! without `_on`) and the current release the test bed builds from source. A daemon or client
+//! started on one uses that installation's programs only, `ssh-pkcs11-helper` included.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -13,8 +17,102 @@ use tempfile::TempDir;
 use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
 use crate::{clean_command, free_port};
 
-const SSHD: &str = "/usr/sbin/sshd";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One OpenSSH installation: its client programs, `sshd`, and the `ssh-pkcs11-helper` that
+/// `ssh-agent` (and, from 10.1, `ssh` and `ssh-keygen`) run to load a provider.
+#[derive(Debug)]
+pub struct OpenSsh {
+    /// The folder of `ssh`, `ssh-add`, `ssh-agent`, `ssh-keygen`.
+    bin: PathBuf,
+    sshd: PathBuf,
+    pkcs11_helper: PathBuf,
+    /// What `ssh -V` says, up to the first comma: `OpenSSH_9.2p1 Debian-2+deb12u10`.
+    banner: String,
+    /// `(major, minor)`.
+    version: (u32, u32),
+}
+
+impl OpenSsh {
+    /// Debian's packages: `/usr/bin/ssh`..., `/usr/sbin/sshd` (installed by the test bed when
+    /// missing).
+    pub fn debian() -> &'static OpenSsh {
+        static DEBIAN: OnceLock<OpenSsh> = OnceLock::new();
+        DEBIAN.get_or_init(|| {
+            if !Path::new("/usr/sbin/sshd").exists() {
+                crate::install_test_bed(); // Installs openssh-client and openssh-server.
+            }
+            OpenSsh::at(
+                "/usr/bin".into(),
+                "/usr/sbin/sshd".into(),
+                "/usr/lib/openssh".into(),
+            )
+        })
+    }
+
+    /// The current release, built by `scripts/install-openssh.sh` (see [`crate::binaries`]).
+    pub fn current() -> &'static OpenSsh {
+        static CURRENT: OnceLock<OpenSsh> = OnceLock::new();
+        CURRENT.get_or_init(|| {
+            let prefix = &crate::binaries().openssh;
+            OpenSsh::at(
+                prefix.join("bin"),
+                prefix.join("sbin/sshd"),
+                prefix.join("libexec"),
+            )
+        })
+    }
+
+    fn at(bin: PathBuf, sshd: PathBuf, libexec: PathBuf) -> OpenSsh {
+        let out = run_ok(Command::new(bin.join("ssh")).arg("-V"));
+        let said = String::from_utf8_lossy(&out.stderr);
+        let banner = said.split(',').next().unwrap_or_default().trim().to_owned();
+        let version = banner
+            .strip_prefix("OpenSSH_")
+            .and_then(|v| v.split('p').next())
+            .and_then(|v| v.split_once('.'))
+            .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
+            .unwrap_or_else(|| panic!("cannot read the version of {}: {said}", bin.display()));
+        OpenSsh {
+            pkcs11_helper: libexec.join("ssh-pkcs11-helper"),
+            bin,
+            sshd,
+            banner,
+            version,
+        }
+    }
+
+    /// `OpenSSH_10.3p1`, `OpenSSH_9.2p1 Debian-2+deb12u10`: for messages.
+    pub fn banner(&self) -> &str {
+        &self.banner
+    }
+
+    /// Is this release `major.minor` or later?
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        self.version >= (major, minor)
+    }
+
+    /// The path of one of its client programs (`ssh-keygen`, for git's `gpg.ssh.program`).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// A scrubbed command for one of its client programs (`ssh`, `ssh-add`, `ssh-keygen`...),
+    /// with `SSH_PKCS11_HELPER` naming its own helper.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = clean_command(self.program(program));
+        command.env("SSH_PKCS11_HELPER", &self.pkcs11_helper);
+        command
+    }
+
+    /// `ssh-keygen -D lib`: prints one `authorized_keys` line per key the provider offers. Add
+    /// the provider's environment with `.env(...)`.
+    pub fn ssh_keygen_d(&self, lib: &Path) -> Command {
+        let mut command = self.command("ssh-keygen");
+        command.arg("-D").arg(lib);
+        command
+    }
+}
 
 /// The name of the user running the tests: the login user of [`Sshd`].
 pub fn current_user() -> &'static str {
@@ -51,28 +149,35 @@ pub struct Sshd {
     _daemon: Daemon,
     dir: TempDir,
     port: u16,
+    openssh: &'static OpenSsh,
 }
 
 impl Sshd {
-    /// Starts `sshd -D -e -E LOG -f CONFIG` with its own ed25519 host key and `LogLevel DEBUG`,
-    /// and waits until it listens.
+    /// [`Sshd::start_on`] Debian's OpenSSH.
+    pub fn start(authorized_keys: &str, extra_config: &str) -> Sshd {
+        Self::start_on(OpenSsh::debian(), authorized_keys, extra_config)
+    }
+
+    /// Starts `openssh`'s `sshd -D -e -E LOG -f CONFIG` with its own ed25519 host key and
+    /// `LogLevel DEBUG`, and waits until it listens.
     ///
     /// `extra_config` lines come FIRST in `sshd_config`, so they override the defaults below
     /// (sshd keeps the first value it reads for a keyword); no `Match` block there.
     ///
     /// # Panics
     /// When sshd is missing or does not start; the message holds its log.
-    pub fn start(authorized_keys: &str, extra_config: &str) -> Sshd {
-        if !Path::new(SSHD).exists() {
-            crate::install_test_bed(); // Installs openssh-server.
+    pub fn start_on(openssh: &'static OpenSsh, authorized_keys: &str, extra_config: &str) -> Sshd {
+        // sshd refuses to start without its privilege separation directory (Debian's and the
+        // test bed's build: /run/sshd; Homebrew's on macOS: /var/empty, always there).
+        if cfg!(target_os = "linux") {
+            std::fs::create_dir_all("/run/sshd").expect("cannot create /run/sshd");
         }
-        // sshd refuses to start without its privilege separation directory.
-        std::fs::create_dir_all("/run/sshd").expect("cannot create /run/sshd");
         let dir = temp_dir("sshd-");
         let path = |name: &str| dir.path().join(name);
         let port = free_port();
         run_ok(
-            Command::new("ssh-keygen")
+            openssh
+                .command("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", "testbed-host", "-f"])
                 .arg(path("host_ed25519")),
         );
@@ -101,7 +206,7 @@ impl Sshd {
 
         let log = path("sshd.log");
         let (stdout, stderr) = log_file(&log);
-        let mut command = clean_command(SSHD);
+        let mut command = clean_command(&openssh.sshd);
         command
             .args(["-D", "-e", "-E"])
             .arg(&log)
@@ -125,8 +230,14 @@ impl Sshd {
         Sshd {
             dir,
             port,
+            openssh,
             _daemon: daemon,
         }
+    }
+
+    /// The OpenSSH it runs, which [`ssh_command`] uses too.
+    pub fn openssh(&self) -> &'static OpenSsh {
+        self.openssh
     }
 
     /// The port sshd listens on.
@@ -156,9 +267,10 @@ impl Sshd {
     }
 }
 
-/// `ssh` aimed at `sshd` as [`current_user`]; add options, then [`SshCommand::run`].
+/// `ssh` of the same OpenSSH as `sshd`, aimed at it as [`current_user`]; add options, then
+/// [`SshCommand::run`].
 pub fn ssh_command(sshd: &Sshd) -> SshCommand {
-    let mut command = clean_command("ssh");
+    let mut command = sshd.openssh.command("ssh");
     command.env_remove("SSH_ASKPASS");
     SshCommand {
         command,
@@ -235,12 +347,9 @@ impl SshCommand {
     }
 }
 
-/// `ssh-keygen -D lib`: prints one `authorized_keys` line per key the provider offers. Add the
-/// provider's environment with `.env(...)`.
+/// Debian's [`OpenSsh::ssh_keygen_d`].
 pub fn ssh_keygen_d(lib: &Path) -> Command {
-    let mut command = clean_command("ssh-keygen");
-    command.arg("-D").arg(lib);
-    command
+    OpenSsh::debian().ssh_keygen_d(lib)
 }
 
 /// A throw-away `ssh-agent -D -a SOCK`, killed when dropped.
@@ -253,6 +362,7 @@ pub struct SshAgent {
     // Fields drop in order: the process dies before its directory is deleted.
     _daemon: Daemon,
     dir: TempDir,
+    openssh: &'static OpenSsh,
 }
 
 impl SshAgent {
@@ -261,9 +371,24 @@ impl SshAgent {
         Self::start_with(None, std::iter::empty::<(&str, &str)>())
     }
 
-    /// An agent with `-P provider_allowlist` (if any) and these environment variables (the
-    /// provider's configuration) added to a scrubbed environment.
+    /// [`SshAgent::start_on`] Debian's OpenSSH.
     pub fn start_with<I, K, V>(provider_allowlist: Option<&str>, envs: I) -> SshAgent
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        Self::start_on(OpenSsh::debian(), provider_allowlist, envs)
+    }
+
+    /// `openssh`'s agent with `-P provider_allowlist` (if any) and these environment variables
+    /// (the provider's configuration) added to a scrubbed environment. It runs its own
+    /// `ssh-pkcs11-helper` ([`OpenSsh::command`]).
+    pub fn start_on<I, K, V>(
+        openssh: &'static OpenSsh,
+        provider_allowlist: Option<&str>,
+        envs: I,
+    ) -> SshAgent
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<OsStr>,
@@ -273,7 +398,7 @@ impl SshAgent {
         let sock = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");
         let (stdout, stderr) = log_file(&log);
-        let mut command = clean_command("ssh-agent");
+        let mut command = openssh.command("ssh-agent");
         command
             .arg("-D")
             .arg("-a")
@@ -287,13 +412,15 @@ impl SshAgent {
         let mut daemon = Daemon::spawn("ssh-agent", command);
         let ready = wait_until(START_TIMEOUT, || {
             daemon.check_running()?;
-            Ok(sock.exists())
+            // The socket file exists from bind(); the agent answers only after listen().
+            Ok(std::os::unix::net::UnixStream::connect(&sock).is_ok())
         });
         if let Err(why) = ready {
             panic!("ssh-agent did not start: {why}\n{}", log_tail(&log, 20));
         }
         SshAgent {
             dir,
+            openssh,
             _daemon: daemon,
         }
     }
@@ -311,12 +438,19 @@ impl SshAgent {
     /// `ssh-add -s lib` against this agent, answering its PIN prompt with an empty line (the
     /// token asks for none outside PIN mode).
     pub fn add_provider(&self, lib: &Path) -> std::io::Result<Output> {
+        self.add_provider_with(lib, &[])
+    }
+
+    /// `ssh-add -s lib CERTIFICATE...` (OpenSSH 9.6 and later): the provider's keys, and these
+    /// certificates of some of them.
+    pub fn add_provider_with(&self, lib: &Path, certificates: &[&Path]) -> std::io::Result<Output> {
         use std::io::Write;
         use std::process::Stdio;
         let mut child = self
             .command("ssh-add")
             .arg("-s")
             .arg(lib)
+            .args(certificates)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -326,10 +460,10 @@ impl SshAgent {
         child.wait_with_output()
     }
 
-    /// A scrubbed command for `program` (`ssh-add`, `ssh-keygen -Y sign`...) talking to
-    /// this agent.
+    /// A scrubbed command for `program` (`ssh-add`, `ssh-keygen -Y sign`...) of the agent's
+    /// OpenSSH, talking to this agent.
     pub fn command(&self, program: &str) -> Command {
-        let mut command = clean_command(program);
+        let mut command = self.openssh.command(program);
         command.env("SSH_AUTH_SOCK", self.sock());
         command
     }
