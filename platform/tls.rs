@@ -2,6 +2,13 @@
 //! (rustls-native-certs) plus the configuration's `verified_cert`, or not at all when
 //! `accept_invalid_certs` says so (a warning in the log); a client certificate comes from PEM
 //! files or from a PKCS#12 file, whose password may live in the OS credential store.
+//!
+//! Loading the system's roots costs a process about 3 ms of CPU (Debian: 146 certificates
+//! read from the bundle and again from `/etc/ssl/certs`, PEM-decoded, parsed), more than the
+//! rest of TLS. With a `verified_cert`, the first configuration trusts it alone; the client
+//! adds the system's roots ([`with_system_roots`]) when the KMS's certificate fails that first
+//! verification, and tries again: the same certificates are accepted, the cost is paid only
+//! by KMSs that need it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,42 +17,59 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 
 use crate::config::{ClientCertificate, KmsConfig, Secret};
 
-/// The TLS settings for this configuration. An `Err` names the file or setting at fault and
-/// never holds a secret.
-pub fn client_config(config: &KmsConfig) -> Result<TlsConfig, String> {
+/// The TLS settings for this configuration, and whether they leave the system's roots out for
+/// now (a `verified_cert` is the only trust anchor until [`with_system_roots`]). An `Err` names
+/// the file or setting at fault and never holds a secret.
+pub fn client_config(config: &KmsConfig) -> Result<(TlsConfig, bool), String> {
     let mut builder = TlsConfig::builder();
     if !config.server_url.starts_with("https://") {
-        return Ok(builder.build());
+        return Ok((builder.build(), false));
     }
+    let mut deferred = false;
     if config.accept_invalid_certs {
         tracing::warn!(config = %config.source.display(), "accept_invalid_certs = true: the KMS's TLS certificate is NOT verified");
         builder = builder.disable_verification(true);
     } else {
-        builder = builder.root_certs(RootCerts::Specific(Arc::new(roots(config.verified_cert.as_deref())?)));
+        let roots = match config.verified_cert.as_deref() {
+            Some(pem) => {
+                deferred = true;
+                let certs = certificates(pem.as_bytes());
+                if certs.is_empty() {
+                    return Err("verified_cert holds no PEM certificate".into());
+                }
+                certs
+            }
+            None => system_roots(),
+        };
+        builder = builder.root_certs(RootCerts::Specific(Arc::new(roots)));
     }
     let client = match &config.client_certificate {
         None => None,
         Some(ClientCertificate::Pem { cert, key }) => Some(from_pem(cert, key)?),
         Some(ClientCertificate::Pkcs12 { path, password }) => Some(from_pkcs12(path, password.as_ref())?),
     };
-    Ok(builder.client_cert(client).build())
+    Ok((builder.client_cert(client).build(), deferred))
 }
 
-/// The system's trusted roots, plus the certificates of `verified_cert` (inline PEM).
-fn roots(verified_cert: Option<&str>) -> Result<Vec<Certificate<'static>>, String> {
+/// The same settings, trusting the system's roots besides the roots they had.
+pub fn with_system_roots(tls: &TlsConfig) -> TlsConfig {
+    let mut roots = system_roots();
+    if let RootCerts::Specific(own) = tls.root_certs() {
+        roots.extend(own.iter().cloned());
+    }
+    TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .client_cert(tls.client_cert().cloned())
+        .build()
+}
+
+/// The system's trusted roots.
+fn system_roots() -> Vec<Certificate<'static>> {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::debug!(%error, "skipping a system root certificate");
     }
-    let mut roots: Vec<_> = native.certs.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
-    if let Some(pem) = verified_cert {
-        let extra = certificates(pem.as_bytes());
-        if extra.is_empty() {
-            return Err("verified_cert holds no PEM certificate".into());
-        }
-        roots.extend(extra);
-    }
-    Ok(roots)
+    native.certs.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect()
 }
 
 fn certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
@@ -121,6 +145,25 @@ mod tests {
         let err = client_config(&config(&line)).unwrap_err();
         assert!(err.contains("garbage.p12") && !err.contains("s3cr3t"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_system_roots_wait_while_verified_cert_is_the_trust_anchor() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUJd5Fq1+lP0Ofb3N1ACBYPJ3bOzAwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+        let specific = |tls: &TlsConfig| match tls.root_certs() {
+            RootCerts::Specific(roots) => roots.len(),
+            _ => usize::MAX,
+        };
+        let (tls, deferred) = client_config(&config(&format!("verified_cert = \"\"\"\n{ca}\"\"\"\n"))).unwrap();
+        assert!(deferred);
+        assert_eq!(specific(&tls), 1, "verified_cert alone");
+        let system = system_roots().len();
+        assert_eq!(specific(&with_system_roots(&tls)), system + 1, "then the system's roots too");
+        let (tls, deferred) = client_config(&config("")).unwrap();
+        assert!(!deferred);
+        assert_eq!(specific(&tls), system, "no verified_cert: the system's roots at once");
+        let (_, deferred) = client_config(&config("accept_invalid_certs = true\n")).unwrap();
+        assert!(!deferred);
     }
 
     #[test]

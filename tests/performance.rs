@@ -12,6 +12,10 @@
 //!
 //! The tests share one KMS and take turns ([`serial`]): the audit log is the server's.
 //! `in_process_*` loads the provider once in this process, with a 1 s key cache.
+//!
+//! `over_tls_*` has a KMS of its own, serving HTTPS with a certificate of a test CA: there the
+//! proxy counts connections only (it cannot read requests inside TLS) and the KMS's log counts
+//! the HTTP requests.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
     create_p256_key_pairs, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config, AuditEvent, Ckms, CountingProxy,
-    KeyKind, KeyPair, KmsServer, Sshd,
+    KeyKind, KeyPair, KmsServer, Sshd, TestCa,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -116,9 +120,14 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 /// environment for a process: that configuration, the tag, a log and a cache folder of the
 /// test's own.
 fn provider_env(name: &str, proxy: &CountingProxy, tag: &str) -> (PathBuf, Vec<(&'static str, String)>) {
-    let dir = bed().dir.join(name);
+    client_env(bed().dir.join(name), &proxy.url(), "", tag)
+}
+
+/// The provider's environment for a process, in `dir`: a configuration for `server_url` with
+/// `extra` lines, the tag, a log and a cache folder.
+fn client_env(dir: PathBuf, server_url: &str, extra: &str, tag: &str) -> (PathBuf, Vec<(&'static str, String)>) {
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_provider_config(&dir, &proxy.url(), "");
+    let config = write_provider_config(&dir, server_url, extra);
     let env = vec![
         ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
         ("COSMIAN_PKCS11_SSH_KEY_TAG", tag.to_owned()),
@@ -374,4 +383,72 @@ fn private_key(session: &Session, id: &str) -> Option<cryptoki::object::ObjectHa
         .unwrap();
     assert!(found.len() <= 1, "{found:?}");
     found.first().copied()
+}
+
+/// Over TLS (the test CA in `verified_cert`) a process pays one handshake and no request more:
+/// an enumeration is one connection and 2 requests cold, 1 warm; a login is the warm enumeration
+/// plus a Sign on the same connection. The system's roots are left out while `verified_cert`
+/// verifies the KMS; when it does not, they are added and the handshake made again (one more
+/// connection): a KMS the system trusts is still accepted, one nobody trusts still refused.
+#[test]
+fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
+    let ca = TestCa::new();
+    let mut kms = KmsServer::start();
+    let key = create_p256_key_pairs(&kms, 1, &[LOGIN]).remove(0);
+    kms.restart_with_args(&ca.kms_args().iter().map(String::as_str).collect::<Vec<_>>());
+    let proxy = CountingProxy::start(kms.port());
+    let url = proxy.url().replacen("http://", "https://", 1);
+    let (dir, env) = client_env(kms.dir().join("tls"), &url, &ca.verified_cert_line(), LOGIN);
+    let requests_since = |mark: usize| {
+        settled_audit_events(&kms);
+        kms.http_requests()[mark..].to_vec()
+    };
+    let keygen_d = |env: &[(&'static str, String)], extra: &[(&str, &str)]| {
+        proxy.reset();
+        let mark = (kms.http_requests().len(), settled_audit_events(&kms).len());
+        let out = ssh_keygen_d(&provider_lib()).envs(env.iter().map(|(k, v)| (k, v))).envs(extra.iter().copied()).env_remove("SSL_CERT_DIR").output().unwrap();
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        (lines, mark)
+    };
+    let operations_since = |mark: usize| -> Vec<String> { settled_audit_events(&kms)[mark..].iter().map(|e| e.operation.clone()).collect() };
+
+    let (authorized, (http, audit)) = keygen_d(&env, &[]);
+    assert_eq!(authorized.len(), 1, "{}", provider_log(&dir));
+    assert_eq!(requests_since(http), ENUMERATION, "cold");
+    assert_eq!(proxy.connections(), 1, "cold");
+    assert_eq!(operations_since(audit), ["Locate", "Export"]);
+    let (lines, (http, _)) = keygen_d(&env, &[]);
+    assert_eq!(lines, authorized);
+    assert_eq!((requests_since(http), proxy.connections()), (WARM_ENUMERATION.to_vec(), 1), "warm");
+
+    let sshd = Sshd::start(&authorized[0], "");
+    proxy.reset();
+    let (http, audit) = (kms.http_requests().len(), settled_audit_events(&kms).len());
+    let mut ssh = ssh_command(&sshd).provider(&provider_lib());
+    for (k, v) in &env {
+        ssh = ssh.env(k, v);
+    }
+    let out = ssh.run("echo logged-in");
+    assert!(out.status.success(), "{}\nprovider:\n{}", text(&out), provider_log(&dir));
+    assert_eq!(requests_since(http), ["POST /kmip/2_1", "POST /kmip/2_1"], "login");
+    assert_eq!(proxy.connections(), 1, "login: one connection");
+    assert_eq!(operations_since(audit), ["Locate", "Sign"]);
+    assert!(settled_audit_events(&kms).iter().any(|e| e.operation == "Sign" && e.object_uid.as_deref() == Some(&key.private_id)));
+
+    // verified_cert names another CA; the KMS's CA is a system root (SSL_CERT_FILE).
+    let other = TestCa::new();
+    let ca_file = dir.join("system-roots.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let (other_dir, env) = client_env(kms.dir().join("tls-other-ca"), &url, &other.verified_cert_line(), LOGIN);
+    let (lines, (http, _)) = keygen_d(&env, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
+    assert_eq!(lines, authorized, "the system's roots are still trusted: {}", provider_log(&other_dir));
+    assert_eq!(proxy.connections(), 2, "one handshake refused by verified_cert alone, one with the system's roots");
+    assert_eq!(requests_since(http), ENUMERATION, "cold: a new configuration folder");
+    let empty = dir.join("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (lines, (http, _)) = keygen_d(&env, &[("SSL_CERT_FILE", empty.to_str().unwrap())]);
+    assert!(lines.is_empty(), "trusted by nobody: refused");
+    assert_eq!((requests_since(http).len(), proxy.connections()), (0, 2), "no request; verified_cert, then all roots");
+    // Both test CAs have the same name: rustls says BadSignature rather than UnknownIssuer.
+    assert!(provider_log(&other_dir).contains("invalid peer certificate"), "{}", provider_log(&other_dir));
 }

@@ -1,7 +1,10 @@
 //! The HTTP(S) transport to the KMS: one `ureq` agent (so kept-alive connections reused by
-//! every call and session), TLS through rustls with the system's roots, timeouts, retries, and
+//! every call and session), TLS through rustls (`platform::tls`: `verified_cert` first, the
+//! system's roots when it does not verify the KMS), timeouts, retries, and
 //! the translation of HTTP outcomes into [`KmsError`]. One debug line per attempt; never a
 //! secret.
+//!
+//! The TCP connection is [`super::transport`]'s: see there why it acknowledges at once.
 //!
 //! Timeouts: `connect_timeout` bounds the TCP (and TLS) connection; `request_timeout` bounds a
 //! whole call, retries and back-off included: no call outlives it.
@@ -14,7 +17,7 @@
 //! hands, and the time budget is spent. A retry always opens a new connection: after one
 //! pooled connection turned out dead, the others are suspect too.
 
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::resolver::CachingResolver;
@@ -104,9 +107,13 @@ impl RetryPolicy {
 
 /// A connection to one KMS.
 pub struct KmsClient {
-    agent: ureq::Agent,
+    agent: RwLock<ureq::Agent>,
+    /// While the agent trusts `verified_cert` alone: its TLS settings, to add the system's roots
+    /// when the KMS's certificate fails that verification (see `platform::tls`).
+    deferred_tls: Mutex<Option<ureq::tls::TlsConfig>>,
     /// The agent's resolver, to forget the KMS's addresses when a connection fails.
     resolver: CachingResolver,
+    connect_timeout: Duration,
     base_url: String,
     headers: Vec<(String, String)>,
     /// The bearer token: from the configuration, or the PIN given to C_Login in PIN mode.
@@ -117,26 +124,30 @@ pub struct KmsClient {
 
 impl KmsClient {
     pub fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
-        let tls = crate::platform::tls::client_config(config)?;
-        let agent_config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(settings.connect_timeout))
-            .timeout_global(Some(settings.request_timeout))
-            .max_idle_connections_per_host(4)
-            .user_agent(concat!("cosmian-pkcs11/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls)
-            .build();
+        let (tls, deferred) = crate::platform::tls::client_config(config)?;
         let resolver = CachingResolver::default();
-        let connector = ureq::unversioned::transport::DefaultConnector::default();
-        let agent = ureq::Agent::with_parts(agent_config, connector, resolver.clone());
         Ok(Self {
-            agent,
+            agent: RwLock::new(agent(tls.clone(), settings.connect_timeout, settings.request_timeout, &resolver)),
+            deferred_tls: Mutex::new(deferred.then_some(tls)),
             resolver,
+            connect_timeout: settings.connect_timeout,
             base_url: config.server_url.clone(),
             headers: config.custom_headers.clone(),
             access_token: RwLock::new(config.access_token.clone()),
             request_timeout: settings.request_timeout,
         })
+    }
+
+    /// Replaces an agent that trusts `verified_cert` alone by one that trusts the system's roots
+    /// too (once: later calls find it done).
+    fn trust_system_roots(&self) {
+        let mut deferred = self.deferred_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tls) = deferred.take() {
+            tracing::debug!("the KMS's certificate is not verified by verified_cert alone: adding the system's roots");
+            let tls = crate::platform::tls::with_system_roots(&tls);
+            let agent = agent(tls, self.connect_timeout, self.request_timeout, &self.resolver);
+            *self.agent.write().unwrap_or_else(|p| p.into_inner()) = agent;
+        }
     }
 
     /// Replaces the bearer token sent from now on (PIN mode: the PIN, or none after logout).
@@ -186,6 +197,7 @@ impl KmsClient {
         let mut attempt = 1;
         loop {
             let attempt_started = Instant::now();
+            let system_roots_deferred = self.deferred_tls.lock().unwrap_or_else(|p| p.into_inner()).is_some();
             let budget = self.request_timeout.saturating_sub(started.elapsed());
             let result = if budget.is_zero() {
                 Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
@@ -201,6 +213,11 @@ impl KmsClient {
                 Err(e) => e,
             };
             tracing::debug!(operation = label, attempt, status = %error, elapsed_ms, "KMS request");
+            if system_roots_deferred && matches!(&error, KmsError::Tls(m) if m.contains("invalid peer certificate")) {
+                // Not a retry: the same attempt, verified against the documented set of roots.
+                self.trust_system_roots();
+                continue;
+            }
             if matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_)) {
                 self.resolver.forget();
             }
@@ -218,8 +235,8 @@ impl KmsClient {
 
     /// One HTTP exchange, within `timeout`; on a new connection if `fresh`.
     fn post_once(&self, path: &str, json: &str, timeout: Duration, fresh: bool) -> Result<Ttlv, KmsError> {
-        let mut request = self
-            .agent
+        let agent = self.agent.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut request = agent
             .post(format!("{}{path}", self.base_url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json");
@@ -251,6 +268,19 @@ impl KmsClient {
             _ => Err(KmsError::Status(status, snippet(&bytes))),
         }
     }
+}
+
+/// An agent with these TLS settings and timeouts, our resolver and transport.
+fn agent(tls: ureq::tls::TlsConfig, connect_timeout: Duration, request_timeout: Duration, resolver: &CachingResolver) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(connect_timeout))
+        .timeout_global(Some(request_timeout))
+        .max_idle_connections_per_host(4)
+        .user_agent(concat!("cosmian-pkcs11/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .build();
+    ureq::Agent::with_parts(config, super::transport::connector(), resolver.clone())
 }
 
 /// Adds the operation, the attempts and the time spent to an error's message, for the log

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod operations;
 mod resolver;
+mod transport;
 pub mod ttlv;
 
 pub use client::{KmsClient, KmsError};
