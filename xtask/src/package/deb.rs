@@ -1,9 +1,11 @@
 //! The .deb: `/usr/local/lib/libcosmian_pkcs11.so`, with the copyright, the changelog and the
-//! third-party licenses in `/usr/share/doc/cosmian-pkcs11/` and the lintian overrides
-//! (`packaging/debian/`). Built with `dpkg-deb` from a tree whose every mode and timestamp is
-//! set (`SOURCE_DATE_EPOCH`), so that it is byte-reproducible; checked with lintian (every tag,
-//! informational and pedantic ones included, fails but the documented overrides), by building
-//! it twice, and by its listing.
+//! third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the lintian overrides, and the
+//! maintainer scripts that divert the same file of Cosmian's `ckms` package (`preinst`,
+//! `postrm`; see [`super::coexistence`]), all from `packaging/debian/`. Built with `dpkg-deb`
+//! from a tree whose every mode and timestamp is set (`SOURCE_DATE_EPOCH`), so that it is
+//! byte-reproducible; checked with lintian (every tag, informational and pedantic ones
+//! included, fails but the documented overrides), by building it twice, by its listing and
+//! its maintainer scripts.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,6 +16,8 @@ use crate::step;
 
 use super::{DOC_DIR as DOC, LIB_DIR as LIB};
 const OVERRIDES: &str = "usr/share/lintian/overrides/cosmian-pkcs11";
+/// The maintainer scripts, from `packaging/debian/`, executable.
+const SCRIPTS: [&str; 2] = ["preinst", "postrm"];
 
 /// The Debian version: the upstream version and the packaging revision.
 fn deb_version() -> String {
@@ -72,7 +76,25 @@ pub fn build_and_check(
             expected.join("\n")
         ));
     }
-    println!("    Depends: {}", depends.trim());
+    for script in SCRIPTS {
+        let shipped = capture(
+            tools
+                .command("dpkg-deb")
+                .arg("--info")
+                .arg(&deb)
+                .arg(script),
+        )?;
+        if shipped != packaging_file(&format!("debian/{script}"))? {
+            return Err(format!(
+                "the .deb's {script} is not packaging/debian/{script}"
+            ));
+        }
+    }
+    println!(
+        "    Depends: {}; maintainer scripts: {}",
+        depends.trim(),
+        SCRIPTS.join(", ")
+    );
 
     step(
         "lint it",
@@ -178,12 +200,26 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, deb: &Path) -> Result<(), St
     )?;
     put("DEBIAN/control", control.as_bytes())?;
     put("DEBIAN/md5sums", md5sums.as_bytes())?;
+    for script in SCRIPTS {
+        put(
+            &format!("DEBIAN/{script}"),
+            packaging_file(&format!("debian/{script}"))?.as_bytes(),
+        )?;
+    }
 
     // Modes and timestamps from nothing but the inputs.
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch);
+    let scripts: Vec<PathBuf> = SCRIPTS
+        .iter()
+        .map(|s| root.join("DEBIAN").join(s))
+        .collect();
     for path in walk(&root)? {
         use std::os::unix::fs::PermissionsExt;
-        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        let mode = if path.is_dir() || scripts.contains(&path) {
+            0o755
+        } else {
+            0o644
+        };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| e.to_string())?;
         std::fs::File::open(&path)

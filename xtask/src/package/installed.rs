@@ -2,7 +2,8 @@
 //! throw-away sshd): `apt-get install ./cosmian-pkcs11_*.deb`, then `ssh -I
 //! /usr/local/lib/libcosmian_pkcs11.so` logs in, an ssh-agent with its DEFAULT provider
 //! allow-list (no `-P`) takes `ssh-add -s /usr/local/lib/libcosmian_pkcs11.so` and logs in,
-//! and refuses the same library from the build folder; `apt-get remove` leaves nothing behind.
+//! and refuses the same library from the build folder; `apt-get remove` leaves no file and no
+//! diversion, `apt-get purge` no record in dpkg's database.
 //!
 //! It changes the system (root, or sudo), so it runs in `cargo xtask package-test` and
 //! `cargo xtask test` (throw-away CI machines), not in `dist`. Any missing piece fails it.
@@ -19,7 +20,7 @@ const INSTALLED: &str = "/usr/local/lib/libcosmian_pkcs11.so";
 const DOC: &str = "/usr/share/doc/cosmian-pkcs11";
 
 /// `program` as root: itself when we are root, else through sudo.
-fn as_root(program: &str) -> Result<Command, String> {
+pub(super) fn as_root(program: &str) -> Result<Command, String> {
     let uid = capture(Command::new("id").arg("-u"))?;
     Ok(if uid.trim() == "0" {
         Command::new(program)
@@ -30,13 +31,14 @@ fn as_root(program: &str) -> Result<Command, String> {
     })
 }
 
-fn package_status() -> String {
-    capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", NAME])).unwrap_or_default()
+/// dpkg's status of `package` (`install ok installed`...), empty when dpkg does not know it.
+pub(super) fn package_status(package: &str) -> String {
+    capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package])).unwrap_or_default()
 }
 
 pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
     let installed = Path::new(INSTALLED);
-    if installed.exists() && !package_status().contains("ok installed") {
+    if installed.exists() && !package_status(NAME).contains("ok installed") {
         return Err(format!(
             "{INSTALLED} exists and no package owns it (`cargo xtask install`?): the .deb would \
              replace it, and removing the .deb would delete it. Remove it first."
@@ -65,15 +67,34 @@ pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
             .current_dir(dir),
     )?;
     let result = logins(installed, &dist.lib.path);
-    // Removed whatever happened, so that a failed run leaves no package behind.
-    step("remove it", "apt-get remove -y cosmian-pkcs11");
-    let removed = crate::run(
-        as_root("apt-get")?
-            .args(["remove", "-y", NAME])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    );
+    // Removed, then purged, whatever happened, so that a failed run leaves no package behind.
+    let apt_get = |verb: &str| -> Result<(), String> {
+        step(&format!("{verb} it"), &format!("apt-get {verb} -y {NAME}"));
+        crate::run(
+            as_root("apt-get")?
+                .args([verb, "-y", NAME])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let removed = apt_get("remove").and_then(|()| check_removed());
+    // dpkg keeps the package's record (`config-files`) until it is purged: its postrm has
+    // yet to run for `purge`.
+    let purged = apt_get("purge").and_then(|()| {
+        let status = package_status(NAME);
+        if status.is_empty() || status.ends_with(" not-installed") {
+            println!("    purged: dpkg no longer has it");
+            Ok(())
+        } else {
+            Err(format!("apt-get purge left the package status {status:?}"))
+        }
+    });
     result?;
     removed?;
+    purged
+}
+
+/// After `apt-get remove`: none of the package's files, and no diversion.
+fn check_removed() -> Result<(), String> {
     let left: Vec<&str> = [
         INSTALLED,
         DOC,
@@ -82,13 +103,18 @@ pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
     .into_iter()
     .filter(|path| Path::new(path).exists())
     .collect();
-    let status = package_status();
-    if !left.is_empty() || status.contains("installed") && !status.contains("not-installed") {
+    let status = package_status(NAME);
+    // The diversion of ckms's copy of the library (packaging/debian/preinst) goes with it.
+    let diverter = capture(Command::new("dpkg-divert").args(["--listpackage", INSTALLED]))?;
+    if !left.is_empty()
+        || status.contains("installed") && !status.contains("not-installed")
+        || !diverter.trim().is_empty()
+    {
         return Err(format!(
-            "apt-get remove left {left:?}, package status {status:?}"
+            "apt-get remove left {left:?}, package status {status:?}, diversion by {diverter:?}"
         ));
     }
-    println!("    removed: no file left, package status {status:?}");
+    println!("    removed: no file and no diversion left, package status {status:?}");
     Ok(())
 }
 
@@ -152,7 +178,9 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
         &format!("ssh-agent (no -P); ssh-add -s {INSTALLED}"),
     );
     let agent = SshAgent::start_with(None, provider_env.iter().map(|(k, v)| (*k, v)));
-    let out = agent.add_provider(installed).map_err(|e| format!("cannot run ssh-add: {e}"))?;
+    let out = agent
+        .add_provider(installed)
+        .map_err(|e| format!("cannot run ssh-add: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "ssh-add -s {INSTALLED} failed: {}\nagent:\n{}",
@@ -181,7 +209,9 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
 
     // The allow-list is in force: the same library outside /usr/lib* and /usr/local/lib* is
     // refused by this agent.
-    let out = agent.add_provider(built).map_err(|e| format!("cannot run ssh-add: {e}"))?;
+    let out = agent
+        .add_provider(built)
+        .map_err(|e| format!("cannot run ssh-add: {e}"))?;
     if out.status.success() {
         return Err(format!(
             "the agent accepted {}, outside its default allow-list",
