@@ -2,7 +2,10 @@
 # Installs what `cargo xtask dist` needs to build and check the release artifacts, and caches
 # the slow parts outside the work tree, like scripts/install-test-bed.sh:
 #   - Debian packages: lintian, rpm (rpmbuild), rpmlint, ruby (`ruby -c`, Fiddle for the
-#     formula's test), binutils (objdump), python3-venv.
+#     formula's test), binutils (objdump), python3-venv; for the macOS cross build
+#     (`cargo xtask dist-macos-cross`): clang-16 (the link driver), lld-16 (ld64.lld), llvm-16
+#     (llvm-otool, llvm-nm, llvm-objdump, llvm-lipo: the checks of the Mach-O file).
+#   - rustup: the aarch64-apple-darwin and x86_64-apple-darwin standard libraries.
 #   - PyPI, in a venv at $COSMIAN_PKCS11_CACHE/venv: ziglang (the linker and the glibc 2.28
 #     stubs cargo-zigbuild uses; also compiles the Mach-O signing fixture), PyYAML.
 #   - crates.io, into $COSMIAN_PKCS11_CACHE/tools/bin: cargo-zigbuild, cargo-bundle-licenses,
@@ -38,8 +41,17 @@ log() { printf '[packaging-tools] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------
 if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
-  "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby binutils python3-venv
+  "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby binutils python3-venv \
+    clang-16 lld-16 llvm-16
 fi
+
+# --- rustup -----------------------------------------------------------------------------
+# On macOS too (dist-macos builds both architectures). Quick when they are there.
+apple_targets=(aarch64-apple-darwin x86_64-apple-darwin)
+installed_targets="$(rustup target list --installed)"
+for target in "${apple_targets[@]}"; do
+  grep -qx "$target" <<<"$installed_targets" || { log "rustup target add $target"; rustup target add "$target" >&2; }
+done
 
 # --- PyPI -------------------------------------------------------------------------------
 venv_ok() {

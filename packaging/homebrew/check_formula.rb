@@ -12,6 +12,15 @@ require "pathname"
 HOMEBREW_PREFIX = Pathname("/opt/homebrew").freeze
 HOMEBREW_CELLAR = (HOMEBREW_PREFIX/"Cellar").freeze
 
+# Homebrew's `OS.mac?`, switchable: the caveats are checked as a Mac and as Linux would show them.
+module OS
+  class << self
+    attr_writer :mac
+
+    def mac? = @mac
+  end
+end
+
 class Formula
   class << self
     attr_reader :stanzas, :test_block
@@ -78,9 +87,12 @@ end
 fail!("no test do") unless klass.test_block
 
 formula = klass.new(lib_dir)
-caveats = formula.caveats
-["ssh -I", "ssh-agent -P", "ssh-add -s"].each do |needed|
-  fail!("the caveats do not mention #{needed}") unless caveats.include?(needed)
+{ false => [], true => ["/usr/bin/ssh", "brew install openssh", "#{HOMEBREW_PREFIX}/bin/ssh"] }.each do |mac, extra|
+  OS.mac = mac
+  caveats = formula.caveats
+  (["ssh -I", "ssh-agent -P", "ssh-add -s"] + extra).each do |needed|
+    fail!("the caveats #{mac ? "on macOS" : "on Linux"} do not mention #{needed}") unless caveats.include?(needed)
+  end
 end
 begin
   formula.instance_eval(&klass.test_block)

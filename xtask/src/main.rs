@@ -7,7 +7,8 @@
 //! - `kms-start`: a local KMS and a provider configuration to play with by hand.
 //! - `fuzz`: the cargo-fuzz targets of `fuzz/`, each for a bounded time (`fuzz.rs`).
 //! - `bench`: the provider measured against the raw KMS (see `bench.rs`).
-//! - `dist`, `dist-macos`, `package-test`, `licenses`: the release artifacts (`package.rs`).
+//! - `dist`, `dist-macos`, `dist-macos-cross`, `package-test`, `licenses`: the release
+//!   artifacts (`package.rs`).
 //! - `install`: the release library into /usr/local/lib, for who builds from source
 //!   (`install.rs`).
 
@@ -30,13 +31,18 @@ commands:
   kms-start  start a local KMS and print the environment to use it; Enter stops it
   bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
              requests, throughput (release build; prints figures, takes a few minutes);
-             bench p1 p3 ...: only those parts
+             bench p1 p3 ...: only those parts; over TLS, or --http, or --both
   dist       build and check the Linux release artifacts into target/dist: the .so (glibc 2.28),
              .deb, .rpm, source tarball, Homebrew formula
   dist-macos (macOS) the universal .dylib, signed and notarized, and a signed, notarized,
              stapled .pkg; the signing secrets come from the environment
-  package-test  dist, then install the .deb and log in through it, the macOS signing
-             plumbing on a fixture, the release workflows, THIRDPARTY.yml, install
+  dist-macos-cross  (Linux) the universal .dylib built without Apple's SDK and checked
+             (architectures, macOS version, install name, imports, exports, no build path)
+  test-macos (macOS) what runs on a Mac: the cryptoki tests against a KMS built there, and
+             ssh -I logins with Homebrew's OpenSSH (COSMIAN_OPENSSH, default brew's openssh)
+  package-test  dist, then install the .deb and log in through it, the .deb and .rpm beside
+             the official ckms packages, dist-macos-cross then the macOS signing plumbing on
+             it, the release workflows, THIRDPARTY.yml, install
   licenses   regenerate THIRDPARTY.yml (--check: fail if it is out of date)
   install    build the release library, copy it into /usr/local/lib (--prefix DIR)
   fuzz       build the cargo-fuzz targets and run each for SECONDS (default 20): fuzz [SECONDS]";
@@ -55,6 +61,8 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("dist") => package::dist().map(drop),
         Some("dist-macos") => package::macos::dist_macos(),
+        Some("dist-macos-cross") => package::macos_cross::dist_macos_cross(),
+        Some("test-macos") => test_macos(),
         Some("package-test") => package::test(),
         Some("licenses") => match std::env::args().nth(2).as_deref() {
             None => package::licenses::regenerate(),
@@ -81,16 +89,17 @@ fn step(what: &str, command: &str) {
     println!("\n==> {what}: {command}");
 }
 
-/// Runs `scripts/install-test-bed.sh` and exports `COSMIAN_KMS_SERVER` / `COSMIAN_CKMS` to
-/// this process (so the test bed does not run the script again) and to every later command.
+/// Runs `scripts/install-test-bed.sh` and exports `COSMIAN_KMS_SERVER` / `COSMIAN_CKMS` /
+/// `COSMIAN_OPENSSH` (the current OpenSSH's prefix) to this process (so the test bed does not run the script again) and to every later command.
 fn install_test_bed() {
     step("install the test bed", "scripts/install-test-bed.sh");
     let binaries = testbed::install_test_bed();
     // Single-threaded at this point: nothing else reads the environment concurrently.
-    std::env::set_var("COSMIAN_KMS_SERVER", &binaries.kms_server);
-    std::env::set_var("COSMIAN_CKMS", &binaries.ckms);
-    println!("    COSMIAN_KMS_SERVER={}", binaries.kms_server.display());
-    println!("    COSMIAN_CKMS={}", binaries.ckms.display());
+    let paths = [&binaries.kms_server, &binaries.ckms, &binaries.openssh];
+    for (key, path) in testbed::BINARIES_ENV.into_iter().zip(paths) {
+        std::env::set_var(key, path);
+        println!("    {key}={}", path.display());
+    }
 }
 
 /// A step that runs `cargo ARGS` in the workspace root, stdio inherited; `Err` when it fails.
@@ -129,6 +138,24 @@ fn test() -> Result<(), String> {
     run(cargo_command("run every test", &["test", "--workspace", "--all-targets"]).env("XDG_CACHE_HOME", &key_cache))?;
     fuzz::run(fuzz::DEFAULT_SECONDS)?;
     package::test()
+}
+
+/// `cargo xtask test-macos`, run by the macOS release workflow on a Mac (it cannot run on
+/// Linux): the library built with Apple's SDK, loaded by the cryptoki tests against a KMS
+/// built there, and `ssh -I` logins with every key type through Homebrew's OpenSSH (Apple's
+/// `/usr/bin/ssh` refuses third-party providers since macOS 15.2). The test bed script takes
+/// the OpenSSH from `brew --prefix openssh` on macOS.
+fn test_macos() -> Result<(), String> {
+    if !cfg!(target_os = "macos") {
+        return Err("test-macos runs on macOS (.github/workflows/release-macos.yml runs it)".into());
+    }
+    install_test_bed();
+    cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
+    cargo("the cryptoki tests (dlopen of the .dylib)", &["test", "--test", "cryptoki"])?;
+    cargo(
+        "ssh -I with Homebrew's OpenSSH",
+        &["test", "--test", "openssh", "--", "current::ssh_i_logs_in_with_every_key_type", "--exact"],
+    )
 }
 
 fn kms_start() -> Result<(), String> {

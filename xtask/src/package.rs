@@ -6,7 +6,8 @@
 //! - `cargo xtask dist-macos` (on macOS): the universal `.dylib`, signed and notarized, and a
 //!   signed, notarized and stapled `.pkg` ([`macos`]).
 //! - `cargo xtask package-test`: `dist`, then what only a throw-away machine may do
-//!   (`apt-get install` of the `.deb`, logins through it, `apt-get remove`), the signing
+//!   (`apt-get install` of the `.deb`, logins through it, `apt-get remove`; the `.deb` and the
+//!   `.rpm` beside Cosmian's `ckms` packages, [`coexistence`]), the signing
 //!   plumbing of `dist-macos` on a Mach-O fixture, the release workflows, the third-party
 //!   licenses file and `cargo xtask install`. `cargo xtask test` runs it.
 //! - `cargo xtask licenses [--check]`: `THIRDPARTY.yml` ([`licenses`]).
@@ -14,12 +15,14 @@
 //! This module holds what they share: the tools (installed by
 //! `scripts/install-packaging-tools.sh`), the version, the folders, templates.
 
+mod coexistence;
 mod deb;
 pub mod elf;
 mod homebrew;
 mod installed;
 pub mod licenses;
 pub mod macos;
+pub mod macos_cross;
 mod rpm;
 
 use std::ffi::OsString;
@@ -119,7 +122,12 @@ impl Tools {
 
     /// The venv's Python, which has ziglang and PyYAML.
     pub fn python(&self) -> Command {
-        self.command(self.venv_bin.join("python"))
+        self.command(self.python_path())
+    }
+
+    /// Where [`Tools::python`] is.
+    pub fn python_path(&self) -> PathBuf {
+        self.venv_bin.join("python")
     }
 }
 
@@ -225,6 +233,7 @@ pub struct Dist {
     /// The release library (glibc 2.28 floor, three exports).
     pub lib: elf::LinuxLib,
     pub deb: PathBuf,
+    pub rpm: PathBuf,
 }
 
 /// `cargo xtask dist`.
@@ -242,7 +251,7 @@ pub fn dist() -> Result<Dist, String> {
         &[&lib.path, &deb, &rpm, &tarball, &formula],
     )?;
     println!("\nartifacts in {}", dist.display());
-    Ok(Dist { lib, deb })
+    Ok(Dist { lib, deb, rpm })
 }
 
 /// Builds `artifact` a second time, into a new folder and a second later, and compares the
@@ -288,7 +297,8 @@ pub fn test() -> Result<(), String> {
     licenses::check(tools)?;
     let dist = dist()?;
     installed::deb_install_login_remove(&dist)?;
-    macos::signing_selftest(tools)?;
+    coexistence::test(tools, &dist)?;
+    macos_cross::dist_macos_cross()?;
     macos::check_workflows(tools)?;
     crate::install::selftest()
 }

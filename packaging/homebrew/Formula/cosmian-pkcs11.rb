@@ -16,20 +16,33 @@ class CosmianPkcs11 < Formula
   end
 
   def caveats
-    <<~EOS
+    provider = "#{opt_lib}/#{shared_library("libcosmian_pkcs11")}"
+    text = <<~EOS
       ssh -I and PKCS11Provider load the module from any path:
-        ssh -I #{opt_lib}/#{shared_library("libcosmian_pkcs11")} user@host
+        ssh -I #{provider} user@host
 
       ssh-agent only loads providers under /usr/lib*/ and /usr/local/lib*/, checked after
       resolving symlinks, and a Homebrew install resolves into #{HOMEBREW_CELLAR}: run an
       agent that also allows it, then add the provider:
         eval "$(ssh-agent -P '/usr/lib*/*,/usr/local/lib*/*,#{HOMEBREW_CELLAR}/cosmian-pkcs11/*')"
-        ssh-add -s #{opt_lib}/#{shared_library("libcosmian_pkcs11")}
-      On macOS, the signed .pkg of the release installs into /usr/local/lib instead, which
-      every ssh-agent accepts.
+        ssh-add -s #{provider}
 
       The module reads the ckms configuration: ~/.cosmian/kms.toml.
     EOS
+    if OS.mac?
+      text += <<~EOS
+
+        macOS: Apple's own /usr/bin/ssh (macOS 15.2 and later) runs PKCS#11 providers in a
+        system helper that refuses every third-party library, signed or not. Use Homebrew's
+        OpenSSH, for ssh, ssh-add and ssh-agent alike:
+          brew install openssh
+          #{HOMEBREW_PREFIX}/bin/ssh -I #{provider} user@host
+        and start #{HOMEBREW_PREFIX}/bin/ssh-agent with -P as above (the agent launchd starts
+        is Apple's). The signed .pkg of the release installs a real file into /usr/local/lib,
+        which every ssh-agent accepts without -P.
+      EOS
+    end
+    text
   end
 
   test do

@@ -7,11 +7,12 @@
 //! Signing and notarization go through rcodesign (crates.io `apple-codesign`) with the
 //! certificates and the App Store Connect API key taken from the environment only
 //! ([`SECRETS`]), written to a private temporary folder for the time of the task. The same
-//! functions run on Linux in [`signing_selftest`]: a universal Mach-O fixture built with zig,
-//! signed with a self-signed Developer ID certificate passed the same way, then verified, and
-//! a changed byte must fail the verification. What only a Mac and Apple's services can do
-//! (cargo's Apple targets, `pkgbuild`, the notary service, Gatekeeper) runs in the release
-//! workflow, `.github/workflows/release-macos.yml`, which [`check_workflows`] checks here.
+//! functions run on Linux in [`signing_selftest`], on the library cross-built from Linux
+//! ([`super::macos_cross`]): signed with a self-signed Developer ID certificate passed the same
+//! way, then verified, and a changed byte must fail the verification. What only a Mac and
+//! Apple's services can do (`pkgbuild`, the notary service, stapling, Gatekeeper, running the
+//! library) runs in the release workflow, `.github/workflows/release-macos.yml`, which
+//! [`check_workflows`] checks here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,13 +37,36 @@ pub const SECRETS: [&str; 7] = [
     "APPLE_API_PRIVATE_KEY",
 ];
 
-const TARGETS: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
-const DYLIB: &str = "libcosmian_pkcs11.dylib";
+/// Rust's Apple targets, and the names Mach-O tools give their architectures.
+pub const TARGETS: [(&str, &str); 2] = [
+    ("aarch64-apple-darwin", "arm64"),
+    ("x86_64-apple-darwin", "x86_64"),
+];
+/// The oldest macOS the library runs on (`LC_BUILD_VERSION minos`), for both architectures:
+/// 11.0 is the first macOS on Apple silicon.
+pub const MIN_MACOS: &str = "11.0";
+
+/// `cargo build --release` of the library for an Apple `target`, for [`MIN_MACOS`]; the result
+/// is [`slice`]. The cross build adds its compilers to the command.
+pub fn release_build(tools: &Tools, target: &str) -> std::process::Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = tools.command(cargo);
+    command
+        .args(["build", "--release", "--locked", "--target", target, "-p", "cosmian-pkcs11"])
+        .env("MACOSX_DEPLOYMENT_TARGET", MIN_MACOS);
+    command
+}
+
+/// Where [`release_build`] leaves the library of `target`.
+pub fn slice(target: &str) -> PathBuf {
+    super::target_dir().join(target).join("release").join(DYLIB)
+}
+pub const DYLIB: &str = "libcosmian_pkcs11.dylib";
 const IDENTIFIER: &str = "com.cosmian.pkcs11";
 /// Symbols every image defines (the linker's), not part of the library's interface.
 const LINKER_SYMBOLS: [&str; 2] = ["__mh_dylib_header", "___dso_handle"];
 /// What the library exports, with Mach-O's leading underscore, sorted.
-const EXPORTS: [&str; 3] = [
+pub const EXPORTS: [&str; 3] = [
     "_C_GetFunctionList",
     "_C_GetInterface",
     "_C_GetInterfaceList",
@@ -112,7 +136,7 @@ fn required(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<String,
     })
 }
 
-/// Apple's time-stamp server, or none (for the self-signed fixture, offline).
+/// Apple's time-stamp server, or none (the self-signed test, offline).
 #[derive(Clone, Copy, PartialEq)]
 enum Timestamp {
     Apple,
@@ -201,7 +225,7 @@ fn verify_dylib(
 
 /// The exports of every architecture of a Mach-O, from `nm -gU -arch all`, linker symbols
 /// left out: `Err` unless each is exactly [`EXPORTS`].
-fn check_exports(nm_output: &str) -> Result<(), String> {
+pub fn check_exports(nm_output: &str) -> Result<(), String> {
     let mut by_arch: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut arch = String::from("(single)");
     for line in nm_output.lines() {
@@ -230,19 +254,17 @@ fn check_exports(nm_output: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Joins thin Mach-O files into a universal one: `lipo -create` on macOS, rcodesign's
-/// equivalent elsewhere (for the fixture of [`signing_selftest`]).
+/// Joins thin Mach-O files into a universal one (`lipo -create`, on the Mac).
 fn universal(tools: &Tools, slices: &[PathBuf], output: &Path) -> Result<(), String> {
-    let mut command = if cfg!(target_os = "macos") {
-        let mut lipo = tools.command("lipo");
-        lipo.args(["-create", "-output"]);
-        lipo
-    } else {
-        let mut rcodesign = tools.command("rcodesign");
-        rcodesign.args(["macho-universal-create", "--output"]);
-        rcodesign
-    };
-    capture(command.arg(output).args(slices)).map(drop)
+    capture(
+        tools
+            .command("lipo")
+            .arg("-create")
+            .arg("-output")
+            .arg(output)
+            .args(slices),
+    )
+    .map(drop)
 }
 
 /// `cargo xtask dist-macos`.
@@ -263,28 +285,13 @@ pub fn dist_macos() -> Result<(), String> {
     let dist = dist_dir()?;
 
     let mut slices = Vec::new();
-    for target in TARGETS {
+    for (target, _) in TARGETS {
         step(
             &format!("build for {target}"),
             &format!("cargo build --release --target {target} -p cosmian-pkcs11"),
         );
-        crate::run(tools.command("rustup").args(["target", "add", target]))?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        crate::run(
-            tools
-                .command(cargo)
-                .args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "--target",
-                    target,
-                    "-p",
-                    "cosmian-pkcs11",
-                ])
-                .env("MACOSX_DEPLOYMENT_TARGET", "11.0"),
-        )?;
-        slices.push(super::target_dir().join(target).join("release").join(DYLIB));
+        crate::run(&mut release_build(tools, target))?;
+        slices.push(slice(target));
     }
     let dylib = dist.join(DYLIB);
     let _ = std::fs::remove_file(&dylib);
@@ -342,38 +349,9 @@ pub fn dist_macos() -> Result<(), String> {
     )?;
 
     let pkg = dist.join(format!("{NAME}-{}.pkg", version()));
-    step(
-        "build the .pkg",
-        &format!("pkgbuild --install-location / (usr/local/lib/{DYLIB}); productbuild"),
-    );
-    let stage = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let root = stage.path().join("root");
-    std::fs::create_dir_all(root.join(super::LIB_DIR)).map_err(|e| e.to_string())?;
-    std::fs::copy(&dylib, root.join(super::LIB_DIR).join(DYLIB)).map_err(|e| e.to_string())?;
-    let component = stage.path().join("component.pkg");
-    crate::run(
-        tools
-            .command("pkgbuild")
-            .arg("--root")
-            .arg(&root)
-            .args([
-                "--identifier",
-                IDENTIFIER,
-                "--version",
-                version(),
-                "--install-location",
-                "/",
-            ])
-            .arg(&component),
-    )?;
-    let _ = std::fs::remove_file(&pkg);
-    crate::run(
-        tools
-            .command("productbuild")
-            .arg("--package")
-            .arg(&component)
-            .arg(&pkg),
-    )?;
+    // The same builder as on Linux, where `check_pkg` unpacks its output in every CI run; here
+    // macOS's own tools judge the signed result below.
+    build_pkg(&dylib, &pkg)?;
 
     step(
         "sign, notarize and staple it",
@@ -411,6 +389,100 @@ pub fn dist_macos() -> Result<(), String> {
     Ok(())
 }
 
+/// The `.pkg` that installs the dylib as a real file into `/usr/local/lib` (what every
+/// ssh-agent accepts), written by embala-pkg the way `productbuild` lays it out, the same on
+/// Linux and on the Mac.
+fn build_pkg(dylib: &Path, pkg: &Path) -> Result<(), String> {
+    step(
+        "build the .pkg",
+        &format!(
+            "embala-pkg: a flat package installing /{}/{DYLIB}",
+            super::LIB_DIR
+        ),
+    );
+    let _ = std::fs::remove_file(pkg);
+    let spec = embala_pkg::PkgSpec {
+        name: NAME.to_owned(),
+        display_name: "Cosmian PKCS#11 provider for OpenSSH".to_owned(),
+        identifier: IDENTIFIER.to_owned(),
+        version: version().to_owned(),
+        install_location: PKG_INSTALL_LOCATION.to_owned(),
+        enable_user_home: false,
+        files: vec![embala_pkg::FileSpec {
+            src: dylib.to_owned(),
+            dest: format!("lib/{DYLIB}"),
+            mode: Some(0o755),
+        }],
+        directories: Vec::new(),
+        scripts: None,
+    };
+    embala_pkg::build(&spec, pkg).map_err(|e| format!("cannot build {}: {e}", pkg.display()))
+}
+
+/// Where the `.pkg` installs its payload (`lib/libcosmian_pkcs11.dylib`).
+const PKG_INSTALL_LOCATION: &str = "/usr/local";
+
+/// Unpacks a `.pkg` with tools that are not its writer (7-Zip reads xar; gzip and cpio the
+/// payload): one component installing to [`PKG_INSTALL_LOCATION`], a BOM, and a payload of
+/// exactly `lib/libcosmian_pkcs11.dylib`, byte for byte `dylib`, mode 0755.
+fn check_pkg(pkg: &Path, dylib: &Path) -> Result<(), String> {
+    step("unpack the .pkg", "7z x; gzip -dc Payload | cpio -i");
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let xar = work.path().join("xar");
+    capture(
+        std::process::Command::new("7z")
+            .arg("x")
+            .arg(format!("-o{}", xar.display()))
+            .arg(pkg),
+    )?;
+    let component = xar.join(format!("{NAME}.pkg"));
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let info = String::from_utf8_lossy(&read(&component.join("PackageInfo"))?).into_owned();
+    for needed in [
+        format!("identifier=\"{IDENTIFIER}\""),
+        format!("install-location=\"{PKG_INSTALL_LOCATION}\""),
+    ] {
+        if !info.contains(&needed) {
+            return Err(format!("PackageInfo lacks {needed}:\n{info}"));
+        }
+    }
+    if !read(&component.join("Bom"))?.starts_with(b"BOMStore") {
+        return Err("the component's Bom is not a BOM store".into());
+    }
+    if !read(&xar.join("Distribution"))?
+        .windows(NAME.len())
+        .any(|w| w == NAME.as_bytes())
+    {
+        return Err("the Distribution does not name the component".into());
+    }
+    let payload = work.path().join("payload");
+    std::fs::create_dir_all(&payload).map_err(|e| e.to_string())?;
+    let script = format!(
+        "gzip -dc '{}' | cpio -idm --quiet && find . -type f -printf '%P %m\\n'",
+        component.join("Payload").display()
+    );
+    let files = capture(
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(&payload),
+    )?;
+    let expected = format!("lib/{DYLIB} 755");
+    if files.trim() != expected {
+        return Err(format!("the payload holds {files:?}, not {expected:?}"));
+    }
+    if read(&payload.join("lib").join(DYLIB))? != read(dylib)? {
+        return Err(format!(
+            "the payload's {DYLIB} differs from {}",
+            dylib.display()
+        ));
+    }
+    println!(
+        "    {}: installs {PKG_INSTALL_LOCATION}/lib/{DYLIB} (0755), identical to the signed dylib",
+        pkg.display()
+    );
+    Ok(())
+}
+
 /// The App Store Connect API key as rcodesign's JSON (`encode-app-store-connect-api-key`).
 fn api_key_json(
     tools: &Tools,
@@ -435,71 +507,126 @@ fn api_key_json(
     Ok(json)
 }
 
-/// On Linux: the signing plumbing of `dist-macos` end to end on a universal Mach-O fixture
-/// (two slices built by zig), with a self-signed Developer ID Application certificate passed
-/// through the environment variables the release uses.
-pub fn signing_selftest(tools: &Tools) -> Result<(), String> {
+/// On Linux: the signing plumbing of `dist-macos` end to end on the cross-built universal
+/// library (a copy of it), with a self-signed Developer ID Application certificate passed
+/// through the environment variables the release uses, offline (no timestamp); the signed copy
+/// zipped as the notary service takes it, and in a signed `.pkg`, both in `target/dist/` with
+/// `-selfsigned` in their names.
+pub fn signing_selftest(tools: &Tools, built: &Path) -> Result<(), String> {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = work.path();
-    step(
-        "build a universal Mach-O fixture",
-        "zig cc -target {aarch64,x86_64}-macos -shared; rcodesign macho-universal-create",
-    );
-    let source = dir.join("fixture.c");
-    super::write(
-        &source,
-        EXPORTS
-            .iter()
-            .map(|name| format!("__attribute__((visibility(\"default\"))) unsigned long {}(void) {{ return 0; }}\n", &name[1..]))
-            .collect::<String>(),
-    )?;
-    let mut slices = Vec::new();
-    for arch in ["aarch64", "x86_64"] {
-        let slice = dir.join(format!("{arch}.dylib"));
-        capture(
-            tools
-                .python()
-                .args([
-                    "-m",
-                    "ziglang",
-                    "cc",
-                    "-target",
-                    &format!("{arch}-macos"),
-                    "-shared",
-                    "-fvisibility=hidden",
-                ])
-                // Room for the code signature's load command.
-                .arg("-Wl,-headerpad_max_install_names")
-                .arg("-o")
-                .arg(&slice)
-                .arg(&source),
-        )?;
-        slices.push(slice);
-    }
     let dylib = dir.join(DYLIB);
-    universal(tools, &slices, &dylib)?;
-
+    std::fs::copy(built, &dylib).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    let slices = TARGETS.len();
     step(
-        "make a self-signed Developer ID Application certificate",
+        "make self-signed Developer ID Application and Installer certificates",
         "rcodesign generate-self-signed-certificate",
     );
-    let p12 = dir.join("self-signed.p12");
-    let password = "fixture-password";
+    let secrets = Secrets::new()?;
+    let identity = self_signed(
+        tools,
+        &secrets,
+        "developer-id-application",
+        "APPLE_CODESIGN",
+    )?;
+    let installer = self_signed(tools, &secrets, "developer-id-installer", "APPLE_INSTALLER")?;
+
+    step(
+        "sign it as dist-macos does, and verify",
+        "rcodesign sign --code-signature-flags runtime; rcodesign verify",
+    );
+    sign(tools, &dylib, &identity, Timestamp::None)?;
+    verify_dylib(tools, &dylib, slices, Timestamp::None)?;
+    println!(
+        "    both slices signed: Developer ID Application, hardened runtime, signature verified"
+    );
+    let dist = dist_dir()?;
+    let zip = dist.join(format!("{NAME}-{}-macos-dylib-selfsigned.zip", version()));
+    super::macos_cross::notarization_zip(tools, &dylib, &zip)?;
+
+    // The verification must be able to fail: one byte of the first slice's code, changed.
+    let mut bytes = std::fs::read(&dylib).map_err(|e| e.to_string())?;
+    let first_slice = bytes
+        .get(16..20)
+        .map(|offset| u32::from_be_bytes(offset.try_into().expect("4 bytes")) as usize)
+        .ok_or("not a universal Mach-O file")?;
+    let code = first_slice + 0x4000;
+    *bytes.get_mut(code).ok_or("a slice shorter than 16 KiB")? ^= 0xff;
+    let tampered = dir.join("tampered.dylib");
+    std::fs::write(&tampered, bytes).map_err(|e| e.to_string())?;
+    match verify_dylib(tools, &tampered, slices, Timestamp::None) {
+        Err(report) if report.contains("digest mismatch") => {
+            println!("    and a changed byte fails the verification")
+        }
+        other => {
+            return Err(format!(
+                "a tampered library passed the verification: {other:?}"
+            ))
+        }
+    }
+
+    step(
+        "build the .pkg of the signed library as dist-macos does, sign it, unpack it",
+        "embala-pkg; rcodesign sign (Developer ID Installer); 7z x",
+    );
+    let pkg = dist.join(format!("{NAME}-{}-selfsigned.pkg", version()));
+    build_pkg(&dylib, &pkg)?;
+    sign(tools, &pkg, &installer, Timestamp::None)?;
+    let info = capture(
+        tools
+            .command("rcodesign")
+            .arg("print-signature-info")
+            .arg(&pkg),
+    )?;
+    for needed in [
+        "checksum_verifies: true",
+        "apple_certificate_profile: developer-id-installer",
+    ] {
+        if !info.lines().any(|line| line.trim() == needed) {
+            return Err(format!("the signed .pkg lacks `{needed}`:\n{info}"));
+        }
+    }
+    check_pkg(&pkg, &dylib)?;
+
+    // A missing secret is a clear error naming it, not a failure of rcodesign.
+    let none = |_: &str| None;
+    match Identity::from_env(&none, "APPLE_API", &secrets) {
+        Err(report) if report.contains("APPLE_API_P12_BASE64 is not set") => Ok(()),
+        Err(other) => Err(format!("unexpected error for a missing secret: {other}")),
+        Ok(_) => Err("an identity was made of no secret".into()),
+    }
+}
+
+/// A self-signed certificate of rcodesign's `profile`, passed through `{prefix}_P12_BASE64`
+/// and `{prefix}_P12_PASSWORD` as the release passes the real ones.
+fn self_signed(
+    tools: &Tools,
+    secrets: &Secrets,
+    profile: &str,
+    prefix: &str,
+) -> Result<Identity, String> {
+    let p12 = secrets
+        .dir
+        .path()
+        .join(format!("{profile}-self-signed.p12"));
+    let password = "selftest-password";
     capture(
         tools
             .command("rcodesign")
+            // RSA: the xar signature of a .pkg is RSA (rcodesign writes an unreadable one with
+            // an ECDSA key), and Apple issues Developer ID certificates with RSA keys.
             .args([
                 "generate-self-signed-certificate",
                 "--algorithm",
-                "ecdsa",
+                "rsa",
                 "--profile",
-                "developer-id-application",
+                profile,
             ])
             .args([
                 "--team-id",
-                "FIXTURE000",
+                "SELFTEST00",
                 "--person-name",
-                "cosmian-pkcs11 fixture",
+                "cosmian-pkcs11 self-test",
             ])
             .arg("--p12-file")
             .arg(&p12)
@@ -507,49 +634,12 @@ pub fn signing_selftest(tools: &Tools) -> Result<(), String> {
     )?;
     let p12_base64 = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(&p12).map_err(|e| e.to_string())?);
-    let env_vars: BTreeMap<&str, String> = [
-        ("APPLE_CODESIGN_P12_BASE64", p12_base64),
-        ("APPLE_CODESIGN_P12_PASSWORD", password.to_owned()),
+    let env_vars: BTreeMap<String, String> = [
+        (format!("{prefix}_P12_BASE64"), p12_base64),
+        (format!("{prefix}_P12_PASSWORD"), password.to_owned()),
     ]
     .into();
-    let env = |name: &str| env_vars.get(name).cloned();
-    let secrets = Secrets::new()?;
-    let identity = Identity::from_env(&env, "APPLE_CODESIGN", &secrets)?;
-
-    step(
-        "sign it as dist-macos does, and verify",
-        "rcodesign sign --code-signature-flags runtime; rcodesign verify",
-    );
-    sign(tools, &dylib, &identity, Timestamp::None)?;
-    verify_dylib(tools, &dylib, slices.len(), Timestamp::None)?;
-    println!(
-        "    both slices signed: Developer ID Application, hardened runtime, signature verified"
-    );
-
-    // The verification must be able to fail: one byte of the first slice's code, changed.
-    let mut bytes = std::fs::read(&dylib).map_err(|e| e.to_string())?;
-    let first_slice = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
-    bytes[first_slice + 0x1000] ^= 0xff;
-    let tampered = dir.join("tampered.dylib");
-    std::fs::write(&tampered, bytes).map_err(|e| e.to_string())?;
-    match verify_dylib(tools, &tampered, slices.len(), Timestamp::None) {
-        Err(report) if report.contains("digest mismatch") => {
-            println!("    and a changed byte fails the verification")
-        }
-        other => {
-            return Err(format!(
-                "a tampered fixture passed the verification: {other:?}"
-            ))
-        }
-    }
-
-    // A missing secret is a clear error naming it, not a failure of rcodesign.
-    let none = |_: &str| None;
-    match Identity::from_env(&none, "APPLE_INSTALLER", &secrets) {
-        Err(report) if report.contains("APPLE_INSTALLER_P12_BASE64 is not set") => Ok(()),
-        Err(other) => Err(format!("unexpected error for a missing secret: {other}")),
-        Ok(_) => Err("an identity was made of no secret".into()),
-    }
+    Identity::from_env(&|name: &str| env_vars.get(name).cloned(), prefix, secrets)
 }
 
 /// The release workflows are valid YAML (PyYAML) and run the xtask; the macOS one on a macOS
@@ -632,42 +722,56 @@ fn check_macos_workflow(workflow: &serde_json::Value) -> Result<(), String> {
     let jobs = workflow["jobs"]
         .as_object()
         .ok_or("release-macos.yml has no jobs")?;
-    for job in jobs.values() {
-        if !job["runs-on"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("macos")
-        {
-            continue;
-        }
-        for step in job["steps"].as_array().into_iter().flatten() {
-            if !step["run"]
+    // (job name, job, its step that runs `command`) on a macOS runner.
+    let macos_step = |command: &str| {
+        jobs.iter()
+            .filter(|(_, job)| {
+                job["runs-on"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("macos")
+            })
+            .find_map(|(name, job)| {
+                let steps = job["steps"].as_array()?;
+                let step = steps
+                    .iter()
+                    .find(|step| step["run"].as_str().unwrap_or_default().contains(command))?;
+                Some((name, job, step))
+            })
+            .ok_or_else(|| format!("release-macos.yml has no macOS job that runs `{command}`"))
+    };
+    let (test_job, _, _) = macos_step("cargo xtask test-macos")?;
+    let (_, dist_job, dist_step) = macos_step("cargo xtask dist-macos")?;
+    let needs = &dist_job["needs"];
+    if needs.as_str() != Some(test_job.as_str())
+        && !needs
+            .as_array()
+            .is_some_and(|all| all.iter().any(|n| n.as_str() == Some(test_job.as_str())))
+    {
+        return Err(format!(
+            "release-macos.yml: the dist-macos job does not need `{test_job}`"
+        ));
+    }
+    let missing: Vec<&str> = SECRETS
+        .iter()
+        .copied()
+        .filter(|name| {
+            !dist_step["env"][name]
                 .as_str()
                 .unwrap_or_default()
-                .contains("cargo xtask dist-macos")
-            {
-                continue;
-            }
-            let missing: Vec<&str> = SECRETS
-                .iter()
-                .copied()
-                .filter(|name| {
-                    !step["env"][name]
-                        .as_str()
-                        .unwrap_or_default()
-                        .contains(&format!("secrets.{name}"))
-                })
-                .collect();
-            if missing.is_empty() {
-                println!("    release-macos.yml: on tags, on macOS, `cargo xtask dist-macos` with its {} secrets", SECRETS.len());
-                return Ok(());
-            }
-            return Err(format!(
-                "release-macos.yml: the dist-macos step lacks {missing:?} in its env"
-            ));
-        }
+                .contains(&format!("secrets.{name}"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "release-macos.yml: the dist-macos step lacks {missing:?} in its env"
+        ));
     }
-    Err("release-macos.yml has no macOS job that runs `cargo xtask dist-macos`".into())
+    println!(
+        "    release-macos.yml: on tags, on macOS, `cargo xtask test-macos`, then `cargo xtask dist-macos` with its {} secrets",
+        SECRETS.len()
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -676,7 +780,7 @@ mod tests {
 
     #[test]
     fn exports_of_every_architecture() {
-        // llvm-nm -gU --arch=all of a zig-built universal fixture.
+        // llvm-nm -gU --arch=all of a universal library.
         let nm = "\nlib.dylib (for architecture arm64):\n\
                   0000000000000410 T _C_GetFunctionList\n\
                   0000000000000428 T _C_GetInterface\n\
@@ -706,12 +810,26 @@ mod tests {
             .collect();
         let mut workflow = serde_json::json!({
             "true": {"push": {"tags": ["v*"]}},
-            "jobs": {"release": {"runs-on": "macos-14", "steps": [
-                {"uses": "actions/checkout@v4"},
-                {"run": "cargo xtask dist-macos", "env": env},
-            ]}},
+            "jobs": {
+                "test": {"runs-on": "macos-14", "steps": [{"run": "cargo xtask test-macos"}]},
+                "release": {"needs": "test", "runs-on": "macos-14", "steps": [
+                    {"uses": "actions/checkout@v4"},
+                    {"run": "cargo xtask dist-macos", "env": env},
+                ]},
+            },
         });
         check_macos_workflow(&workflow).unwrap();
+        workflow["jobs"]["release"]["needs"] = serde_json::json!(["other"]);
+        assert!(check_macos_workflow(&workflow)
+            .unwrap_err()
+            .contains("does not need"));
+        workflow["jobs"]["release"]["needs"] = serde_json::json!(["test"]);
+        check_macos_workflow(&workflow).unwrap();
+        workflow["jobs"]["test"]["runs-on"] = "ubuntu-latest".into();
+        assert!(check_macos_workflow(&workflow)
+            .unwrap_err()
+            .contains("test-macos"));
+        workflow["jobs"]["test"]["runs-on"] = "macos-14".into();
         workflow["jobs"]["release"]["steps"][1]["env"]
             .as_object_mut()
             .unwrap()

@@ -1,0 +1,17 @@
+//! Link arguments of the macOS dylib, the same for the build on a Mac (`cargo xtask dist-macos`)
+//! and the cross build from Linux (`cargo xtask dist-macos-cross`), whose linker driver is clang
+//! too: the install name users load it by, no library it does not call (Rust's standard
+//! library asks for libiconv), and room in the header for the code signature's load command.
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var("CARGO_CFG_TARGET_VENDOR").as_deref() == Ok("apple") {
+        for arg in [
+            "-Wl,-install_name,/usr/local/lib/libcosmian_pkcs11.dylib",
+            "-Wl,-dead_strip_dylibs",
+            "-Wl,-headerpad_max_install_names",
+        ] {
+            println!("cargo:rustc-cdylib-link-arg={arg}");
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! `cargo xtask dist-macos-cross`: the universal macOS library built on Linux, without Apple's
+//! SDK, checked with tools that read Mach-O, and signed the way the release signs it.
+//!
+//! - C code (ring, tracing-oslog's os_log wrapper) is compiled by zig's clang (PyPI `ziglang`,
+//!   which ships macOS's libc headers and `libSystem.tbd`); `<os/log.h>`, which zig lacks, is
+//!   the project's own, in `packaging/macos/sdk/usr/include`.
+//! - The linker driver is Debian's clang-16 with `ld64.lld-16`, against a stub SDK assembled in
+//!   `target/macos-cross/sdk`: zig's `libSystem.tbd` plus the project's text stubs of the
+//!   frameworks the library imports (`packaging/macos/sdk/System/Library/Frameworks`), which
+//!   list exactly the symbols it uses. No `-undefined dynamic_lookup`: every import must be
+//!   found in a stub.
+//! - Build paths are remapped (`--remap-path-prefix`, `-ffile-prefix-map`), so no path of the
+//!   build machine ends up in the file.
+//!
+//! [`check`] then reads the result with LLVM's Mach-O tools (`llvm-otool`, `llvm-nm`,
+//! `llvm-objdump`, `llvm-lipo`); [`dist_macos_cross`] builds, checks, signs with a self-signed Developer ID
+//! certificate through the release's own signing code ([`super::macos`]), verifies, shows that
+//! one changed byte fails the verification, and zips it as the notary service takes it.
+//! What only a Mac or Apple can do (running it, notarization, the `.pkg`) is the release
+//! workflow's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::macos::{self, DYLIB, EXPORTS, MIN_MACOS, TARGETS};
+use super::{capture, dist_dir, target_dir, workspace_root, write, Tools};
+
+use crate::step;
+
+/// Debian 12's newest LLVM: `clang-16`, `ld64.lld-16`, `llvm-nm-16`, ...
+const LLVM: &str = "16";
+/// What the library may load: libSystem and the frameworks whose stubs are in the repository.
+const LIBSYSTEM: &str = "/usr/lib/libSystem.B.dylib";
+const FRAMEWORKS: [&str; 2] = ["CoreFoundation", "Security"];
+/// The install name, what users load it by.
+const INSTALL_NAME: &str = "/usr/local/lib/libcosmian_pkcs11.dylib";
+
+/// An LLVM tool of Debian's versioned packages (`llvm-nm` → `llvm-nm-16`).
+fn llvm(tools: &Tools, name: &str) -> std::process::Command {
+    tools.command(format!("{name}-{LLVM}"))
+}
+
+/// `cargo xtask dist-macos-cross`, and `cargo xtask test`'s macOS part: build, check, then sign
+/// a copy with a self-signed certificate as the release signs, verify it, tamper with it, and
+/// zip the signed copy as the notary service takes it. The unsigned universal dylib stays in
+/// `target/dist/`.
+pub fn dist_macos_cross() -> Result<(), String> {
+    let tools = Tools::get()?;
+    let dylib = build(tools)?;
+    check(tools, &dylib)?;
+    macos::signing_selftest(tools, &dylib)?;
+    println!("\n{}", dylib.display());
+    Ok(())
+}
+
+/// Builds both architectures and joins them into `target/dist/libcosmian_pkcs11.dylib`.
+pub fn build(tools: &Tools) -> Result<PathBuf, String> {
+    let work = target_dir().join("macos-cross");
+    let sdk = stub_sdk(tools, &work)?;
+    let root = workspace_root();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| dirs_home().map(|home| home.join(".cargo")))
+        .ok_or("no CARGO_HOME and no HOME")?;
+    let python = tools.python_path();
+    let mut slices = Vec::new();
+    for (target, arch) in TARGETS {
+        let zig_arch = target.split('-').next().expect("a target triple");
+        let bin = work.join("bin");
+        // zig refuses the `--target=` the cc crate adds: the wrapper drops it and names the
+        // target itself.
+        let cc = bin.join(format!("cc-{target}"));
+        write_script(
+            &cc,
+            &format!(
+                "for a in \"$@\"; do shift; case \"$a\" in --target=*) ;; *) set -- \"$@\" \"$a\";; esac; done\n\
+                 exec '{}' -m ziglang cc -target {zig_arch}-macos.{MIN_MACOS} -isystem '{}' \
+                 -ffile-prefix-map='{}'=/cosmian-pkcs11 -ffile-prefix-map='{}'=/cargo \"$@\"\n",
+                python.display(),
+                sdk.join("usr/include").display(),
+                root.display(),
+                cargo_home.display(),
+            ),
+        )?;
+        // clang passes `-platform_version` (which ld64.lld requires) to an ld64 it believes
+        // recent: hence `-mlinker-version`.
+        let linker = bin.join(format!("ld-{target}"));
+        write_script(
+            &linker,
+            &format!(
+                "exec clang-{LLVM} --target={arch}-apple-macos{MIN_MACOS} -isysroot '{}' \
+                 -mlinker-version=711 --ld-path=/usr/bin/ld64.lld-{LLVM} \"$@\"\n",
+                sdk.display()
+            ),
+        )?;
+        step(
+            &format!("build for {target}"),
+            &format!("cargo build --release --target {target} (zig cc, clang-{LLVM} + ld64.lld-{LLVM}, stub SDK)"),
+        );
+        let env_target = target.replace('-', "_");
+        crate::run(
+            macos::release_build(tools, target)
+                .env(format!("CC_{env_target}"), &cc)
+                .env(format!("AR_{env_target}"), format!("llvm-ar-{LLVM}"))
+                .env(
+                    format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()),
+                    &linker,
+                )
+                .env(
+                    format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()),
+                    format!(
+                        "--remap-path-prefix={}=/cosmian-pkcs11 --remap-path-prefix={}=/cargo",
+                        root.display(),
+                        cargo_home.display()
+                    ),
+                )
+                .env("SDKROOT", &sdk),
+        )?;
+        slices.push(macos::slice(target));
+    }
+    let dylib = dist_dir()?.join(DYLIB);
+    let _ = std::fs::remove_file(&dylib);
+    step("join them", &format!("llvm-lipo-{LLVM} -create"));
+    capture(
+        llvm(tools, "llvm-lipo")
+            .arg("-create")
+            .args(&slices)
+            .arg("-output")
+            .arg(&dylib),
+    )?;
+    Ok(dylib)
+}
+
+fn dirs_home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// An executable `sh` script.
+fn write_script(path: &Path, body: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    write(
+        path,
+        format!("#!/bin/sh\n# Written by cargo xtask dist-macos-cross (xtask/src/package/macos_cross.rs).\n{body}"),
+    )?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
+}
+
+/// `target/macos-cross/sdk`: the repository's `packaging/macos/sdk` (headers, framework
+/// stubs), zig's `libSystem.tbd` (also as `libc`/`libm`, as in Apple's SDK), and an
+/// `SDKSettings.json` naming the SDK version zig's stubs come from.
+fn stub_sdk(tools: &Tools, work: &Path) -> Result<PathBuf, String> {
+    let zig_lib = capture(tools.python().args([
+        "-c",
+        "import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), 'lib', 'libc', 'darwin'))",
+    ]))?;
+    let zig_darwin = PathBuf::from(zig_lib.trim());
+    let sdk = work.join("sdk");
+    let _ = std::fs::remove_dir_all(&sdk);
+    copy_tree(&workspace_root().join("packaging/macos/sdk"), &sdk)?;
+    let libsystem = std::fs::read(zig_darwin.join("libSystem.tbd"))
+        .map_err(|e| format!("zig's libSystem.tbd: {e}"))?;
+    for name in ["libSystem.tbd", "libc.tbd", "libm.tbd"] {
+        write(&sdk.join("usr/lib").join(name), &libsystem)?;
+    }
+    let settings = std::fs::read_to_string(zig_darwin.join("SDKSettings.json"))
+        .map_err(|e| format!("zig's SDKSettings.json: {e}"))?;
+    let settings: serde_json::Value =
+        serde_json::from_str(&settings).map_err(|e| format!("zig's SDKSettings.json: {e}"))?;
+    let sdk_version = settings["MinimalDisplayName"]
+        .as_str()
+        .ok_or("zig's SDKSettings.json has no MinimalDisplayName")?;
+    write(
+        &sdk.join("SDKSettings.json"),
+        serde_json::json!({
+            "CanonicalName": format!("macosx{sdk_version}"),
+            "Version": sdk_version,
+            "MaximumDeploymentTarget": format!("{sdk_version}.99"),
+        })
+        .to_string(),
+    )?;
+    Ok(sdk)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let entries =
+        std::fs::read_dir(from).map_err(|e| format!("cannot list {}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .map_err(|e| format!("cannot copy {}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The zip the notary service takes (`rcodesign notary-submit`): the dylib alone, at the top.
+pub fn notarization_zip(tools: &Tools, dylib: &Path, zip: &Path) -> Result<(), String> {
+    step("zip it for the notary service", "python3 -m zipfile -c");
+    let _ = std::fs::remove_file(zip);
+    capture(
+        tools
+            .python()
+            .args(["-m", "zipfile", "-c"])
+            .arg(zip)
+            .arg(dylib),
+    )?;
+    let listing = capture(tools.python().args(["-m", "zipfile", "-l"]).arg(zip))?;
+    if !listing
+        .lines()
+        .nth(1)
+        .is_some_and(|line| line.starts_with(DYLIB))
+    {
+        return Err(format!("{} holds {listing:?}, not {DYLIB}", zip.display()));
+    }
+    println!("    {}", zip.display());
+    Ok(())
+}
+
+/// Every check of the issue on the universal file, per architecture.
+pub fn check(tools: &Tools, dylib: &Path) -> Result<(), String> {
+    step(
+        "check the Mach-O file",
+        &format!("llvm-lipo-{LLVM} -archs; llvm-otool-{LLVM} -l -hv; llvm-nm-{LLVM} -m -u, -gU; llvm-objdump-{LLVM} --exports-trie"),
+    );
+    let archs = capture(llvm(tools, "llvm-lipo").arg("-archs").arg(dylib))?;
+    let mut found: Vec<&str> = archs.split_whitespace().collect();
+    found.sort();
+    let mut expected: Vec<&str> = TARGETS.iter().map(|(_, arch)| *arch).collect();
+    expected.sort();
+    if found != expected {
+        return Err(format!(
+            "{} holds {found:?}, not {expected:?}",
+            dylib.display()
+        ));
+    }
+    let stubs = framework_stubs()?;
+    for (_, arch) in TARGETS {
+        let run = |tool: &str, args: &[&str]| {
+            capture(llvm(tools, tool).args(args).arg(dylib)).map_err(|e| format!("{arch}: {e}"))
+        };
+        let arch_flag = format!("--arch={arch}");
+        check_load_commands(&run("llvm-otool", &["-arch", arch, "-l"])?)
+            .map_err(|e| format!("{arch}: {e}"))?;
+        check_header(&run("llvm-otool", &["-arch", arch, "-hv"])?)
+            .map_err(|e| format!("{arch}: {e}"))?;
+        check_imports(&run("llvm-nm", &["-m", "-u", &arch_flag])?, &stubs)
+            .map_err(|e| format!("{arch}: {e}"))?;
+        check_export_trie(&run(
+            "llvm-objdump",
+            &["--macho", "--exports-trie", &arch_flag],
+        )?)
+        .map_err(|e| format!("{arch}: {e}"))?;
+    }
+    macos::check_exports(&capture(
+        llvm(tools, "llvm-nm")
+            .args(["-gU", "--arch=all"])
+            .arg(dylib),
+    )?)?;
+    check_no_build_paths(dylib)?;
+    println!(
+        "    arm64 + x86_64, macOS {MIN_MACOS}+, install name {INSTALL_NAME}, loads libSystem + {FRAMEWORKS:?} \
+         only, every import found in a stub, exports exactly {EXPORTS:?} (trie and symbol table), \
+         os_log format in __TEXT,__oslogstring, no build path"
+    );
+    Ok(())
+}
+
+/// `llvm-otool -l` of one architecture: macOS, [`MIN_MACOS`], the install name, only the
+/// allowed libraries, and the unified log's format strings where `log show` reads them.
+fn check_load_commands(otool: &str) -> Result<(), String> {
+    // (load command or section, its `key value` lines)
+    let mut fields: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    for line in otool.lines() {
+        let Some((key, value)) = line.trim().split_once(char::is_whitespace) else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "cmd" => fields.push((value.to_owned(), BTreeMap::new())),
+            "sectname" => fields.push((format!("section {value}"), BTreeMap::new())),
+            _ => {
+                if let Some((_, map)) = fields.last_mut() {
+                    // `name /usr/lib/libSystem.B.dylib (offset 24)`
+                    let value = value.split(" (offset ").next().unwrap_or(value);
+                    map.entry(key.to_owned())
+                        .or_insert_with(|| value.to_owned());
+                }
+            }
+        }
+    }
+    let of = |cmd: &'static str| fields.iter().filter(move |(c, _)| c == cmd).map(|(_, m)| m);
+    let build: Vec<_> = of("LC_BUILD_VERSION").collect();
+    match build.as_slice() {
+        [one]
+            if one.get("platform").map(String::as_str) == Some("1")
+                && one.get("minos").map(String::as_str) == Some(MIN_MACOS) => {}
+        _ => {
+            return Err(format!(
+                "LC_BUILD_VERSION is {build:?}, not platform 1 (macOS) minos {MIN_MACOS}"
+            ))
+        }
+    }
+    let id: Vec<_> = of("LC_ID_DYLIB").filter_map(|m| m.get("name")).collect();
+    if id != [INSTALL_NAME] {
+        return Err(format!("install name {id:?}, not {INSTALL_NAME}"));
+    }
+    let allowed: BTreeSet<String> = FRAMEWORKS
+        .iter()
+        .map(|f| format!("/System/Library/Frameworks/{f}.framework/Versions/A/{f}"))
+        .chain([LIBSYSTEM.to_owned()])
+        .collect();
+    let loaded: BTreeSet<String> = fields
+        .iter()
+        .filter(|(c, _)| {
+            c.starts_with("LC_LOAD") || c.starts_with("LC_REEXPORT") || c == "LC_LAZY_LOAD_DYLIB"
+        })
+        .filter_map(|(_, m)| m.get("name").cloned())
+        .collect();
+    if loaded != allowed {
+        return Err(format!("loads {loaded:?}, not exactly {allowed:?}"));
+    }
+    if !fields.iter().any(|(c, m)| {
+        c == "section __oslogstring" && m.get("segname").map(String::as_str) == Some("__TEXT")
+    }) {
+        return Err(
+            "no __TEXT,__oslogstring section: the unified-log output is not compiled in".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `llvm-otool -hv`: a dylib whose every import was resolved at link time, two-level.
+fn check_header(otool: &str) -> Result<(), String> {
+    let flags: BTreeSet<&str> = otool
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for needed in ["DYLIB", "NOUNDEFS", "TWOLEVEL"] {
+        if !flags.contains(needed) {
+            return Err(format!("the Mach-O header lacks {needed}: {otool}"));
+        }
+    }
+    Ok(())
+}
+
+/// The symbols of each framework stub in `packaging/macos/sdk`.
+fn framework_stubs() -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    FRAMEWORKS
+        .iter()
+        .map(|name| {
+            let path = workspace_root().join(format!(
+                "packaging/macos/sdk/System/Library/Frameworks/{name}.framework/{name}.tbd"
+            ));
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Ok(((*name).to_owned(), tbd_symbols(&text)))
+        })
+        .collect()
+}
+
+/// The symbols of a TBD v4 stub's `symbols: [ ... ]` lists.
+fn tbd_symbols(tbd: &str) -> BTreeSet<String> {
+    let mut symbols = BTreeSet::new();
+    let mut inside = false;
+    for line in tbd
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+    {
+        let rest = if inside {
+            line
+        } else {
+            match line.split_once("symbols:") {
+                Some((_, after)) => after,
+                None => continue,
+            }
+        };
+        let (list, closed) = match rest.split_once(']') {
+            Some((list, _)) => (list, true),
+            None => (rest, false),
+        };
+        symbols.extend(
+            list.split([',', '[', ' '])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+        inside = !closed;
+    }
+    symbols
+}
+
+/// `llvm-nm -m -u`: every import is bound to libSystem or one of [`FRAMEWORKS`] (none looked
+/// up at run time), and each framework's imports are exactly its stub's symbols, so a stub
+/// neither lacks nor keeps a stale name.
+fn check_imports(nm: &str, stubs: &BTreeMap<String, BTreeSet<String>>) -> Result<(), String> {
+    let mut by_library: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in nm.lines().filter(|line| line.contains("(undefined)")) {
+        let library = line
+            .rsplit_once("(from ")
+            .map(|(_, from)| from.trim_end_matches(')'))
+            .ok_or_else(|| format!("an import bound to no library: {line}"))?;
+        let symbol = line
+            .split_whitespace()
+            .find(|word| word.starts_with('_') || *word == "dyld_stub_binder")
+            .ok_or_else(|| format!("no symbol in {line}"))?;
+        by_library
+            .entry(library.to_owned())
+            .or_default()
+            .insert(symbol.to_owned());
+    }
+    for library in by_library.keys() {
+        if library != "libSystem" && !stubs.contains_key(library) {
+            return Err(format!(
+                "imports from {library}, which is not allowed: {:?}",
+                by_library[library]
+            ));
+        }
+    }
+    for (framework, stub) in stubs {
+        let used = by_library.get(framework).cloned().unwrap_or_default();
+        if &used != stub {
+            return Err(format!(
+                "{framework}.tbd is out of date: used but not in the stub {:?}, in the stub but unused {:?}",
+                used.difference(stub).collect::<Vec<_>>(),
+                stub.difference(&used).collect::<Vec<_>>()
+            ));
+        }
+    }
+    if !by_library.contains_key("libSystem") {
+        return Err("nothing imported from libSystem: not a Rust dylib?".into());
+    }
+    Ok(())
+}
+
+/// `llvm-objdump --macho --exports-trie`: the export trie holds exactly [`EXPORTS`]. (OpenSSH
+/// reads the symbol table with `nlist()` before `dlopen`; dyld reads the trie.)
+fn check_export_trie(objdump: &str) -> Result<(), String> {
+    let mut names: Vec<&str> = objdump
+        .lines()
+        .skip_while(|line| !line.starts_with("Exports trie:"))
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .collect();
+    names.sort();
+    if names != EXPORTS {
+        return Err(format!(
+            "the export trie holds {names:?}, not exactly {EXPORTS:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// No path of this machine inside the file: the workspace, the home folder (cargo's registry,
+/// zig's cache), the temporary folder.
+fn check_no_build_paths(dylib: &Path) -> Result<(), String> {
+    let bytes =
+        std::fs::read(dylib).map_err(|e| format!("cannot read {}: {e}", dylib.display()))?;
+    let mut paths = vec![workspace_root(), std::env::temp_dir()];
+    paths.extend(dirs_home());
+    for path in paths {
+        let needle = path.to_string_lossy().into_owned();
+        if needle.len() > 1 {
+            if let Some(at) = bytes
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+            {
+                let end = (at + 120).min(bytes.len());
+                return Err(format!(
+                    "{} holds a path of the build machine: {}",
+                    dylib.display(),
+                    String::from_utf8_lossy(&bytes[at..end])
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `llvm-otool-16 -arch arm64 -l` of a cross-built library, shortened.
+    const OTOOL_L: &str = "Load command 1\n      cmd LC_SEGMENT_64\n  cmdsize 792\n  segname __TEXT\n\
+        Section\n  sectname __oslogstring\n   segname __TEXT\n      addr 0x0000000000282ff5\n\
+        Load command 3\n          cmd LC_ID_DYLIB\n      cmdsize 64\n         name /usr/local/lib/libcosmian_pkcs11.dylib (offset 24)\n\
+        Load command 10\n       cmd LC_BUILD_VERSION\n   cmdsize 32\n  platform 1\n       sdk 15.5\n     minos 11.0\n\
+        Load command 11\n          cmd LC_LOAD_DYLIB\n      cmdsize 88\n         name /System/Library/Frameworks/Security.framework/Versions/A/Security (offset 24)\n\
+        Load command 12\n          cmd LC_LOAD_DYLIB\n         name /System/Library/Frameworks/CoreFoundation.framework/Versions/A/CoreFoundation (offset 24)\n\
+        Load command 13\n          cmd LC_LOAD_DYLIB\n         name /usr/lib/libSystem.B.dylib (offset 24)\n";
+
+    #[test]
+    fn load_commands() {
+        check_load_commands(OTOOL_L).unwrap();
+        let extra = format!("{OTOOL_L}Load command 14\n cmd LC_LOAD_DYLIB\n name /usr/lib/libiconv.2.dylib (offset 24)\n");
+        assert!(check_load_commands(&extra)
+            .unwrap_err()
+            .contains("libiconv"));
+        let old = OTOOL_L.replace("minos 11.0", "minos 10.12");
+        assert!(check_load_commands(&old).unwrap_err().contains("minos"));
+        let rpath = OTOOL_L.replace("/usr/local/lib/libcosmian", "@rpath/libcosmian");
+        assert!(check_load_commands(&rpath)
+            .unwrap_err()
+            .contains("install name"));
+        let no_oslog = OTOOL_L.replace("__oslogstring", "__cstring");
+        assert!(check_load_commands(&no_oslog)
+            .unwrap_err()
+            .contains("__oslogstring"));
+    }
+
+    #[test]
+    fn imports_match_the_stubs() {
+        let nm = "                 (undefined) external _CFRelease (from CoreFoundation)\n\
+                  (undefined) external _SecItemCopyMatching (from Security)\n\
+                  (undefined) external __os_log_impl (from libSystem)\n\
+                  (undefined) external dyld_stub_binder (from libSystem)\n";
+        let stubs: BTreeMap<String, BTreeSet<String>> = [
+            (
+                "CoreFoundation".to_owned(),
+                ["_CFRelease".to_owned()].into(),
+            ),
+            (
+                "Security".to_owned(),
+                ["_SecItemCopyMatching".to_owned()].into(),
+            ),
+        ]
+        .into();
+        check_imports(nm, &stubs).unwrap();
+        let stale = nm.replace(
+            "_SecItemCopyMatching (from Security)",
+            "_write (from libSystem)",
+        );
+        assert!(check_imports(&stale, &stubs)
+            .unwrap_err()
+            .contains("Security.tbd is out of date"));
+        let lookup =
+            format!("{nm}                 (undefined) external _foo (dynamically looked up)\n");
+        assert!(check_imports(&lookup, &stubs)
+            .unwrap_err()
+            .contains("bound to no library"));
+        let other =
+            format!("{nm}                 (undefined) external _objc_msgSend (from libobjc)\n");
+        assert!(check_imports(&other, &stubs)
+            .unwrap_err()
+            .contains("libobjc"));
+    }
+
+    #[test]
+    fn stub_symbols_are_read_from_the_repository_files() {
+        let stubs = framework_stubs().unwrap();
+        assert!(stubs["Security"].contains("_SecItemCopyMatching"));
+        assert!(stubs["Security"].contains("_kSecUseAuthenticationUISkip"));
+        assert!(stubs["CoreFoundation"].contains("_CFRelease"));
+        assert!(stubs.values().flatten().all(|s| s.starts_with('_')));
+    }
+
+    #[test]
+    fn export_trie() {
+        let objdump = "lib.dylib:\n\nExports trie:\n0x00001940  _C_GetFunctionList\n\
+                       0x00002098  _C_GetInterfaceList\n0x00001C50  _C_GetInterface\n";
+        check_export_trie(objdump).unwrap();
+        let more = format!("{objdump}0x00003000  _rust_eh_personality\n");
+        assert!(check_export_trie(&more).is_err());
+        assert!(check_export_trie("").is_err());
+    }
+
+    #[test]
+    fn header_flags() {
+        let hv = "Mach header\n      magic cputype cpusubtype  caps    filetype ncmds sizeofcmds      flags\n\
+                  MH_MAGIC_64   ARM64        ALL  0x00       DYLIB    16       2304   NOUNDEFS DYLDLINK TWOLEVEL NO_REEXPORTED_DYLIBS\n";
+        check_header(hv).unwrap();
+        assert!(check_header(&hv.replace("NOUNDEFS ", "")).is_err());
+    }
+}
