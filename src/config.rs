@@ -165,6 +165,13 @@ impl KmsConfig {
         if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
             return Err(format!("{at}: http_config.server_url must start with http:// or https://"));
         }
+        // Never quoted: user info (`user:password@`), a query or a fragment may hold a secret.
+        let authority = server_url.split('/').nth(2).unwrap_or("");
+        if authority.is_empty() || authority.contains('@') || server_url.contains(['?', '#']) {
+            return Err(format!(
+                "{at}: http_config.server_url must be http(s)://host[:port][/path], without user info (user:password@), query (?...) or fragment (#...); a token goes in access_token"
+            ));
+        }
         let accept_invalid_certs = match http.get("accept_invalid_certs") {
             None => false,
             Some(toml::Value::Boolean(b)) => *b,
@@ -341,6 +348,10 @@ mod tests {
             "http_config = 1",
             "[http_config]\nserver_url = \"http://h\"\ntls_client_pem_cert_path = \"/c\"\n",
             "[http_config]\nserver_url = \"http://h\"\ncustom_headers = [\"nocolon\"]\n",
+            "[http_config]\nserver_url = \"https://alice:s3cr3t@h:9998\"\n",
+            "[http_config]\nserver_url = \"https://h:9998/kms?token=s3cr3t\"\n",
+            "[http_config]\nserver_url = \"https://h:9998/#s3cr3t\"\n",
+            "[http_config]\nserver_url = \"https:///s3cr3t\"\n",
         ] {
             let err = parse(text).unwrap_err();
             assert!(!err.contains("s3cr3t"), "{err}");

@@ -7,60 +7,32 @@
 
 mod platform_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use cosmian_pkcs11_testbed::{Ckms, KeyKind, KmsServer};
-use platform_support::{assert_log_is_trace_and_clean, case, keygen_d, provider_log, run_ok, text, KeyringEntry};
-use tempfile::TempDir;
+use cosmian_pkcs11_testbed::{Ckms, KeyKind, KmsServer, TestCa, X509Version};
+use platform_support::{assert_log_is_trace_and_clean, case, keygen_d, provider_log, text, KeyringEntry};
 
 const P12_PASSWORD: &str = "p12-s3cret-pw";
 
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as
+/// The test CA, its server certificate for 127.0.0.1 and a client certificate for `alice`, as
 /// PEM files and as PKCS#12 files (modern and legacy encryption).
-struct Pki {
-    dir: TempDir,
-}
+struct Pki(TestCa);
 
 impl Pki {
     fn new() -> Pki {
-        let pki = Pki { dir: tempfile::tempdir().unwrap() };
-        let openssl = |args: &[&str]| {
-            run_ok(Command::new("openssl").current_dir(pki.dir.path()).args(args));
-        };
-        let ec_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        let ca = [
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cosmian-pkcs11 test CA"][..],
-            &["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ];
-        openssl(&[&["req", "-x509"], &ec_key[..], ca[0], ca[1]].concat());
-        for (name, subject, extensions) in [
-            ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-            ("client", "/CN=alice", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
-        ] {
-            std::fs::write(pki.path(&format!("{name}.ext")), extensions).unwrap();
-            let [key, csr, pem, ext] = ["key", "csr", "pem", "ext"].map(|suffix| format!("{name}.{suffix}"));
-            openssl(&[&["req"], &ec_key[..], &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
-            let ca = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"];
-            openssl(&[&["x509", "-req", "-in", &csr], &ca[..], &["-days", "2", "-out", &pem, "-extfile", &ext]].concat());
-        }
-        let pass = format!("pass:{P12_PASSWORD}");
-        openssl(&["pkcs12", "-export", "-in", "client.pem", "-inkey", "client.key", "-out", "client.p12", "-passout", &pass]);
-        openssl(&["pkcs12", "-export", "-legacy", "-in", "client.pem", "-inkey", "client.key", "-out", "client-legacy.p12", "-passout", &pass]);
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        let ca = TestCa::new();
+        ca.client_cert("client", "alice", X509Version::V3, false);
+        ca.pkcs12("client", "client", P12_PASSWORD, &[]);
+        ca.pkcs12("client", "client-legacy", P12_PASSWORD, &["-legacy"]);
+        Pki(ca)
     }
 
     fn arg(&self, name: &str) -> String {
-        self.path(name).display().to_string()
+        self.0.path(name).display().to_string()
     }
 
-    /// `verified_cert = """<the CA's PEM>"""`.
     fn verified_cert_line(&self) -> String {
-        format!("verified_cert = \"\"\"\n{}\"\"\"\n", std::fs::read_to_string(self.path("ca.pem")).unwrap())
+        self.0.verified_cert_line()
     }
 
     /// The `[http_config]` lines of the PEM client certificate.

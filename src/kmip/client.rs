@@ -6,6 +6,9 @@
 //!
 //! The TCP connection is [`super::transport`]'s: see there why it acknowledges at once.
 //!
+//! Redirects are never followed (a KMIP endpoint never redirects, and following one would
+//! carry the credentials elsewhere): a 3xx answer is an error that names its `Location`.
+//!
 //! Timeouts: `connect_timeout` bounds the TCP (and TLS) connection; `request_timeout` bounds a
 //! whole call, retries and back-off included: no call outlives it.
 //!
@@ -255,6 +258,10 @@ impl KmsClient {
         let request = config.build();
         let mut response = request.send(json).map_err(|e| transport_error(e, false))?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let location = response.headers().get("location").map_or("nowhere".into(), |l| snippet(l.as_bytes()));
+            return Err(KmsError::Status(status, format!("the KMS redirects to {location}: not followed; set server_url to the KMS's own address")));
+        }
         let bytes = response
             .body_mut()
             .with_config()
@@ -274,6 +281,9 @@ impl KmsClient {
 fn agent(tls: ureq::tls::TlsConfig, connect_timeout: Duration, request_timeout: Duration, resolver: &CachingResolver) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A KMIP endpoint never redirects: a 3xx is an error (see `post_once`), never followed
+        // with our credentials to wherever it points.
+        .max_redirects(0)
         .timeout_connect(Some(connect_timeout))
         .timeout_global(Some(request_timeout))
         .max_idle_connections_per_host(4)

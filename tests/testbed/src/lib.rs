@@ -33,7 +33,7 @@ pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
 pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
 pub use kmip::{create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
-pub use pki::TestCa;
+pub use pki::{TestCa, X509Version};
 pub use proxy::CountingProxy;
 pub use ssh::{current_user, ssh_command, ssh_keygen_d, OpenSsh, SshAgent, SshCommand, Sshd};
 
