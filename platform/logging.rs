@@ -7,10 +7,16 @@
 //! `COSMIAN_PKCS11_LOGGING_FOLDER`: the folder of `cosmian-pkcs11.log`; by default
 //! `$XDG_STATE_HOME/cosmian-pkcs11` (`~/.local/state/cosmian-pkcs11`) on Linux and
 //! `~/Library/Logs/cosmian-pkcs11` on macOS. The file is created at the first line written.
+//!
+//! The folder is created 0700 and the file 0600 (the log names key ids, hosts and errors);
+//! the file is opened without following a symbolic link, so a link planted at its path
+//! (say, to a file of the user's that another user wants truncated or filled) is not
+//! written through: the lines are dropped instead, silently, as for any unwritable file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use tracing::level_filters::LevelFilter;
@@ -78,10 +84,7 @@ impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut guard = self.0.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            if let Some(parent) = self.0.path.parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            *guard = OpenOptions::new().create(true).append(true).open(&self.0.path).ok();
+            *guard = open_log(&self.0.path);
         }
         if let Some(f) = guard.as_mut() {
             let _ = f.write_all(buf);
@@ -93,9 +96,71 @@ impl Write for LineWriter<'_> {
     }
 }
 
+/// Opens the log file for appending: its folder created 0700, the file 0600 (also when an
+/// earlier version made it wider), never through a symbolic link (`O_NOFOLLOW`: ELOOP).
+fn open_log(path: &Path) -> Option<File> {
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent);
+    }
+    let file = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(O_NOFOLLOW).open(path).ok()?;
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    Some(file)
+}
+
+#[cfg(target_os = "linux")]
+const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+/// From <sys/fcntl.h> (libc is a dependency on Linux only).
+#[cfg(target_os = "macos")]
+const O_NOFOLLOW: i32 = 0x0100;
+
 impl<'a> MakeWriter<'a> for LazyFile {
     type Writer = LineWriter<'a>;
     fn make_writer(&'a self) -> Self::Writer {
         LineWriter(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_line(path: &Path) {
+        let log = LazyFile { path: path.to_owned(), file: Mutex::new(None) };
+        assert_eq!(log.make_writer().write(b"a line\n").unwrap(), 7, "a line is never refused");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_folder_is_0700_and_the_file_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/cosmian-pkcs11").join(FILE_NAME);
+        write_line(&path);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a line\n");
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // A file left wider by an earlier version is narrowed.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_line(&path);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_symlink_at_the_log_path_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_line(&path);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "nothing written through the link");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        // A dangling link is not followed either (no file created at its target).
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("absent"), &dangling).unwrap();
+        write_line(&dangling);
+        assert!(!dir.path().join("absent").exists());
     }
 }

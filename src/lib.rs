@@ -11,6 +11,11 @@
 //! - [`config`], [`platform`]: configuration file and environment, per-OS paths and logging;
 //! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes).
 
+// Every entry point catches panics (`catch_unwind` in src/ffi) so that none unwinds into the
+// C caller; with `panic = "abort"` a panic would instead kill the caller (ssh, ssh-agent).
+#[cfg(panic = "abort")]
+compile_error!("cosmian-pkcs11 must be built with panic = \"unwind\": a panic must become CKR_GENERAL_ERROR, not abort the PKCS#11 client");
+
 pub mod asn1;
 pub mod config;
 pub mod error;

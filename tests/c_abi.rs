@@ -5,7 +5,7 @@
 
 use std::ptr::null_mut;
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, CallZeroed, Ckms, KeyKind, KmsServer};
 use cryptoki_sys::*;
 
 /// Calls a function of a table, which must be there.
@@ -21,6 +21,37 @@ fn count_null_slots<T>(table: *const T) -> usize {
     // SAFETY: the tables are repr(C): a CK_VERSION padded to a word, then function pointers.
     let slots = unsafe { std::slice::from_raw_parts(table as *const usize, words) };
     slots[1..].iter().filter(|p| **p == 0).count()
+}
+
+
+/// Every slot of the 3.0 table but the four a client calls before C_Initialize, each called
+/// with zeroed arguments: `(name, return code)`.
+fn call_every_other_slot(f3: &CK_FUNCTION_LIST_3_0) -> Vec<(&'static str, CK_RV)> {
+    macro_rules! call_all {
+        ($($f:ident),*) => {
+            vec![$((stringify!($f), unsafe { f3.$f.expect(stringify!($f)).call_zeroed() })),*]
+        };
+    }
+    call_all!(
+        C_Finalize, C_GetInfo, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo, C_GetMechanismList,
+        C_GetMechanismInfo, C_InitToken, C_InitPIN, C_SetPIN, C_OpenSession, C_CloseSession,
+        C_CloseAllSessions, C_GetSessionInfo, C_GetOperationState, C_SetOperationState, C_Login,
+        C_Logout, C_CreateObject, C_CopyObject, C_DestroyObject, C_GetObjectSize, C_GetAttributeValue,
+        C_SetAttributeValue, C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal, C_EncryptInit,
+        C_Encrypt, C_EncryptUpdate, C_EncryptFinal, C_DecryptInit, C_Decrypt, C_DecryptUpdate,
+        C_DecryptFinal, C_DigestInit, C_Digest, C_DigestUpdate, C_DigestKey, C_DigestFinal,
+        C_SignInit, C_Sign, C_SignUpdate, C_SignFinal, C_SignRecoverInit, C_SignRecover,
+        C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal, C_VerifyRecoverInit, C_VerifyRecover,
+        C_DigestEncryptUpdate, C_DecryptDigestUpdate, C_SignEncryptUpdate, C_DecryptVerifyUpdate,
+        C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey, C_DeriveKey, C_SeedRandom,
+        C_GenerateRandom, C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent, C_LoginUser,
+        C_SessionCancel, C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin,
+        C_EncryptMessageNext, C_MessageEncryptFinal, C_MessageDecryptInit, C_DecryptMessage,
+        C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal, C_MessageSignInit,
+        C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
+        C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext,
+        C_MessageVerifyFinal
+    )
 }
 
 fn attr(ty: CK_ATTRIBUTE_TYPE, buf: &mut [u8]) -> CK_ATTRIBUTE {
@@ -75,6 +106,14 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(unsafe { get_interface.unwrap()(c"Vendor".as_ptr() as *mut _, null_mut(), &mut interface, 0) }, CKR_ARGUMENTS_BAD);
 
     // ---- initialization states -----------------------------------------------------------
+    // Before C_Initialize every function, implemented or not, answers NOT_INITIALIZED (even
+    // to NULL arguments), except C_Initialize, C_GetFunctionList and the two 3.0 symbols.
+    let calls = call_every_other_slot(f3);
+    let slots = std::mem::size_of::<CK_FUNCTION_LIST_3_0>() / std::mem::size_of::<usize>() - 1;
+    assert_eq!(calls.len() + 4, slots, "every slot of the 3.0 table is called");
+    for (name, rv) in calls {
+        assert_eq!(rv, CKR_CRYPTOKI_NOT_INITIALIZED, "{name} before C_Initialize");
+    }
     let mut info: CK_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
     assert_eq!(call!(f, C_Finalize(null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
@@ -88,6 +127,11 @@ fn the_c_abi_answers_as_the_specification_says() {
         pReserved: (&mut reserved as *mut u8).cast(),
     };
     assert_eq!(call!(f, C_Initialize((&mut bad_args as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_ARGUMENTS_BAD);
+    // The provider creates threads (ureq resolves the KMS's host on one): a caller that
+    // forbids it is told so, and the library stays uninitialized.
+    let mut no_threads = CK_C_INITIALIZE_ARGS { pReserved: null_mut(), flags: CKF_LIBRARY_CANT_CREATE_OS_THREADS, ..bad_args };
+    assert_eq!(call!(f, C_Initialize((&mut no_threads as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_NEED_TO_CREATE_THREADS);
+    assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
     let mut args = CK_C_INITIALIZE_ARGS { pReserved: null_mut(), ..bad_args };
     assert_eq!(call!(f, C_Initialize((&mut args as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_OK);
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_CRYPTOKI_ALREADY_INITIALIZED);
@@ -110,6 +154,7 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(call!(f, C_GetTokenInfo(slot + 100, &mut token)), CKR_SLOT_ID_INVALID);
     assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);
     assert_eq!(token.flags & CKF_LOGIN_REQUIRED, 0);
+    assert_eq!((token.ulMinPinLen, token.ulMaxPinLen), (0, 0), "no PIN without PIN mode");
     assert_ne!(token.flags & CKF_TOKEN_INITIALIZED, 0);
     let mut mech_info: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(f, C_GetMechanismInfo(slot, CKM_AES_GCM, &mut mech_info)), CKR_MECHANISM_INVALID);
@@ -166,6 +211,14 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(&id_full[..template[0].ulValueLen as usize], pair.private_id.as_bytes());
     assert_eq!(call!(f, C_GetAttributeValue(session, key + 1000, template.as_mut_ptr(), 1)), CKR_OBJECT_HANDLE_INVALID);
 
+    // ---- C_GetObjectSize: what the specification allows for a size nobody knows ----------
+    let mut size: CK_ULONG = 0;
+    assert_eq!(call!(f, C_GetObjectSize(session, key, &mut size)), CKR_INFORMATION_SENSITIVE);
+    assert_eq!(size, CK_UNAVAILABLE_INFORMATION);
+    assert_eq!(call!(f, C_GetObjectSize(session, key, null_mut())), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_GetObjectSize(session, key + 1000, &mut size)), CKR_OBJECT_HANDLE_INVALID);
+    assert_eq!(call!(f, C_GetObjectSize(session + 1000, key, &mut size)), CKR_SESSION_HANDLE_INVALID);
+
     // ---- signing: wrong state, size query, short buffer, then the signature --------------
     let digest = [0x5Au8; 32];
     let mut sig = [0u8; 64];
@@ -202,10 +255,51 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(call!(f, C_GenerateRandom(session, random.as_mut_ptr(), 8)), CKR_FUNCTION_NOT_SUPPORTED);
     assert_eq!(call!(f, C_EncryptInit(session, &mut mechanism, key)), CKR_FUNCTION_NOT_SUPPORTED);
     assert_eq!(call!(f3, C_SessionCancel(session, 0)), CKR_FUNCTION_NOT_SUPPORTED);
+    // The legacy parallel-function calls: "should simply return CKR_FUNCTION_NOT_PARALLEL".
+    assert_eq!(call!(f, C_GetFunctionStatus(session)), CKR_FUNCTION_NOT_PARALLEL);
+    assert_eq!(call!(f, C_CancelFunction(session)), CKR_FUNCTION_NOT_PARALLEL);
 
     // ---- finalization ----------------------------------------------------------------------
     assert_eq!(call!(f, C_Finalize((&mut reserved as *mut u8).cast())), CKR_ARGUMENTS_BAD);
     assert_eq!(call!(f, C_Finalize(null_mut())), CKR_OK);
     assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
     assert_eq!(call!(f, C_CloseSession(session)), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(call!(f, C_GetFunctionStatus(session)), CKR_CRYPTOKI_NOT_INITIALIZED);
+
+    // ---- PIN mode: ulMaxPinLen is the longest PIN (access token) C_Login takes --------------
+    let pin_config = dir.path().join("pin.toml");
+    std::fs::write(&pin_config, format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url())).unwrap();
+    std::env::set_var("COSMIAN_KMS_CLI_CONF", &pin_config);
+    assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
+    assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);
+    assert_ne!(token.flags & CKF_LOGIN_REQUIRED, 0);
+    assert_eq!((token.ulMinPinLen, token.ulMaxPinLen), (1, 16 << 10));
+    assert_eq!(call!(f, C_OpenSession(slot, flags, null_mut(), None, &mut session)), CKR_OK);
+    let mut pin = vec![b'a'; token.ulMaxPinLen as usize + 1];
+    assert_eq!(call!(f, C_Login(session, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG)), CKR_PIN_LEN_RANGE);
+    // The longest PIN goes to the KMS as a bearer token; this KMS checks no token.
+    assert_eq!(call!(f, C_Login(session, CKU_USER, pin.as_mut_ptr(), token.ulMaxPinLen)), CKR_OK);
+    assert_eq!(call!(f, C_Finalize(null_mut())), CKR_OK);
+}
+
+/// `panic = "abort"` must not build: the entry points' `catch_unwind` is what keeps a panic
+/// from killing the client. rustc alone on src/lib.rs fails anyway (no dependencies given),
+/// but names that reason with `-C panic=abort`, and only then.
+#[test]
+fn a_build_with_panic_abort_does_not_compile() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = tempfile::tempdir().unwrap();
+    let errors = |strategy: &str| {
+        let output = std::process::Command::new(&rustc)
+            .args(["--edition", "2021", "--crate-type", "rlib", "--emit=metadata", "-C", &format!("panic={strategy}")])
+            .arg("--out-dir")
+            .arg(out.path())
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let reason = "must be built with panic = \"unwind\"";
+    assert!(errors("abort").contains(reason), "no compile_error for panic = \"abort\"");
+    assert!(!errors("unwind").contains(reason));
 }

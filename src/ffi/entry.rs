@@ -19,6 +19,9 @@ static PROVIDER: RwLock<Option<Arc<Provider>>> = RwLock::new(None);
 const MAX_INPUT: CK_ULONG = 64 << 20;
 const MAX_TEMPLATE_VALUE: CK_ULONG = 1 << 20;
 const MAX_TEMPLATE_LEN: CK_ULONG = 4096;
+/// Longest PIN accepted by C_Login (`CKR_PIN_LEN_RANGE` beyond): in PIN mode the PIN is the
+/// KMS access token, and an OIDC token may be long. `ulMaxPinLen` in PIN mode.
+const MAX_PIN_LEN: CK_ULONG = 16 << 10;
 
 /// Runs an entry point's body with the provider's logger, turning errors into their code and
 /// a panic into CKR_GENERAL_ERROR. Nothing unwinds into the caller.
@@ -50,6 +53,12 @@ pub(super) fn guard(name: &'static str, body: impl FnOnce() -> Result<()>) -> CK
             CKR_GENERAL_ERROR
         }
     }
+}
+
+/// The answer of a function the provider does not implement (see `unsupported.rs`): `rv`,
+/// or `CKR_CRYPTOKI_NOT_INITIALIZED` before C_Initialize. No logging, nothing that unwinds.
+pub(super) fn stub(rv: CK_RV) -> CK_RV {
+    catch_unwind(|| if provider().is_ok() { rv } else { CKR_CRYPTOKI_NOT_INITIALIZED }).unwrap_or(CKR_GENERAL_ERROR)
 }
 
 fn bad_args(what: &str) -> Error {
@@ -135,6 +144,11 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
             if given == 4 && args.flags & CKF_OS_LOCKING_OK == 0 {
                 return Err(Error::new(CKR_CANT_LOCK, "only OS locking is supported"));
             }
+            // ureq resolves the KMS's host name on a thread of its own, to bound the lookup
+            // by the connection timeout: the provider cannot work without creating threads.
+            if args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0 {
+                return Err(Error::new(CKR_NEED_TO_CREATE_THREADS, "the provider needs to create threads (name resolution)"));
+            }
         }
         let mut state = PROVIDER.write().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = state.as_ref() {
@@ -151,10 +165,10 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
 
 pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void) -> CK_RV {
     guard("C_Finalize", || {
+        provider()?;
         if !pReserved.is_null() {
             return Err(bad_args("pReserved must be NULL"));
         }
-        provider()?;
         PROVIDER.write().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
     })
@@ -162,8 +176,8 @@ pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void)
 
 pub(super) unsafe extern "C" fn C_GetInfo(pInfo: *mut CK_INFO) -> CK_RV {
     guard("C_GetInfo", || {
-        let info = out(pInfo)?;
         provider()?;
+        let info = out(pInfo)?;
         *info = CK_INFO {
             cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
             manufacturerID: pad("cosmian"),
@@ -183,8 +197,8 @@ pub(super) unsafe extern "C" fn C_GetSlotList(_tokenPresent: CK_BBOOL, pSlotList
 
 pub(super) unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_SLOT_INFO) -> CK_RV {
     guard("C_GetSlotInfo", || {
-        let info = out(pInfo)?;
         provider()?.check_slot(slotID)?;
+        let info = out(pInfo)?;
         *info = CK_SLOT_INFO {
             slotDescription: pad("Cosmian KMS"),
             manufacturerID: pad("cosmian"),
@@ -198,9 +212,9 @@ pub(super) unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: *mut CK
 
 pub(super) unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_TOKEN_INFO) -> CK_RV {
     guard("C_GetTokenInfo", || {
-        let info = out(pInfo)?;
         let p = provider()?;
         p.check_slot(slotID)?;
+        let info = out(pInfo)?;
         let (sessions, rw_sessions) = p.session_counts();
         let label = p.token_label();
         *info = CK_TOKEN_INFO {
@@ -215,8 +229,8 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut C
             ulSessionCount: sessions as CK_ULONG,
             ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
             ulRwSessionCount: rw_sessions as CK_ULONG,
-            ulMaxPinLen: 0,
-            ulMinPinLen: 0,
+            ulMaxPinLen: if p.login_required() { MAX_PIN_LEN } else { 0 },
+            ulMinPinLen: if p.login_required() { 1 } else { 0 },
             ulTotalPublicMemory: CK_UNAVAILABLE_INFORMATION,
             ulFreePublicMemory: CK_UNAVAILABLE_INFORMATION,
             ulTotalPrivateMemory: CK_UNAVAILABLE_INFORMATION,
@@ -243,8 +257,8 @@ pub(super) unsafe extern "C" fn C_GetMechanismList(slotID: CK_SLOT_ID, pMechanis
 
 pub(super) unsafe extern "C" fn C_GetMechanismInfo(slotID: CK_SLOT_ID, type_: CK_MECHANISM_TYPE, pInfo: *mut CK_MECHANISM_INFO) -> CK_RV {
     guard("C_GetMechanismInfo", || {
-        let info = out(pInfo)?;
         let (min, max, flags) = provider()?.mechanism_info(slotID, type_)?;
+        let info = out(pInfo)?;
         *info = CK_MECHANISM_INFO { ulMinKeySize: min, ulMaxKeySize: max, flags };
         Ok(())
     })
@@ -260,8 +274,9 @@ pub(super) unsafe extern "C" fn C_OpenSession(
     phSession: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
     guard("C_OpenSession", || {
+        let p = provider()?;
         let handle = out(phSession)?;
-        *handle = provider()?.open_session(slotID, flags)?;
+        *handle = p.open_session(slotID, flags)?;
         Ok(())
     })
 }
@@ -276,8 +291,8 @@ pub(super) unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV 
 
 pub(super) unsafe extern "C" fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pInfo: *mut CK_SESSION_INFO) -> CK_RV {
     guard("C_GetSessionInfo", || {
-        let info = out(pInfo)?;
         let (slotID, state, flags) = provider()?.session_info(hSession)?;
+        let info = out(pInfo)?;
         *info = CK_SESSION_INFO { slotID, state, flags, ulDeviceError: 0 };
         Ok(())
     })
@@ -285,14 +300,13 @@ pub(super) unsafe extern "C" fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pI
 
 pub(super) unsafe extern "C" fn C_Login(hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: *mut CK_UTF8CHAR, ulPinLen: CK_ULONG) -> CK_RV {
     guard("C_Login", || {
-        // The PIN is never logged; in PIN mode it is the KMS access token (an OIDC token may
-        // be long), else it is ignored.
-        const MAX_PIN: CK_ULONG = 16 << 10;
-        let pin = input(pPin, ulPinLen, MAX_PIN).map_err(|e| match e.rv {
-            CKR_DATA_LEN_RANGE => Error::new(CKR_PIN_LEN_RANGE, format!("a PIN is at most {MAX_PIN} bytes")),
+        // The PIN is never logged; in PIN mode it is the KMS access token, else it is ignored.
+        let p = provider()?;
+        let pin = input(pPin, ulPinLen, MAX_PIN_LEN).map_err(|e| match e.rv {
+            CKR_DATA_LEN_RANGE => Error::new(CKR_PIN_LEN_RANGE, format!("a PIN is at most {MAX_PIN_LEN} bytes")),
             _ => e,
         })?;
-        provider()?.login(hSession, userType, pin)
+        p.login(hSession, userType, pin)
     })
 }
 
@@ -322,11 +336,12 @@ pub(super) unsafe extern "C" fn C_FindObjects(
     pulObjectCount: *mut CK_ULONG,
 ) -> CK_RV {
     guard("C_FindObjects", || {
+        let p = provider()?;
         let count = out(pulObjectCount)?;
         if phObject.is_null() && ulMaxObjectCount > 0 {
             return Err(bad_args("NULL object array"));
         }
-        let found = provider()?.find_next(hSession, ulMaxObjectCount as usize)?;
+        let found = p.find_next(hSession, ulMaxObjectCount as usize)?;
         if !found.is_empty() {
             std::ptr::copy_nonoverlapping(found.as_ptr(), phObject, found.len());
         }
@@ -348,6 +363,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
     ulCount: CK_ULONG,
 ) -> CK_RV {
     guard("C_GetAttributeValue", || {
+        let p = provider()?;
         if pTemplate.is_null() && ulCount > 0 {
             return Err(bad_args("NULL template"));
         }
@@ -356,7 +372,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
         }
         let template = if ulCount == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) };
         let types: Vec<_> = template.iter().map(|a| a.type_).collect();
-        let values = provider()?.attributes(hSession, hObject, &types)?;
+        let values = p.attributes(hSession, hObject, &types)?;
         let mut rv = CKR_OK;
         for (attr, value) in template.iter_mut().zip(values) {
             let problem = match value {
@@ -387,13 +403,25 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
     })
 }
 
+/// The keys live in the KMS, which says nothing of the memory they take: a valid object's
+/// size is `CK_UNAVAILABLE_INFORMATION` with `CKR_INFORMATION_SENSITIVE`, which the
+/// specification lists among C_GetObjectSize's answers.
+pub(super) unsafe extern "C" fn C_GetObjectSize(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pulSize: *mut CK_ULONG) -> CK_RV {
+    guard("C_GetObjectSize", || {
+        provider()?.attributes(hSession, hObject, &[])?;
+        *out(pulSize)? = CK_UNAVAILABLE_INFORMATION;
+        Err(Error::new(CKR_INFORMATION_SENSITIVE, "the size of a key held in the KMS is not known"))
+    })
+}
+
 // ---- signing ----------------------------------------------------------------------------
 
 pub(super) unsafe extern "C" fn C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE) -> CK_RV {
     guard("C_SignInit", || {
+        let p = provider()?;
         let mechanism = pMechanism.as_ref().ok_or_else(|| bad_args("NULL mechanism"))?;
         let parameter = read_parameter(mechanism);
-        provider()?.sign_init(hSession, mechanism.mechanism, parameter, hKey)
+        p.sign_init(hSession, mechanism.mechanism, parameter, hKey)
     })
 }
 
@@ -447,8 +475,8 @@ pub(super) unsafe extern "C" fn C_Sign(
     pulSignatureLen: *mut CK_ULONG,
 ) -> CK_RV {
     guard("C_Sign", || {
-        let len = out(pulSignatureLen)?;
         let p = provider()?;
+        let len = out(pulSignatureLen)?;
         let data = input(pData, ulDataLen, MAX_INPUT)?;
         let capacity = (!pSignature.is_null()).then_some(*len as usize);
         deliver(p.sign(hSession, data, capacity)?, pSignature, len)
@@ -464,8 +492,8 @@ pub(super) unsafe extern "C" fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart:
 
 pub(super) unsafe extern "C" fn C_SignFinal(hSession: CK_SESSION_HANDLE, pSignature: *mut CK_BYTE, pulSignatureLen: *mut CK_ULONG) -> CK_RV {
     guard("C_SignFinal", || {
-        let len = out(pulSignatureLen)?;
         let p = provider()?;
+        let len = out(pulSignatureLen)?;
         let capacity = (!pSignature.is_null()).then_some(*len as usize);
         deliver(p.sign_final(hSession, capacity)?, pSignature, len)
     })
@@ -502,34 +530,13 @@ mod panic_injection {
     use std::cell::Cell;
     use std::collections::BTreeSet;
 
+    use cosmian_pkcs11_testbed::CallZeroed;
+
     thread_local! {
         /// When set, [`guard`] panics instead of running the entry point's body.
         pub(super) static ARMED: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// Calls a C function with every argument zeroed (NULL pointers, 0 handles and lengths).
-    trait CallZeroed {
-        unsafe fn call_zeroed(self) -> CK_RV;
-    }
-
-    macro_rules! call_zeroed_for_arity {
-        ($($arg:ident),*) => {
-            impl<$($arg),*> CallZeroed for unsafe extern "C" fn($($arg),*) -> CK_RV {
-                unsafe fn call_zeroed(self) -> CK_RV {
-                    self($(std::mem::zeroed::<$arg>()),*)
-                }
-            }
-        };
-    }
-    call_zeroed_for_arity!(A);
-    call_zeroed_for_arity!(A, B);
-    call_zeroed_for_arity!(A, B, C);
-    call_zeroed_for_arity!(A, B, C, D);
-    call_zeroed_for_arity!(A, B, C, D, E);
-    call_zeroed_for_arity!(A, B, C, D, E, F);
-    call_zeroed_for_arity!(A, B, C, D, E, F, G);
-    call_zeroed_for_arity!(A, B, C, D, E, F, G, H);
-    call_zeroed_for_arity!(A, B, C, D, E, F, G, H, I);
 
     macro_rules! call_all {
         ($table:expr; $($f:ident),*) => {
@@ -573,8 +580,8 @@ mod panic_injection {
                 CKR_GENERAL_ERROR => {
                     guarded.insert(name);
                 }
-                // A stub: one constant return, nothing that could panic.
-                CKR_FUNCTION_NOT_SUPPORTED => assert!(!implemented().contains(name), "{name} is implemented but not guarded"),
+                // A stub (`stub`: not initialized here, as no unit test initializes).
+                CKR_CRYPTOKI_NOT_INITIALIZED => assert!(!implemented().contains(name), "{name} is implemented but not guarded"),
                 other => panic!("{name} ran its body despite the injected panic (0x{other:X})"),
             }
         }

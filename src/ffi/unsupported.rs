@@ -1,21 +1,31 @@
 //! The function-list slots the provider does not implement: each is a real function of the
-//! right C signature that answers `CKR_FUNCTION_NOT_SUPPORTED`, so no slot of the tables is
-//! NULL. (Signatures from cryptoki-sys's CK_FUNCTION_LIST_3_0.)
+//! right C signature, so no slot of the tables is NULL. Before `C_Initialize` each answers
+//! `CKR_CRYPTOKI_NOT_INITIALIZED`, as every function does; after, `CKR_FUNCTION_NOT_SUPPORTED`,
+//! or `CKR_FUNCTION_NOT_PARALLEL` for the two legacy functions the specification says should
+//! simply answer that. (Signatures from cryptoki-sys's CK_FUNCTION_LIST_3_0.)
 
 #![allow(non_snake_case)]
 
 use cryptoki_sys::*;
 use std::os::raw::c_void;
 
-macro_rules! unsupported {
-    ($($name:ident($($ty:ty),*);)*) => {$(
+/// `stubs!(RV; name(arg types); ...)`: functions answering [`super::entry::stub`]`(RV)`.
+macro_rules! stubs {
+    ($rv:expr; $($name:ident($($ty:ty),*);)*) => {$(
         pub(super) unsafe extern "C" fn $name($(_: $ty),*) -> CK_RV {
-            CKR_FUNCTION_NOT_SUPPORTED
+            super::entry::stub($rv)
         }
     )*};
 }
 
-unsupported! {
+stubs! {
+    CKR_FUNCTION_NOT_PARALLEL;
+    C_GetFunctionStatus(CK_SESSION_HANDLE);
+    C_CancelFunction(CK_SESSION_HANDLE);
+}
+
+stubs! {
+    CKR_FUNCTION_NOT_SUPPORTED;
     C_InitToken(CK_SLOT_ID, *mut CK_UTF8CHAR, CK_ULONG, *mut CK_UTF8CHAR);
     C_InitPIN(CK_SESSION_HANDLE, *mut CK_UTF8CHAR, CK_ULONG);
     C_SetPIN(CK_SESSION_HANDLE, *mut CK_UTF8CHAR, CK_ULONG, *mut CK_UTF8CHAR, CK_ULONG);
@@ -24,7 +34,6 @@ unsupported! {
     C_CreateObject(CK_SESSION_HANDLE, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_OBJECT_HANDLE);
     C_CopyObject(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_OBJECT_HANDLE);
     C_DestroyObject(CK_SESSION_HANDLE, CK_OBJECT_HANDLE);
-    C_GetObjectSize(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, *mut CK_ULONG);
     C_SetAttributeValue(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, *mut CK_ATTRIBUTE, CK_ULONG);
     C_EncryptInit(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE);
     C_Encrypt(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG);
@@ -58,8 +67,6 @@ unsupported! {
     C_DeriveKey(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_OBJECT_HANDLE);
     C_SeedRandom(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG);
     C_GenerateRandom(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG);
-    C_GetFunctionStatus(CK_SESSION_HANDLE);
-    C_CancelFunction(CK_SESSION_HANDLE);
     C_WaitForSlotEvent(CK_FLAGS, *mut CK_SLOT_ID, *mut c_void);
     C_LoginUser(CK_SESSION_HANDLE, CK_USER_TYPE, *mut CK_UTF8CHAR, CK_ULONG, *mut CK_UTF8CHAR, CK_ULONG);
     C_SessionCancel(CK_SESSION_HANDLE, CK_FLAGS);

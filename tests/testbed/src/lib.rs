@@ -10,6 +10,7 @@
 //! - [`CountingProxy`]: counts the connections and HTTP requests a client makes to the KMS.
 //! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
 //!   `sshd`, with a scrubbed environment; [`OpenSsh`]: Debian's 9.2 or the current release.
+//! - [`CallZeroed`]: a C function called with zeroed arguments, for the C ABI tests.
 //! - This module: free ports, where the provider library is, and its configuration file.
 //!
 //! Every child process is killed when its owner is dropped, and cannot outlive the test
@@ -23,6 +24,7 @@ mod pki;
 mod process;
 mod proxy;
 mod ssh;
+mod zeroed;
 
 use std::ffi::OsStr;
 use std::net::TcpListener;
@@ -35,6 +37,7 @@ pub use kmip::{create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
 pub use pki::{TestCa, X509Version};
 pub use proxy::CountingProxy;
+pub use zeroed::CallZeroed;
 pub use ssh::{current_user, ssh_command, ssh_keygen_d, OpenSsh, SshAgent, SshCommand, Sshd};
 
 /// A command for `program` whose environment holds none of the provider's configuration
