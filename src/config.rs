@@ -59,6 +59,10 @@ pub struct KmsConfig {
     pub use_pin_as_access_token: bool,
 }
 
+/// Larger configuration files are refused unread (a real one is well under 100 KB, even with
+/// a `verified_cert` chain inline).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Keys of the 5.28 schema that the provider knows about but does not use.
 const KNOWN_UNUSED: &[&str] = &["database_secret", "vault_token", "cipher_suites", "proxy_params", "oauth2_conf"];
 
@@ -70,7 +74,10 @@ impl KmsConfig {
         let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(cannot_read)?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut file, &mut text).map_err(cannot_read)?;
+        std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, MAX_CONFIG_BYTES + 1), &mut text).map_err(cannot_read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(format!("{} is larger than {} KiB: not a ckms configuration file", path.display(), MAX_CONFIG_BYTES >> 10));
+        }
         let (mut config, mut warnings) = Self::parse(&text, path)?;
         #[cfg(unix)]
         if let Ok(meta) = file.metadata() {
@@ -288,6 +295,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<(KmsConfig, Vec<String>), String> {
         KmsConfig::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn a_config_file_over_1_mib_is_refused_unread_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        let mut text = "[http_config]\nserver_url = \"http://127.0.0.1:9998\"\n".to_owned();
+        text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize));
+        std::fs::write(&path, &text).unwrap();
+        let error = KmsConfig::load(&path).unwrap_err();
+        assert!(error.contains("huge.toml") && error.contains("larger than 1024 KiB"), "{error}");
+        std::fs::write(&path, &text[..MAX_CONFIG_BYTES as usize]).unwrap();
+        assert!(KmsConfig::load(&path).is_ok(), "1 MiB exactly is read");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! provider makes one extra Locate, sees nothing new, and offers the first 1,000.
 //!
 //! The public-key disk cache (one file per KMS URL, so per proxy here) makes an enumeration
-//! through a URL seen before one Locate: each test says which kind it measures, cold (a fresh
+//! through a URL seen before one batch of Locates: each test says which kind it measures, cold (a fresh
 //! proxy) or warm (the same proxy again).
 //!
 //! The tests share one KMS and take turns ([`serial`]): the audit log is the server's.
@@ -40,10 +40,15 @@ const LIVE: &str = "live";
 /// The tag of the keys revoked while cached.
 const REVOKED: &str = "revoked";
 
-/// The request lines of one enumeration: a Locate, then the batched Export.
-const ENUMERATION: [&str; 2] = ["POST /kmip/2_1", "POST /kmip"];
-/// An enumeration whose public keys are all in the disk cache: the Locate alone.
-const WARM_ENUMERATION: [&str; 1] = ["POST /kmip/2_1"];
+/// The request lines of one enumeration: one batch of two Locates (the tagged public keys,
+/// and the tagged private keys that confirm the disk cache's entries), then the batched Export.
+const ENUMERATION: [&str; 2] = ["POST /kmip", "POST /kmip"];
+/// An enumeration whose public keys are all in the disk cache: the batch of Locates alone.
+const WARM_ENUMERATION: [&str; 1] = ["POST /kmip"];
+/// What the KMS audits for the Locates of one enumeration.
+fn locates() -> Vec<(String, Option<String>)> {
+    vec![("Locate".to_owned(), None); 2]
+}
 
 struct Bed {
     kms: KmsServer,
@@ -192,11 +197,11 @@ fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys_then_o
         assert_eq!(lines.len(), *count, "{tag}: ssh-keygen -D printed {lines:?}");
         assert_eq!(proxy.requests(), ENUMERATION, "{tag}");
         assert_eq!(proxy.connections(), 1, "{tag}");
-        // The KMS's side: one Locate, one Export per public key, nothing else.
+        // The KMS's side: two Locates, one Export per public key, nothing else.
         let public_ids = bed.keys[tag].iter().map(|k| &k.public_id);
         let mut expected = operations_on("Export", public_ids);
-        expected.push(("Locate".to_owned(), None));
-        assert_eq!(audited_since(mark, count + 1), sorted(expected), "{tag}");
+        expected.extend(locates());
+        assert_eq!(audited_since(mark, count + 2), sorted(expected), "{tag}");
 
         // Another process, same KMS URL: the public keys come from the disk cache.
         proxy.reset();
@@ -204,7 +209,7 @@ fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys_then_o
         let (again, _) = keygen_d_via(&proxy, tag, &[]);
         assert_eq!(again, lines, "{tag}: the same keys, the same lines");
         assert_eq!(proxy.requests(), WARM_ENUMERATION, "{tag}: warm");
-        assert_eq!(audited_since(mark, 1), [("Locate".to_owned(), None)], "{tag}: warm");
+        assert_eq!(audited_since(mark, 2), locates(), "{tag}: warm");
     }
     // The disk cache turned off: every process exports again.
     let (_, proxy, _) = keygen_d("n1");
@@ -233,20 +238,20 @@ fn a_revoked_key_is_not_offered_from_the_disk_cache() {
 }
 
 /// KMS 5.28 answers at most 1,000 ids per Locate and ignores `OffsetItems`: the second page is
-/// the first one again, which ends the listing. Three round trips, the first 1,000 keys, a
-/// warning in the log.
+/// the first one again, which ends the listing. Three round trips (two batches of two Locates,
+/// the Export), the first 1,000 keys, a warning in the log.
 #[test]
 fn past_the_kms_locate_cap_of_1000_keys_it_is_three_round_trips() {
     let _turn = serial();
     let mark = audit_mark();
     let (lines, proxy, dir) = keygen_d("n1001");
-    assert_eq!(proxy.requests(), ["POST /kmip/2_1", "POST /kmip/2_1", "POST /kmip"]);
+    assert_eq!(proxy.requests(), ["POST /kmip", "POST /kmip", "POST /kmip"]);
     assert_eq!(proxy.connections(), 1);
     assert_eq!(lines.len(), 1000);
     assert!(provider_log(&dir).contains("caps Locate at 1000"), "{}", provider_log(&dir));
-    let audited = audited_since(mark, 1002);
+    let audited = audited_since(mark, 1004);
     let count = |op: &str| audited.iter().filter(|(o, _)| o == op).count();
-    assert_eq!((count("Locate"), count("Export"), audited.len()), (2, 1000, 1002));
+    assert_eq!((count("Locate"), count("Export"), audited.len()), (4, 1000, 1004));
 }
 
 #[test]
@@ -274,17 +279,21 @@ fn an_ssh_login_is_the_enumeration_plus_one_sign() {
         mark
     };
     let sign = ("Sign".to_owned(), Some(key.private_id.clone()));
-    let locate = ("Locate".to_owned(), None);
 
     let mark = login("cold");
     assert_eq!(proxy.requests(), [ENUMERATION[0], ENUMERATION[1], "POST /kmip/2_1"]);
-    let expected = vec![("Export".to_owned(), Some(key.public_id.clone())), locate.clone(), sign.clone()];
-    assert_eq!(audited_since(mark, 3), expected);
+    let mut expected = vec![("Export".to_owned(), Some(key.public_id.clone()))];
+    expected.extend(locates());
+    expected.push(sign.clone());
+    assert_eq!(audited_since(mark, 4), expected);
 
-    // The next login: the public key from the disk cache, the physical minimum plus a Locate.
+    // The next login: the public key from the disk cache, the physical minimum plus one
+    // batch of Locates (which confirms the cached entry).
     let mark = login("warm");
-    assert_eq!(proxy.requests(), ["POST /kmip/2_1", "POST /kmip/2_1"]);
-    assert_eq!(audited_since(mark, 2), [locate, sign]);
+    assert_eq!(proxy.requests(), ["POST /kmip", "POST /kmip/2_1"]);
+    let mut expected = locates();
+    expected.push(sign);
+    assert_eq!(audited_since(mark, 3), expected);
 }
 
 /// The provider in this process with `COSMIAN_PKCS11_KEY_CACHE_SECONDS=1`, as a long-lived
@@ -416,7 +425,7 @@ fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
     assert_eq!(authorized.len(), 1, "{}", provider_log(&dir));
     assert_eq!(requests_since(http), ENUMERATION, "cold");
     assert_eq!(proxy.connections(), 1, "cold");
-    assert_eq!(operations_since(audit), ["Locate", "Export"]);
+    assert_eq!(operations_since(audit), ["Locate", "Locate", "Export"]);
     let (lines, (http, _)) = keygen_d(&env, &[]);
     assert_eq!(lines, authorized);
     assert_eq!((requests_since(http), proxy.connections()), (WARM_ENUMERATION.to_vec(), 1), "warm");
@@ -430,9 +439,9 @@ fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
     }
     let out = ssh.run("echo logged-in");
     assert!(out.status.success(), "{}\nprovider:\n{}", text(&out), provider_log(&dir));
-    assert_eq!(requests_since(http), ["POST /kmip/2_1", "POST /kmip/2_1"], "login");
+    assert_eq!(requests_since(http), ["POST /kmip", "POST /kmip/2_1"], "login");
     assert_eq!(proxy.connections(), 1, "login: one connection");
-    assert_eq!(operations_since(audit), ["Locate", "Sign"]);
+    assert_eq!(operations_since(audit), ["Locate", "Locate", "Sign"]);
     assert!(settled_audit_events(&kms).iter().any(|e| e.operation == "Sign" && e.object_uid.as_deref() == Some(&key.private_id)));
 
     // verified_cert names another CA; the KMS's CA is a system root (SSL_CERT_FILE).

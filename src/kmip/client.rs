@@ -27,8 +27,19 @@ use super::resolver::CachingResolver;
 use super::ttlv::Ttlv;
 use crate::config::{KmsConfig, Secret, Settings};
 
-/// Largest answer accepted from the KMS.
-const MAX_RESPONSE_BYTES: u64 = 16 << 20;
+/// The largest answer each operation can need, read with a bounded reader: a larger one is
+/// refused unparsed. A Sign answer is a signature (RSA-4096: 1 KiB of hex); a Locate page
+/// 1,000 ids (about 100 KB); an Export one public key and its attributes (a few KiB).
+const MAX_ANSWER_BYTES: [(&str, u64); 3] = [("Sign", 64 << 10), ("Locate", 1 << 20), ("Export", 64 << 10)];
+/// The cap of any other operation, and the envelope of a `ResponseMessage` on top of its items.
+const MAX_OTHER_ANSWER_BYTES: u64 = 1 << 20;
+const MAX_ENVELOPE_BYTES: u64 = 16 << 10;
+
+/// The largest answer accepted for these operations (one, or a batch).
+fn answer_cap<'a>(operations: impl Iterator<Item = &'a str>) -> u64 {
+    let cap = |op: &str| MAX_ANSWER_BYTES.iter().find(|(name, _)| *name == op).map_or(MAX_OTHER_ANSWER_BYTES, |(_, cap)| *cap);
+    operations.map(cap).fold(MAX_ENVELOPE_BYTES, u64::saturating_add)
+}
 
 /// The pauses before the second and third attempts of a read-only request.
 const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(300)];
@@ -161,7 +172,8 @@ impl KmsClient {
     /// Sends one KMIP operation to `/kmip/2_1`; `Ok` is the `...Response` payload.
     pub fn call(&self, operation: &Ttlv) -> Result<Ttlv, KmsError> {
         let policy = RetryPolicy::for_operations(std::iter::once(operation.tag.as_str()));
-        self.post("/kmip/2_1", &operation.tag, operation, policy)
+        let cap = answer_cap(std::iter::once(operation.tag.as_str()));
+        self.post("/kmip/2_1", &operation.tag, operation, policy, cap)
     }
 
     /// Sends several operations in one `RequestMessage` to `/kmip`; one result per operation,
@@ -169,6 +181,7 @@ impl KmsClient {
     pub fn batch(&self, operations: Vec<Ttlv>) -> Result<Vec<Result<Ttlv, KmsError>>, KmsError> {
         let count = operations.len();
         let policy = RetryPolicy::for_operations(operations.iter().map(|op| op.tag.as_str()));
+        let cap = answer_cap(operations.iter().map(|op| op.tag.as_str()));
         let mut message = vec![Ttlv::structure(
             "RequestHeader",
             vec![
@@ -185,7 +198,7 @@ impl KmsClient {
             message.push(Ttlv::structure("BatchItem", vec![Ttlv::enumeration("Operation", &name), payload]));
         }
         let label = format!("RequestMessage[{count}]");
-        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy)?;
+        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy, cap)?;
         let items: Vec<_> = answer.children_tagged("BatchItem").collect();
         if items.len() != count {
             return Err(KmsError::Malformed(format!("{} batch items answered for {count}", items.len())));
@@ -193,8 +206,9 @@ impl KmsClient {
         Ok(items.into_iter().map(batch_item_result).collect())
     }
 
-    /// Sends `body`, again as `policy` allows, all within `request_timeout`.
-    fn post(&self, path: &str, label: &str, body: &Ttlv, policy: RetryPolicy) -> Result<Ttlv, KmsError> {
+    /// Sends `body`, again as `policy` allows, all within `request_timeout`; an answer over
+    /// `cap` bytes is refused.
+    fn post(&self, path: &str, label: &str, body: &Ttlv, policy: RetryPolicy, cap: u64) -> Result<Ttlv, KmsError> {
         let json = body.to_json();
         let started = Instant::now();
         let mut attempt = 1;
@@ -205,7 +219,7 @@ impl KmsClient {
             let result = if budget.is_zero() {
                 Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
             } else {
-                self.post_once(path, &json, budget, attempt > 1)
+                self.post_once(path, &json, budget, attempt > 1, cap)
             };
             let elapsed_ms = attempt_started.elapsed().as_millis();
             let error = match result {
@@ -236,8 +250,9 @@ impl KmsClient {
         }
     }
 
-    /// One HTTP exchange, within `timeout`; on a new connection if `fresh`.
-    fn post_once(&self, path: &str, json: &str, timeout: Duration, fresh: bool) -> Result<Ttlv, KmsError> {
+    /// One HTTP exchange, within `timeout`; on a new connection if `fresh`; an answer over `cap`
+    /// bytes is refused before it is parsed.
+    fn post_once(&self, path: &str, json: &str, timeout: Duration, fresh: bool, cap: u64) -> Result<Ttlv, KmsError> {
         let agent = self.agent.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut request = agent
             .post(format!("{}{path}", self.base_url))
@@ -265,9 +280,12 @@ impl KmsClient {
         let bytes = response
             .body_mut()
             .with_config()
-            .limit(MAX_RESPONSE_BYTES)
+            .limit(cap)
             .read_to_vec()
-            .map_err(|e| transport_error(e, true))?;
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => KmsError::Malformed(format!("answer larger than {cap} bytes: refused unread")),
+                e => transport_error(e, true),
+            })?;
         match status {
             200 => Ttlv::from_json(&bytes).map_err(|e| KmsError::Malformed(format!("not KMIP JSON-TTLV: {e}"))),
             401 | 403 => Err(KmsError::Unauthorized(format!("HTTP {status}"))),
@@ -415,6 +433,14 @@ mod tests {
         assert!(matches!(transport_error(io(InvalidData), false), KmsError::Tls(_)));
         assert!(matches!(transport_error(ureq::Error::Tls("bad"), false), KmsError::Tls(_)));
         assert!(matches!(transport_error(ureq::Error::BodyExceedsLimit(1), true), KmsError::Malformed(_)));
+    }
+
+    #[test]
+    fn answers_are_capped_by_what_their_operations_need() {
+        assert_eq!(answer_cap(["Sign"].into_iter()), (64 << 10) + (16 << 10));
+        assert_eq!(answer_cap(["Locate", "Locate"].into_iter()), (2 << 20) + (16 << 10));
+        assert_eq!(answer_cap(std::iter::repeat_n("Export", 1000)), 1000 * (64 << 10) + (16 << 10));
+        assert_eq!(answer_cap(["Query"].into_iter()), (1 << 20) + (16 << 10));
     }
 
     #[test]

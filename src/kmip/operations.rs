@@ -1,5 +1,5 @@
 //! The KMIP operations the provider sends, built and read as measured against the server:
-//! Locate (tagged keys, paged), a batched Export of the public keys with their attributes,
+//! Locate (tagged public and private keys, batched, paged), a batched Export of the public keys with their attributes,
 //! and Sign. Never a Get or Export of a private key.
 
 use super::client::{KmsClient, KmsError};
@@ -117,33 +117,75 @@ fn tag_attribute(vendor_id: &str, tags: &[&str]) -> Ttlv {
     )
 }
 
-/// The ids of the `Active` objects of `object_type` (`PublicKey`, `PrivateKey`) carrying
-/// `tag`, all pages of them that the server gives (see [`add_locate_page`]). Revoking a key
-/// pair deactivates both halves: a revoked key is not listed.
-pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type: &str) -> Result<Vec<String>, KmsError> {
-    let mut ids = Vec::new();
-    loop {
-        let request = Ttlv::structure(
-            "Locate",
-            vec![
-                Ttlv::integer("MaximumItems", LOCATE_PAGE),
-                Ttlv::integer("OffsetItems", ids.len() as i64),
-                Ttlv::structure(
-                    "Attributes",
-                    vec![
-                        Ttlv::enumeration("ObjectType", object_type),
-                        Ttlv::enumeration("State", "Active"),
-                        tag_attribute(vendor_id, &[tag]),
-                    ],
-                ),
-            ],
-        );
-        let answer = client.call(&request)?;
-        let page: Vec<String> = answer.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
-        if !add_locate_page(&mut ids, page) {
-            return Ok(ids);
+/// At most this many Locate rounds per listing (10,000 keys with a server that pages).
+pub const MAX_LOCATE_ROUNDS: usize = 10;
+
+/// The ids of the `Active` public and private keys carrying `tag`, located together in one
+/// batched `RequestMessage` per page round (see [`add_locate_page`]), at most
+/// [`MAX_LOCATE_ROUNDS`] rounds, none started after `deadline`. The private ids are what
+/// confirms a cached public key's private half (`token::Token::load`). Revoking a key pair
+/// deactivates both halves: a revoked key is in neither list.
+pub fn locate_key_pairs(
+    client: &KmsClient,
+    vendor_id: &str,
+    tag: &str,
+    deadline: std::time::Instant,
+) -> Result<(Vec<String>, Vec<String>), KmsError> {
+    let mut lists = [(Vec::new(), true), (Vec::new(), true)];
+    for round in 0.. {
+        if !lists.iter().any(|(_, more)| *more) {
+            break;
+        }
+        if round == MAX_LOCATE_ROUNDS {
+            tracing::warn!(rounds = round, "stopped listing after {MAX_LOCATE_ROUNDS} Locate pages");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KmsError::Timeout(format!("listing the keys: past its deadline after {round} Locate rounds")));
+        }
+        let wanted: Vec<usize> = (0..2).filter(|i| lists[*i].1).collect();
+        let requests = wanted.iter().map(|i| locate_request(vendor_id, tag, ["PublicKey", "PrivateKey"][*i], lists[*i].0.len())).collect();
+        for (i, answer) in wanted.into_iter().zip(client.batch(requests)?) {
+            let page = answer?.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
+            let (ids, more) = &mut lists[i];
+            *more = add_locate_page(ids, page);
         }
     }
+    let [(public, _), (private, _)] = lists;
+    Ok((public, private))
+}
+
+/// The ids of the `Active` objects of `object_type` (`PublicKey`, `PrivateKey`) carrying
+/// `tag`, at most [`MAX_LOCATE_ROUNDS`] pages (see [`add_locate_page`]).
+pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type: &str) -> Result<Vec<String>, KmsError> {
+    let mut ids = Vec::new();
+    for _ in 0..MAX_LOCATE_ROUNDS {
+        let answer = client.call(&locate_request(vendor_id, tag, object_type, ids.len()))?;
+        let page = answer.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
+        if !add_locate_page(&mut ids, page) {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
+/// A Locate of a page of the `Active` objects of `object_type` carrying `tag`.
+fn locate_request(vendor_id: &str, tag: &str, object_type: &str, offset: usize) -> Ttlv {
+    Ttlv::structure(
+        "Locate",
+        vec![
+            Ttlv::integer("MaximumItems", LOCATE_PAGE),
+            Ttlv::integer("OffsetItems", offset as i64),
+            Ttlv::structure(
+                "Attributes",
+                vec![
+                    Ttlv::enumeration("ObjectType", object_type),
+                    Ttlv::enumeration("State", "Active"),
+                    tag_attribute(vendor_id, &[tag]),
+                ],
+            ),
+        ],
+    )
 }
 
 /// Adds a Locate page to `ids` (without repeats); whether to ask for the next page. Only a full

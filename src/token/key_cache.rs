@@ -9,6 +9,13 @@
 //! while its entry lives. Only the label (name, other tags) can lag, for `max_age` at most,
 //! after which the key is exported again.
 //!
+//! Nothing read is trusted unchecked: the folder and the file must belong to the user and be
+//! writable by nobody else (else the file is ignored, with a warning, and not written);
+//! entries dated in the future are expired; and the caller uses an entry only if the KMS
+//! located both its public id and its private id among the tagged, `Active` keys
+//! (`Token::load`). An entry whose private key the KMS refused to sign with is dropped
+//! ([`KeyCache::forget`]).
+//!
 //! One JSON file per KMS URL in the user's cache folder (`~/.cache/cosmian-pkcs11/keys`,
 //! `~/Library/Caches/cosmian-pkcs11/keys`), written whole to a temporary file then renamed
 //! (concurrent processes: the last writer wins, nobody reads half a file), folder 0700 and file
@@ -75,17 +82,33 @@ impl KeyCache {
     /// The keys exported less than `max_age` ago, by public id. Empty when the file is
     /// missing, unreadable, for another KMS or not understood.
     pub fn load(&self) -> HashMap<String, RemoteKey> {
-        let oldest = now().saturating_sub(self.max_age.as_secs());
         self.read()
             .keys
             .into_iter()
-            .filter(|e| e.exported_at > oldest)
+            .filter(|e| self.fresh(e, now()))
             .filter_map(|e| {
                 let spki = hex_decode(&e.spki)?;
                 let key = RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags };
                 Some((key.public_id.clone(), key))
             })
             .collect()
+    }
+
+    /// Whether `entry` was exported less than `max_age` before `now`, and not after it.
+    fn fresh(&self, entry: &Entry, now: u64) -> bool {
+        entry.exported_at > now.saturating_sub(self.max_age.as_secs()) && entry.exported_at <= now
+    }
+
+    /// Drops the entries of the private key `private_id` (the KMS refused to sign with it).
+    pub fn forget(&self, private_id: &str) {
+        let mut content = self.read();
+        let before = content.keys.len();
+        content.keys.retain(|e| e.private_id != private_id);
+        if content.keys.len() < before {
+            if let Err(e) = self.write(&content) {
+                tracing::warn!(file = %self.file.display(), "cannot drop a refused key from the public-key cache: {e}");
+            }
+        }
     }
 
     /// Adds keys just exported (replacing older entries of the same ids), drops expired entries
@@ -95,10 +118,9 @@ impl KeyCache {
             return;
         }
         let now = now();
-        let oldest = now.saturating_sub(self.max_age.as_secs());
         let fresh: HashMap<&str, &RemoteKey> = exported.iter().map(|k| (k.public_id.as_str(), k)).collect();
         let mut keys: Vec<Entry> =
-            self.read().keys.into_iter().filter(|e| e.exported_at > oldest && !fresh.contains_key(e.public_id.as_str())).collect();
+            self.read().keys.into_iter().filter(|e| self.fresh(e, now) && !fresh.contains_key(e.public_id.as_str())).collect();
         keys.extend(exported.iter().map(|k| Entry {
             public_id: k.public_id.clone(),
             private_id: k.private_id.clone(),
@@ -117,7 +139,10 @@ impl KeyCache {
 
     fn read(&self) -> CacheFile {
         let read = || -> Result<CacheFile, String> {
+            let folder = self.file.parent().unwrap_or(Path::new("."));
+            check_private(folder, &std::fs::symlink_metadata(folder).map_err(|e| e.to_string())?)?;
             let file = std::fs::File::open(&self.file).map_err(|e| e.to_string())?;
+            check_private(&self.file, &file.metadata().map_err(|e| e.to_string())?)?;
             let mut text = Vec::new();
             std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES), &mut text).map_err(|e| e.to_string())?;
             let parsed: CacheFile = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
@@ -137,6 +162,7 @@ impl KeyCache {
     fn write(&self, content: &CacheFile) -> std::io::Result<()> {
         let folder = self.file.parent().unwrap_or(Path::new("."));
         create_private_folder(folder)?;
+        check_private(folder, &std::fs::symlink_metadata(folder)?).map_err(std::io::Error::other)?;
         let json = serde_json::to_vec(content).map_err(std::io::Error::other)?;
         let temporary = folder.join(format!(".{}.{}", std::process::id(), now_nanos()));
         let written = write_private_file(&temporary, &json).and_then(|()| std::fs::rename(&temporary, &self.file));
@@ -161,6 +187,33 @@ impl KeyCache {
             }
         }
     }
+}
+
+/// Refuses a file or folder that is not the user's own or that others may write: whoever can
+/// write the cache could choose the keys offered.
+#[cfg(unix)]
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    extern "C" {
+        // POSIX, in every Unix libc; never fails.
+        fn geteuid() -> u32;
+    }
+    // SAFETY: geteuid has no preconditions and touches no memory of ours.
+    let uid = unsafe { geteuid() };
+    if meta.file_type().is_symlink() {
+        Err(format!("{} is a symbolic link", path.display()))
+    } else if meta.uid() != uid {
+        Err(format!("{} belongs to user {}, not to this user ({uid})", path.display(), meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Err(format!("others may write {} (mode {:o}): run `chmod go-w` on it", path.display(), meta.mode() & 0o777))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(not(unix))]
+fn check_private(_: &Path, _: &std::fs::Metadata) -> Result<(), String> {
+    Ok(())
 }
 
 fn now_nanos() -> u128 {
@@ -303,6 +356,82 @@ mod tests {
         assert!(!stale.file().exists());
         assert!(!crashed_write.exists());
         assert!(cache.file().exists());
+    }
+
+    #[test]
+    fn entries_dated_in_the_future_are_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        cache.store(&[key("a")]);
+        let mut content = cache.read();
+        content.keys.push(Entry { exported_at: now() + 3600, ..content.keys[0].clone() });
+        content.keys[1].public_id = "future_pk".into();
+        cache.write(&content).unwrap();
+        assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["a_pk"]);
+        cache.store(&[key("b")]);
+        assert!(cache.read().keys.iter().all(|e| e.public_id != "future_pk"), "not kept either");
+    }
+
+    #[test]
+    fn a_file_or_folder_others_can_write_is_ignored_and_not_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        cache.store(&[key("a")]);
+        let chmod = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let folder = cache.file().parent().unwrap().to_owned();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A file others can write: not read; replaced by a private one (the folder is ours).
+        for bad in [0o620, 0o602] {
+            cache.store(&[key("a")]);
+            chmod(cache.file(), bad);
+            assert!(cache.load().is_empty(), "file mode {bad:o}");
+            cache.store(&[key("b")]);
+            assert_eq!(mode(cache.file()), 0o600);
+            assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["b_pk"], "file mode {bad:o}: its entries were not kept");
+        }
+        // A folder others can write: neither read nor written.
+        for bad in [0o770, 0o703] {
+            chmod(&folder, bad);
+            assert!(cache.load().is_empty(), "folder mode {bad:o}");
+            let before = std::fs::read(cache.file()).unwrap();
+            cache.store(&[key("c")]);
+            assert_eq!(std::fs::read(cache.file()).unwrap(), before, "folder mode {bad:o}: not written");
+            chmod(&folder, 0o700);
+            assert_eq!(cache.load().len(), 1);
+        }
+        // A cache folder that is a symbolic link (to a folder of ours) is not followed.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&folder, &link).unwrap();
+        let linked = KeyCache::new(link, "https://kms.example.com:9998", Duration::from_secs(3600)).unwrap();
+        assert!(linked.load().is_empty());
+    }
+
+    #[test]
+    fn a_file_of_another_user_is_ignored() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        cache.store(&[key("a")]);
+        let ours = std::fs::metadata(cache.file()).unwrap().uid();
+        if ours == 0 {
+            // Root can give the file away.
+            std::os::unix::fs::chown(cache.file(), Some(4242), None).unwrap();
+            assert!(cache.load().is_empty());
+        } else {
+            let root_owned = Path::new("/etc/passwd");
+            let error = check_private(root_owned, &std::fs::metadata(root_owned).unwrap()).unwrap_err();
+            assert!(error.contains("belongs to user 0"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_refused_key_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        cache.store(&[key("a"), key("b")]);
+        cache.forget("a");
+        assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["b_pk"]);
     }
 
     #[test]

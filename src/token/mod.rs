@@ -5,7 +5,7 @@
 pub mod key_cache;
 pub mod objects;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use cryptoki_sys::*;
 use crate::asn1::PublicKey;
 use crate::config::{KmsConfig, Settings};
 use crate::error::{Error, Result};
+use crate::kmip::client::KmsError;
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
 use crate::kmip::KmsClient;
 use crate::lock;
@@ -22,6 +23,9 @@ pub use objects::{Attr, KeyPair, ObjectClass};
 
 /// After a failed load, how long searches are answered from memory before trying again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// Listing the keys starts no request after this many request timeouts.
+const LIST_DEADLINE_TIMEOUTS: u32 = 3;
 
 /// The connection to the KMS, when the configuration allowed one.
 pub struct Kms {
@@ -160,15 +164,22 @@ impl Token {
         lock(&self.store).find(template)
     }
 
-    /// Lists the tagged, active key pairs: one Locate (paged), then one batched Export of the
-    /// public keys the disk cache does not hold (none, usually: no request).
+    /// Lists the tagged, active key pairs: one batched Locate of the public and the private
+    /// keys (paged), then one batched Export of the public keys the disk cache does not hold
+    /// or the KMS did not confirm (none, usually: no request). All within
+    /// [`LIST_DEADLINE_TIMEOUTS`] request timeouts, no request started after that.
     fn load(&self) -> std::result::Result<Vec<KeyPair>, String> {
         let kms = self.kms.as_ref().map_err(|e| format!("no KMS configured: {e}"))?;
         let vendor = &kms.config.vendor_id;
         let tag = &self.settings.key_tag;
-        let ids = operations::locate_tagged(&kms.client, vendor, tag, "PublicKey").map_err(|e| e.to_string())?;
-        let mut known = kms.key_cache.as_ref().map(KeyCache::load).unwrap_or_default();
+        let deadline = Instant::now() + self.settings.request_timeout * LIST_DEADLINE_TIMEOUTS;
+        let (ids, private_ids) = operations::locate_key_pairs(&kms.client, vendor, tag, deadline).map_err(|e| e.to_string())?;
+        let cached = kms.key_cache.as_ref().map(KeyCache::load).unwrap_or_default();
+        let mut known = confirmed(cached, &ids, &private_ids);
         let missing: Vec<String> = ids.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
+        if !missing.is_empty() && Instant::now() > deadline {
+            return Err("listing the keys: past its deadline before the Export".into());
+        }
         let exported = operations::export_public_keys(&kms.client, vendor, &missing).map_err(|e| e.to_string())?;
         let mut to_cache = Vec::new();
         for (id, result) in missing.iter().zip(exported) {
@@ -194,11 +205,43 @@ impl Token {
         Ok(keys)
     }
 
-    /// Signs through the KMS.
+    /// Signs through the KMS. When the KMS refuses (the key is gone, not ours, not a signing
+    /// key), the key's disk cache entry is dropped and the next search lists the keys again.
     pub fn sign(&self, key: &KeyPair, request: &SignRequest) -> Result<Vec<u8>> {
         let kms = self.kms.as_ref().map_err(|e| Error::new(CKR_DEVICE_ERROR, format!("no KMS configured: {e}")))?;
-        operations::sign(&kms.client, &key.private_id, request).map_err(Error::from)
+        let signed = operations::sign(&kms.client, &key.private_id, request);
+        if let Err(KmsError::Refused(_)) = &signed {
+            if let Some(cache) = &kms.key_cache {
+                cache.forget(&key.private_id);
+            }
+            lock(&self.store).loaded = None;
+        }
+        signed.map_err(Error::from)
     }
+}
+
+/// The cached public keys the KMS confirmed in the Locate just made: their public id is among
+/// the located `public_ids`; their private id among the tagged `Active` `private_ids`, claimed
+/// by no other located entry and, for ids made by the KMS (`<private id>_pk`), that public
+/// key's own. Others are exported again (one warning says how many).
+fn confirmed(mut cached: HashMap<String, RemoteKey>, public_ids: &[String], private_ids: &[String]) -> HashMap<String, RemoteKey> {
+    let located: HashSet<&str> = public_ids.iter().map(String::as_str).collect();
+    cached.retain(|id, _| located.contains(id.as_str()));
+    let private: HashSet<&str> = private_ids.iter().map(String::as_str).collect();
+    let mut claims: HashMap<String, usize> = HashMap::new();
+    for key in cached.values() {
+        *claims.entry(key.private_id.clone()).or_default() += 1;
+    }
+    let before = cached.len();
+    cached.retain(|_, key| {
+        private.contains(key.private_id.as_str())
+            && claims[&key.private_id] == 1
+            && key.public_id.strip_suffix("_pk").is_none_or(|own| own == key.private_id)
+    });
+    if cached.len() < before {
+        tracing::warn!(entries = before - cached.len(), "disk cache entries the KMS does not confirm: exporting those keys again");
+    }
+    cached
 }
 
 /// Builds the token's view of a KMS key pair.
@@ -274,6 +317,35 @@ mod tests {
         assert!(!s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
         s.loaded = Some((Instant::now() - Duration::from_secs(6), false));
         assert!(s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
+    }
+
+    #[test]
+    fn cached_entries_are_used_only_as_the_kms_confirms_them() {
+        let remote = |public: &str, private: &str| RemoteKey {
+            public_id: public.into(),
+            private_id: private.into(),
+            spki: vec![],
+            name: None,
+            tags: vec![],
+        };
+        let cached: HashMap<String, RemoteKey> = [
+            remote("a_pk", "a"),             // as the KMS made it: kept
+            remote("b_pk", "c"),             // redirected to another tagged key
+            remote("imported", "d"),         // an id of its own: its private key is located
+            remote("planted_pk", "planted"), // not located
+            remote("e_pk", "untagged"),      // redirected to a key the Locate did not find
+            remote("f1", "f"),               // two public keys claiming one private key
+            remote("f2", "f"),
+        ]
+        .into_iter()
+        .map(|k| (k.public_id.clone(), k))
+        .collect();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let public = ids(&["a_pk", "b_pk", "c_pk", "imported", "e_pk", "f1", "f2"]);
+        let private = ids(&["a", "c", "d", "e", "f"]);
+        let mut kept: Vec<_> = confirmed(cached, &public, &private).into_keys().collect();
+        kept.sort();
+        assert_eq!(kept, ["a_pk", "imported"]);
     }
 
     #[test]
