@@ -57,6 +57,9 @@ pub struct KmsConfig {
     /// it; ckms ignores unknown top-level keys): the token requires a login, and the PIN is
     /// the access token.
     pub use_pin_as_access_token: bool,
+    /// `pkcs11_allow_cleartext_credentials = true` (top level): credentials may go over
+    /// `http://` to a host that is not loopback (see [`KmsConfig::cleartext_check`]).
+    pub allow_cleartext_credentials: bool,
 }
 
 /// Larger configuration files are refused unread (a real one is well under 100 KB, even with
@@ -142,12 +145,14 @@ impl KmsConfig {
         let mut vendor_id = "cosmian".to_owned();
         let mut http = None;
         let mut use_pin_as_access_token = false;
+        let mut allow_cleartext_credentials = false;
         for (key, value) in &root {
             match (key.as_str(), value) {
                 ("vendor_id", toml::Value::String(v)) => vendor_id = v.clone(),
                 ("http_config", toml::Value::Table(t)) => http = Some(t),
                 ("pkcs11_use_pin_as_access_token", toml::Value::Boolean(b)) => use_pin_as_access_token = *b,
-                ("vendor_id" | "http_config" | "pkcs11_use_pin_as_access_token", _) => {
+                ("pkcs11_allow_cleartext_credentials", toml::Value::Boolean(b)) => allow_cleartext_credentials = *b,
+                ("vendor_id" | "http_config" | "pkcs11_use_pin_as_access_token" | "pkcs11_allow_cleartext_credentials", _) => {
                     return Err(format!("{at}: `{key}` has the wrong type"))
                 }
                 _ => warnings.push(format!("{at}: ignoring unknown key `{key}`")),
@@ -239,8 +244,46 @@ impl KmsConfig {
             custom_headers,
             vendor_id,
             use_pin_as_access_token,
+            allow_cleartext_credentials,
         };
         Ok((config, warnings))
+    }
+
+    /// Whether credentials would travel in cleartext: `server_url` is `http://` to a host
+    /// that is not loopback (127.0.0.0/8, ::1, `localhost`), and there is an access token, a
+    /// PIN (PIN mode), custom headers or a client certificate to send. `Err` (nothing may be
+    /// sent) unless `pkcs11_allow_cleartext_credentials = true`, then `Ok(Some(warning))`.
+    pub fn cleartext_check(&self) -> Result<Option<String>, String> {
+        let Some(rest) = self.server_url.strip_prefix("http://") else { return Ok(None) };
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let mut sent = Vec::new();
+        if self.access_token.is_some() {
+            sent.push("an access token");
+        }
+        if self.use_pin_as_access_token {
+            sent.push("the PIN (PIN mode)");
+        }
+        if !self.custom_headers.is_empty() {
+            sent.push("custom_headers");
+        }
+        if self.client_certificate.is_some() {
+            sent.push("a client certificate");
+        }
+        if loopback || sent.is_empty() {
+            return Ok(None);
+        }
+        let what = format!("{}: server_url is http:// to {host}, not loopback, and {} would be sent in cleartext", self.source.display(), sent.join(", "));
+        if self.allow_cleartext_credentials {
+            Ok(Some(format!("{what}: allowed by pkcs11_allow_cleartext_credentials = true")))
+        } else {
+            Err(format!("{what}: refused; use https://, or set pkcs11_allow_cleartext_credentials = true at the top of the file to allow it"))
+        }
     }
 }
 
@@ -383,6 +426,29 @@ mod tests {
     fn secret_debug_is_redacted() {
         let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\naccess_token = \"s3cr3t\"\n").unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn credentials_never_go_in_cleartext_to_a_remote_host_without_the_opt_in() {
+        let check = |head: &str, url: &str, http: &str| {
+            let (mut c, warnings) = parse(&format!("{head}\n[http_config]\nserver_url = \"{url}\"\n{http}\n")).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            c.fill_from_store(|_, _| None, &mut Vec::new());
+            c.cleartext_check()
+        };
+        let token = "access_token = \"s3cr3t\"";
+        for http in [token, "custom_headers = [\"X-Key: s3cr3t\"]", "tls_client_pkcs12_path = \"/c.p12\""] {
+            let err = check("", "http://192.0.2.1:9/kms", http).unwrap_err();
+            assert!(err.contains("test.toml") && err.contains("pkcs11_allow_cleartext_credentials") && !err.contains("s3cr3t"), "{err}");
+            for url in ["http://127.0.0.1:9998", "http://127.8.9.10", "http://[::1]:9998", "http://LOCALHOST:1/x", "https://kms.example.com"] {
+                assert_eq!(check("", url, http), Ok(None), "{url}");
+            }
+            let warning = check("pkcs11_allow_cleartext_credentials = true", "http://kms.example.com", http).unwrap().unwrap();
+            assert!(warning.contains("allowed by pkcs11_allow_cleartext_credentials"), "{warning}");
+        }
+        assert!(check("pkcs11_use_pin_as_access_token = true", "http://[2001:db8::1]:9998", "").is_err());
+        assert!(check("", "http://localhost.example.com", token).is_err());
+        assert_eq!(check("", "http://kms.example.com", ""), Ok(None), "nothing secret to send");
     }
 
     #[test]

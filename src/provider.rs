@@ -20,6 +20,10 @@ use crate::token::{Attr, KeyCache, Kms, ObjectClass, Token};
 /// The only slot.
 pub const SLOT_ID: CK_SLOT_ID = 1;
 
+/// Most data one signature accepts, C_Sign or C_SignUpdate parts together: beyond it
+/// `CKR_DATA_LEN_RANGE` ends the operation (an SSH signature signs a few hundred bytes).
+pub const MAX_SIGN_DATA: usize = 16 << 20;
+
 /// What a signing call hands back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SignOutput {
@@ -35,6 +39,9 @@ pub struct Provider {
     pub token: Token,
     sessions: Sessions,
     logged_in: AtomicBool,
+    /// Held by C_Login from its check to its end, and by the end of a login, so that
+    /// concurrent logins and logouts leave `logged_in` and the access token consistent.
+    login_lock: std::sync::Mutex<()>,
     /// PIN mode (`pkcs11_use_pin_as_access_token`): the token requires a login, and the PIN
     /// is the KMS access token, kept in memory only until the login ends.
     pin_mode: bool,
@@ -56,6 +63,7 @@ impl Provider {
     pub fn from_environment() -> Self {
         let mut warnings = Vec::new();
         let settings = Settings::from_env(&mut warnings);
+        let mut pin_mode = false;
         let kms = platform::config_paths::find()
             .ok_or_else(|| {
                 format!(
@@ -66,6 +74,9 @@ impl Provider {
             .and_then(|path| KmsConfig::load(&path))
             .and_then(|(config, config_warnings)| {
                 warnings.extend(config_warnings);
+                // PIN mode stands even when the client is refused: C_Login must then fail.
+                pin_mode = config.use_pin_as_access_token;
+                warnings.extend(config.cleartext_check()?);
                 let client = KmsClient::new(&config, &settings)?;
                 let key_cache = platform::config_paths::key_cache_folder()
                     .and_then(|folder| KeyCache::new(folder, &config.server_url, settings.disk_cache_max_age));
@@ -78,7 +89,6 @@ impl Provider {
             Ok(k) => tracing::info!(server = %k.config.server_url, config = %k.config.source.display(), tag = %settings.key_tag, "configured"),
             Err(e) => tracing::error!("the token will hold no keys: {e}"),
         }
-        let pin_mode = kms.as_ref().is_ok_and(|k| k.config.use_pin_as_access_token);
         if pin_mode {
             tracing::info!("PIN mode: the token requires a login; the PIN is the KMS access token");
         }
@@ -86,7 +96,7 @@ impl Provider {
     }
 
     pub fn new(token: Token) -> Self {
-        Self { token, sessions: Sessions::default(), logged_in: AtomicBool::new(false), pin_mode: false, pid: std::process::id() }
+        Self { token, sessions: Sessions::default(), logged_in: AtomicBool::new(false), login_lock: Default::default(), pin_mode: false, pid: std::process::id() }
     }
 
     /// Whether the token requires C_Login (PIN mode): `CKF_LOGIN_REQUIRED`.
@@ -175,39 +185,41 @@ impl Provider {
             CKU_SO => return Err(Error::new(CKR_USER_TYPE_INVALID, "this token has no security officer")),
             _ => return Err(Error::new(CKR_USER_TYPE_INVALID, format!("user type {user_type}"))),
         }
+        let _login = lock(&self.login_lock);
         if self.logged_in.load(Ordering::SeqCst) {
             return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN, "already logged in"));
         }
         if self.pin_mode {
             self.use_pin_as_access_token(pin)?;
         }
-        if self.logged_in.swap(true, Ordering::SeqCst) {
-            return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN, "already logged in"));
-        }
+        self.logged_in.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// PIN mode: sends the PIN as the bearer token from now on, if the KMS accepts it.
+    /// PIN mode: checks the PIN with a client of its own (no other request ever carries an
+    /// unchecked PIN), then sends it as the bearer token from now on. The caller holds
+    /// `login_lock`.
     fn use_pin_as_access_token(&self, pin: &[u8]) -> Result<()> {
         let pin = std::str::from_utf8(pin).map(str::trim).unwrap_or("");
         if pin.is_empty() {
             return Err(Error::new(CKR_PIN_INCORRECT, "PIN mode: the PIN (the KMS access token) is empty or not UTF-8"));
         }
-        let kms = self.token.kms().ok_or_else(|| Error::new(CKR_DEVICE_ERROR, "no KMS configured"))?;
-        kms.client.set_access_token(Some(Secret::new(pin)));
-        let checked = operations::locate_tagged(&kms.client, &kms.config.vendor_id, &self.token.settings.key_tag, "PublicKey");
+        let kms = self.token.kms().ok_or_else(|| {
+            Error::new(CKR_DEVICE_ERROR, "PIN mode: no KMS client (see the ERROR line logged when the library loaded)")
+        })?;
+        let checking = KmsConfig { access_token: Some(Secret::new(pin)), ..kms.config.clone() };
+        let checker = KmsClient::new(&checking, &self.token.settings).map_err(|e| Error::new(CKR_DEVICE_ERROR, e))?;
+        let checked = operations::locate_tagged(&checker, &kms.config.vendor_id, &self.token.settings.key_tag, "PublicKey");
         match checked {
             Ok(_) => {
+                kms.client.set_access_token(checking.access_token.clone());
                 tracing::info!("PIN mode: the KMS accepted the PIN as access token");
                 Ok(())
             }
-            Err(e) => {
-                kms.client.set_access_token(None);
-                Err(match e {
-                    KmsError::Unauthorized(_) => Error::new(CKR_PIN_INCORRECT, format!("PIN mode: the KMS refused the PIN as access token ({e})")),
-                    _ => Error::new(CKR_DEVICE_ERROR, format!("PIN mode: cannot check the PIN: {e}")),
-                })
+            Err(KmsError::Unauthorized(e)) => {
+                Err(Error::new(CKR_PIN_INCORRECT, format!("PIN mode: the KMS refused the PIN as access token ({e})")))
             }
+            Err(e) => Err(Error::new(CKR_DEVICE_ERROR, format!("PIN mode: cannot check the PIN: {e}"))),
         }
     }
 
@@ -222,6 +234,7 @@ impl Provider {
 
     /// The login ends (C_Logout, or the last session closed); in PIN mode the PIN is dropped.
     fn end_login(&self) {
+        let _login = lock(&self.login_lock);
         self.logged_in.store(false, Ordering::SeqCst);
         if let Some(kms) = self.token.kms().filter(|_| self.pin_mode) {
             kms.client.set_access_token(None);
@@ -293,7 +306,7 @@ impl Provider {
         if !mechanism.fits(&key.public_key) {
             return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT, format!("{mechanism:?} does not fit this key")));
         }
-        s.sign = Some(SignOp { key, mechanism, hasher: None });
+        s.sign = Some(SignOp { key, mechanism, hasher: None, total: 0 });
         Ok(())
     }
 
@@ -302,6 +315,9 @@ impl Provider {
         self.finish_signature(session, capacity, |op| {
             if op.hasher.is_some() {
                 return Err(Error::new(CKR_OPERATION_ACTIVE, "C_Sign after C_SignUpdate: finish with C_SignFinal"));
+            }
+            if data.len() > MAX_SIGN_DATA {
+                return Err(Error::new(CKR_DATA_LEN_RANGE, format!("at most {MAX_SIGN_DATA} bytes are signed")));
             }
             Ok((data.to_vec(), false))
         })
@@ -315,6 +331,11 @@ impl Provider {
             s.sign = None;
             return Err(Error::new(CKR_MECHANISM_INVALID, "this mechanism signs in one part only (C_Sign)"));
         };
+        op.total = op.total.saturating_add(data.len());
+        if op.total > MAX_SIGN_DATA {
+            s.sign = None;
+            return Err(Error::new(CKR_DATA_LEN_RANGE, format!("at most {MAX_SIGN_DATA} bytes are signed")));
+        }
         op.hasher.get_or_insert_with(|| Hasher::new(hash)).update(data);
         Ok(())
     }

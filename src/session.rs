@@ -31,6 +31,8 @@ pub struct SignOp {
     pub mechanism: Mechanism,
     /// Set once `C_SignUpdate` has been called (hashing mechanisms only).
     pub hasher: Option<Hasher>,
+    /// Bytes given to C_SignUpdate so far (at most `MAX_SIGN_DATA`).
+    pub total: usize,
 }
 
 /// A session, and whether it is read-write (kept outside its lock for C_GetTokenInfo).

@@ -211,6 +211,22 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(&id_full[..template[0].ulValueLen as usize], pair.private_id.as_bytes());
     assert_eq!(call!(f, C_GetAttributeValue(session, key + 1000, template.as_mut_ptr(), 1)), CKR_OBJECT_HANDLE_INVALID);
 
+    // ---- caps on caller-supplied templates: 64 attributes, 64 KiB a search value -----------
+    let mut many: Vec<CK_ATTRIBUTE> = (0..65).map(|_| attr(CKA_ID, &mut [])).collect();
+    assert_eq!(call!(f, C_GetAttributeValue(session, key, many.as_mut_ptr(), 65)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_GetAttributeValue(session, key, many.as_mut_ptr(), 64)), CKR_OK);
+    let mut private = CKO_PRIVATE_KEY.to_ne_bytes();
+    let mut classes: Vec<CK_ATTRIBUTE> = (0..65).map(|_| attr(CKA_CLASS, &mut private)).collect();
+    assert_eq!(call!(f, C_FindObjectsInit(session, classes.as_mut_ptr(), 65)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(f, C_FindObjectsInit(session, classes.as_mut_ptr(), 64)), CKR_OK);
+    assert_eq!(call!(f, C_FindObjectsFinal(session)), CKR_OK);
+    let mut long_label = vec![b'x'; (64 << 10) + 1];
+    let mut search = [attr(CKA_LABEL, &mut long_label)];
+    assert_eq!(call!(f, C_FindObjectsInit(session, search.as_mut_ptr(), 1)), CKR_ATTRIBUTE_VALUE_INVALID);
+    search[0].ulValueLen -= 1;
+    assert_eq!(call!(f, C_FindObjectsInit(session, search.as_mut_ptr(), 1)), CKR_OK, "64 KiB is accepted");
+    assert_eq!(call!(f, C_FindObjectsFinal(session)), CKR_OK);
+
     // ---- C_GetObjectSize: what the specification allows for a size nobody knows ----------
     let mut size: CK_ULONG = 0;
     assert_eq!(call!(f, C_GetObjectSize(session, key, &mut size)), CKR_INFORMATION_SENSITIVE);
@@ -249,6 +265,24 @@ fn the_c_abi_answers_as_the_specification_says() {
     );
     assert_eq!(call!(f, C_SignInit(session, &mut mechanism, key)), CKR_OK);
     assert_eq!(call!(f, C_Sign(session, null_mut(), 32, sig.as_mut_ptr(), &mut sig_len)), CKR_ARGUMENTS_BAD);
+
+    // ---- at most 16 MiB signed, in one part or several: beyond, DATA_LEN_RANGE ends it -----
+    let mut capped = 0;
+    assert_eq!(call!(f, C_OpenSession(slot, flags, null_mut(), None, &mut capped)), CKR_OK);
+    let mut hashing = CK_MECHANISM { mechanism: CKM_ECDSA_SHA256, pParameter: null_mut(), ulParameterLen: 0 };
+    let mut half = vec![0x5Au8; 8 << 20];
+    assert_eq!(call!(f, C_SignInit(capped, &mut hashing, key)), CKR_OK);
+    for _ in 0..2 {
+        assert_eq!(call!(f, C_SignUpdate(capped, half.as_mut_ptr(), half.len() as CK_ULONG)), CKR_OK, "16 MiB in all is accepted");
+    }
+    assert_eq!(call!(f, C_SignUpdate(capped, half.as_mut_ptr(), 1)), CKR_DATA_LEN_RANGE);
+    sig_len = 64;
+    assert_eq!(call!(f, C_SignFinal(capped, sig.as_mut_ptr(), &mut sig_len)), CKR_OPERATION_NOT_INITIALIZED, "the operation ended");
+    let mut over = vec![0x5Au8; (16 << 20) + 1];
+    assert_eq!(call!(f, C_SignInit(capped, &mut hashing, key)), CKR_OK);
+    assert_eq!(call!(f, C_Sign(capped, over.as_mut_ptr(), over.len() as CK_ULONG, sig.as_mut_ptr(), &mut sig_len)), CKR_DATA_LEN_RANGE);
+    assert_eq!(call!(f, C_Sign(capped, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(call!(f, C_CloseSession(capped)), CKR_OK);
 
     // ---- what the provider does not do ---------------------------------------------------
     let mut random = [0u8; 8];

@@ -197,7 +197,7 @@ fn the_log_lands_in_the_chosen_folder_at_the_chosen_level() {
     keygen_logging(&home, Some("debug"), Some(&logs), None);
     let log = provider_log(&logs);
     assert_eq!(levels_in(&log), ["DEBUG", " INFO"], "{log}");
-    for operation in ["\"Locate\"", "\"RequestMessage["] {
+    for operation in ["\"RequestMessage[2 Locate]\"", "\"RequestMessage[1 Export]\""] {
         let line = log.lines().find(|l| l.contains("KMS request") && l.contains(operation)).unwrap_or_else(|| panic!("no {operation} line:\n{log}"));
         // Operation, status, duration.
         assert!(line.contains("status=") && line.contains("ok") && line.contains("elapsed_ms="), "{line}");

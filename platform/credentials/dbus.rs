@@ -11,6 +11,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use zeroize::Zeroizing;
+
 /// Largest message accepted from the bus.
 const MAX_MESSAGE: usize = 1 << 20;
 
@@ -69,7 +71,7 @@ impl Bus {
             .ok_or("no session bus (DBUS_SESSION_BUS_ADDRESS and XDG_RUNTIME_DIR are unset)")?;
         let mut last_error = format!("no usable address in {address:?}");
         for candidate in address.split(';') {
-            match connect(candidate) {
+            match connect(candidate, deadline) {
                 Ok(Some(stream)) => {
                     let mut bus = Bus { stream, deadline, serial: 0 };
                     bus.authenticate().map_err(|e| format!("session bus at {candidate}: {e}"))?;
@@ -94,14 +96,33 @@ impl Bus {
         self.stream.set_write_timeout(Some(left))
     }
 
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.arm()?;
-        self.stream.write_all(bytes)
+    /// Writes all of `bytes`, each write(2) limited to what is left before the deadline.
+    fn send(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            self.arm()?;
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
-    fn receive(&mut self, buffer: &mut [u8]) -> std::io::Result<()> {
-        self.arm()?;
-        self.stream.read_exact(buffer)
+    /// Fills `buffer`, each read(2) limited to what is left before the deadline (a bus that
+    /// sends a byte now and then cannot stretch the lookup).
+    fn receive(&mut self, mut buffer: &mut [u8]) -> std::io::Result<()> {
+        while !buffer.is_empty() {
+            self.arm()?;
+            match self.stream.read(buffer) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => buffer = &mut buffer[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn authenticate(&mut self) -> std::io::Result<()> {
@@ -131,57 +152,87 @@ impl Bus {
         let message = method_call(serial, destination, path, interface, member, args);
         self.send(&message).map_err(|e| CallError::Io(e.to_string()))?;
         loop {
-            let (kind, reply_to, error, reply) = self.read_message().map_err(|e| CallError::Io(e.to_string()))?;
+            let Message { kind, reply_to, error, body } = self.read_message().map_err(|e| CallError::Io(e.to_string()))?;
             match (kind, reply_to) {
-                (2, Some(s)) if s == serial => return Ok(reply),
+                (2, Some(s)) if s == serial => return Ok(body),
                 (3, Some(s)) if s == serial => return Err(CallError::Remote(error.unwrap_or_else(|| "error".into()))),
                 _ => {} // Signals (NameAcquired...) and other traffic.
             }
         }
     }
 
-    /// One message: its type, the serial it answers, its error name, its body.
-    fn read_message(&mut self) -> std::io::Result<(u8, Option<u32>, Option<String>, Reply)> {
+    /// One message, read within the deadline. Its buffer (which may carry a secret) is wiped
+    /// when dropped.
+    fn read_message(&mut self) -> std::io::Result<Message> {
         let mut fixed = [0u8; 16];
         self.receive(&mut fixed)?;
-        let big_endian = match fixed[0] {
-            b'l' => false,
-            b'B' => true,
-            _ => return Err(std::io::Error::other("not a D-Bus message")),
-        };
-        let number = |at: usize| {
-            let bytes = [fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]];
-            if big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) }
-        };
-        let (body_len, fields_len) = (number(4) as usize, number(12) as usize);
-        let fields_end = 16 + fields_len;
-        let total = fields_end.next_multiple_of(8) + body_len;
-        if total > MAX_MESSAGE {
-            return Err(std::io::Error::other("D-Bus message too large"));
-        }
-        let mut message = fixed.to_vec();
-        message.resize(total, 0);
+        let (total, _, _) = message_length(&fixed).map_err(std::io::Error::other)?;
+        let mut message = Zeroizing::new(vec![0u8; total]);
+        message[..16].copy_from_slice(&fixed);
         self.receive(&mut message[16..])?;
-        let mut fields = Reader { data: &message[..fields_end], at: 16, big_endian };
-        let (mut reply_to, mut error) = (None, None);
-        while fields.at < fields_end {
-            fields.align(8).map_err(std::io::Error::other)?;
-            let code = fields.byte().map_err(std::io::Error::other)?;
-            let signature = fields.signature().map_err(std::io::Error::other)?;
-            match (code, signature.as_str()) {
-                (5, "u") => reply_to = Some(fields.u32().map_err(std::io::Error::other)?),
-                (4, "s") => error = Some(fields.string().map_err(std::io::Error::other)?),
-                _ => fields.skip(&signature).map_err(std::io::Error::other)?,
-            }
-        }
-        let body = message[fields_end.next_multiple_of(8)..].to_vec();
-        Ok((fixed[1], reply_to, error, Reply { body, big_endian }))
+        parse_message(&message).map_err(std::io::Error::other)
     }
+}
+
+/// A message from the bus.
+pub struct Message {
+    /// 2: a method's return, 3: an error, 4: a signal.
+    pub kind: u8,
+    /// The serial of the call it answers.
+    pub reply_to: Option<u32>,
+    /// The error's name, for an error.
+    pub error: Option<String>,
+    pub body: Reply,
+}
+
+/// The length of the message whose fixed header is `fixed`, where its header fields end, and
+/// its byte order.
+fn message_length(fixed: &[u8; 16]) -> Result<(usize, usize, bool), String> {
+    let big_endian = match fixed[0] {
+        b'l' => false,
+        b'B' => true,
+        _ => return Err("not a D-Bus message".into()),
+    };
+    let number = |at: usize| {
+        let bytes = [fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]];
+        if big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) }
+    };
+    let (body_len, fields_len) = (number(4) as usize, number(12) as usize);
+    let fields_end = 16 + fields_len;
+    let total = fields_end.next_multiple_of(8) + body_len;
+    if total > MAX_MESSAGE {
+        return Err("D-Bus message too large".into());
+    }
+    Ok((total, fields_end, big_endian))
+}
+
+/// Parses a whole message as read from the bus (the input the fuzz target `dbus_reply` feeds).
+/// The body is copied into a buffer wiped when dropped.
+pub fn parse_message(message: &[u8]) -> Result<Message, String> {
+    let fixed: &[u8; 16] = message.get(..16).and_then(|f| f.try_into().ok()).ok_or("truncated D-Bus message")?;
+    let (total, fields_end, big_endian) = message_length(fixed)?;
+    if message.len() != total {
+        return Err("a D-Bus message of the wrong length".into());
+    }
+    let mut fields = Reader { data: &message[..fields_end], at: 16, big_endian };
+    let (mut reply_to, mut error) = (None, None);
+    while fields.at < fields_end {
+        fields.align(8)?;
+        let code = fields.byte()?;
+        let signature = fields.signature()?;
+        match (code, signature.as_str()) {
+            (5, "u") => reply_to = Some(fields.u32()?),
+            (4, "s") => error = Some(fields.string()?),
+            _ => fields.skip(&signature)?,
+        }
+    }
+    let body = Zeroizing::new(message[fields_end.next_multiple_of(8)..].to_vec());
+    Ok(Message { kind: fixed[1], reply_to, error, body: Reply { body, big_endian } })
 }
 
 /// The body of an answer, in its sender's byte order.
 pub struct Reply {
-    body: Vec<u8>,
+    body: Zeroizing<Vec<u8>>,
     big_endian: bool,
 }
 
@@ -191,21 +242,58 @@ impl Reply {
     }
 }
 
-/// Connects to one address of the list, if it is a unix socket one.
-fn connect(address: &str) -> std::io::Result<Option<UnixStream>> {
+/// Connects to one address of the list, if it is a unix socket one, by the deadline.
+fn connect(address: &str, deadline: Instant) -> std::io::Result<Option<UnixStream>> {
     let Some(params) = address.strip_prefix("unix:") else { return Ok(None) };
     for param in params.split(',') {
         match param.split_once('=') {
-            Some(("path", p)) => return UnixStream::connect(unescape(p)).map(Some),
-            Some(("abstract", name)) => {
-                use std::os::linux::net::SocketAddrExt;
-                let address = std::os::unix::net::SocketAddr::from_abstract_name(unescape(name).as_bytes())?;
-                return UnixStream::connect_addr(&address).map(Some);
-            }
+            Some(("path", p)) => return connect_by(unescape(p).as_bytes(), deadline).map(Some),
+            // An abstract name is a path that starts with a NUL byte.
+            Some(("abstract", name)) => return connect_by(&[&b"\0"[..], unescape(name).as_bytes()].concat(), deadline).map(Some),
             _ => {}
         }
     }
     Ok(None)
+}
+
+/// connect(2) to the unix socket `path`, with the socket's send timeout set to what is left
+/// before the deadline: on Linux, a listener whose backlog is full (a stalled bus) makes
+/// connect(2) wait that long at most (std's `UnixStream::connect` would wait forever).
+fn connect_by(path: &[u8], deadline: Instant) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: sockaddr_un is plain data, valid when zeroed.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // A path keeps a terminating NUL; an abstract name is as long as it is.
+    if path.is_empty() || path.len() >= address.sun_path.len() {
+        return Err(std::io::Error::other("bad unix socket path"));
+    }
+    for (to, from) in address.sun_path.iter_mut().zip(path) {
+        *to = *from as libc::c_char;
+    }
+    let length = std::mem::offset_of!(libc::sockaddr_un, sun_path) + path.len() + usize::from(path[0] != 0);
+    // SAFETY: socket(2) has no memory arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    stream.set_write_timeout(Some(left))?;
+    // SAFETY: `address` is a sockaddr_un of which `length` bytes are meaningful.
+    let done = unsafe { libc::connect(fd, (&raw const address).cast(), length as libc::socklen_t) };
+    if done < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::EAGAIN) => std::io::ErrorKind::TimedOut.into(),
+            _ => error,
+        });
+    }
+    Ok(stream)
 }
 
 /// D-Bus addresses escape bytes as `%XX`.
@@ -286,8 +374,9 @@ fn method_call(serial: u32, destination: &str, path: &str, interface: &str, memb
     m.0
 }
 
+/// Encodes D-Bus values, little-endian.
 #[derive(Default)]
-struct Writer(Vec<u8>);
+pub(super) struct Writer(pub(super) Vec<u8>);
 
 impl Writer {
     fn align(&mut self, n: usize) {
@@ -352,9 +441,10 @@ impl<'a> Reader<'a> {
         String::from_utf8(s.to_vec()).map_err(|_| "a bad D-Bus signature".into())
     }
 
-    pub fn bytes(&mut self) -> Result<Vec<u8>, String> {
+    /// `ay`, in a buffer wiped when dropped (it may be a secret).
+    pub fn bytes(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
         let len = self.u32()? as usize;
-        Ok(self.take(len)?.to_vec())
+        Ok(Zeroizing::new(self.take(len)?.to_vec()))
     }
 
     /// `ao`.
@@ -395,17 +485,138 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A little-endian METHOD_RETURN answering `reply_to`, with this body (for tests).
+#[cfg(test)]
+pub(super) fn method_return(reply_to: u32, signature: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Writer::default();
+    m.0.extend([b'l', 2, 0, 1]);
+    m.0.extend((body.len() as u32).to_le_bytes());
+    m.0.extend(9u32.to_le_bytes());
+    m.0.extend([0; 4]);
+    m.0.extend([5, 1, b'u', 0]);
+    m.0.extend(reply_to.to_le_bytes());
+    m.align(8);
+    m.0.push(8);
+    m.signature("g");
+    m.signature(signature);
+    let fields_length = (m.0.len() - 16) as u32;
+    m.0[12..16].copy_from_slice(&fields_length.to_le_bytes());
+    m.align(8);
+    m.0.extend(body);
+    m.0
+}
+
+/// Body encoders for tests.
+#[cfg(test)]
+mod body {
+    use super::Writer;
+    impl Writer {
+        pub fn u32(&mut self, n: u32) {
+            self.align(4);
+            self.0.extend(n.to_le_bytes());
+        }
+        pub fn bytes(&mut self, b: &[u8]) {
+            self.u32(b.len() as u32);
+            self.0.extend(b);
+        }
+        pub fn str(&mut self, s: &str) {
+            self.string(s);
+        }
+        pub fn variant_str(&mut self, s: &str) {
+            self.signature("s");
+            self.string(s);
+        }
+        pub fn paths(&mut self, paths: &[&str]) {
+            let mut inner = Writer(vec![0; 4]);
+            for p in paths {
+                inner.string(p);
+            }
+            self.u32((inner.0.len() - 4) as u32);
+            self.0.extend(&inner.0[4..]);
+        }
+        pub fn align8(&mut self) {
+            self.align(8);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn a_method_return_is_parsed_into_a_wiped_body() {
+        let mut b = Writer::default();
+        b.str("/org/freedesktop/secrets/session/s1");
+        let message = method_return(3, "s", &b.0);
+        let parsed = parse_message(&message).unwrap();
+        assert_eq!((parsed.kind, parsed.reply_to, parsed.error), (2, Some(3), None));
+        let body: &Zeroizing<Vec<u8>> = &parsed.body.body;
+        assert_eq!(body.as_slice(), b.0.as_slice());
+        assert_eq!(parsed.body.reader().string().unwrap(), "/org/freedesktop/secrets/session/s1");
+        // Any other length, or a header that lies, is refused.
+        assert!(parse_message(&message[..message.len() - 1]).is_err());
+        assert!(parse_message(&[message.as_slice(), &[0]].concat()).is_err());
+        let mut bad = message.clone();
+        bad[0] = b'x';
+        assert!(parse_message(&bad).is_err());
+        let mut huge = message.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_message(&huge).err().as_deref(), Some("D-Bus message too large"));
+    }
+
+    /// A bus whose listen backlog is full: connect(2) would wait forever, it ends by the deadline.
+    #[test]
+    fn connecting_to_a_stalled_bus_ends_by_the_deadline() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("cosmian-dbus-backlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bus");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: listen(2) on our socket: the backlog becomes 0, so one pending connection fills it.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let deadline = || Instant::now() + std::time::Duration::from_millis(300);
+        let mut pending = Vec::new();
+        let started = Instant::now();
+        let error = loop {
+            match connect_by(path.as_os_str().as_encoded_bytes(), deadline()) {
+                Ok(stream) => pending.push(stream),
+                Err(e) => break e,
+            }
+            assert!(pending.len() < 8, "the backlog never filled");
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A bus that sends a byte now and then cannot stretch a read past the deadline.
+    #[test]
+    fn a_dripping_bus_does_not_stretch_a_read() {
+        let (stream, mut peer) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if peer.write_all(b"l").is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut bus = Bus { stream, deadline: started + std::time::Duration::from_millis(300), serial: 0 };
+        assert!(bus.read_message().is_err());
+        assert!(started.elapsed() < std::time::Duration::from_millis(600), "{:?}", started.elapsed());
+    }
+
+    #[test]
     fn addresses() {
         assert_eq!(unescape("/tmp/dbus%2dx%20y"), "/tmp/dbus-x y");
         assert_eq!(unescape("100%"), "100%");
-        assert!(connect("tcp:host=localhost,port=1").unwrap().is_none());
-        assert!(connect("unix:tmpdir=/tmp").unwrap().is_none());
-        assert!(connect("unix:path=/nonexistent/bus,guid=1").is_err());
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        assert!(connect("tcp:host=localhost,port=1", deadline).unwrap().is_none());
+        assert!(connect("unix:tmpdir=/tmp", deadline).unwrap().is_none());
+        assert!(connect("unix:path=/nonexistent/bus,guid=1", deadline).is_err());
     }
 
     #[test]

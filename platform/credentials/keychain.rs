@@ -5,11 +5,14 @@
 
 use security_framework::item::{ItemClass, ItemSearchOptions, Limit, SearchResult};
 use security_framework::os::macos::keychain::SecKeychain;
+use zeroize::Zeroizing;
 
 /// `errSecItemNotFound`.
 const NOT_FOUND: i32 = -25300;
 
-pub fn lookup(service: &str, account: &str) -> Result<Option<Vec<u8>>, String> {
+/// The password, in a buffer wiped when dropped (the Security framework's own copy, a
+/// `CFData` it releases, is not ours to wipe).
+pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     // Re-enabled when dropped.
     let _no_prompt = SecKeychain::disable_user_interaction().map_err(|e| format!("cannot disable prompts: {e}"))?;
     let found = ItemSearchOptions::new()
@@ -22,7 +25,7 @@ pub fn lookup(service: &str, account: &str) -> Result<Option<Vec<u8>>, String> {
         .search();
     match found {
         Ok(results) => Ok(results.into_iter().find_map(|r| match r {
-            SearchResult::Data(data) => Some(data),
+            SearchResult::Data(data) => Some(Zeroizing::new(data)),
             _ => None,
         })),
         Err(e) if e.code() == NOT_FOUND => Ok(None),

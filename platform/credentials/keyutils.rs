@@ -5,6 +5,8 @@
 
 use std::ffi::CString;
 
+use zeroize::Zeroizing;
+
 // From <linux/keyctl.h> (kernel ABI).
 const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
 const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
@@ -12,7 +14,7 @@ const KEYCTL_SEARCH: libc::c_long = 10;
 const KEYCTL_READ: libc::c_long = 11;
 
 /// The payload of the `user` key `SERVICE:ACCOUNT`, if one is reachable and readable.
-pub fn lookup(service: &str, account: &str) -> Result<Option<Vec<u8>>, String> {
+pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     let description = CString::new(format!("{service}:{account}")).map_err(|_| "a NUL byte in the key description")?;
     let mut refused = None;
     for keyring in [KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING] {
@@ -42,9 +44,10 @@ fn search(keyring: libc::c_long, description: &CString) -> Result<Option<libc::c
     }
 }
 
-/// The payload of key `id`.
-fn read(id: libc::c_long) -> std::io::Result<Vec<u8>> {
-    let mut buffer = Vec::new();
+/// The payload of key `id`, in a buffer wiped when dropped (as is every smaller buffer tried
+/// before it).
+fn read(id: libc::c_long) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buffer = Zeroizing::new(Vec::new());
     loop {
         // SAFETY: keyctl(KEYCTL_READ, id, buffer, length) writes at most `length` bytes into
         // `buffer` and returns the payload's full size.
@@ -57,8 +60,9 @@ fn read(id: libc::c_long) -> std::io::Result<Vec<u8>> {
             buffer.truncate(size);
             return Ok(buffer);
         }
-        // The first call (or a key updated in between) asks for more room.
-        buffer.resize(size, 0);
+        // The first call (or a key updated in between) asks for more room: a new buffer, the
+        // old one wiped as it is dropped (growing it in place could leave a copy behind).
+        buffer = Zeroizing::new(vec![0; size]);
     }
 }
 
@@ -69,5 +73,24 @@ mod tests {
     #[test]
     fn an_absent_key_is_not_found() {
         assert_eq!(lookup("cosmian-kms-unit-test", &format!("absent-{}", std::process::id())), Ok(None));
+    }
+
+    /// A key added here is read back in a buffer wiped when dropped (the type says so).
+    #[test]
+    fn a_key_is_read_into_a_wiped_buffer() {
+        let account = format!("unit-{}", std::process::id());
+        let description = CString::new(format!("cosmian-kms-unit-test:{account}")).unwrap();
+        // SAFETY: add_key(type, description, payload, length, keyring) reads its arguments.
+        let id = unsafe {
+            libc::syscall(libc::SYS_add_key, c"user".as_ptr(), description.as_ptr(), b"s3cret".as_ptr(), 6usize, KEY_SPEC_SESSION_KEYRING)
+        };
+        if id < 0 {
+            eprintln!("no session keyring here: {}", std::io::Error::last_os_error());
+            return;
+        }
+        let found: Result<Option<Zeroizing<Vec<u8>>>, String> = lookup("cosmian-kms-unit-test", &account);
+        // SAFETY: keyctl(KEYCTL_UNLINK = 9, key, keyring) has no memory arguments.
+        unsafe { libc::syscall(libc::SYS_keyctl, 9 as libc::c_long, id, KEY_SPEC_SESSION_KEYRING) };
+        assert_eq!(found.unwrap().as_deref().map(|v| v.as_slice()), Some(&b"s3cret"[..]));
     }
 }

@@ -13,14 +13,20 @@
 //!   session bus and a running Secret Service exist;
 //! - macOS: the login Keychain (generic password, service and account).
 
+/// Public for the fuzz target `dbus_reply` only.
 #[cfg(target_os = "linux")]
-mod dbus;
+#[doc(hidden)]
+pub mod dbus;
 #[cfg(target_os = "macos")]
 mod keychain;
 #[cfg(target_os = "linux")]
 mod keyutils;
+/// Public for the fuzz target `dbus_reply` only.
 #[cfg(target_os = "linux")]
-mod secret_service;
+#[doc(hidden)]
+pub mod secret_service;
+
+use zeroize::Zeroizing;
 
 use crate::config::Secret;
 
@@ -30,7 +36,8 @@ pub const TOKEN_SERVICE: &str = "cosmian-kms";
 pub const PKCS12_SERVICE: &str = "cosmian-kms-pkcs12";
 
 /// A store: its name for log lines, and its lookup (`Ok(None)`: not there).
-type Store = (&'static str, fn(&str, &str) -> Result<Option<Vec<u8>>, String>);
+/// The secret comes back in a buffer wiped when dropped.
+type Store = (&'static str, fn(&str, &str) -> Result<Option<Zeroizing<Vec<u8>>>, String>);
 
 const STORES: &[Store] = &[
     #[cfg(target_os = "linux")]
@@ -66,10 +73,10 @@ pub fn lookup(service: &str, account: &str) -> Option<Secret> {
 }
 
 /// The stored bytes as a secret: UTF-8, without the surrounding white space that
-/// `secret-tool store` and `keyctl padd` keep from a shell's `echo` or here-string.
-fn to_secret(bytes: Vec<u8>) -> Option<Secret> {
-    let text = String::from_utf8(bytes).ok()?;
-    let trimmed = text.trim();
+/// `secret-tool store` and `keyctl padd` keep from a shell's `echo` or here-string. The bytes
+/// are wiped as they are dropped; only the [`Secret`] (wiped too) keeps a copy.
+fn to_secret(bytes: Zeroizing<Vec<u8>>) -> Option<Secret> {
+    let trimmed = std::str::from_utf8(&bytes).ok()?.trim();
     (!trimmed.is_empty()).then(|| Secret::new(trimmed))
 }
 
@@ -79,9 +86,10 @@ mod tests {
 
     #[test]
     fn stored_bytes_become_trimmed_secrets() {
-        assert_eq!(to_secret(b"tok\n".to_vec()), Some(Secret::new("tok")));
-        assert_eq!(to_secret(b"  \n".to_vec()), None);
-        assert_eq!(to_secret(vec![0xff, 0xfe]), None);
+        let secret = |b: &[u8]| to_secret(Zeroizing::new(b.to_vec()));
+        assert_eq!(secret(b"tok\n"), Some(Secret::new("tok")));
+        assert_eq!(secret(b"  \n"), None);
+        assert_eq!(secret(&[0xff, 0xfe]), None);
     }
 
     #[test]

@@ -7,18 +7,19 @@ use std::sync::{Arc, RwLock};
 use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
-use crate::provider::{Provider, SignOutput};
+use crate::provider::{Provider, SignOutput, MAX_SIGN_DATA};
 use crate::signing::{self, Parameter};
 use crate::token::Attr;
 
 /// The initialized provider, between C_Initialize and C_Finalize.
 static PROVIDER: RwLock<Option<Arc<Provider>>> = RwLock::new(None);
 
-/// Longest input accepted for signing in one call, and longest attribute value in a search
-/// template: beyond this a length is taken as garbage rather than read.
-const MAX_INPUT: CK_ULONG = 64 << 20;
-const MAX_TEMPLATE_VALUE: CK_ULONG = 1 << 20;
-const MAX_TEMPLATE_LEN: CK_ULONG = 4096;
+/// Caps on caller-supplied templates: at most `MAX_TEMPLATE_LEN` attributes
+/// (`CKR_ARGUMENTS_BAD` beyond, in C_FindObjectsInit and C_GetAttributeValue), each search
+/// value at most `MAX_TEMPLATE_VALUE` bytes (`CKR_ATTRIBUTE_VALUE_INVALID`); no key of this
+/// token has more attributes, nor a value that long. Data to sign: see `MAX_SIGN_DATA`.
+const MAX_TEMPLATE_VALUE: CK_ULONG = 64 << 10;
+const MAX_TEMPLATE_LEN: CK_ULONG = 64;
 /// Longest PIN accepted by C_Login (`CKR_PIN_LEN_RANGE` beyond): in PIN mode the PIN is the
 /// KMS access token, and an OIDC token may be long. `ulMaxPinLen` in PIN mode.
 const MAX_PIN_LEN: CK_ULONG = 16 << 10;
@@ -320,6 +321,9 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(hSession: CK_SESSION_HANDLE, p
     guard("C_FindObjectsInit", || {
         let p = provider()?;
         let mut template = Vec::new();
+        if ulCount > MAX_TEMPLATE_LEN {
+            return Err(bad_args(&format!("a search template has at most {MAX_TEMPLATE_LEN} attributes")));
+        }
         for attr in input(pTemplate, ulCount, MAX_TEMPLATE_LEN)? {
             let value = input(attr.pValue as *const u8, attr.ulValueLen, MAX_TEMPLATE_VALUE)
                 .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, e.message))?;
@@ -368,7 +372,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
             return Err(bad_args("NULL template"));
         }
         if ulCount > MAX_TEMPLATE_LEN {
-            return Err(bad_args("template too long"));
+            return Err(bad_args(&format!("a template has at most {MAX_TEMPLATE_LEN} attributes")));
         }
         let template = if ulCount == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) };
         let types: Vec<_> = template.iter().map(|a| a.type_).collect();
@@ -467,6 +471,13 @@ unsafe fn deliver(outcome: SignOutput, pSignature: *mut CK_BYTE, len: &mut CK_UL
     }
 }
 
+/// Data to sign: only its first `MAX_SIGN_DATA + 1` bytes are read, enough for the provider
+/// to see it is too long (`CKR_DATA_LEN_RANGE`, which ends the operation).
+unsafe fn sign_input<'a>(p: *const CK_BYTE, len: CK_ULONG) -> Result<&'a [u8]> {
+    let cap = MAX_SIGN_DATA as CK_ULONG + 1;
+    input(p, len.min(cap), cap)
+}
+
 pub(super) unsafe extern "C" fn C_Sign(
     hSession: CK_SESSION_HANDLE,
     pData: *mut CK_BYTE,
@@ -477,7 +488,7 @@ pub(super) unsafe extern "C" fn C_Sign(
     guard("C_Sign", || {
         let p = provider()?;
         let len = out(pulSignatureLen)?;
-        let data = input(pData, ulDataLen, MAX_INPUT)?;
+        let data = sign_input(pData, ulDataLen)?;
         let capacity = (!pSignature.is_null()).then_some(*len as usize);
         deliver(p.sign(hSession, data, capacity)?, pSignature, len)
     })
@@ -486,7 +497,7 @@ pub(super) unsafe extern "C" fn C_Sign(
 pub(super) unsafe extern "C" fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) -> CK_RV {
     guard("C_SignUpdate", || {
         let p = provider()?;
-        p.sign_update(hSession, input(pPart, ulPartLen, MAX_INPUT)?)
+        p.sign_update(hSession, sign_input(pPart, ulPartLen)?)
     })
 }
 

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use super::resolver::CachingResolver;
 use super::ttlv::Ttlv;
+use zeroize::Zeroizing;
+
 use crate::config::{KmsConfig, Secret, Settings};
 
 /// The largest answer each operation can need, read with a bounded reader: a larger one is
@@ -180,6 +182,7 @@ impl KmsClient {
     /// in order. `Err` only when the message as a whole failed.
     pub fn batch(&self, operations: Vec<Ttlv>) -> Result<Vec<Result<Ttlv, KmsError>>, KmsError> {
         let count = operations.len();
+        let label = batch_label(operations.iter().map(|op| op.tag.as_str()));
         let policy = RetryPolicy::for_operations(operations.iter().map(|op| op.tag.as_str()));
         let cap = answer_cap(operations.iter().map(|op| op.tag.as_str()));
         let mut message = vec![Ttlv::structure(
@@ -197,7 +200,6 @@ impl KmsClient {
             let payload = Ttlv::structure("RequestPayload", op.children().to_vec());
             message.push(Ttlv::structure("BatchItem", vec![Ttlv::enumeration("Operation", &name), payload]));
         }
-        let label = format!("RequestMessage[{count}]");
         let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy, cap)?;
         let items: Vec<_> = answer.children_tagged("BatchItem").collect();
         if items.len() != count {
@@ -261,9 +263,10 @@ impl KmsClient {
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let bearer = self.access_token.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| format!("Bearer {}", t.expose()));
-        if let Some(bearer) = bearer {
-            request = request.header("Authorization", bearer);
+        if let Some(bearer) = self.access_token.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(bearer) {
+            // ureq copies the value (then its HTTP/1 writer and rustls do): those copies are
+            // freed, not wiped; ours is wiped here.
+            request = request.header("Authorization", bearer.as_str());
         }
         let mut config = request.config().timeout_global(Some(timeout));
         if fresh {
@@ -293,6 +296,15 @@ impl KmsClient {
             _ => Err(KmsError::Status(status, snippet(&bytes))),
         }
     }
+}
+
+/// The `Authorization` header's value for this token, in a buffer sized once (so no reallocation
+/// leaves a copy behind) and wiped when dropped.
+fn bearer(token: &Secret) -> Zeroizing<String> {
+    let mut value = Zeroizing::new(String::with_capacity("Bearer ".len() + token.expose().len()));
+    value.push_str("Bearer ");
+    value.push_str(token.expose());
+    value
 }
 
 /// An agent with these TLS settings and timeouts, our resolver and transport.
@@ -362,6 +374,20 @@ fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
     }
 }
 
+/// How a batch shows in the log: its operations, runs counted, e.g.
+/// `RequestMessage[2 Locate]`, `RequestMessage[1000 Export]`.
+fn batch_label<'a>(operations: impl Iterator<Item = &'a str>) -> String {
+    let mut runs: Vec<(usize, &str)> = Vec::new();
+    for op in operations {
+        match runs.last_mut() {
+            Some((n, last)) if *last == op => *n += 1,
+            _ => runs.push((1, op)),
+        }
+    }
+    let runs: Vec<String> = runs.iter().map(|(n, op)| format!("{n} {op}")).collect();
+    format!("RequestMessage[{}]", runs.join(", "))
+}
+
 /// One `BatchItem` of a `ResponseMessage`.
 fn batch_item_result(item: &Ttlv) -> Result<Ttlv, KmsError> {
     let status = item.child("ResultStatus").and_then(Ttlv::as_text).unwrap_or("");
@@ -378,6 +404,14 @@ fn batch_item_result(item: &Ttlv) -> Result<Ttlv, KmsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header value is built in one allocation of its exact size, wiped when dropped.
+    #[test]
+    fn the_bearer_header_is_one_wiped_buffer() {
+        let value: Zeroizing<String> = bearer(&Secret::new("tok-123"));
+        assert_eq!(value.as_str(), "Bearer tok-123");
+        assert_eq!(value.capacity(), value.len());
+    }
 
     fn io(kind: std::io::ErrorKind) -> ureq::Error {
         ureq::Error::Io(std::io::Error::new(kind, "x"))
@@ -441,6 +475,12 @@ mod tests {
         assert_eq!(answer_cap(["Locate", "Locate"].into_iter()), (2 << 20) + (16 << 10));
         assert_eq!(answer_cap(std::iter::repeat_n("Export", 1000)), 1000 * (64 << 10) + (16 << 10));
         assert_eq!(answer_cap(["Query"].into_iter()), (1 << 20) + (16 << 10));
+    }
+
+    #[test]
+    fn a_batch_is_logged_by_its_operations() {
+        assert_eq!(batch_label(["Locate", "Locate"].into_iter()), "RequestMessage[2 Locate]");
+        assert_eq!(batch_label(["Locate", "Export", "Export"].into_iter()), "RequestMessage[1 Locate, 2 Export]");
     }
 
     #[test]
