@@ -9,14 +9,16 @@ use libfuzzer_sys::fuzz_target;
 /// The secret the seeds carry.
 const TOKEN: &str = "fuzz-secret-token-0123456789";
 
-/// Whether every occurrence of [`TOKEN`] in `text` is on a line that gives a secret, so that
-/// quoting it back would be a leak (elsewhere, e.g. as a key's name, it is not a secret).
+/// Whether every occurrence of [`TOKEN`] in `text` is the value of a secret setting
+/// (`access_token`, a PKCS#12 password), so that quoting it back would be a leak. Elsewhere,
+/// e.g. inside a key's name (`ignoring unknown key ...` quotes names), it is not a secret.
 fn token_only_in_secrets(text: &str) -> bool {
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(TOKEN)).collect();
     !lines.is_empty()
         && lines.iter().all(|l| {
-            let l = l.trim_start();
-            l.starts_with("access_token") || (l.contains("password") && l.find("password") < l.find(TOKEN))
+            let Some((key, value)) = l.split_once('=') else { return false };
+            let key = key.trim();
+            (key == "access_token" || key.ends_with("pkcs12_password")) && value.contains(TOKEN)
         })
 }
 
