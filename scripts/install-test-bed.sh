@@ -43,7 +43,7 @@ if [ ! -x "$KMS_BIN" ]; then
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   # Fetch the published source through cargo itself: `cargo install` of the crate with the
-  # non-fips feature downloads it, then stops on the feature bug described in kms-wire.md.
+  # non-fips feature downloads it, then stops on the feature bug described in docs/kms-wire.md.
   cargo install "cosmian_kms_server@$KMS_VERSION" --locked --features non-fips --root "$work/root" \
     >"$work/fetch.log" 2>&1 || true
   crate="$(ls -1 "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"cosmian_kms_server-$KMS_VERSION.crate" 2>/dev/null | head -n1)"

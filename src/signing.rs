@@ -1,6 +1,6 @@
 //! Signing mechanisms: which PKCS#11 mechanisms the token offers, and for each the exact KMS
 //! Sign recipe (what to send, what comes back, what to hand the caller), as measured against
-//! the server (kms-wire.md). Pure functions: the network call lives in `kmip::operations`.
+//! the server (docs/kms-wire.md). Pure functions: the network call lives in `kmip::operations`.
 
 use cryptoki_sys::*;
 

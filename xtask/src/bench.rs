@@ -134,7 +134,7 @@ const SHA512_DIGEST_INFO: [u8; 19] = [
 
 impl KeyType {
     /// What OpenSSH hands the provider for this key (mechanism, input), and the KMIP Sign body
-    /// the provider sends for it, as `src/kmip/operations.rs` builds it (kms-wire.md).
+    /// the provider sends for it, as `src/kmip/operations.rs` builds it (docs/kms-wire.md).
     fn sign_request(&self, private_id: &str) -> (Mechanism<'static>, Vec<u8>, String) {
         let parameters = |items: &[(&str, &str)]| {
             structure(
