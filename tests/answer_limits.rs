@@ -7,9 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, provider_lib, write_provider_config, KmsServer,
+    create_p256_key_pairs, cryptoki_session, write_provider_config, KmsServer,
 };
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 
@@ -88,21 +87,13 @@ fn an_answer_larger_than_its_operation_needs_is_refused_unread() {
     let dir = kms.dir().join("client");
     std::fs::create_dir_all(&dir).unwrap();
     let config = write_provider_config(&dir, &format!("http://127.0.0.1:{port}"), "");
-    for (k, v) in [
+    let (_pkcs11, session) = cryptoki_session(&[
         ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
         ("COSMIAN_PKCS11_SSH_KEY_TAG", "padded".to_owned()),
         ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
         ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
         ("XDG_CACHE_HOME", dir.join("cache").display().to_string()),
-    ] {
-        std::env::set_var(k, v);
-    }
-    let pkcs11 = Pkcs11::new(provider_lib()).unwrap();
-    pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = pkcs11.get_slots_with_token().unwrap()[0];
-    let session = pkcs11.open_ro_session(slot).unwrap();
+    ]);
     let log = || std::fs::read_to_string(dir.join("cosmian-pkcs11.log")).unwrap_or_default();
     let found = session
         .find_objects(&[

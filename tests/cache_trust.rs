@@ -7,10 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, output_text, provider_lib, settled_audit_events, ssh_keygen_d,
+    create_p256_key_pairs, cryptoki_session, output_text, provider_lib, settled_audit_events, ssh_keygen_d,
     write_provider_config, Ckms, KmsServer,
 };
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
@@ -102,15 +101,7 @@ fn a_changed_or_planted_cache_entry_neither_redirects_a_signature_nor_offers_a_k
     );
 
     // In this process: the private key of `used` signs as `used`, and `other` is not offered.
-    for (k, v) in &env {
-        std::env::set_var(k, v);
-    }
-    let pkcs11 = Pkcs11::new(provider_lib()).unwrap();
-    pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = pkcs11.get_slots_with_token().unwrap()[0];
-    let session = pkcs11.open_ro_session(slot).unwrap();
+    let (_pkcs11, session) = cryptoki_session(&env);
     let private_key = |id: &str| {
         let found = session
             .find_objects(&[

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
-use cosmian_pkcs11_testbed::{provider_lib, ssh_keygen_d};
+use cosmian_pkcs11_testbed::{function_list, provider_lib, ssh_keygen_d};
 use cryptoki_sys::*;
 use platform_support::{folder, provider_env, provider_log, text};
 
@@ -73,12 +73,7 @@ fn credentials_never_go_over_http_to_a_remote_host_unless_allowed() {
     for (k, v) in provider_env(&path, &dir.join("logs")) {
         std::env::set_var(k, v);
     }
-    let lib = unsafe { libloading::Library::new(provider_lib()) }.unwrap();
-    let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-        unsafe { lib.get(b"C_GetFunctionList") }.unwrap();
-    let mut list: *mut CK_FUNCTION_LIST = null_mut();
-    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
-    let f = unsafe { &*list };
+    let f = function_list();
     unsafe {
         assert_eq!(f.C_Initialize.unwrap()(null_mut()), CKR_OK);
         let mut token: CK_TOKEN_INFO = std::mem::zeroed();

@@ -5,7 +5,7 @@
 
 use std::ptr::null_mut;
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{function_list, write_provider_config, Ckms, KeyKind, KmsServer};
 use cryptoki_sys::*;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
@@ -78,12 +78,7 @@ fn a_forked_child_initializes_again_and_signs() {
     std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
     std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
 
-    let lib = unsafe { libloading::Library::new(provider_lib()) }.unwrap();
-    let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-        unsafe { lib.get(b"C_GetFunctionList") }.unwrap();
-    let mut list: *mut CK_FUNCTION_LIST = null_mut();
-    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
-    let f = unsafe { &*list };
+    let f = function_list();
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
     sign_once(f, &pair.private_id, b"signed in the parent before fork", &verifier).unwrap();
 

@@ -10,7 +10,7 @@ use std::ptr::null_mut;
 use std::sync::{Arc, Barrier};
 
 use base64::Engine;
-use cosmian_pkcs11_testbed::{output_text as text, provider_lib, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{function_list, output_text as text, Ckms, KeyKind, KmsServer};
 use cryptoki_sys::*;
 
 #[test]
@@ -33,13 +33,7 @@ fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
     std::env::set_var("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "0");
     std::env::set_var("COSMIAN_PKCS11_DISK_CACHE_SECONDS", "0");
 
-    let lib = unsafe { libloading::Library::new(provider_lib()) }.unwrap();
-    let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-        unsafe { lib.get(b"C_GetFunctionList") }.unwrap();
-    let mut list: *mut CK_FUNCTION_LIST = null_mut();
-    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
-    // SAFETY: the table lives as long as the library, loaded until the end of the test.
-    let f: &'static CK_FUNCTION_LIST = unsafe { &*list };
+    let f = function_list();
     let mut args = CK_C_INITIALIZE_ARGS { flags: CKF_OS_LOCKING_OK, ..unsafe { std::mem::zeroed() } };
     assert_eq!(unsafe { f.C_Initialize.unwrap()((&mut args as *mut CK_C_INITIALIZE_ARGS).cast()) }, CKR_OK);
 

@@ -10,6 +10,7 @@
 //! - [`CountingProxy`]: counts the connections and HTTP requests a client makes to the KMS.
 //! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
 //!   `sshd`, with a scrubbed environment; [`OpenSsh`]: Debian's 9.2 or the current release.
+//! - [`function_list`], [`cryptoki_session`]: the provider loaded in the test's own process.
 //! - [`CallZeroed`]: a C function called with zeroed arguments, for the C ABI tests.
 //! - This module: free ports, where the provider library is, and its configuration file.
 //!
@@ -17,6 +18,7 @@
 //! process (see the `process` module).
 
 mod binaries;
+mod client;
 mod ckms;
 mod kmip;
 mod kms;
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
+pub use client::{cryptoki_session, function_list};
 pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
 pub use kmip::{create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};

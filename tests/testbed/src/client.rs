@@ -1,0 +1,47 @@
+//! The provider loaded as a PKCS#11 client loads it, for tests that run it in their own
+//! process: [`function_list`] (dlopen and `C_GetFunctionList`, for raw C calls) and
+//! [`cryptoki_session`] (the `cryptoki` crate, initialized, a session on the token).
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::Session;
+use cryptoki_sys::{CKR_OK, CK_FUNCTION_LIST, CK_RV};
+
+use crate::provider_lib;
+
+/// The provider's 2.40 function table, from a `dlopen` that stays open until the process
+/// ends (what a client like ssh does; the threads and forks of a test may use it throughout).
+///
+/// # Panics
+/// When the library does not load or `C_GetFunctionList` fails.
+pub fn function_list() -> &'static CK_FUNCTION_LIST {
+    // SAFETY: loading the provider runs no initializer that could misbehave; the handle is
+    // leaked so the table stays valid for the rest of the process.
+    let lib: &'static libloading::Library =
+        Box::leak(Box::new(unsafe { libloading::Library::new(provider_lib()) }.expect("dlopen the provider")));
+    // SAFETY: the symbol has the PKCS#11 signature.
+    let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { lib.get(b"C_GetFunctionList") }.expect("C_GetFunctionList");
+    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
+    // SAFETY: the table lives as long as the library, which is never unloaded.
+    unsafe { &*list }
+}
+
+/// Sets `env` in this process, loads the provider with `cryptoki`, initializes it (OS
+/// locking) and opens a read-only session on its token.
+///
+/// # Panics
+/// When any step fails.
+pub fn cryptoki_session(env: &[(&str, String)]) -> (Pkcs11, Session) {
+    for (key, value) in env {
+        std::env::set_var(key, value);
+    }
+    let pkcs11 = Pkcs11::new(provider_lib()).expect("load the provider");
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    let slot = pkcs11.get_slots_with_token().expect("C_GetSlotList")[0];
+    let session = pkcs11.open_ro_session(slot).expect("C_OpenSession");
+    (pkcs11, session)
+}
