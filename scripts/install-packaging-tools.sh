@@ -4,7 +4,8 @@
 #   - Debian packages: lintian, rpm (rpmbuild), rpmlint, ruby (`ruby -c`, Fiddle for the
 #     formula's test), binutils (objdump), python3-venv; for the macOS cross build
 #     (`cargo xtask dist-macos-cross`): clang-16 (the link driver), lld-16 (ld64.lld), llvm-16
-#     (llvm-otool, llvm-nm, llvm-objdump, llvm-lipo: the checks of the Mach-O file).
+#     (llvm-otool, llvm-nm, llvm-objdump, llvm-lipo: the checks of the Mach-O file); p7zip-full
+#     and cpio (the .pkg unpacked by tools that are not its writer).
 #   - rustup: the aarch64-apple-darwin and x86_64-apple-darwin standard libraries.
 #   - PyPI, in a venv at $COSMIAN_PKCS11_CACHE/venv: ziglang (the linker and the glibc 2.28
 #     stubs cargo-zigbuild uses; also compiles the Mach-O signing fixture), PyYAML.
@@ -42,7 +43,7 @@ log() { printf '[packaging-tools] %s\n' "$*" >&2; }
 # --- Debian packages --------------------------------------------------------------------
 if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
   "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby binutils python3-venv \
-    clang-16 lld-16 llvm-16
+    clang-16 lld-16 llvm-16 p7zip-full cpio
 fi
 
 # --- rustup -----------------------------------------------------------------------------
