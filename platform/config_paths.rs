@@ -44,7 +44,11 @@ pub fn find() -> Option<PathBuf> {
     chosen
 }
 
-fn choose(env: impl Fn(&str) -> Option<PathBuf>, home: Option<&Path>, exists: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+fn choose(
+    env: impl Fn(&str) -> Option<PathBuf>,
+    home: Option<&Path>,
+    exists: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
     ENV_VARS
         .iter()
         .find_map(|k| env(k).filter(|p| !p.as_os_str().is_empty()))
@@ -63,7 +67,10 @@ mod tests {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| PathBuf::from(v))
         };
-        assert_eq!(choose(env(&[("CKMS_CONF", "/b"), ("COSMIAN_KMS_CLI_CONF", "/a")]), Some(home), all), Some("/a".into()));
+        assert_eq!(
+            choose(env(&[("CKMS_CONF", "/b"), ("COSMIAN_KMS_CLI_CONF", "/a")]), Some(home), all),
+            Some("/a".into())
+        );
         assert_eq!(choose(env(&[("CKMS_CONF", "/b")]), Some(home), none), Some("/b".into()));
         assert_eq!(choose(env(&[("CKMS_CONF", "")]), Some(home), all), Some("/home/u/.cosmian/kms.toml".into()));
         let only_ckms = |p: &Path| p.ends_with("ckms.toml") && p.starts_with("/home");

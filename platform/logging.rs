@@ -51,10 +51,7 @@ fn default_folder() -> Option<PathBuf> {
 }
 
 fn level() -> LevelFilter {
-    std::env::var("COSMIAN_PKCS11_LOGGING_LEVEL")
-        .ok()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(LevelFilter::WARN)
+    std::env::var("COSMIAN_PKCS11_LOGGING_LEVEL").ok().and_then(|l| l.trim().parse().ok()).unwrap_or(LevelFilter::WARN)
 }
 
 fn build() -> Dispatch {

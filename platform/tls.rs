@@ -49,7 +49,10 @@ pub fn client_config(config: &KmsConfig) -> Result<(TlsConfig, bool), String> {
         let roots = match config.verified_cert.as_deref() {
             Some(pem) => {
                 deferred = true;
-                let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).map(|c| to_ureq(&c)).collect();
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .filter_map(Result::ok)
+                    .map(|c| to_ureq(&c))
+                    .collect();
                 if certs.is_empty() {
                     return Err("verified_cert holds no PEM certificate".into());
                 }
@@ -168,7 +171,12 @@ fn from_pkcs12(path: &Path, password: Option<&Secret>) -> Result<ClientCert, Str
 /// builds its configuration (see the module documentation): each certificate is X.509 (v1
 /// or v3), the first one is valid now, ring can sign with the key, and the key is the
 /// certificate's. `cert_file` and `key_file` name the files in the errors.
-fn checked_client_cert(chain: &[CertificateDer<'static>], key: PrivateKeyDer<'static>, cert_file: &Path, key_file: &Path) -> Result<ClientCert, String> {
+fn checked_client_cert(
+    chain: &[CertificateDer<'static>],
+    key: PrivateKeyDer<'static>,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<ClientCert, String> {
     let mut parsed = Vec::with_capacity(chain.len());
     for (i, der) in chain.iter().enumerate() {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
@@ -178,10 +186,18 @@ fn checked_client_cert(chain: &[CertificateDer<'static>], key: PrivateKeyDer<'st
     let validity = parsed[0].validity();
     let now = x509_parser::time::ASN1Time::now();
     if now > validity.not_after {
-        return Err(format!("{}: the client certificate expired on {}: renew it", cert_file.display(), validity.not_after));
+        return Err(format!(
+            "{}: the client certificate expired on {}: renew it",
+            cert_file.display(),
+            validity.not_after
+        ));
     }
     if now < validity.not_before {
-        return Err(format!("{}: the client certificate is valid only from {} (check the clock)", cert_file.display(), validity.not_before));
+        return Err(format!(
+            "{}: the client certificate is valid only from {} (check the clock)",
+            cert_file.display(),
+            validity.not_before
+        ));
     }
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
         format!("{}: TLS cannot use this private key ({e}): use an RSA (2048 bits or more), ECDSA P-256 or P-384, or Ed25519 key", key_file.display())
@@ -199,7 +215,8 @@ fn checked_client_cert(chain: &[CertificateDer<'static>], key: PrivateKeyDer<'st
         der::pem::encode_string(label, der::pem::LineEnding::LF, key.secret_der())
             .map_err(|e| format!("{}: cannot re-encode the private key: {e}", key_file.display()))?,
     );
-    let key = PrivateKey::from_pem(pem.as_bytes()).map_err(|e| format!("{}: unusable private key: {e}", key_file.display()))?;
+    let key = PrivateKey::from_pem(pem.as_bytes())
+        .map_err(|e| format!("{}: unusable private key: {e}", key_file.display()))?;
     Ok(ClientCert::new_with_certs(&chain.iter().map(to_ureq).collect::<Vec<_>>(), key))
 }
 
@@ -216,13 +233,17 @@ mod tests {
     fn bad_inputs_are_named_errors() {
         let err = client_config(&config("verified_cert = \"not a certificate\"\n")).unwrap_err();
         assert_eq!(err, "verified_cert holds no PEM certificate");
-        let err = client_config(&config("tls_client_pem_cert_path = \"/nonexistent/c.pem\"\ntls_client_pem_key_path = \"/k\"\n")).unwrap_err();
+        let err = client_config(&config(
+            "tls_client_pem_cert_path = \"/nonexistent/c.pem\"\ntls_client_pem_key_path = \"/k\"\n",
+        ))
+        .unwrap_err();
         assert!(err.starts_with("cannot read /nonexistent/c.pem"), "{err}");
         let dir = std::env::temp_dir().join(format!("cosmian-pkcs11-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let garbage = dir.join("garbage.p12");
         std::fs::write(&garbage, b"not DER").unwrap();
-        let line = format!("tls_client_pkcs12_path = \"{}\"\ntls_client_pkcs12_password = \"s3cr3t-pw\"\n", garbage.display());
+        let line =
+            format!("tls_client_pkcs12_path = \"{}\"\ntls_client_pkcs12_password = \"s3cr3t-pw\"\n", garbage.display());
         let err = client_config(&config(&line)).unwrap_err();
         assert!(err.contains("garbage.p12") && !err.contains("s3cr3t"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
@@ -249,7 +270,9 @@ mod tests {
 
     #[test]
     fn plain_http_needs_no_tls_material() {
-        let (c, _) = KmsConfig::parse("[http_config]\nserver_url = \"http://h\"\nverified_cert = \"x\"\n", Path::new("t")).unwrap();
+        let (c, _) =
+            KmsConfig::parse("[http_config]\nserver_url = \"http://h\"\nverified_cert = \"x\"\n", Path::new("t"))
+                .unwrap();
         assert!(client_config(&c).is_ok());
     }
 }

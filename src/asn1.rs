@@ -64,10 +64,18 @@ pub fn ed25519_ec_params() -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublicKey {
     /// Big-endian modulus and exponent, no leading zeros.
-    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    Rsa {
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+    },
     /// Uncompressed point `04||X||Y`.
-    Ec { curve: Curve, point: Vec<u8> },
-    Ed25519 { key: [u8; 32] },
+    Ec {
+        curve: Curve,
+        point: Vec<u8>,
+    },
+    Ed25519 {
+        key: [u8; 32],
+    },
 }
 
 #[derive(der::Sequence)]
@@ -85,11 +93,9 @@ struct EcdsaSignature<'a> {
 impl PublicKey {
     /// Reads a DER SubjectPublicKeyInfo.
     pub fn from_spki(der_bytes: &[u8]) -> Result<Self, String> {
-        let spki = SubjectPublicKeyInfoRef::from_der(der_bytes).map_err(|e| format!("bad SubjectPublicKeyInfo: {e}"))?;
-        let key = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or("public key bit string has unused bits")?;
+        let spki =
+            SubjectPublicKeyInfoRef::from_der(der_bytes).map_err(|e| format!("bad SubjectPublicKeyInfo: {e}"))?;
+        let key = spki.subject_public_key.as_bytes().ok_or("public key bit string has unused bits")?;
         match spki.algorithm.oid {
             OID_RSA => {
                 let rsa = RsaPublicKey::from_der(key).map_err(|e| format!("bad RSA public key: {e}"))?;
@@ -125,7 +131,8 @@ impl PublicKey {
         let encode = || -> der::Result<Vec<u8>> {
             let (oid, parameters, key) = match self {
                 PublicKey::Rsa { modulus, exponent } => {
-                    let key = RsaPublicKey { modulus: UintRef::new(modulus)?, public_exponent: UintRef::new(exponent)? };
+                    let key =
+                        RsaPublicKey { modulus: UintRef::new(modulus)?, public_exponent: UintRef::new(exponent)? };
                     (OID_RSA, Some(Null.to_der()?), key.to_der()?)
                 }
                 PublicKey::Ec { curve, point } => (OID_EC, Some(curve.ec_params()), point.clone()),
@@ -198,13 +205,16 @@ impl Hash {
         match self {
             Hash::Sha1 => &[0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14],
             Hash::Sha256 => &[
-                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+                0x04, 0x20,
             ],
             Hash::Sha384 => &[
-                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30,
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00,
+                0x04, 0x30,
             ],
             Hash::Sha512 => &[
-                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40,
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00,
+                0x04, 0x40,
             ],
         }
     }
@@ -219,9 +229,9 @@ impl Hash {
 
 /// Splits a DER DigestInfo into its hash function and hash.
 pub fn parse_digest_info(data: &[u8]) -> Option<(Hash, &[u8])> {
-    Hash::ALL.into_iter().find_map(|h| {
-        data.strip_prefix(h.digest_info_prefix()).filter(|d| d.len() == h.output_len()).map(|d| (h, d))
-    })
+    Hash::ALL
+        .into_iter()
+        .find_map(|h| data.strip_prefix(h.digest_info_prefix()).filter(|d| d.len() == h.output_len()).map(|d| (h, d)))
 }
 
 /// Incremental hashing for the `CKM_*_WITH_SHA*` mechanisms.

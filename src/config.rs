@@ -77,9 +77,14 @@ impl KmsConfig {
         let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(cannot_read)?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, MAX_CONFIG_BYTES + 1), &mut text).map_err(cannot_read)?;
+        std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, MAX_CONFIG_BYTES + 1), &mut text)
+            .map_err(cannot_read)?;
         if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(format!("{} is larger than {} KiB: not a ckms configuration file", path.display(), MAX_CONFIG_BYTES >> 10));
+            return Err(format!(
+                "{} is larger than {} KiB: not a ckms configuration file",
+                path.display(),
+                MAX_CONFIG_BYTES >> 10
+            ));
         }
         let (mut config, mut warnings) = Self::parse(&text, path)?;
         #[cfg(unix)]
@@ -152,9 +157,13 @@ impl KmsConfig {
                 ("http_config", toml::Value::Table(t)) => http = Some(t),
                 ("pkcs11_use_pin_as_access_token", toml::Value::Boolean(b)) => use_pin_as_access_token = *b,
                 ("pkcs11_allow_cleartext_credentials", toml::Value::Boolean(b)) => allow_cleartext_credentials = *b,
-                ("vendor_id" | "http_config" | "pkcs11_use_pin_as_access_token" | "pkcs11_allow_cleartext_credentials", _) => {
-                    return Err(format!("{at}: `{key}` has the wrong type"))
-                }
+                (
+                    "vendor_id"
+                    | "http_config"
+                    | "pkcs11_use_pin_as_access_token"
+                    | "pkcs11_allow_cleartext_credentials",
+                    _,
+                ) => return Err(format!("{at}: `{key}` has the wrong type")),
                 _ => warnings.push(format!("{at}: ignoring unknown key `{key}`")),
             }
         }
@@ -260,8 +269,8 @@ impl KmsConfig {
             Some(v6) => v6.split(']').next().unwrap_or(""),
             None => authority.split(':').next().unwrap_or(""),
         };
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         let mut sent = Vec::new();
         if self.access_token.is_some() {
             sent.push("an access token");
@@ -278,7 +287,11 @@ impl KmsConfig {
         if loopback || sent.is_empty() {
             return Ok(None);
         }
-        let what = format!("{}: server_url is http:// to {host}, not loopback, and {} would be sent in cleartext", self.source.display(), sent.join(", "));
+        let what = format!(
+            "{}: server_url is http:// to {host}, not loopback, and {} would be sent in cleartext",
+            self.source.display(),
+            sent.join(", ")
+        );
         if self.allow_cleartext_credentials {
             Ok(Some(format!("{what}: allowed by pkcs11_allow_cleartext_credentials = true")))
         } else {
@@ -439,11 +452,23 @@ mod tests {
         let token = "access_token = \"s3cr3t\"";
         for http in [token, "custom_headers = [\"X-Key: s3cr3t\"]", "tls_client_pkcs12_path = \"/c.p12\""] {
             let err = check("", "http://192.0.2.1:9/kms", http).unwrap_err();
-            assert!(err.contains("test.toml") && err.contains("pkcs11_allow_cleartext_credentials") && !err.contains("s3cr3t"), "{err}");
-            for url in ["http://127.0.0.1:9998", "http://127.8.9.10", "http://[::1]:9998", "http://LOCALHOST:1/x", "https://kms.example.com"] {
+            assert!(
+                err.contains("test.toml")
+                    && err.contains("pkcs11_allow_cleartext_credentials")
+                    && !err.contains("s3cr3t"),
+                "{err}"
+            );
+            for url in [
+                "http://127.0.0.1:9998",
+                "http://127.8.9.10",
+                "http://[::1]:9998",
+                "http://LOCALHOST:1/x",
+                "https://kms.example.com",
+            ] {
                 assert_eq!(check("", url, http), Ok(None), "{url}");
             }
-            let warning = check("pkcs11_allow_cleartext_credentials = true", "http://kms.example.com", http).unwrap().unwrap();
+            let warning =
+                check("pkcs11_allow_cleartext_credentials = true", "http://kms.example.com", http).unwrap().unwrap();
             assert!(warning.contains("allowed by pkcs11_allow_cleartext_credentials"), "{warning}");
         }
         assert!(check("pkcs11_use_pin_as_access_token = true", "http://[2001:db8::1]:9998", "").is_err());
@@ -453,22 +478,28 @@ mod tests {
 
     #[test]
     fn pin_mode_is_a_top_level_switch() {
-        let (c, warnings) = parse("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"http://h\"\n").unwrap();
+        let (c, warnings) =
+            parse("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"http://h\"\n").unwrap();
         assert!(c.use_pin_as_access_token && warnings.is_empty(), "{warnings:?}");
         assert!(!parse("[http_config]\nserver_url = \"http://h\"\n").unwrap().0.use_pin_as_access_token);
-        let err = parse("pkcs11_use_pin_as_access_token = \"yes\"\n[http_config]\nserver_url = \"http://h\"\n").unwrap_err();
+        let err =
+            parse("pkcs11_use_pin_as_access_token = \"yes\"\n[http_config]\nserver_url = \"http://h\"\n").unwrap_err();
         assert!(err.contains("wrong type"), "{err}");
     }
 
     #[test]
     fn missing_secrets_come_from_the_store() {
         let store = |service: &str, account: &str| Some(Secret::new(format!("{service}|{account}")));
-        let (mut c, _) = parse("[http_config]\nserver_url = \"https://k:1/\"\ntls_client_pkcs12_path = \"/c.p12\"\n").unwrap();
+        let (mut c, _) =
+            parse("[http_config]\nserver_url = \"https://k:1/\"\ntls_client_pkcs12_path = \"/c.p12\"\n").unwrap();
         c.fill_from_store(store, &mut Vec::new());
         assert_eq!(c.access_token, Some(Secret::new("cosmian-kms|https://k:1")));
         assert_eq!(
             c.client_certificate,
-            Some(ClientCertificate::Pkcs12 { path: "/c.p12".into(), password: Some(Secret::new("cosmian-kms-pkcs12|/c.p12")) })
+            Some(ClientCertificate::Pkcs12 {
+                path: "/c.p12".into(),
+                password: Some(Secret::new("cosmian-kms-pkcs12|/c.p12"))
+            })
         );
         // The file wins.
         let (mut c, _) = parse("[http_config]\nserver_url = \"https://k:1\"\naccess_token = \"file\"\n").unwrap();
@@ -486,7 +517,10 @@ mod tests {
     fn secrets_in_a_file_others_can_read_are_flagged() {
         let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\naccess_token = \"s3cr3t\"\n").unwrap();
         let warning = c.exposed_secrets_warning(0o100644).unwrap();
-        assert!(warning.contains("access_token") && warning.contains("644") && !warning.contains("s3cr3t"), "{warning}");
+        assert!(
+            warning.contains("access_token") && warning.contains("644") && !warning.contains("s3cr3t"),
+            "{warning}"
+        );
         assert!(c.exposed_secrets_warning(0o100640).is_some());
         assert!(c.exposed_secrets_warning(0o100600).is_none());
         let (c, _) = parse("[http_config]\nserver_url = \"http://h\"\n").unwrap();

@@ -11,9 +11,9 @@ use crate::config::{KmsConfig, Secret, Settings};
 use crate::error::{Error, Result};
 use crate::kmip::operations;
 use crate::kmip::{KmsClient, KmsError};
-use crate::platform;
 use crate::lock;
-use crate::session::{FindOp, SignOp, Sessions};
+use crate::platform;
+use crate::session::{FindOp, Sessions, SignOp};
 use crate::signing::{self, Mechanism, Parameter};
 use crate::token::{Attr, KeyCache, Kms, ObjectClass, Token};
 
@@ -86,7 +86,9 @@ impl Provider {
             tracing::warn!("{w}");
         }
         match &kms {
-            Ok(k) => tracing::info!(server = %k.config.server_url, config = %k.config.source.display(), tag = %settings.key_tag, "configured"),
+            Ok(k) => {
+                tracing::info!(server = %k.config.server_url, config = %k.config.source.display(), tag = %settings.key_tag, "configured")
+            }
             Err(e) => tracing::error!("the token will hold no keys: {e}"),
         }
         if pin_mode {
@@ -96,7 +98,14 @@ impl Provider {
     }
 
     pub fn new(token: Token) -> Self {
-        Self { token, sessions: Sessions::default(), logged_in: AtomicBool::new(false), login_lock: Default::default(), pin_mode: false, pid: std::process::id() }
+        Self {
+            token,
+            sessions: Sessions::default(),
+            logged_in: AtomicBool::new(false),
+            login_lock: Default::default(),
+            pin_mode: false,
+            pid: std::process::id(),
+        }
     }
 
     /// Whether the token requires C_Login (PIN mode): `CKF_LOGIN_REQUIRED`.
@@ -131,8 +140,7 @@ impl Provider {
 
     pub fn mechanism_info(&self, slot: CK_SLOT_ID, ty: CK_MECHANISM_TYPE) -> Result<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
         check_slot(slot)?;
-        signing::info(ty)
-            .ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{ty:X} is not offered")))
+        signing::info(ty).ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{ty:X} is not offered")))
     }
 
     // ---- sessions -----------------------------------------------------------------------
@@ -202,14 +210,18 @@ impl Provider {
     fn use_pin_as_access_token(&self, pin: &[u8]) -> Result<()> {
         let pin = std::str::from_utf8(pin).map(str::trim).unwrap_or("");
         if pin.is_empty() {
-            return Err(Error::new(CKR_PIN_INCORRECT, "PIN mode: the PIN (the KMS access token) is empty or not UTF-8"));
+            return Err(Error::new(
+                CKR_PIN_INCORRECT,
+                "PIN mode: the PIN (the KMS access token) is empty or not UTF-8",
+            ));
         }
         let kms = self.token.kms().ok_or_else(|| {
             Error::new(CKR_DEVICE_ERROR, "PIN mode: no KMS client (see the ERROR line logged when the library loaded)")
         })?;
         let checking = KmsConfig { access_token: Some(Secret::new(pin)), ..kms.config.clone() };
         let checker = KmsClient::new(&checking, &self.token.settings).map_err(|e| Error::new(CKR_DEVICE_ERROR, e))?;
-        let checked = operations::locate_tagged(&checker, &kms.config.vendor_id, &self.token.settings.key_tag, "PublicKey");
+        let checked =
+            operations::locate_tagged(&checker, &kms.config.vendor_id, &self.token.settings.key_tag, "PublicKey");
         match checked {
             Ok(_) => {
                 kms.client.set_access_token(checking.access_token.clone());
@@ -281,7 +293,12 @@ impl Provider {
     }
 
     /// The values of `types` on an object, one answer per type.
-    pub fn attributes(&self, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, types: &[CK_ATTRIBUTE_TYPE]) -> Result<Vec<Attr>> {
+    pub fn attributes(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<Attr>> {
         self.sessions.get(session)?;
         let (key, class) = self.token.object(object)?;
         Ok(types.iter().map(|t| key.attribute(class, *t)).collect())
@@ -289,7 +306,13 @@ impl Provider {
 
     // ---- signing ------------------------------------------------------------------------
 
-    pub fn sign_init(&self, session: CK_SESSION_HANDLE, mechanism: CK_MECHANISM_TYPE, parameter: Parameter, key: CK_OBJECT_HANDLE) -> Result<()> {
+    pub fn sign_init(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mechanism: CK_MECHANISM_TYPE,
+        parameter: Parameter,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
         let s = self.sessions.get(session)?;
         let mut s = lock(&s);
         if s.sign.is_some() {
@@ -367,7 +390,9 @@ impl Provider {
             Some(_) => {}
         }
         // From here on the operation ends, whatever happens.
-        let Some(op) = s.sign.take() else { return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active signature")) };
+        let Some(op) = s.sign.take() else {
+            return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active signature"));
+        };
         let (bytes, prehashed) = input(&op)?;
         let request = signing::request(op.mechanism, &bytes, prehashed)?;
         // Only this session's lock is held during the KMS call.

@@ -33,9 +33,16 @@ use Mechanism::*;
 pub enum Parameter {
     None,
     /// `CK_RSA_PKCS_PSS_PARAMS`.
-    Pss { hash: CK_MECHANISM_TYPE, mgf: CK_RSA_PKCS_MGF_TYPE, salt_len: CK_ULONG },
+    Pss {
+        hash: CK_MECHANISM_TYPE,
+        mgf: CK_RSA_PKCS_MGF_TYPE,
+        salt_len: CK_ULONG,
+    },
     /// `CK_EDDSA_PARAMS`.
-    Eddsa { prehash: bool, context_len: usize },
+    Eddsa {
+        prehash: bool,
+        context_len: usize,
+    },
     /// Something this provider cannot read for that mechanism.
     Unreadable,
 }
@@ -159,13 +166,14 @@ pub fn request(mechanism: Mechanism, input: &[u8], prehashed: bool) -> Result<Si
     let digest = |h: Hash| if prehashed { input.to_vec() } else { h.digest(input) };
     match mechanism {
         Ecdsa => {
-            let hash = Hash::ALL
-                .into_iter()
-                .find(|h| h.output_len() == input.len() && *h != Hash::Sha1)
-                .ok_or_else(|| {
+            let hash =
+                Hash::ALL.into_iter().find(|h| h.output_len() == input.len() && *h != Hash::Sha1).ok_or_else(|| {
                     Error::new(
                         CKR_DATA_LEN_RANGE,
-                        format!("CKM_ECDSA input of {} bytes: the KMS signs SHA-256/384/512 hashes (32, 48 or 64 bytes)", input.len()),
+                        format!(
+                            "CKM_ECDSA input of {} bytes: the KMS signs SHA-256/384/512 hashes (32, 48 or 64 bytes)",
+                            input.len()
+                        ),
                     )
                 })?;
             Ok(SignRequest::ecdsa(hash, SignInput::Digest(input.to_vec())))
@@ -195,7 +203,9 @@ pub fn request(mechanism: Mechanism, input: &[u8], prehashed: bool) -> Result<Si
 pub fn finish(mechanism: Mechanism, key: &PublicKey, signature: Vec<u8>) -> Result<Vec<u8>> {
     let bad = |what: String| Error::new(CKR_DEVICE_ERROR, format!("KMS signature unusable: {what}"));
     let out = match (mechanism, key) {
-        (Ecdsa | EcdsaWith(_), PublicKey::Ec { curve, .. }) => asn1::ecdsa_der_to_raw(&signature, *curve).map_err(bad)?,
+        (Ecdsa | EcdsaWith(_), PublicKey::Ec { curve, .. }) => {
+            asn1::ecdsa_der_to_raw(&signature, *curve).map_err(bad)?
+        }
         _ => signature,
     };
     if out.len() != key.signature_len() {
@@ -237,7 +247,10 @@ mod tests {
         assert!(invalid(CKM_RSA_PKCS_PSS, Parameter::None));
         assert!(invalid(CKM_RSA_PKCS_PSS, Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA256, salt_len: 0 }));
         assert!(invalid(CKM_RSA_PKCS_PSS, Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA1, salt_len: 32 }));
-        assert!(invalid(CKM_SHA384_RSA_PKCS_PSS, Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA256, salt_len: 32 }));
+        assert!(invalid(
+            CKM_SHA384_RSA_PKCS_PSS,
+            Parameter::Pss { hash: CKM_SHA256, mgf: CKG_MGF1_SHA256, salt_len: 32 }
+        ));
         assert!(invalid(CKM_ECDSA, Parameter::Unreadable));
         assert!(invalid(CKM_EDDSA, Parameter::Eddsa { prehash: true, context_len: 0 }));
         assert!(invalid(CKM_EDDSA, Parameter::Eddsa { prehash: false, context_len: 3 }));
@@ -247,7 +260,10 @@ mod tests {
     #[test]
     fn pss_input_is_a_hash_of_the_parameter_s_length() {
         assert_eq!(request(RsaPss(Hash::Sha384), &[1; 32], false).unwrap_err().rv, CKR_DATA_LEN_RANGE);
-        assert_eq!(request(RsaPss(Hash::Sha384), &[1; 48], false).unwrap(), SignRequest::rsa_pss(Hash::Sha384, vec![1; 48]));
+        assert_eq!(
+            request(RsaPss(Hash::Sha384), &[1; 48], false).unwrap(),
+            SignRequest::rsa_pss(Hash::Sha384, vec![1; 48])
+        );
     }
 
     #[test]

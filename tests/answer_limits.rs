@@ -6,9 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, cryptoki_session, write_provider_config, KmsServer,
-};
+use cosmian_pkcs11_testbed::{create_p256_key_pairs, cryptoki_session, write_provider_config, KmsServer};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 
@@ -28,11 +26,7 @@ fn read_message(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> 
     }
     let length = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
         .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
@@ -48,10 +42,8 @@ fn padding_relay(upstream: u16, padding: usize) -> u16 {
         for client in listener.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
                 let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
-                let (mut to_client, mut to_server) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut from_client, mut from_server) =
-                    (BufReader::new(client), BufReader::new(server));
+                let (mut to_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut from_client, mut from_server) = (BufReader::new(client), BufReader::new(server));
                 while let Some((head, body)) = read_message(&mut from_client) {
                     let locate = body.windows(17).any(|w| w == br#""value":"Locate""#);
                     let pad = body.starts_with(br#"{"tag":"Sign""#) || locate;
@@ -96,25 +88,11 @@ fn an_answer_larger_than_its_operation_needs_is_refused_unread() {
     ]);
     let log = || std::fs::read_to_string(dir.join("cosmian-pkcs11.log")).unwrap_or_default();
     let found = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Id(key.private_id.as_bytes().to_vec()),
-        ])
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.private_id.as_bytes().to_vec())])
         .unwrap();
-    assert_eq!(
-        found.len(),
-        1,
-        "a padded batch of Locates, within its cap, is read:\n{}",
-        log()
-    );
+    assert_eq!(found.len(), 1, "a padded batch of Locates, within its cap, is read:\n{}", log());
     let signed = session.sign(&Mechanism::Ecdsa, found[0], &[7; 32]);
     assert!(signed.is_err(), "a 200 KiB Sign answer was accepted");
     let why = "bytes: refused unread";
-    assert!(
-        log()
-            .lines()
-            .any(|l| l.contains("C_Sign") && l.contains(why)),
-        "the log does not say {why:?}:\n{}",
-        log()
-    );
+    assert!(log().lines().any(|l| l.contains("C_Sign") && l.contains(why)), "the log does not say {why:?}:\n{}", log());
 }

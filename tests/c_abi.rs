@@ -23,7 +23,6 @@ fn count_null_slots<T>(table: *const T) -> usize {
     slots[1..].iter().filter(|p| **p == 0).count()
 }
 
-
 /// Every slot of the 3.0 table but the four a client calls before C_Initialize, each called
 /// with zeroed arguments: `(name, return code)`.
 fn call_every_other_slot(f3: &CK_FUNCTION_LIST_3_0) -> Vec<(&'static str, CK_RV)> {
@@ -33,29 +32,103 @@ fn call_every_other_slot(f3: &CK_FUNCTION_LIST_3_0) -> Vec<(&'static str, CK_RV)
         };
     }
     call_all!(
-        C_Finalize, C_GetInfo, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo, C_GetMechanismList,
-        C_GetMechanismInfo, C_InitToken, C_InitPIN, C_SetPIN, C_OpenSession, C_CloseSession,
-        C_CloseAllSessions, C_GetSessionInfo, C_GetOperationState, C_SetOperationState, C_Login,
-        C_Logout, C_CreateObject, C_CopyObject, C_DestroyObject, C_GetObjectSize, C_GetAttributeValue,
-        C_SetAttributeValue, C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal, C_EncryptInit,
-        C_Encrypt, C_EncryptUpdate, C_EncryptFinal, C_DecryptInit, C_Decrypt, C_DecryptUpdate,
-        C_DecryptFinal, C_DigestInit, C_Digest, C_DigestUpdate, C_DigestKey, C_DigestFinal,
-        C_SignInit, C_Sign, C_SignUpdate, C_SignFinal, C_SignRecoverInit, C_SignRecover,
-        C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal, C_VerifyRecoverInit, C_VerifyRecover,
-        C_DigestEncryptUpdate, C_DecryptDigestUpdate, C_SignEncryptUpdate, C_DecryptVerifyUpdate,
-        C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey, C_DeriveKey, C_SeedRandom,
-        C_GenerateRandom, C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent, C_LoginUser,
-        C_SessionCancel, C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin,
-        C_EncryptMessageNext, C_MessageEncryptFinal, C_MessageDecryptInit, C_DecryptMessage,
-        C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal, C_MessageSignInit,
-        C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
-        C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext,
+        C_Finalize,
+        C_GetInfo,
+        C_GetSlotList,
+        C_GetSlotInfo,
+        C_GetTokenInfo,
+        C_GetMechanismList,
+        C_GetMechanismInfo,
+        C_InitToken,
+        C_InitPIN,
+        C_SetPIN,
+        C_OpenSession,
+        C_CloseSession,
+        C_CloseAllSessions,
+        C_GetSessionInfo,
+        C_GetOperationState,
+        C_SetOperationState,
+        C_Login,
+        C_Logout,
+        C_CreateObject,
+        C_CopyObject,
+        C_DestroyObject,
+        C_GetObjectSize,
+        C_GetAttributeValue,
+        C_SetAttributeValue,
+        C_FindObjectsInit,
+        C_FindObjects,
+        C_FindObjectsFinal,
+        C_EncryptInit,
+        C_Encrypt,
+        C_EncryptUpdate,
+        C_EncryptFinal,
+        C_DecryptInit,
+        C_Decrypt,
+        C_DecryptUpdate,
+        C_DecryptFinal,
+        C_DigestInit,
+        C_Digest,
+        C_DigestUpdate,
+        C_DigestKey,
+        C_DigestFinal,
+        C_SignInit,
+        C_Sign,
+        C_SignUpdate,
+        C_SignFinal,
+        C_SignRecoverInit,
+        C_SignRecover,
+        C_VerifyInit,
+        C_Verify,
+        C_VerifyUpdate,
+        C_VerifyFinal,
+        C_VerifyRecoverInit,
+        C_VerifyRecover,
+        C_DigestEncryptUpdate,
+        C_DecryptDigestUpdate,
+        C_SignEncryptUpdate,
+        C_DecryptVerifyUpdate,
+        C_GenerateKey,
+        C_GenerateKeyPair,
+        C_WrapKey,
+        C_UnwrapKey,
+        C_DeriveKey,
+        C_SeedRandom,
+        C_GenerateRandom,
+        C_GetFunctionStatus,
+        C_CancelFunction,
+        C_WaitForSlotEvent,
+        C_LoginUser,
+        C_SessionCancel,
+        C_MessageEncryptInit,
+        C_EncryptMessage,
+        C_EncryptMessageBegin,
+        C_EncryptMessageNext,
+        C_MessageEncryptFinal,
+        C_MessageDecryptInit,
+        C_DecryptMessage,
+        C_DecryptMessageBegin,
+        C_DecryptMessageNext,
+        C_MessageDecryptFinal,
+        C_MessageSignInit,
+        C_SignMessage,
+        C_SignMessageBegin,
+        C_SignMessageNext,
+        C_MessageSignFinal,
+        C_MessageVerifyInit,
+        C_VerifyMessage,
+        C_VerifyMessageBegin,
+        C_VerifyMessageNext,
         C_MessageVerifyFinal
     )
 }
 
 fn attr(ty: CK_ATTRIBUTE_TYPE, buf: &mut [u8]) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE { type_: ty, pValue: if buf.is_empty() { null_mut() } else { buf.as_mut_ptr().cast() }, ulValueLen: buf.len() as CK_ULONG }
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: if buf.is_empty() { null_mut() } else { buf.as_mut_ptr().cast() },
+        ulValueLen: buf.len() as CK_ULONG,
+    }
 }
 
 #[test]
@@ -71,7 +144,8 @@ fn the_c_abi_answers_as_the_specification_says() {
     let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
         unsafe { lib.get(b"C_GetFunctionList") }.unwrap();
     let get_interface: libloading::Symbol<CK_C_GetInterface> = unsafe { lib.get(b"C_GetInterface") }.unwrap();
-    let get_interface_list: libloading::Symbol<CK_C_GetInterfaceList> = unsafe { lib.get(b"C_GetInterfaceList") }.unwrap();
+    let get_interface_list: libloading::Symbol<CK_C_GetInterfaceList> =
+        unsafe { lib.get(b"C_GetInterfaceList") }.unwrap();
 
     // ---- the tables: 2.40 and 3.0, no NULL slot ------------------------------------------
     assert_eq!(unsafe { get_list(null_mut()) }, CKR_ARGUMENTS_BAD);
@@ -103,7 +177,10 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(unsafe { (*interface).pFunctionList } as *const CK_FUNCTION_LIST, list as *const _);
     let mut v9 = CK_VERSION { major: 9, minor: 9 };
     assert_eq!(unsafe { get_interface.unwrap()(null_mut(), &mut v9, &mut interface, 0) }, CKR_ARGUMENTS_BAD);
-    assert_eq!(unsafe { get_interface.unwrap()(c"Vendor".as_ptr() as *mut _, null_mut(), &mut interface, 0) }, CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        unsafe { get_interface.unwrap()(c"Vendor".as_ptr() as *mut _, null_mut(), &mut interface, 0) },
+        CKR_ARGUMENTS_BAD
+    );
 
     // ---- initialization states -----------------------------------------------------------
     // Before C_Initialize every function, implemented or not, answers NOT_INITIALIZED (even
@@ -129,8 +206,12 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(call!(f, C_Initialize((&mut bad_args as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_ARGUMENTS_BAD);
     // The provider creates threads (ureq resolves the KMS's host on one): a caller that
     // forbids it is told so, and the library stays uninitialized.
-    let mut no_threads = CK_C_INITIALIZE_ARGS { pReserved: null_mut(), flags: CKF_LIBRARY_CANT_CREATE_OS_THREADS, ..bad_args };
-    assert_eq!(call!(f, C_Initialize((&mut no_threads as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_NEED_TO_CREATE_THREADS);
+    let mut no_threads =
+        CK_C_INITIALIZE_ARGS { pReserved: null_mut(), flags: CKF_LIBRARY_CANT_CREATE_OS_THREADS, ..bad_args };
+    assert_eq!(
+        call!(f, C_Initialize((&mut no_threads as *mut CK_C_INITIALIZE_ARGS).cast())),
+        CKR_NEED_TO_CREATE_THREADS
+    );
     assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
     let mut args = CK_C_INITIALIZE_ARGS { pReserved: null_mut(), ..bad_args };
     assert_eq!(call!(f, C_Initialize((&mut args as *mut CK_C_INITIALIZE_ARGS).cast())), CKR_OK);
@@ -164,7 +245,10 @@ fn the_c_abi_answers_as_the_specification_says() {
     let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
     let mut session: CK_SESSION_HANDLE = 0;
     assert_eq!(call!(f, C_OpenSession(slot, flags, null_mut(), None, null_mut())), CKR_ARGUMENTS_BAD);
-    assert_eq!(call!(f, C_OpenSession(slot, CKF_RW_SESSION, null_mut(), None, &mut session)), CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+    assert_eq!(
+        call!(f, C_OpenSession(slot, CKF_RW_SESSION, null_mut(), None, &mut session)),
+        CKR_SESSION_PARALLEL_NOT_SUPPORTED
+    );
     assert_eq!(call!(f, C_OpenSession(slot, flags, null_mut(), None, &mut session)), CKR_OK);
     assert_eq!(call!(f, C_CloseSession(session + 1000)), CKR_SESSION_HANDLE_INVALID);
     let mut found = [0 as CK_OBJECT_HANDLE; 8];
@@ -256,7 +340,11 @@ fn the_c_abi_answers_as_the_specification_says() {
     );
     assert_eq!(sig_len, 64);
     sig_len = 64;
-    assert_eq!(call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)), CKR_OK, "the operation survived");
+    assert_eq!(
+        call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_OK,
+        "the operation survived"
+    );
     assert_ne!(sig, [0; 64]);
     assert_eq!(
         call!(f, C_Sign(session, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)),
@@ -273,15 +361,29 @@ fn the_c_abi_answers_as_the_specification_says() {
     let mut half = vec![0x5Au8; 8 << 20];
     assert_eq!(call!(f, C_SignInit(capped, &mut hashing, key)), CKR_OK);
     for _ in 0..2 {
-        assert_eq!(call!(f, C_SignUpdate(capped, half.as_mut_ptr(), half.len() as CK_ULONG)), CKR_OK, "16 MiB in all is accepted");
+        assert_eq!(
+            call!(f, C_SignUpdate(capped, half.as_mut_ptr(), half.len() as CK_ULONG)),
+            CKR_OK,
+            "16 MiB in all is accepted"
+        );
     }
     assert_eq!(call!(f, C_SignUpdate(capped, half.as_mut_ptr(), 1)), CKR_DATA_LEN_RANGE);
     sig_len = 64;
-    assert_eq!(call!(f, C_SignFinal(capped, sig.as_mut_ptr(), &mut sig_len)), CKR_OPERATION_NOT_INITIALIZED, "the operation ended");
+    assert_eq!(
+        call!(f, C_SignFinal(capped, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_OPERATION_NOT_INITIALIZED,
+        "the operation ended"
+    );
     let mut over = vec![0x5Au8; (16 << 20) + 1];
     assert_eq!(call!(f, C_SignInit(capped, &mut hashing, key)), CKR_OK);
-    assert_eq!(call!(f, C_Sign(capped, over.as_mut_ptr(), over.len() as CK_ULONG, sig.as_mut_ptr(), &mut sig_len)), CKR_DATA_LEN_RANGE);
-    assert_eq!(call!(f, C_Sign(capped, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(
+        call!(f, C_Sign(capped, over.as_mut_ptr(), over.len() as CK_ULONG, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_DATA_LEN_RANGE
+    );
+    assert_eq!(
+        call!(f, C_Sign(capped, digest.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
     assert_eq!(call!(f, C_CloseSession(capped)), CKR_OK);
 
     // ---- what the provider does not do ---------------------------------------------------
@@ -302,7 +404,11 @@ fn the_c_abi_answers_as_the_specification_says() {
 
     // ---- PIN mode: ulMaxPinLen is the longest PIN (access token) C_Login takes --------------
     let pin_config = dir.path().join("pin.toml");
-    std::fs::write(&pin_config, format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url())).unwrap();
+    std::fs::write(
+        &pin_config,
+        format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url()),
+    )
+    .unwrap();
     std::env::set_var("COSMIAN_KMS_CLI_CONF", &pin_config);
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
     assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);

@@ -51,8 +51,12 @@ fn credentials_never_go_over_http_to_a_remote_host_unless_allowed() {
     let dir = folder(root.path(), "refused");
     let path = config(&dir, "", &format!("access_token = \"{TOKEN}\""));
     let (elapsed, printed, log) = list(&dir, &path);
-    let error = log.lines().find(|l| l.contains(" ERROR ")).unwrap_or_else(|| panic!("no ERROR line:\n{log}\n{printed}"));
-    assert!(error.contains(&path.display().to_string()) && error.contains("pkcs11_allow_cleartext_credentials = true"), "{error}");
+    let error =
+        log.lines().find(|l| l.contains(" ERROR ")).unwrap_or_else(|| panic!("no ERROR line:\n{log}\n{printed}"));
+    assert!(
+        error.contains(&path.display().to_string()) && error.contains("pkcs11_allow_cleartext_credentials = true"),
+        "{error}"
+    );
     assert!(log.contains(" TRACE "), "the log is at trace level:\n{log}");
     assert!(!log.contains("KMS request"), "no request was even tried:\n{log}");
     assert!(elapsed < Duration::from_millis(1500), "returned at once, not after a connect timeout: {elapsed:?}");
@@ -62,7 +66,10 @@ fn credentials_never_go_over_http_to_a_remote_host_unless_allowed() {
     let dir = folder(root.path(), "allowed");
     let path = config(&dir, "pkcs11_allow_cleartext_credentials = true", &format!("access_token = \"{TOKEN}\""));
     let (_, printed, log) = list(&dir, &path);
-    let warning = log.lines().find(|l| l.contains(" WARN ") && l.contains("cleartext")).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    let warning = log
+        .lines()
+        .find(|l| l.contains(" WARN ") && l.contains("cleartext"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
     assert!(warning.contains("allowed by pkcs11_allow_cleartext_credentials = true"), "{warning}");
     assert!(log.contains("KMS request"), "the request was tried:\n{log}\n{printed}");
     assert!(!log.contains(TOKEN) && !printed.contains(TOKEN));

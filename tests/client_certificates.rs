@@ -23,7 +23,8 @@ fn kms_for_alice(ca: &TestCa) -> (KmsServer, String) {
     args.extend(["--clients-ca-cert-file".to_owned(), ca_file]);
     let kms = KmsServer::start_with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ca.client_cert("ckms", "alice", X509Version::V3, false);
-    let ckms = Ckms::with_http_config(&kms, &format!("{}{}", ca.verified_cert_line(), pem_lines(ca, "ckms.pem", "ckms.key")));
+    let ckms =
+        Ckms::with_http_config(&kms, &format!("{}{}", ca.verified_cert_line(), pem_lines(ca, "ckms.pem", "ckms.key")));
     let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
     (kms, pair.private_id)
 }
@@ -54,7 +55,8 @@ fn v1_and_v3_client_certificates_with_or_without_a_chain_list_keys_from_pem_and_
                 ("pem", pem_lines(&ca, &format!("{name}.pem"), &format!("{name}.key"))),
                 ("p12", pkcs12_lines(&ca, &format!("{name}.p12"))),
             ] {
-                let (config, logs) = case(kms.dir(), &format!("{name}-{form}"), &kms.url(), &format!("{verified}{lines}"));
+                let (config, logs) =
+                    case(kms.dir(), &format!("{name}-{form}"), &kms.url(), &format!("{verified}{lines}"));
                 let out = keygen_d(&config, &logs);
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 assert!(
@@ -82,11 +84,37 @@ fn bad_certificates_keys_and_pkcs12_files_are_explained_in_the_log_and_never_on_
     // Well-formed PEM around DER that is no certificate, no key.
     write("bad-der.pem", "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n");
     write("bad-der.key", "-----BEGIN PRIVATE KEY-----\nMAMCAQA=\n-----END PRIVATE KEY-----\n");
-    ca.openssl(&["x509", "-req", "-in", "alice.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "-1", "-out", "expired.pem"]);
+    ca.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "alice.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-days",
+        "-1",
+        "-out",
+        "expired.pem",
+    ]);
     // An Ed448 key, which TLS here cannot sign with, and its certificate.
     ca.openssl(&["genpkey", "-algorithm", "ed448", "-out", "ed448.key"]);
     ca.openssl(&["req", "-new", "-key", "ed448.key", "-subj", "/CN=alice", "-out", "ed448.csr"]);
-    ca.openssl(&["x509", "-req", "-in", "ed448.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-out", "ed448.pem"]);
+    ca.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "ed448.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-days",
+        "2",
+        "-out",
+        "ed448.pem",
+    ]);
     // PKCS#12 files without a certificate, without a key.
     let pass = format!("pass:{P12_PASSWORD}");
     ca.openssl(&["pkcs12", "-export", "-nocerts", "-inkey", "alice.key", "-out", "key-only.p12", "-passout", &pass]);
@@ -96,7 +124,11 @@ fn bad_certificates_keys_and_pkcs12_files_are_explained_in_the_log_and_never_on_
         ("garbage-cert", pem_lines(&ca, "garbage", "alice.key"), "garbage holds no PEM certificate"),
         ("empty-cert", pem_lines(&ca, "empty", "alice.key"), "empty holds no PEM certificate"),
         ("key-as-cert", pem_lines(&ca, "alice.key", "alice.key"), "alice.key holds no PEM certificate"),
-        ("bad-der-cert", pem_lines(&ca, "bad-der.pem", "alice.key"), "bad-der.pem: certificate 1 is not an X.509 certificate"),
+        (
+            "bad-der-cert",
+            pem_lines(&ca, "bad-der.pem", "alice.key"),
+            "bad-der.pem: certificate 1 is not an X.509 certificate",
+        ),
         ("garbage-key", pem_lines(&ca, "alice.pem", "garbage"), "garbage holds no PEM private key"),
         ("empty-key", pem_lines(&ca, "alice.pem", "empty"), "empty holds no PEM private key"),
         ("cert-as-key", pem_lines(&ca, "alice.pem", "alice.pem"), "alice.pem holds no PEM private key"),
@@ -108,14 +140,22 @@ fn bad_certificates_keys_and_pkcs12_files_are_explained_in_the_log_and_never_on_
         ("garbage-p12", pkcs12_lines(&ca, "garbage"), "cannot open the PKCS#12 file"),
         ("empty-p12", pkcs12_lines(&ca, "empty"), "cannot open the PKCS#12 file"),
         ("key-only-p12", pkcs12_lines(&ca, "key-only.p12"), "key-only.p12 holds no private key with its certificate"),
-        ("cert-only-p12", pkcs12_lines(&ca, "cert-only.p12"), "cert-only.p12 holds no private key with its certificate"),
+        (
+            "cert-only-p12",
+            pkcs12_lines(&ca, "cert-only.p12"),
+            "cert-only.p12 holds no private key with its certificate",
+        ),
     ];
     for (name, lines, why) in cases {
         let (config, logs) = case(kms.dir(), name, &kms.url(), &format!("{verified}{lines}"));
         let out = keygen_d(&config, &logs);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.stdout.is_empty(), "{name}: keys offered: {}", text(&out));
-        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{name}: on the terminal: {}", text(&out));
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{name}: on the terminal: {}",
+            text(&out)
+        );
         let log = provider_log(&logs);
         let explained = log.lines().any(|l| l.contains(" ERROR ") && l.contains(why));
         assert!(explained, "{name}: no error line of the log says {why:?}:\n{log}");

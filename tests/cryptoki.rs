@@ -18,7 +18,6 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use sha2::Digest;
 
-
 struct Bed {
     _kms: KmsServer,
     ckms: Ckms,
@@ -77,7 +76,9 @@ fn public_value(session: &Session, name: &str, ty: AttributeType) -> Vec<u8> {
     let found = find(session, &[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)]);
     assert_eq!(found.len(), 1, "public key {name}");
     match session.get_attributes(found[0], &[ty]).unwrap().pop() {
-        Some(Attribute::EcPoint(v) | Attribute::Modulus(v) | Attribute::PublicExponent(v) | Attribute::EcParams(v)) => v,
+        Some(Attribute::EcPoint(v) | Attribute::Modulus(v) | Attribute::PublicExponent(v) | Attribute::EcParams(v)) => {
+            v
+        }
         other => panic!("{name} {ty:?}: {other:?}"),
     }
 }
@@ -124,7 +125,12 @@ fn lists_exactly_the_tagged_key_pairs_with_meaningful_labels() {
         let label = String::from_utf8(label.clone()).unwrap();
         let id = String::from_utf8(id.clone()).unwrap();
         assert_ne!(id, bed.untagged, "a key without the tag is offered");
-        let name = bed.keys.iter().find(|(_, (private, _))| *private == id).map(|(n, _)| *n).expect("CKA_ID is a private key id");
+        let name = bed
+            .keys
+            .iter()
+            .find(|(_, (private, _))| *private == id)
+            .map(|(n, _)| *n)
+            .expect("CKA_ID is a private key id");
         assert_eq!(label, format!("{name} ({id})"));
         labels.push(label);
     }
@@ -141,16 +147,26 @@ fn private_keys_are_found_as_openssh_looks_for_them() {
     for (name, (private_id, public_id)) in &bed.keys {
         let by_id = private_key(&s, name);
         // The retry without CKA_SIGN, and the compatibility search by the public key's id.
-        let plain = find(&s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(private_id.as_bytes().to_vec())]);
-        let by_pk = find(&s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(public_id.as_bytes().to_vec())]);
+        let plain =
+            find(&s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(private_id.as_bytes().to_vec())]);
+        let by_pk =
+            find(&s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(public_id.as_bytes().to_vec())]);
         assert_eq!(plain, [by_id]);
         assert_eq!(by_pk, [by_id]);
         let attrs = s
-            .get_attributes(by_id, &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::AlwaysAuthenticate])
+            .get_attributes(
+                by_id,
+                &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::AlwaysAuthenticate],
+            )
             .unwrap();
-        assert_eq!(attrs, [Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::AlwaysAuthenticate(false)]);
+        assert_eq!(
+            attrs,
+            [Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::AlwaysAuthenticate(false)]
+        );
         // Private material is refused; cryptoki leaves out what the module called sensitive.
-        let secret = s.get_attributes(by_id, &[AttributeType::Value, AttributeType::PrivateExponent, AttributeType::Sign]).unwrap();
+        let secret = s
+            .get_attributes(by_id, &[AttributeType::Value, AttributeType::PrivateExponent, AttributeType::Sign])
+            .unwrap();
         assert_eq!(secret, [Attribute::Sign(true)], "{name}");
     }
 }
@@ -184,7 +200,10 @@ fn public_attributes_match_what_ckms_exports() {
                 assert_eq!(public_value(&s, name, AttributeType::EcParams), hex("06032B6570"));
                 let id = bed.keys[name].0.as_bytes().to_vec();
                 let h = find(&s, &[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)])[0];
-                assert_eq!(s.get_attributes(h, &[AttributeType::KeyType]).unwrap(), [Attribute::KeyType(KeyType::EC_EDWARDS)]);
+                assert_eq!(
+                    s.get_attributes(h, &[AttributeType::KeyType]).unwrap(),
+                    [Attribute::KeyType(KeyType::EC_EDWARDS)]
+                );
             }
             (_, KeyKind::Rsa(bits)) => {
                 use rsa::traits::PublicKeyParts;
@@ -397,10 +416,27 @@ fn rsa_pss_verifies_with_the_parameters_the_kms_supports() {
         type Scheme = fn() -> rsa::Pss;
         type WithHash = fn(PkcsPssParams) -> Mechanism<'static>;
         let (hash_alg, mgf, scheme, mechanism): (_, _, Scheme, WithHash) = match hash {
-            "sha1" => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, rsa::Pss::new::<sha1::Sha1>, Mechanism::Sha1RsaPkcsPss),
-            "sha256" => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, rsa::Pss::new::<sha2::Sha256>, Mechanism::Sha256RsaPkcsPss),
-            "sha384" => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384, rsa::Pss::new::<sha2::Sha384>, Mechanism::Sha384RsaPkcsPss),
-            _ => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512, rsa::Pss::new::<sha2::Sha512>, Mechanism::Sha512RsaPkcsPss),
+            "sha1" => {
+                (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, rsa::Pss::new::<sha1::Sha1>, Mechanism::Sha1RsaPkcsPss)
+            }
+            "sha256" => (
+                MechanismType::SHA256,
+                PkcsMgfType::MGF1_SHA256,
+                rsa::Pss::new::<sha2::Sha256>,
+                Mechanism::Sha256RsaPkcsPss,
+            ),
+            "sha384" => (
+                MechanismType::SHA384,
+                PkcsMgfType::MGF1_SHA384,
+                rsa::Pss::new::<sha2::Sha384>,
+                Mechanism::Sha384RsaPkcsPss,
+            ),
+            _ => (
+                MechanismType::SHA512,
+                PkcsMgfType::MGF1_SHA512,
+                rsa::Pss::new::<sha2::Sha512>,
+                Mechanism::Sha512RsaPkcsPss,
+            ),
         };
         let params = PkcsPssParams { hash_alg, mgf, s_len: (digest.len() as u64).into() };
         let raw = s.sign(&Mechanism::RsaPkcsPss(params), key, &digest).unwrap();

@@ -40,9 +40,14 @@ fn an_sshsig_made_with_ckm_eddsa_verifies_with_ssh_keygen() {
     let public = session.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY)]).unwrap();
     assert_eq!(public.len(), 1);
     let attrs = session
-        .get_attributes(public[0], &[AttributeType::KeyType, AttributeType::Id, AttributeType::EcParams, AttributeType::EcPoint])
+        .get_attributes(
+            public[0],
+            &[AttributeType::KeyType, AttributeType::Id, AttributeType::EcParams, AttributeType::EcPoint],
+        )
         .unwrap();
-    let [Attribute::KeyType(key_type), Attribute::Id(id), Attribute::EcParams(params), Attribute::EcPoint(point)] = &attrs[..] else {
+    let [Attribute::KeyType(key_type), Attribute::Id(id), Attribute::EcParams(params), Attribute::EcPoint(point)] =
+        &attrs[..]
+    else {
         panic!("{attrs:?}")
     };
     assert_eq!(*key_type, KeyType::EC_EDWARDS);

@@ -6,7 +6,8 @@ use cosmian_pkcs11_testbed::provider_lib;
 #[test]
 fn exports_only_the_three_pkcs11_symbols() {
     let lib = provider_lib();
-    let out = std::process::Command::new("nm").args(["-D", "--defined-only"]).arg(&lib).output().expect("nm (binutils)");
+    let out =
+        std::process::Command::new("nm").args(["-D", "--defined-only"]).arg(&lib).output().expect("nm (binutils)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -20,14 +20,23 @@ macro_rules! call {
 
 /// Finds the private key `id`, signs SHA-256(`message`) with CKM_ECDSA and verifies it; `Err`
 /// names the step that failed and its code.
-fn sign_once(f: &CK_FUNCTION_LIST, id: &str, message: &[u8], verifier: &p256::ecdsa::VerifyingKey) -> Result<(), String> {
+fn sign_once(
+    f: &CK_FUNCTION_LIST,
+    id: &str,
+    message: &[u8],
+    verifier: &p256::ecdsa::VerifyingKey,
+) -> Result<(), String> {
     let check = |what: &str, rv: CK_RV| if rv == CKR_OK { Ok(()) } else { Err(format!("{what}: 0x{rv:X}")) };
     let mut session: CK_SESSION_HANDLE = 0;
     check("C_OpenSession", call!(f, C_OpenSession(1, CKF_SERIAL_SESSION, null_mut(), None, &mut session)))?;
     let mut class = CKO_PRIVATE_KEY;
     let mut id = id.as_bytes().to_vec();
     let mut template = [
-        CK_ATTRIBUTE { type_: CKA_CLASS, pValue: (&mut class as *mut CK_ULONG).cast(), ulValueLen: std::mem::size_of::<CK_ULONG>() as CK_ULONG },
+        CK_ATTRIBUTE {
+            type_: CKA_CLASS,
+            pValue: (&mut class as *mut CK_ULONG).cast(),
+            ulValueLen: std::mem::size_of::<CK_ULONG>() as CK_ULONG,
+        },
         CK_ATTRIBUTE { type_: CKA_ID, pValue: id.as_mut_ptr().cast(), ulValueLen: id.len() as CK_ULONG },
     ];
     check("C_FindObjectsInit", call!(f, C_FindObjectsInit(session, template.as_mut_ptr(), 2)))?;
@@ -72,7 +81,8 @@ fn a_forked_child_initializes_again_and_signs() {
     let kms = KmsServer::start();
     let ckms = Ckms::new(&kms);
     let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
-    let verifier = p256::ecdsa::VerifyingKey::from_public_key_pem(&ckms.export_public_pkcs8_pem(&pair.public_id)).unwrap();
+    let verifier =
+        p256::ecdsa::VerifyingKey::from_public_key_pem(&ckms.export_public_pkcs8_pem(&pair.public_id)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
     std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));

@@ -46,13 +46,10 @@ impl Bed {
     }
 
     fn pkcs11_tool(&self, args: &[&str]) -> Output {
-        let out = self
-            .command("pkcs11-tool")
-            .arg("--module")
-            .arg(provider_lib())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run pkcs11-tool ({e}): install OpenSC with scripts/install-test-bed.sh"));
+        let out =
+            self.command("pkcs11-tool").arg("--module").arg(provider_lib()).args(args).output().unwrap_or_else(|e| {
+                panic!("cannot run pkcs11-tool ({e}): install OpenSC with scripts/install-test-bed.sh")
+            });
         assert!(out.status.code().is_some(), "pkcs11-tool {args:?} crashed: {}", text(&out));
         out
     }
@@ -64,7 +61,10 @@ impl Bed {
 
     fn verify_rsa_sha256(&self, message: &[u8], signature: &[u8]) {
         let digest = sha2::Sha256::digest(message);
-        self.rsa.1.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature).expect("the RSA signature verifies");
+        self.rsa
+            .1
+            .verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature)
+            .expect("the RSA signature verifies");
     }
 }
 
@@ -116,7 +116,10 @@ fn pkcs11_tool_lists_tests_and_signs() {
         assert!(said.contains(line), "pkcs11-tool --test: no {line:?}:\n{said}");
     }
     for error in said.lines().filter(|l| l.contains("ERR:")) {
-        assert!(KNOWN_SELF_TEST_ERRORS.iter().any(|known| error.contains(known)), "pkcs11-tool --test: {error}\n{said}");
+        assert!(
+            KNOWN_SELF_TEST_ERRORS.iter().any(|known| error.contains(known)),
+            "pkcs11-tool --test: {error}\n{said}"
+        );
     }
     println!("pkcs11-tool --test --allow-sw:\n{said}");
 
@@ -139,7 +142,11 @@ fn pkcs11_tool_lists_tests_and_signs() {
     // ---- its fork test: C_Initialize again in a forked child --------------------------------
     let out = bed.pkcs11_tool(&["--test-fork"]);
     assert!(out.status.success(), "pkcs11-tool --test-fork: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Calling C_Initialize in forked child process"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Calling C_Initialize in forked child process"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// What a Python user writes: list the token's objects, sign with each private key.

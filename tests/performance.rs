@@ -23,8 +23,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config, AuditEvent, Ckms, CountingProxy,
-    KeyKind, KeyPair, KmsServer, Sshd, TestCa,
+    create_p256_key_pairs, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config,
+    AuditEvent, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer, Sshd, TestCa,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -106,7 +106,8 @@ fn audit_mark() -> usize {
 fn audited_since(mark: usize, expected: usize) -> Vec<(String, Option<String>)> {
     let kms = &bed().kms;
     wait_for_audit(kms, |events| events.len() >= mark + expected);
-    let mut events: Vec<_> = settled_audit_events(kms)[mark..].iter().map(|e| (e.operation.clone(), e.object_uid.clone())).collect();
+    let mut events: Vec<_> =
+        settled_audit_events(kms)[mark..].iter().map(|e| (e.operation.clone(), e.object_uid.clone())).collect();
     events.sort();
     events
 }
@@ -273,7 +274,13 @@ fn an_ssh_login_is_the_enumeration_plus_one_sign() {
             ssh = ssh.env(k, v);
         }
         let out = ssh.run("echo logged-in");
-        assert!(out.status.success(), "{what}: {}\nsshd:\n{}\nprovider:\n{}", text(&out), sshd.log(), provider_log(&dir));
+        assert!(
+            out.status.success(),
+            "{what}: {}\nsshd:\n{}\nprovider:\n{}",
+            text(&out),
+            sshd.log(),
+            provider_log(&dir)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "logged-in");
         assert_eq!(proxy.connections(), 1, "{what}: one kept-alive connection for the whole login");
         mark
@@ -328,10 +335,17 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
     for _ in 0..20 {
         let ssh_session = pkcs11.open_ro_session(slot).unwrap();
         let private = private_key(&ssh_session, first).expect("the private key");
-        let _ = ssh_session.get_attributes(private, &[AttributeType::KeyType, AttributeType::Label, AttributeType::Sign]).unwrap();
+        let _ = ssh_session
+            .get_attributes(private, &[AttributeType::KeyType, AttributeType::Label, AttributeType::Sign])
+            .unwrap();
         ssh_session.sign_init(&Mechanism::Ecdsa, private).unwrap();
     }
-    assert!(pkcs11.open_ro_session(slot).unwrap().find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)]).unwrap().is_empty());
+    assert!(pkcs11
+        .open_ro_session(slot)
+        .unwrap()
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .unwrap()
+        .is_empty());
     assert_eq!(proxy.requests(), ENUMERATION, "searches, attributes, SignInit");
     let signer = pkcs11.open_ro_session(slot).unwrap();
     let private = private_key(&signer, first).unwrap();
@@ -350,7 +364,11 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
         let before_load = Instant::now();
         let known = ids(ObjectClass::PUBLIC_KEY);
         let loaded = Instant::now();
-        assert_eq!(proxy.requests(), WARM_ENUMERATION, "a public-key search after expiry reloads (a Locate: the keys are known)");
+        assert_eq!(
+            proxy.requests(),
+            WARM_ENUMERATION,
+            "a public-key search after expiry reloads (a Locate: the keys are known)"
+        );
         let added = create_p256_key_pairs(&bed.kms, 1, &[LIVE]).remove(0).private_id;
         let seen = ids(ObjectClass::PUBLIC_KEY);
         let by_id = private_key(&session, &added);
@@ -388,7 +406,11 @@ fn key_id(session: &Session, object: cryptoki::object::ObjectHandle) -> String {
 /// The private key with this `CKA_ID`, searched the way OpenSSH does.
 fn private_key(session: &Session, id: &str) -> Option<cryptoki::object::ObjectHandle> {
     let found = session
-        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.as_bytes().to_vec()), Attribute::Sign(true)])
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id.as_bytes().to_vec()),
+            Attribute::Sign(true),
+        ])
         .unwrap();
     assert!(found.len() <= 1, "{found:?}");
     found.first().copied()
@@ -415,11 +437,18 @@ fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
     let keygen_d = |env: &[(&'static str, String)], extra: &[(&str, &str)]| {
         proxy.reset();
         let mark = (kms.http_requests().len(), settled_audit_events(&kms).len());
-        let out = ssh_keygen_d(&provider_lib()).envs(env.iter().map(|(k, v)| (k, v))).envs(extra.iter().copied()).env_remove("SSL_CERT_DIR").output().unwrap();
+        let out = ssh_keygen_d(&provider_lib())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied())
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
         let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
         (lines, mark)
     };
-    let operations_since = |mark: usize| -> Vec<String> { settled_audit_events(&kms)[mark..].iter().map(|e| e.operation.clone()).collect() };
+    let operations_since = |mark: usize| -> Vec<String> {
+        settled_audit_events(&kms)[mark..].iter().map(|e| e.operation.clone()).collect()
+    };
 
     let (authorized, (http, audit)) = keygen_d(&env, &[]);
     assert_eq!(authorized.len(), 1, "{}", provider_log(&dir));
@@ -442,7 +471,9 @@ fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
     assert_eq!(requests_since(http), ["POST /kmip", "POST /kmip/2_1"], "login");
     assert_eq!(proxy.connections(), 1, "login: one connection");
     assert_eq!(operations_since(audit), ["Locate", "Locate", "Sign"]);
-    assert!(settled_audit_events(&kms).iter().any(|e| e.operation == "Sign" && e.object_uid.as_deref() == Some(&key.private_id)));
+    assert!(settled_audit_events(&kms)
+        .iter()
+        .any(|e| e.operation == "Sign" && e.object_uid.as_deref() == Some(&key.private_id)));
 
     // verified_cert names another CA; the KMS's CA is a system root (SSL_CERT_FILE).
     let other = TestCa::new();

@@ -27,7 +27,11 @@ fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kms.toml");
-    std::fs::write(&config, format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url())).unwrap();
+    std::fs::write(
+        &config,
+        format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url()),
+    )
+    .unwrap();
     std::env::set_var("COSMIAN_KMS_CLI_CONF", &config);
     std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
     std::env::set_var("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "0");
@@ -54,8 +58,11 @@ fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
             .collect();
         let results: Vec<(CK_SESSION_HANDLE, CK_RV)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         for ((_, rv), p) in results.iter().zip(&pins) {
-            let allowed: &[CK_RV] =
-                if *p == pin { &[CKR_OK, CKR_USER_ALREADY_LOGGED_IN] } else { &[CKR_PIN_INCORRECT, CKR_USER_ALREADY_LOGGED_IN] };
+            let allowed: &[CK_RV] = if *p == pin {
+                &[CKR_OK, CKR_USER_ALREADY_LOGGED_IN]
+            } else {
+                &[CKR_PIN_INCORRECT, CKR_USER_ALREADY_LOGGED_IN]
+            };
             assert!(allowed.contains(rv), "round {round}: {results:x?}");
         }
         assert_eq!(results.iter().filter(|(_, rv)| *rv == CKR_OK).count(), 1, "round {round}: {results:x?}");
@@ -67,7 +74,11 @@ fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
             assert_eq!(f.C_GetSessionInfo.unwrap()(session, &mut info), CKR_OK);
             assert_eq!(info.state, CKS_RO_USER_FUNCTIONS, "round {round}");
             let mut class = CKO_PRIVATE_KEY.to_ne_bytes();
-            let mut template = [CK_ATTRIBUTE { type_: CKA_CLASS, pValue: class.as_mut_ptr().cast(), ulValueLen: class.len() as CK_ULONG }];
+            let mut template = [CK_ATTRIBUTE {
+                type_: CKA_CLASS,
+                pValue: class.as_mut_ptr().cast(),
+                ulValueLen: class.len() as CK_ULONG,
+            }];
             assert_eq!(f.C_FindObjectsInit.unwrap()(session, template.as_mut_ptr(), 1), CKR_OK);
             let (mut key, mut n) = (0, 0);
             assert_eq!(f.C_FindObjects.unwrap()(session, &mut key, 1, &mut n), CKR_OK);

@@ -63,7 +63,11 @@ fn assert_chooses(step: &str, home: &Path, env: &[(&str, &Path)], chosen: &Path,
     let logs = folder(home, &format!("logs-{step}"));
     let out = keygen(home, &logs, env);
     let log = provider_log(&logs);
-    assert!(log.contains(&format!("configuration file file={}", chosen.display())), "{step}: not {}:\n{log}", chosen.display());
+    assert!(
+        log.contains(&format!("configuration file file={}", chosen.display())),
+        "{step}: not {}:\n{log}",
+        chosen.display()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.contains(&bed().key_id), offers, "{step}: {}\n{log}", text(&out));
 }
@@ -130,7 +134,13 @@ fn each_location_is_picked_in_order_and_the_environment_wins() {
     write(&ckms_conf, BROKEN);
     let cli_conf = home.join("cli-conf.toml");
     write(&cli_conf, &working());
-    assert_chooses("COSMIAN_KMS_CLI_CONF", &home, &[("COSMIAN_KMS_CLI_CONF", &cli_conf), ("CKMS_CONF", &ckms_conf)], &cli_conf, true);
+    assert_chooses(
+        "COSMIAN_KMS_CLI_CONF",
+        &home,
+        &[("COSMIAN_KMS_CLI_CONF", &cli_conf), ("CKMS_CONF", &ckms_conf)],
+        &cli_conf,
+        true,
+    );
 
     // A variable naming a missing file is an error, not a fallthrough to the working files.
     write(&kms_toml, &working());
@@ -151,7 +161,11 @@ fn keygen_logging(home: &Path, level: Option<&str>, folder_var: Option<&Path>, x
     write(&config, &working());
     let mut command: Command = ssh_keygen_d(&provider_lib());
     // XDG_CACHE_HOME removed too: the public-key disk cache goes to this HOME (a cold one).
-    command.env("HOME", home).env_remove("XDG_STATE_HOME").env_remove("XDG_CACHE_HOME").env("COSMIAN_KMS_CLI_CONF", &config);
+    command
+        .env("HOME", home)
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .env("COSMIAN_KMS_CLI_CONF", &config);
     if let Some(level) = level {
         command.env("COSMIAN_PKCS11_LOGGING_LEVEL", level);
     }
@@ -185,7 +199,8 @@ fn the_log_lands_in_the_chosen_folder_at_the_chosen_level() {
     assert_eq!(levels_in(&log), [" INFO"], "{log}");
     assert!(log.contains("key list loaded from the KMS"), "{log}");
     // The public-key disk cache's default place: one file for the KMS, private.
-    let cached: Vec<_> = std::fs::read_dir(home.join(".cache/cosmian-pkcs11/keys")).unwrap().flatten().map(|e| e.path()).collect();
+    let cached: Vec<_> =
+        std::fs::read_dir(home.join(".cache/cosmian-pkcs11/keys")).unwrap().flatten().map(|e| e.path()).collect();
     assert!(cached.len() == 1 && cached[0].extension().is_some_and(|e| e == "json"), "{cached:?}");
     let xdg = folder(&root, "xdg-state");
     keygen_logging(&home, Some("info"), None, Some(&xdg));
@@ -198,7 +213,10 @@ fn the_log_lands_in_the_chosen_folder_at_the_chosen_level() {
     let log = provider_log(&logs);
     assert_eq!(levels_in(&log), ["DEBUG", " INFO"], "{log}");
     for operation in ["\"RequestMessage[2 Locate]\"", "\"RequestMessage[1 Export]\""] {
-        let line = log.lines().find(|l| l.contains("KMS request") && l.contains(operation)).unwrap_or_else(|| panic!("no {operation} line:\n{log}"));
+        let line = log
+            .lines()
+            .find(|l| l.contains("KMS request") && l.contains(operation))
+            .unwrap_or_else(|| panic!("no {operation} line:\n{log}"));
         // Operation, status, duration.
         assert!(line.contains("status=") && line.contains("ok") && line.contains("elapsed_ms="), "{line}");
     }

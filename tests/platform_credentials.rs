@@ -16,8 +16,12 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use cosmian_pkcs11_testbed::{binaries, clean_command, current_user, provider_lib, ssh_command, Ckms, KeyKind, KmsServer, SshAgent, Sshd};
-use platform_support::{assert_log_is_trace_and_clean, case, folder, keygen_d, provider_env, provider_log, run_ok, text, KeyringEntry};
+use cosmian_pkcs11_testbed::{
+    binaries, clean_command, current_user, provider_lib, ssh_command, Ckms, KeyKind, KmsServer, SshAgent, Sshd,
+};
+use platform_support::{
+    assert_log_is_trace_and_clean, case, folder, keygen_d, provider_env, provider_log, run_ok, text, KeyringEntry,
+};
 
 /// The identifier of the symmetric key whose bytes are the token.
 const TOKEN_KEY_ID: &str = "pkcs11-api-token";
@@ -114,7 +118,11 @@ fn token_in_the_kernel_keyring_and_an_ssh_login() {
     let _entry = KeyringEntry::add("cosmian-kms", &url, &bed.token);
     let (config, logs) = case(bed.kms.dir(), "keyring", &url, "");
     assert_offers_the_key(&config, &logs);
-    assert!(provider_log(&logs).contains("secret found in the OS credential store store=\"keyutils\""), "{}", provider_log(&logs));
+    assert!(
+        provider_log(&logs).contains("secret found in the OS credential store store=\"keyutils\""),
+        "{}",
+        provider_log(&logs)
+    );
 
     // A whole login: the signature goes with the token too.
     let sshd = Sshd::start(&bed.authorized, "");
@@ -184,8 +192,16 @@ fn token_in_the_secret_service() {
     assert!(provider_log(&before).contains("no Secret Service runs on the session bus"), "{}", provider_log(&before));
 
     let offered = stdout(&stored);
-    assert!(offered.starts_with("ecdsa-sha2-nistp256 ") && offered.trim_end().ends_with(&bed.key_id), "{offered}\n{}", provider_log(&stored));
-    assert!(provider_log(&stored).contains("secret found in the OS credential store store=\"Secret Service\""), "{}", provider_log(&stored));
+    assert!(
+        offered.starts_with("ecdsa-sha2-nistp256 ") && offered.trim_end().ends_with(&bed.key_id),
+        "{offered}\n{}",
+        provider_log(&stored)
+    );
+    assert!(
+        provider_log(&stored).contains("secret found in the OS credential store store=\"Secret Service\""),
+        "{}",
+        provider_log(&stored)
+    );
 
     assert!(stdout(&locked).is_empty(), "{}", stdout(&locked));
     assert!(provider_log(&locked).contains("the entry is in a locked collection"), "{}", provider_log(&locked));
@@ -236,7 +252,13 @@ fn ssh_agent_with_the_token_in_the_keyring() {
     let allow = format!("{}/*", lib.parent().unwrap().display());
     let agent = SshAgent::start_with(Some(&allow), provider_env(&config, &logs));
     let out = agent.add_provider(&lib).unwrap();
-    assert!(out.status.success(), "ssh-add -s: {}\nagent:\n{}\nprovider:\n{}", text(&out), agent.log(), provider_log(&logs));
+    assert!(
+        out.status.success(),
+        "ssh-add -s: {}\nagent:\n{}\nprovider:\n{}",
+        text(&out),
+        agent.log(),
+        provider_log(&logs)
+    );
     let listed = run_ok(agent.command("ssh-add").arg("-l"));
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&bed.key_id), "{}", text(&listed));
 
@@ -250,7 +272,10 @@ fn ssh_agent_with_the_token_in_the_keyring() {
 /// A PIN-mode configuration: the switch at the top level, no token.
 fn pin_mode_config(dir: &Path, extra_http_config: &str) -> PathBuf {
     let config = dir.join("kms.toml");
-    let text = format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n{extra_http_config}", bed().kms.url());
+    let text = format!(
+        "pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n{extra_http_config}",
+        bed().kms.url()
+    );
     std::fs::write(&config, text).unwrap();
     config
 }
@@ -259,7 +284,8 @@ fn pin_mode_config(dir: &Path, extra_http_config: &str) -> PathBuf {
 /// which records its prompts in `logs/prompts` and answers with the content of `logs/pin`.
 fn askpass_env(logs: &Path) -> Vec<(&'static str, PathBuf)> {
     let askpass = logs.join("askpass.sh");
-    std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$1\" >> \"$ASKPASS_PROMPTS\"\ncat \"$ASKPASS_PIN_FILE\"\n").unwrap();
+    std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$1\" >> \"$ASKPASS_PROMPTS\"\ncat \"$ASKPASS_PIN_FILE\"\n")
+        .unwrap();
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
     vec![
         ("SSH_ASKPASS", askpass),
@@ -328,7 +354,13 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
     let allow = format!("{}/*", lib.parent().unwrap().display());
     let agent = SshAgent::start_with(Some(&allow), provider_env(&config, &logs));
     let added = agent.command("ssh-add").arg("-s").arg(&lib).envs(askpass_env(&logs)).output().unwrap();
-    assert!(added.status.success(), "ssh-add -s: {}\nagent:\n{}\nprovider:\n{}", text(&added), agent.log(), provider_log(&logs));
+    assert!(
+        added.status.success(),
+        "ssh-add -s: {}\nagent:\n{}\nprovider:\n{}",
+        text(&added),
+        agent.log(),
+        provider_log(&logs)
+    );
     let out = ssh_command(&sshd).env("SSH_AUTH_SOCK", agent.sock()).run("echo via-agent");
     assert!(out.status.success(), "{}\nprovider:\n{}", text(&out), provider_log(&logs));
     assert_log_is_trace_and_clean(&logs, &[&bed.token]);
@@ -342,7 +374,12 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
         .envs(askpass_env(&logs))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with(&bed.key_id), "{}\n{}", text(&out), provider_log(&logs));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim_end().ends_with(&bed.key_id),
+        "{}\n{}",
+        text(&out),
+        provider_log(&logs)
+    );
     assert_log_is_trace_and_clean(&logs, &[&bed.token]);
 }
 
@@ -353,7 +390,11 @@ fn pin_mode_configuration_is_accepted_by_ckms() {
     let bed = bed();
     let logs = folder(bed.kms.dir(), "pin-mode-ckms");
     let config = pin_mode_config(&logs, &format!("access_token = \"{}\"\n", bed.token));
-    let out = clean_command(&binaries().ckms).env("CKMS_CONF", &config).args(["locate", "--tag", "ssh-auth"]).output().unwrap();
+    let out = clean_command(&binaries().ckms)
+        .env("CKMS_CONF", &config)
+        .args(["locate", "--tag", "ssh-auth"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ckms refused the PIN-mode file: {}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&bed.key_id), "{}", text(&out));
 

@@ -105,7 +105,11 @@ fn the_server_is_verified_unless_told_otherwise() {
     // accept_invalid_certs: no verification, and a warning says so.
     let (config, logs) = case(dir, "accept-invalid", &url, "accept_invalid_certs = true");
     assert_offers(&config, &logs, &key_id);
-    assert!(provider_log(&logs).contains("WARN") && provider_log(&logs).contains("is NOT verified"), "{}", provider_log(&logs));
+    assert!(
+        provider_log(&logs).contains("WARN") && provider_log(&logs).contains("is NOT verified"),
+        "{}",
+        provider_log(&logs)
+    );
 }
 
 #[test]
@@ -134,7 +138,10 @@ fn client_certificates_from_pem_and_pkcs12() {
     }
 
     // The legacy names of the 5.28 schema.
-    let lines = format!("{verified}ssl_client_pkcs12_path = \"{}\"\nssl_client_pkcs12_password = \"{P12_PASSWORD}\"\n", pki.arg("client.p12"));
+    let lines = format!(
+        "{verified}ssl_client_pkcs12_path = \"{}\"\nssl_client_pkcs12_password = \"{P12_PASSWORD}\"\n",
+        pki.arg("client.p12")
+    );
     let (config, logs) = case(dir, "legacy-names", &url, &lines);
     assert_offers(&config, &logs, &key_id);
 
@@ -142,13 +149,20 @@ fn client_certificates_from_pem_and_pkcs12() {
     // account = the path as written in the file).
     let p12 = pki.arg("client.p12");
     let _entry = KeyringEntry::add("cosmian-kms-pkcs12", &p12, P12_PASSWORD);
-    let (config, logs) = case(dir, "password-in-keyring", &url, &format!("{verified}tls_client_pkcs12_path = \"{p12}\"\n"));
+    let (config, logs) =
+        case(dir, "password-in-keyring", &url, &format!("{verified}tls_client_pkcs12_path = \"{p12}\"\n"));
     assert_offers(&config, &logs, &key_id);
-    assert!(provider_log(&logs).contains("secret found in the OS credential store store=\"keyutils\""), "{}", provider_log(&logs));
+    assert!(
+        provider_log(&logs).contains("secret found in the OS credential store store=\"keyutils\""),
+        "{}",
+        provider_log(&logs)
+    );
     assert_log_is_trace_and_clean(&logs, &[P12_PASSWORD]);
 
     // A wrong password: a clear line, no keys, and the password is not in it.
-    let lines = format!("{verified}tls_client_pkcs12_path = \"{p12}\"\ntls_client_pkcs12_password = \"wrong-{P12_PASSWORD}\"\n");
+    let lines = format!(
+        "{verified}tls_client_pkcs12_path = \"{p12}\"\ntls_client_pkcs12_password = \"wrong-{P12_PASSWORD}\"\n"
+    );
     let (config, logs) = case(dir, "wrong-password", &url, &lines);
     assert_refused(&config, &logs, "cannot open the PKCS#12 file");
     assert_log_is_trace_and_clean(&logs, &[P12_PASSWORD]);

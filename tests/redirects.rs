@@ -27,7 +27,10 @@ fn serve(answer: String) -> (u16, Arc<AtomicUsize>) {
                 request.extend_from_slice(&buffer[..n]);
                 let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
                 let Some(end) = text.find("\r\n\r\n") else { continue };
-                let length = text.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |l| l.trim().parse().unwrap_or(0));
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |l| l.trim().parse().unwrap_or(0));
                 if request.len() >= end + 4 + length {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let _ = stream.write_all(answer.as_bytes());
@@ -57,7 +60,10 @@ fn a_redirect_is_an_error_that_names_the_location_and_is_never_followed() {
         let log = provider_log(&logs);
         let code = &status[..3];
         let why = format!("KMS answered HTTP {code}: the KMS redirects to {location}: not followed");
-        assert!(log.lines().any(|l| l.contains(" ERROR ") && l.contains(&why)), "{status}: the log does not say {why:?}:\n{log}");
+        assert!(
+            log.lines().any(|l| l.contains(" ERROR ") && l.contains(&why)),
+            "{status}: the log does not say {why:?}:\n{log}"
+        );
         assert_log_is_trace_and_clean(&logs, &[token, "h3ader"]);
     }
 }
@@ -75,7 +81,10 @@ fn a_server_url_with_user_info_a_query_or_a_fragment_is_refused_without_quoting_
         assert!(out.stdout.is_empty(), "{name}: keys offered: {}", text(&out));
         let log = provider_log(&logs);
         let why = "http_config.server_url must be http(s)://host[:port][/path], without user info";
-        assert!(log.lines().any(|l| l.contains(" ERROR ") && l.contains(why)), "{name}: the log does not say {why:?}:\n{log}");
+        assert!(
+            log.lines().any(|l| l.contains(" ERROR ") && l.contains(why)),
+            "{name}: the log does not say {why:?}:\n{log}"
+        );
         assert_log_is_trace_and_clean(&logs, &["s3cret"]);
     }
 }

@@ -211,12 +211,19 @@ fn serve(client: TcpStream, relay: &Relay) {
 }
 
 fn http(code: u16, body: &str) -> Vec<u8> {
-    format!("HTTP/1.1 {code} Fault\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}", body.len())
-        .into_bytes()
+    format!(
+        "HTTP/1.1 {code} Fault\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Relays one request to the KMS on this client connection's upstream connection.
-fn forward(port: Option<u16>, upstream: &mut Option<(BufReader<TcpStream>, TcpStream)>, request: &[u8]) -> Option<Vec<u8>> {
+fn forward(
+    port: Option<u16>,
+    upstream: &mut Option<(BufReader<TcpStream>, TcpStream)>,
+    request: &[u8],
+) -> Option<Vec<u8>> {
     if upstream.is_none() {
         let stream = TcpStream::connect(("127.0.0.1", port?)).ok()?;
         *upstream = Some((BufReader::new(stream.try_clone().ok()?), stream));
@@ -332,7 +339,12 @@ fn every_kms_fault_gives_its_code_in_time_and_a_log_line() {
         (Mode::Stall, RvError::DeviceError, "KMS did not answer in time", 1),
         (Mode::Garbage, RvError::DeviceError, "KMS answer not understood", 1),
         (Mode::NotKmip, RvError::DeviceError, "KMS answer not understood: not KMIP JSON-TTLV", 1),
-        (Mode::Status(500, "Internal server error"), RvError::DeviceError, "KMS answered HTTP 500: Internal server error", 1),
+        (
+            Mode::Status(500, "Internal server error"),
+            RvError::DeviceError,
+            "KMS answered HTTP 500: Internal server error",
+            1,
+        ),
         (
             Mode::Status(422, "Item_Not_Found: Sign: no valid key for id: x"),
             RvError::FunctionFailed,
@@ -420,7 +432,8 @@ fn four_threads_sign_a_thousand_times_each() {
                 scope.spawn(move || {
                     let s = session();
                     for i in 0..EACH {
-                        sign(&s, &format!("thread {t} signature {i}")).unwrap_or_else(|e| panic!("thread {t} #{i}: {e}"));
+                        sign(&s, &format!("thread {t} signature {i}"))
+                            .unwrap_or_else(|e| panic!("thread {t} #{i}: {e}"));
                     }
                     EACH
                 })
@@ -505,7 +518,8 @@ fn enumeration_faults_leave_an_empty_token_in_time_and_say_why() {
     ];
     for (mode, words, attempts) in cases {
         let listener = FaultProxy::start(None, mode);
-        let logs = bed().dir.join(format!("enumeration-{}", format!("{mode:?}").replace(|c: char| !c.is_alphanumeric(), "-")));
+        let logs =
+            bed().dir.join(format!("enumeration-{}", format!("{mode:?}").replace(|c: char| !c.is_alphanumeric(), "-")));
         let started = Instant::now();
         let out = ssh_keygen_d(&provider_lib()).envs(provider_env(&listener.url(), &logs)).output().unwrap();
         let took = started.elapsed();

@@ -43,7 +43,8 @@ fn no_token_in_any_log_or_message_and_no_private_key_ever_fetched() {
     let rsa = ckms.create_key_pair(KeyKind::Rsa(2048), &["ssh-auth"]);
     // The API token is a symmetric key of the KMS; the client sends its bytes in base64.
     let token = secret("api token");
-    let created = ckms.run(&["sym", "keys", "create", "--bytes-b64", &token, "--algorithm", "aes", "--tag", "api-token"]);
+    let created =
+        ckms.run(&["sym", "keys", "create", "--bytes-b64", &token, "--algorithm", "aes", "--tag", "api-token"]);
     assert!(created.status.success(), "{}", text(&created));
     let said = String::from_utf8_lossy(&created.stdout).to_string();
     let token_id = said
@@ -121,11 +122,20 @@ fn no_token_in_any_log_or_message_and_no_private_key_ever_fetched() {
     let private = [&ec.private_id, &rsa.private_id];
     let fetched: Vec<_> = events
         .iter()
-        .filter(|e| matches!(e.operation.as_str(), "Get" | "Export") && e.object_uid.as_ref().is_some_and(|u| private.contains(&u)))
+        .filter(|e| {
+            matches!(e.operation.as_str(), "Get" | "Export")
+                && e.object_uid.as_ref().is_some_and(|u| private.contains(&u))
+        })
         .collect();
     assert!(fetched.is_empty(), "private key material was asked for: {fetched:#?}");
-    let signs = events.iter().filter(|e| e.operation == "Sign" && e.object_uid.as_ref().is_some_and(|u| private.contains(&u))).count();
+    let signs = events
+        .iter()
+        .filter(|e| e.operation == "Sign" && e.object_uid.as_ref().is_some_and(|u| private.contains(&u)))
+        .count();
     let exports = events.iter().filter(|e| e.operation == "Export").count();
     assert!(signs >= 5 && exports >= 2, "the run did not sign and export as expected: {events:#?}");
-    println!("KMS audit log: {} operations, {signs} signatures, {exports} public-key exports, 0 private-key Get/Export", events.len());
+    println!(
+        "KMS audit log: {} operations, {signs} signatures, {exports} public-key exports, 0 private-key Get/Export",
+        events.len()
+    );
 }

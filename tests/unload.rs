@@ -129,7 +129,12 @@ fn main() {
     let report = dir.join("valgrind.log");
     let started = Instant::now();
     let status = Command::new("valgrind")
-        .args(["--leak-check=full", "--show-leak-kinds=definite", "--errors-for-leak-kinds=definite", "--error-exitcode=99"])
+        .args([
+            "--leak-check=full",
+            "--show-leak-kinds=definite",
+            "--errors-for-leak-kinds=definite",
+            "--error-exitcode=99",
+        ])
         .arg(format!("--log-file={}", report.display()))
         .arg(std::env::current_exe().unwrap())
         .env(CYCLES_ENV, CYCLES.to_string())
@@ -139,7 +144,8 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot run valgrind ({e}): install it with scripts/install-test-bed.sh"));
     let took = started.elapsed();
     let log = std::fs::read_to_string(&report).unwrap();
-    let summary = |key: &str| log.lines().find(|l| l.contains(key)).map(|l| l.split_once(key).unwrap().1.trim().to_owned());
+    let summary =
+        |key: &str| log.lines().find(|l| l.contains(key)).map(|l| l.split_once(key).unwrap().1.trim().to_owned());
     let definitely = summary("definitely lost:").unwrap_or_else(|| {
         assert!(log.contains("All heap blocks were freed"), "no leak summary in the valgrind log:\n{log}");
         "0 bytes in 0 blocks".into()

@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(ttlv) = Ttlv::from_json(data) {
         let json = ttlv.to_json();
-        let again = Ttlv::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("our own JSON-TTLV does not decode: {e}\n{json}"));
+        let again = Ttlv::from_json(json.as_bytes())
+            .unwrap_or_else(|e| panic!("our own JSON-TTLV does not decode: {e}\n{json}"));
         assert_eq!(again.to_json(), json, "JSON-TTLV encoding is not stable");
     }
 });

@@ -140,19 +140,30 @@ impl Bus {
             }
         }
         if !line.starts_with(b"OK ") {
-            return Err(std::io::Error::other(format!("authentication refused: {}", String::from_utf8_lossy(&line).trim())));
+            return Err(std::io::Error::other(format!(
+                "authentication refused: {}",
+                String::from_utf8_lossy(&line).trim()
+            )));
         }
         self.send(b"BEGIN\r\n")
     }
 
     /// Calls a method (without D-Bus activation of the destination) and returns the answer.
-    pub fn call(&mut self, destination: &str, path: &str, interface: &str, member: &str, args: &[Arg]) -> Result<Reply, CallError> {
+    pub fn call(
+        &mut self,
+        destination: &str,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &[Arg],
+    ) -> Result<Reply, CallError> {
         self.serial += 1;
         let serial = self.serial;
         let message = method_call(serial, destination, path, interface, member, args);
         self.send(&message).map_err(|e| CallError::Io(e.to_string()))?;
         loop {
-            let Message { kind, reply_to, error, body } = self.read_message().map_err(|e| CallError::Io(e.to_string()))?;
+            let Message { kind, reply_to, error, body } =
+                self.read_message().map_err(|e| CallError::Io(e.to_string()))?;
             match (kind, reply_to) {
                 (2, Some(s)) if s == serial => return Ok(body),
                 (3, Some(s)) if s == serial => return Err(CallError::Remote(error.unwrap_or_else(|| "error".into()))),
@@ -195,7 +206,11 @@ fn message_length(fixed: &[u8; 16]) -> Result<(usize, usize, bool), String> {
     };
     let number = |at: usize| {
         let bytes = [fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]];
-        if big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) }
+        if big_endian {
+            u32::from_be_bytes(bytes)
+        } else {
+            u32::from_le_bytes(bytes)
+        }
     };
     let (body_len, fields_len) = (number(4) as usize, number(12) as usize);
     let fields_end = 16 + fields_len;
@@ -249,7 +264,9 @@ fn connect(address: &str, deadline: Instant) -> std::io::Result<Option<UnixStrea
         match param.split_once('=') {
             Some(("path", p)) => return connect_by(unescape(p).as_bytes(), deadline).map(Some),
             // An abstract name is a path that starts with a NUL byte.
-            Some(("abstract", name)) => return connect_by(&[&b"\0"[..], unescape(name).as_bytes()].concat(), deadline).map(Some),
+            Some(("abstract", name)) => {
+                return connect_by(&[&b"\0"[..], unescape(name).as_bytes()].concat(), deadline).map(Some)
+            }
             _ => {}
         }
     }
@@ -302,7 +319,8 @@ fn unescape(value: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = (bytes[i] == b'%').then(|| value.get(i + 1..i + 3)).flatten().and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex =
+            (bytes[i] == b'%').then(|| value.get(i + 1..i + 3)).flatten().and_then(|h| u8::from_str_radix(h, 16).ok());
         match hex {
             Some(b) => {
                 out.push(b);
@@ -404,7 +422,6 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).filter(|e| *e <= self.data.len()).ok_or("truncated D-Bus message")?;
         let bytes = &self.data[self.at..end];
@@ -622,7 +639,14 @@ mod tests {
     #[test]
     fn a_method_call_as_dbus_encodes_it() {
         let dict = Arg::Dict(&[("service", "cosmian-kms"), ("account", "u")]);
-        let m = method_call(7, "org.freedesktop.secrets", "/org/freedesktop/secrets", "org.freedesktop.Secret.Service", "SearchItems", &[dict]);
+        let m = method_call(
+            7,
+            "org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service",
+            "SearchItems",
+            &[dict],
+        );
         assert_eq!(&m[..4], [b'l', 1, 2, 1]);
         let body_len = u32::from_le_bytes(m[4..8].try_into().unwrap()) as usize;
         let fields_len = u32::from_le_bytes(m[12..16].try_into().unwrap()) as usize;

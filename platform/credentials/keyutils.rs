@@ -32,7 +32,8 @@ pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>
 fn search(keyring: libc::c_long, description: &CString) -> Result<Option<libc::c_long>, String> {
     // SAFETY: keyctl(KEYCTL_SEARCH, keyring, type, description, dest) reads two NUL-terminated
     // strings that outlive the call; dest 0 links the result nowhere.
-    let id = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_SEARCH, keyring, c"user".as_ptr(), description.as_ptr(), 0) };
+    let id =
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_SEARCH, keyring, c"user".as_ptr(), description.as_ptr(), 0) };
     if id >= 0 {
         return Ok(Some(id));
     }
@@ -82,7 +83,14 @@ mod tests {
         let description = CString::new(format!("cosmian-kms-unit-test:{account}")).unwrap();
         // SAFETY: add_key(type, description, payload, length, keyring) reads its arguments.
         let id = unsafe {
-            libc::syscall(libc::SYS_add_key, c"user".as_ptr(), description.as_ptr(), b"s3cret".as_ptr(), 6usize, KEY_SPEC_SESSION_KEYRING)
+            libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                description.as_ptr(),
+                b"s3cret".as_ptr(),
+                6usize,
+                KEY_SPEC_SESSION_KEYRING,
+            )
         };
         if id < 0 {
             eprintln!("no session keyring here: {}", std::io::Error::last_os_error());

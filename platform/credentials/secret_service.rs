@@ -45,7 +45,8 @@ fn search(service: &str, account: &str, deadline: Instant) -> Result<Option<Zero
     // session ends with the connection.
     let opened = call(SECRETS_PATH, SERVICE, "OpenSession", &[Arg::Str("plain"), Arg::VariantStr("")])?;
     let session = session_of(&opened)?;
-    let found = call(SECRETS_PATH, SERVICE, "SearchItems", &[Arg::Dict(&[("service", service), ("account", account)])])?;
+    let found =
+        call(SECRETS_PATH, SERVICE, "SearchItems", &[Arg::Dict(&[("service", service), ("account", account)])])?;
     let (unlocked, locked) = items_of(&found)?;
     let Some(item) = unlocked.first() else {
         return if locked.is_empty() { Ok(None) } else { Err("the entry is in a locked collection".into()) };
@@ -97,7 +98,10 @@ mod tests {
         b.paths(&["/org/freedesktop/secrets/collection/login/7"]);
         b.paths(&[]);
         let (unlocked, locked) = items_of(&reply("aoao", b)).unwrap();
-        assert_eq!((unlocked.as_slice(), locked.len()), (&["/org/freedesktop/secrets/collection/login/7".to_owned()][..], 0));
+        assert_eq!(
+            (unlocked.as_slice(), locked.len()),
+            (&["/org/freedesktop/secrets/collection/login/7".to_owned()][..], 0)
+        );
 
         let mut b = Writer::default();
         b.align8();
@@ -109,7 +113,8 @@ mod tests {
         assert_eq!(secret.as_slice(), b"the-token");
 
         // The fuzz target's seeds are such answers too.
-        let seed = |name: &str| std::fs::read(format!("{}/fuzz/seeds/dbus_reply/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let seed =
+            |name: &str| std::fs::read(format!("{}/fuzz/seeds/dbus_reply/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let answer = |name: &str| parse_message(&seed(name)).unwrap();
         assert_eq!(session_of(&answer("open_session").body).unwrap(), "/org/freedesktop/secrets/session/1");
         assert_eq!(items_of(&answer("search_items").body).unwrap().1.len(), 1);

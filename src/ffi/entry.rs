@@ -38,7 +38,12 @@ pub(super) fn guard(name: &'static str, body: impl FnOnce() -> Result<()>) -> CK
                 Ok(()) => tracing::trace!("{name}: ok"),
                 // The token (the KMS) failing, or refusing our credentials: worth a line at the
                 // default level. A caller's mistake is only debug.
-                Err(e) if matches!(e.rv, CKR_DEVICE_ERROR | CKR_FUNCTION_FAILED | CKR_GENERAL_ERROR | CKR_USER_NOT_LOGGED_IN) => {
+                Err(e)
+                    if matches!(
+                        e.rv,
+                        CKR_DEVICE_ERROR | CKR_FUNCTION_FAILED | CKR_GENERAL_ERROR | CKR_USER_NOT_LOGGED_IN
+                    ) =>
+                {
                     tracing::warn!("{name}: {e}")
                 }
                 Err(e) => tracing::debug!("{name}: {e}"),
@@ -148,7 +153,10 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
             // ureq resolves the KMS's host name on a thread of its own, to bound the lookup
             // by the connection timeout: the provider cannot work without creating threads.
             if args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0 {
-                return Err(Error::new(CKR_NEED_TO_CREATE_THREADS, "the provider needs to create threads (name resolution)"));
+                return Err(Error::new(
+                    CKR_NEED_TO_CREATE_THREADS,
+                    "the provider needs to create threads (name resolution)",
+                ));
             }
         }
         let mut state = PROVIDER.write().unwrap_or_else(|p| p.into_inner());
@@ -192,7 +200,11 @@ pub(super) unsafe extern "C" fn C_GetInfo(pInfo: *mut CK_INFO) -> CK_RV {
 
 // ---- slot and token ---------------------------------------------------------------------
 
-pub(super) unsafe extern "C" fn C_GetSlotList(_tokenPresent: CK_BBOOL, pSlotList: *mut CK_SLOT_ID, pulCount: *mut CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_GetSlotList(
+    _tokenPresent: CK_BBOOL,
+    pSlotList: *mut CK_SLOT_ID,
+    pulCount: *mut CK_ULONG,
+) -> CK_RV {
     guard("C_GetSlotList", || fill_list(pSlotList, pulCount, &provider()?.slot_ids()))
 }
 
@@ -225,7 +237,9 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut C
             serialNumber: pad(&format!("{:016x}", fnv1a(label.as_bytes()))),
             // CKF_LOGIN_REQUIRED only in PIN mode: otherwise credentials come from the
             // configuration, and OpenSSH in batch mode gives up on tokens that want a PIN.
-            flags: CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED | if p.login_required() { CKF_LOGIN_REQUIRED } else { 0 },
+            flags: CKF_TOKEN_INITIALIZED
+                | CKF_USER_PIN_INITIALIZED
+                | if p.login_required() { CKF_LOGIN_REQUIRED } else { 0 },
             ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
             ulSessionCount: sessions as CK_ULONG,
             ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
@@ -249,14 +263,22 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
-pub(super) unsafe extern "C" fn C_GetMechanismList(slotID: CK_SLOT_ID, pMechanismList: *mut CK_MECHANISM_TYPE, pulCount: *mut CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_GetMechanismList(
+    slotID: CK_SLOT_ID,
+    pMechanismList: *mut CK_MECHANISM_TYPE,
+    pulCount: *mut CK_ULONG,
+) -> CK_RV {
     guard("C_GetMechanismList", || {
         provider()?.check_slot(slotID)?;
         fill_list(pMechanismList, pulCount, &signing::OFFERED)
     })
 }
 
-pub(super) unsafe extern "C" fn C_GetMechanismInfo(slotID: CK_SLOT_ID, type_: CK_MECHANISM_TYPE, pInfo: *mut CK_MECHANISM_INFO) -> CK_RV {
+pub(super) unsafe extern "C" fn C_GetMechanismInfo(
+    slotID: CK_SLOT_ID,
+    type_: CK_MECHANISM_TYPE,
+    pInfo: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
     guard("C_GetMechanismInfo", || {
         let (min, max, flags) = provider()?.mechanism_info(slotID, type_)?;
         let info = out(pInfo)?;
@@ -299,7 +321,12 @@ pub(super) unsafe extern "C" fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pI
     })
 }
 
-pub(super) unsafe extern "C" fn C_Login(hSession: CK_SESSION_HANDLE, userType: CK_USER_TYPE, pPin: *mut CK_UTF8CHAR, ulPinLen: CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_Login(
+    hSession: CK_SESSION_HANDLE,
+    userType: CK_USER_TYPE,
+    pPin: *mut CK_UTF8CHAR,
+    ulPinLen: CK_ULONG,
+) -> CK_RV {
     guard("C_Login", || {
         // The PIN is never logged; in PIN mode it is the KMS access token, else it is ignored.
         let p = provider()?;
@@ -317,7 +344,11 @@ pub(super) unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
 
 // ---- objects ----------------------------------------------------------------------------
 
-pub(super) unsafe extern "C" fn C_FindObjectsInit(hSession: CK_SESSION_HANDLE, pTemplate: *mut CK_ATTRIBUTE, ulCount: CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_FindObjectsInit(
+    hSession: CK_SESSION_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+) -> CK_RV {
     guard("C_FindObjectsInit", || {
         let p = provider()?;
         let mut template = Vec::new();
@@ -374,7 +405,8 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
         if ulCount > MAX_TEMPLATE_LEN {
             return Err(bad_args(&format!("a template has at most {MAX_TEMPLATE_LEN} attributes")));
         }
-        let template = if ulCount == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) };
+        let template =
+            if ulCount == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) };
         let types: Vec<_> = template.iter().map(|a| a.type_).collect();
         let values = p.attributes(hSession, hObject, &types)?;
         let mut rv = CKR_OK;
@@ -410,7 +442,11 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
 /// The keys live in the KMS, which says nothing of the memory they take: a valid object's
 /// size is `CK_UNAVAILABLE_INFORMATION` with `CKR_INFORMATION_SENSITIVE`, which the
 /// specification lists among C_GetObjectSize's answers.
-pub(super) unsafe extern "C" fn C_GetObjectSize(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pulSize: *mut CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_GetObjectSize(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pulSize: *mut CK_ULONG,
+) -> CK_RV {
     guard("C_GetObjectSize", || {
         provider()?.attributes(hSession, hObject, &[])?;
         *out(pulSize)? = CK_UNAVAILABLE_INFORMATION;
@@ -420,7 +456,11 @@ pub(super) unsafe extern "C" fn C_GetObjectSize(hSession: CK_SESSION_HANDLE, hOb
 
 // ---- signing ----------------------------------------------------------------------------
 
-pub(super) unsafe extern "C" fn C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE) -> CK_RV {
+pub(super) unsafe extern "C" fn C_SignInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: *mut CK_MECHANISM,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
     guard("C_SignInit", || {
         let p = provider()?;
         let mechanism = pMechanism.as_ref().ok_or_else(|| bad_args("NULL mechanism"))?;
@@ -437,7 +477,10 @@ unsafe fn read_parameter(mechanism: &CK_MECHANISM) -> Parameter {
         return if len == 0 { Parameter::None } else { Parameter::Unreadable };
     }
     match mechanism.mechanism {
-        CKM_RSA_PKCS_PSS | CKM_SHA1_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS | CKM_SHA384_RSA_PKCS_PSS
+        CKM_RSA_PKCS_PSS
+        | CKM_SHA1_RSA_PKCS_PSS
+        | CKM_SHA256_RSA_PKCS_PSS
+        | CKM_SHA384_RSA_PKCS_PSS
         | CKM_SHA512_RSA_PKCS_PSS
             if len == std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() =>
         {
@@ -494,14 +537,22 @@ pub(super) unsafe extern "C" fn C_Sign(
     })
 }
 
-pub(super) unsafe extern "C" fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_SignUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pPart: *mut CK_BYTE,
+    ulPartLen: CK_ULONG,
+) -> CK_RV {
     guard("C_SignUpdate", || {
         let p = provider()?;
         p.sign_update(hSession, sign_input(pPart, ulPartLen)?)
     })
 }
 
-pub(super) unsafe extern "C" fn C_SignFinal(hSession: CK_SESSION_HANDLE, pSignature: *mut CK_BYTE, pulSignatureLen: *mut CK_ULONG) -> CK_RV {
+pub(super) unsafe extern "C" fn C_SignFinal(
+    hSession: CK_SESSION_HANDLE,
+    pSignature: *mut CK_BYTE,
+    pulSignatureLen: *mut CK_ULONG,
+) -> CK_RV {
     guard("C_SignFinal", || {
         let p = provider()?;
         let len = out(pulSignatureLen)?;
@@ -548,7 +599,6 @@ mod panic_injection {
         pub(super) static ARMED: Cell<bool> = const { Cell::new(false) };
     }
 
-
     macro_rules! call_all {
         ($table:expr; $($f:ident),*) => {
             vec![$((stringify!($f), unsafe { $table.$f.expect(stringify!($f)).call_zeroed() })),*]
@@ -580,7 +630,10 @@ mod panic_injection {
         unsafe {
             calls.push(("C_GetFunctionList", C_GetFunctionList(std::ptr::null_mut())));
             calls.push(("C_GetInterfaceList", C_GetInterfaceList(std::ptr::null_mut(), std::ptr::null_mut())));
-            calls.push(("C_GetInterface", C_GetInterface(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0)));
+            calls.push((
+                "C_GetInterface",
+                C_GetInterface(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0),
+            ));
         }
         ARMED.with(|a| a.set(false));
         assert_eq!(calls.len(), 68 + 92 + 3);
@@ -592,7 +645,9 @@ mod panic_injection {
                     guarded.insert(name);
                 }
                 // A stub (`stub`: not initialized here, as no unit test initializes).
-                CKR_CRYPTOKI_NOT_INITIALIZED => assert!(!implemented().contains(name), "{name} is implemented but not guarded"),
+                CKR_CRYPTOKI_NOT_INITIALIZED => {
+                    assert!(!implemented().contains(name), "{name} is implemented but not guarded")
+                }
                 other => panic!("{name} ran its body despite the injected panic (0x{other:X})"),
             }
         }

@@ -39,7 +39,9 @@ const MAX_ENVELOPE_BYTES: u64 = 16 << 10;
 
 /// The largest answer accepted for these operations (one, or a batch).
 fn answer_cap<'a>(operations: impl Iterator<Item = &'a str>) -> u64 {
-    let cap = |op: &str| MAX_ANSWER_BYTES.iter().find(|(name, _)| *name == op).map_or(MAX_OTHER_ANSWER_BYTES, |(_, cap)| *cap);
+    let cap = |op: &str| {
+        MAX_ANSWER_BYTES.iter().find(|(name, _)| *name == op).map_or(MAX_OTHER_ANSWER_BYTES, |(_, cap)| *cap)
+    };
     operations.map(cap).fold(MAX_ENVELOPE_BYTES, u64::saturating_add)
 }
 
@@ -110,13 +112,13 @@ impl RetryPolicy {
     fn pause(self, failed: usize, error: &KmsError) -> Option<Duration> {
         match self {
             RetryPolicy::ReadOnly => {
-                let transient = matches!(
-                    error,
-                    KmsError::Unreachable(_) | KmsError::Dropped(_) | KmsError::Status(502..=504, _)
-                );
+                let transient =
+                    matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_) | KmsError::Status(502..=504, _));
                 BACKOFF.get(failed - 1).copied().filter(|_| transient)
             }
-            RetryPolicy::OnceIfDropped => (failed == 1 && matches!(error, KmsError::Dropped(_))).then_some(Duration::ZERO),
+            RetryPolicy::OnceIfDropped => {
+                (failed == 1 && matches!(error, KmsError::Dropped(_))).then_some(Duration::ZERO)
+            }
         }
     }
 }
@@ -240,9 +242,7 @@ impl KmsClient {
             if matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_)) {
                 self.resolver.forget();
             }
-            let pause = policy
-                .pause(attempt, &error)
-                .filter(|pause| started.elapsed() + *pause < self.request_timeout);
+            let pause = policy.pause(attempt, &error).filter(|pause| started.elapsed() + *pause < self.request_timeout);
             let Some(pause) = pause else {
                 return Err(with_context(error, label, attempt, started.elapsed()));
             };
@@ -278,17 +278,17 @@ impl KmsClient {
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             let location = response.headers().get("location").map_or("nowhere".into(), |l| snippet(l.as_bytes()));
-            return Err(KmsError::Status(status, format!("the KMS redirects to {location}: not followed; set server_url to the KMS's own address")));
+            return Err(KmsError::Status(
+                status,
+                format!("the KMS redirects to {location}: not followed; set server_url to the KMS's own address"),
+            ));
         }
-        let bytes = response
-            .body_mut()
-            .with_config()
-            .limit(cap)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => KmsError::Malformed(format!("answer larger than {cap} bytes: refused unread")),
-                e => transport_error(e, true),
-            })?;
+        let bytes = response.body_mut().with_config().limit(cap).read_to_vec().map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => {
+                KmsError::Malformed(format!("answer larger than {cap} bytes: refused unread"))
+            }
+            e => transport_error(e, true),
+        })?;
         match status {
             200 => Ttlv::from_json(&bytes).map_err(|e| KmsError::Malformed(format!("not KMIP JSON-TTLV: {e}"))),
             401 | 403 => Err(KmsError::Unauthorized(format!("HTTP {status}"))),
@@ -308,7 +308,12 @@ fn bearer(token: &Secret) -> Zeroizing<String> {
 }
 
 /// An agent with these TLS settings and timeouts, our resolver and transport.
-fn agent(tls: ureq::tls::TlsConfig, connect_timeout: Duration, request_timeout: Duration, resolver: &CachingResolver) -> ureq::Agent {
+fn agent(
+    tls: ureq::tls::TlsConfig,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    resolver: &CachingResolver,
+) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         // A KMIP endpoint never redirects: a 3xx is an error (see `post_once`), never followed
@@ -352,14 +357,22 @@ fn snippet(bytes: &[u8]) -> String {
 /// A transport failure, before (`answered` false) or while reading (true) the answer's body.
 fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
     use std::io::ErrorKind::*;
-    let dropped = |m: String| if answered { KmsError::Malformed(format!("answer cut short: {m}")) } else { KmsError::Dropped(m) };
+    let dropped =
+        |m: String| if answered { KmsError::Malformed(format!("answer cut short: {m}")) } else { KmsError::Dropped(m) };
     match e {
         ureq::Error::Timeout(t) => KmsError::Timeout(t.to_string()),
         ureq::Error::Io(io) if matches!(io.kind(), TimedOut | WouldBlock) => KmsError::Timeout(io.to_string()),
-        ureq::Error::Io(io) if matches!(io.kind(), ConnectionRefused | NotConnected | AddrNotAvailable | HostUnreachable | NetworkUnreachable) => {
+        ureq::Error::Io(io)
+            if matches!(
+                io.kind(),
+                ConnectionRefused | NotConnected | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            ) =>
+        {
             KmsError::Unreachable(io.to_string())
         }
-        ureq::Error::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe) => {
+        ureq::Error::Io(io)
+            if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe) =>
+        {
             dropped(io.to_string())
         }
         // rustls's handshake errors come through the socket as InvalidData.
@@ -487,7 +500,8 @@ mod tests {
     fn the_final_error_names_the_operation_attempts_and_time() {
         let e = with_context(KmsError::Unreachable("refused".into()), "Locate", 3, Duration::from_millis(412));
         assert_eq!(e.to_string(), "KMS unreachable: refused (Locate, 3 attempts, 412 ms)");
-        let e = with_context(KmsError::Status(500, "Internal server error".into()), "Sign", 1, Duration::from_millis(3));
+        let e =
+            with_context(KmsError::Status(500, "Internal server error".into()), "Sign", 1, Duration::from_millis(3));
         assert_eq!(e.to_string(), "KMS answered HTTP 500: Internal server error (Sign, 3 ms)");
     }
 }

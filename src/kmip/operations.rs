@@ -144,9 +144,13 @@ pub fn locate_key_pairs(
             return Err(KmsError::Timeout(format!("listing the keys: past its deadline after {round} Locate rounds")));
         }
         let wanted: Vec<usize> = (0..2).filter(|i| lists[*i].1).collect();
-        let requests = wanted.iter().map(|i| locate_request(vendor_id, tag, ["PublicKey", "PrivateKey"][*i], lists[*i].0.len())).collect();
+        let requests = wanted
+            .iter()
+            .map(|i| locate_request(vendor_id, tag, ["PublicKey", "PrivateKey"][*i], lists[*i].0.len()))
+            .collect();
         for (i, answer) in wanted.into_iter().zip(client.batch(requests)?) {
-            let page = answer?.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
+            let page =
+                answer?.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
             let (ids, more) = &mut lists[i];
             *more = add_locate_page(ids, page);
         }
@@ -157,7 +161,12 @@ pub fn locate_key_pairs(
 
 /// The ids of the `Active` objects of `object_type` (`PublicKey`, `PrivateKey`) carrying
 /// `tag`, at most [`MAX_LOCATE_ROUNDS`] pages (see [`add_locate_page`]).
-pub fn locate_tagged(client: &KmsClient, vendor_id: &str, tag: &str, object_type: &str) -> Result<Vec<String>, KmsError> {
+pub fn locate_tagged(
+    client: &KmsClient,
+    vendor_id: &str,
+    tag: &str,
+    object_type: &str,
+) -> Result<Vec<String>, KmsError> {
     let mut ids = Vec::new();
     for _ in 0..MAX_LOCATE_ROUNDS {
         let answer = client.call(&locate_request(vendor_id, tag, object_type, ids.len()))?;

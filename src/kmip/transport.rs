@@ -28,9 +28,7 @@ use ureq::Error;
 /// The connector chain of the agent: `CONNECT` proxy (when the environment names one), TCP,
 /// then TLS for `https://`.
 pub fn connector() -> impl Connector<()> {
-    ().chain(ConnectProxyConnector::default())
-        .chain(KmsTcpConnector)
-        .chain(RustlsConnector::default())
+    ().chain(ConnectProxyConnector::default()).chain(KmsTcpConnector).chain(RustlsConnector::default())
 }
 
 /// Opens a [`KmsSocket`] to the first of the resolved addresses that answers, unless a proxy

@@ -120,8 +120,7 @@ impl Ttlv {
 
     /// Decodes JSON text.
     pub fn from_json(text: &[u8]) -> Result<Self, DecodeError> {
-        let json: Json =
-            serde_json::from_slice(text).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
+        let json: Json = serde_json::from_slice(text).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
         Self::from_value(&json, 0)
     }
 
@@ -130,11 +129,8 @@ impl Ttlv {
             return Err(DecodeError("nested too deeply".into()));
         }
         let obj = json.as_object().ok_or_else(|| DecodeError("an item is not an object".into()))?;
-        let tag = obj
-            .get("tag")
-            .and_then(Json::as_str)
-            .ok_or_else(|| DecodeError("an item has no tag".into()))?
-            .to_owned();
+        let tag =
+            obj.get("tag").and_then(Json::as_str).ok_or_else(|| DecodeError("an item has no tag".into()))?.to_owned();
         let raw = obj.get("value").ok_or_else(|| DecodeError(format!("{tag} has no value")))?;
         let bad = |what: &str| DecodeError(format!("{tag}: {what}"));
         let value = match obj.get("type").and_then(Json::as_str).unwrap_or("Structure") {
@@ -147,9 +143,9 @@ impl Ttlv {
             ),
             "Integer" => Value::Integer(json_int(raw).ok_or_else(|| bad("bad Integer"))?),
             "LongInteger" => Value::LongInteger(json_int(raw).ok_or_else(|| bad("bad LongInteger"))?),
-            "Interval" => Value::Interval(
-                json_int(raw).and_then(|i| u64::try_from(i).ok()).ok_or_else(|| bad("bad Interval"))?,
-            ),
+            "Interval" => {
+                Value::Interval(json_int(raw).and_then(|i| u64::try_from(i).ok()).ok_or_else(|| bad("bad Interval"))?)
+            }
             "BigInteger" => Value::BigInteger(
                 raw.as_str()
                     .and_then(|s| s.strip_prefix("0x"))
@@ -163,9 +159,7 @@ impl Ttlv {
             }),
             "Boolean" => Value::Boolean(raw.as_bool().ok_or_else(|| bad("bad Boolean"))?),
             "TextString" => Value::TextString(raw.as_str().ok_or_else(|| bad("bad TextString"))?.to_owned()),
-            "ByteString" => {
-                Value::ByteString(raw.as_str().and_then(hex_decode).ok_or_else(|| bad("bad ByteString"))?)
-            }
+            "ByteString" => Value::ByteString(raw.as_str().and_then(hex_decode).ok_or_else(|| bad("bad ByteString"))?),
             "DateTime" => Value::DateTime(match raw {
                 Json::String(s) => s.clone(),
                 Json::Number(n) => n.to_string(),
@@ -203,10 +197,7 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
 }
 
 impl Serialize for Ttlv {
@@ -266,7 +257,10 @@ mod tests {
 
     #[test]
     fn scalar_encodings_match_the_server() {
-        assert_eq!(Ttlv::bytes("Data", &[0xAB, 0x01]).to_json(), r#"{"tag":"Data","type":"ByteString","value":"AB01"}"#);
+        assert_eq!(
+            Ttlv::bytes("Data", &[0xAB, 0x01]).to_json(),
+            r#"{"tag":"Data","type":"ByteString","value":"AB01"}"#
+        );
         let e = Ttlv::new("PublicExponent", Value::BigInteger(vec![1, 0, 1]));
         assert_eq!(e.to_json(), r#"{"tag":"PublicExponent","type":"BigInteger","value":"0x0000000000010001"}"#);
         let l = Ttlv::new("X", Value::LongInteger(1));

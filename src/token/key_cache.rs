@@ -70,7 +70,10 @@ impl KeyCache {
         if max_age.is_zero() {
             return None;
         }
-        let name: String = server_url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        let name: String = server_url
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
         Some(Self { file: folder.join(format!("{name}.json")), server_url: server_url.to_owned(), max_age })
     }
 
@@ -88,7 +91,8 @@ impl KeyCache {
             .filter(|e| self.fresh(e, now()))
             .filter_map(|e| {
                 let spki = hex_decode(&e.spki)?;
-                let key = RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags };
+                let key =
+                    RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags };
                 Some((key.public_id.clone(), key))
             })
             .collect()
@@ -119,8 +123,12 @@ impl KeyCache {
         }
         let now = now();
         let fresh: HashMap<&str, &RemoteKey> = exported.iter().map(|k| (k.public_id.as_str(), k)).collect();
-        let mut keys: Vec<Entry> =
-            self.read().keys.into_iter().filter(|e| self.fresh(e, now) && !fresh.contains_key(e.public_id.as_str())).collect();
+        let mut keys: Vec<Entry> = self
+            .read()
+            .keys
+            .into_iter()
+            .filter(|e| self.fresh(e, now) && !fresh.contains_key(e.public_id.as_str()))
+            .collect();
         keys.extend(exported.iter().map(|k| Entry {
             public_id: k.public_id.clone(),
             private_id: k.private_id.clone(),
@@ -144,7 +152,8 @@ impl KeyCache {
             let file = std::fs::File::open(&self.file).map_err(|e| e.to_string())?;
             check_private(&self.file, &file.metadata().map_err(|e| e.to_string())?)?;
             let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES), &mut text).map_err(|e| e.to_string())?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES), &mut text)
+                .map_err(|e| e.to_string())?;
             let parsed: CacheFile = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
             if parsed.server_url != self.server_url {
                 return Err(format!("it is the cache of {}", parsed.server_url));
@@ -288,7 +297,8 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(cache.file()), 0o600);
         assert_eq!(mode(cache.file().parent().unwrap()), 0o700);
-        let leftovers: Vec<_> = std::fs::read_dir(cache.file().parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(cache.file().parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
     }
 
@@ -305,7 +315,12 @@ mod tests {
             tags: vec![],
             exported_at,
         };
-        cache.write(&CacheFile { server_url: cache.server_url.clone(), keys: vec![entry("old", old), entry("new", now())] }).unwrap();
+        cache
+            .write(&CacheFile {
+                server_url: cache.server_url.clone(),
+                keys: vec![entry("old", old), entry("new", now())],
+            })
+            .unwrap();
         assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["new_pk"]);
         cache.store(&[key("c")]);
         assert_eq!(cache.read().keys.len(), 2, "the expired entry was dropped");
@@ -388,7 +403,11 @@ mod tests {
             assert!(cache.load().is_empty(), "file mode {bad:o}");
             cache.store(&[key("b")]);
             assert_eq!(mode(cache.file()), 0o600);
-            assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["b_pk"], "file mode {bad:o}: its entries were not kept");
+            assert_eq!(
+                cache.load().into_keys().collect::<Vec<_>>(),
+                ["b_pk"],
+                "file mode {bad:o}: its entries were not kept"
+            );
         }
         // A folder others can write: neither read nor written.
         for bad in [0o770, 0o703] {

@@ -173,7 +173,8 @@ impl Token {
         let vendor = &kms.config.vendor_id;
         let tag = &self.settings.key_tag;
         let deadline = Instant::now() + self.settings.request_timeout * LIST_DEADLINE_TIMEOUTS;
-        let (ids, private_ids) = operations::locate_key_pairs(&kms.client, vendor, tag, deadline).map_err(|e| e.to_string())?;
+        let (ids, private_ids) =
+            operations::locate_key_pairs(&kms.client, vendor, tag, deadline).map_err(|e| e.to_string())?;
         let cached = kms.key_cache.as_ref().map(KeyCache::load).unwrap_or_default();
         let mut known = confirmed(cached, &ids, &private_ids);
         let missing: Vec<String> = ids.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
@@ -191,7 +192,12 @@ impl Token {
                 Err(e) => tracing::warn!(key = %id, "skipping key: {e}"),
             }
         }
-        tracing::debug!(located = ids.len(), from_disk_cache = ids.len() - missing.len(), exported = to_cache.len(), "key list");
+        tracing::debug!(
+            located = ids.len(),
+            from_disk_cache = ids.len() - missing.len(),
+            exported = to_cache.len(),
+            "key list"
+        );
         if let Some(cache) = &kms.key_cache {
             cache.store(&to_cache);
         }
@@ -224,7 +230,11 @@ impl Token {
 /// the located `public_ids`; their private id among the tagged `Active` `private_ids`, claimed
 /// by no other located entry and, for ids made by the KMS (`<private id>_pk`), that public
 /// key's own. Others are exported again (one warning says how many).
-fn confirmed(mut cached: HashMap<String, RemoteKey>, public_ids: &[String], private_ids: &[String]) -> HashMap<String, RemoteKey> {
+fn confirmed(
+    mut cached: HashMap<String, RemoteKey>,
+    public_ids: &[String],
+    private_ids: &[String],
+) -> HashMap<String, RemoteKey> {
     let located: HashSet<&str> = public_ids.iter().map(String::as_str).collect();
     cached.retain(|id, _| located.contains(id.as_str()));
     let private: HashSet<&str> = private_ids.iter().map(String::as_str).collect();
@@ -239,7 +249,10 @@ fn confirmed(mut cached: HashMap<String, RemoteKey>, public_ids: &[String], priv
             && key.public_id.strip_suffix("_pk").is_none_or(|own| own == key.private_id)
     });
     if cached.len() < before {
-        tracing::warn!(entries = before - cached.len(), "disk cache entries the KMS does not confirm: exporting those keys again");
+        tracing::warn!(
+            entries = before - cached.len(),
+            "disk cache entries the KMS does not confirm: exporting those keys again"
+        );
     }
     cached
 }
@@ -255,12 +268,8 @@ fn key_pair(remote: &RemoteKey, selection_tag: &str) -> std::result::Result<KeyP
 /// `alice-laptop (3f0c…)`; just the id when there is nothing else.
 fn label(remote: &RemoteKey, selection_tag: &str) -> String {
     let described = remote.name.clone().filter(|n| !n.is_empty()).or_else(|| {
-        let tags: Vec<&str> = remote
-            .tags
-            .iter()
-            .map(String::as_str)
-            .filter(|t| *t != selection_tag && !t.starts_with('_'))
-            .collect();
+        let tags: Vec<&str> =
+            remote.tags.iter().map(String::as_str).filter(|t| *t != selection_tag && !t.starts_with('_')).collect();
         (!tags.is_empty()).then(|| tags.join(","))
     });
     match described {

@@ -46,15 +46,8 @@ fn boolean(v: bool) -> Attr {
 pub const MAX_LABEL_LEN: usize = 255;
 
 /// Attributes of private keys that are secret material.
-const SENSITIVE: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_VALUE,
-    CKA_PRIVATE_EXPONENT,
-    CKA_PRIME_1,
-    CKA_PRIME_2,
-    CKA_EXPONENT_1,
-    CKA_EXPONENT_2,
-    CKA_COEFFICIENT,
-];
+const SENSITIVE: &[CK_ATTRIBUTE_TYPE] =
+    &[CKA_VALUE, CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2, CKA_EXPONENT_1, CKA_EXPONENT_2, CKA_COEFFICIENT];
 
 impl KeyPair {
     /// `CKA_ID`, the same on both objects of the pair: the private key's id.

@@ -8,7 +8,9 @@ use std::process::Output;
 
 use cosmian_pkcs11_testbed::{current_user, output_text as text, provider_lib, ssh_command, OpenSsh, Sshd};
 
-use crate::{agent_with_provider, assert_logged_in, case_dir, provider_env, ssh_with_config, using_kms, Bed, CA_TAG, MANY_KEYS};
+use crate::{
+    agent_with_provider, assert_logged_in, case_dir, provider_env, ssh_with_config, using_kms, Bed, CA_TAG, MANY_KEYS,
+};
 
 /// `ssh-keygen -s ca.pub -D lib -I id -n principals -V validity -z serial [-h] key.pub`, the
 /// CA's private key used through the provider; returns the certificate (`key-cert.pub`).
@@ -45,7 +47,8 @@ fn trusting_sshd(openssh: &'static OpenSsh, bed: &Bed, dir: &Path, extra: &str) 
     let ca_pub = bed.ca(openssh).write_pub(&dir.join("ca.pub"));
     let (spec, krl) = (dir.join("revoked.txt"), dir.join("revoked.krl"));
     std::fs::write(&spec, "serial: 13\n").unwrap();
-    let out = openssh.command("ssh-keygen").arg("-k").arg("-f").arg(&krl).arg("-s").arg(&ca_pub).arg(&spec).output().unwrap();
+    let out =
+        openssh.command("ssh-keygen").arg("-k").arg("-f").arg(&krl).arg("-s").arg(&ca_pub).arg(&spec).output().unwrap();
     assert!(out.status.success(), "ssh-keygen -k: {}", text(&out));
     let config = format!("TrustedUserCAKeys {}\nRevokedKeys {}\n{MANY_KEYS}\n{extra}", ca_pub.display(), krl.display());
     Sshd::start_on(openssh, "", &config)
@@ -53,7 +56,12 @@ fn trusting_sshd(openssh: &'static OpenSsh, bed: &Bed, dir: &Path, extra: &str) 
 
 /// ssh with a local key and one of its certificates.
 fn login_with(sshd: &Sshd, key: &Path, cert: &Path, marker: &str) -> Output {
-    ssh_command(sshd).opt("-i").opt(key).opt("-o").opt(format!("CertificateFile={}", cert.display())).run(&format!("echo {marker}"))
+    ssh_command(sshd)
+        .opt("-i")
+        .opt(key)
+        .opt("-o")
+        .opt(format!("CertificateFile={}", cert.display()))
+        .run(&format!("echo {marker}"))
 }
 
 /// The CA signs certificates of a user key; sshd accepts the one that lists the login user
@@ -97,9 +105,16 @@ pub fn a_kms_ca_signs_host_certificates_that_ssh_trusts(openssh: &'static OpenSs
     let (bed, _kms) = using_kms();
     let dir = case_dir(openssh, "host-certificate");
     let host_key = local_key(openssh, &dir, "host_ecdsa", "ecdsa");
-    let host_cert = sign(openssh, bed, &dir, &host_key.with_extension("pub"), &["-h", "-I", "testbed-host", "-n", "127.0.0.1", "-V", "+1h"]);
+    let host_cert = sign(
+        openssh,
+        bed,
+        &dir,
+        &host_key.with_extension("pub"),
+        &["-h", "-I", "testbed-host", "-n", "127.0.0.1", "-V", "+1h"],
+    );
     let user_key = local_key(openssh, &dir, "id_user", "ed25519");
-    let user_cert = sign(openssh, bed, &dir, &user_key.with_extension("pub"), &["-I", "user", "-n", current_user(), "-V", "+1h"]);
+    let user_cert =
+        sign(openssh, bed, &dir, &user_key.with_extension("pub"), &["-I", "user", "-n", current_user(), "-V", "+1h"]);
     let extra = format!("HostKey {}\nHostCertificate {}", host_key.display(), host_cert.display());
     let sshd = trusting_sshd(openssh, bed, &dir, &extra);
     let connect = |known_hosts: &str, marker: &str| {
@@ -132,7 +147,13 @@ pub fn a_kms_key_logs_in_with_its_certificate(openssh: &'static OpenSsh) {
     let (bed, _kms) = using_kms();
     let dir = case_dir(openssh, "kms-key-certificate");
     let key = &bed.keys["p256"];
-    let cert = sign(openssh, bed, &dir, &key.write_pub(&dir.join("user.pub")), &["-I", "kms-user", "-n", current_user(), "-V", "+1h"]);
+    let cert = sign(
+        openssh,
+        bed,
+        &dir,
+        &key.write_pub(&dir.join("user.pub")),
+        &["-I", "kms-user", "-n", current_user(), "-V", "+1h"],
+    );
     let sshd = trusting_sshd(openssh, bed, &dir, "");
 
     let lines = format!("PKCS11Provider {}\nCertificateFile {}", provider_lib().display(), cert.display());

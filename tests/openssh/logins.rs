@@ -7,13 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    free_port, output_text as text, provider_lib, ssh_command, ssh_keygen_d,
-    write_provider_config, Ckms, KmsServer, OpenSsh, Sshd,
+    free_port, output_text as text, provider_lib, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KmsServer,
+    OpenSsh, Sshd,
 };
 
 use crate::{
-    agent_with_provider, assert_logged_in, case_dir, provider_env, restarting_kms, ssh_with_config, ssh_with_provider, using_kms,
-    MANY_KEYS,
+    agent_with_provider, assert_logged_in, case_dir, provider_env, restarting_kms, ssh_with_config, ssh_with_provider,
+    using_kms, MANY_KEYS,
 };
 
 /// `ssh-keygen -D` prints exactly the tagged keys this OpenSSH loads, each with its label as
@@ -22,7 +22,8 @@ use crate::{
 pub fn ssh_keygen_d_lists_every_key_with_a_readable_comment(openssh: &'static OpenSsh) {
     let (bed, _kms) = using_kms();
     let logs = case_dir(openssh, "keygen");
-    let out = openssh.ssh_keygen_d(&provider_lib()).envs(provider_env(&bed.config, &logs, "ssh-auth")).output().unwrap();
+    let out =
+        openssh.ssh_keygen_d(&provider_lib()).envs(provider_env(&bed.config, &logs, "ssh-auth")).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8(out.stdout.clone()).expect("comments are UTF-8");
     let mut lines: Vec<&str> = printed.lines().collect();
@@ -32,7 +33,8 @@ pub fn ssh_keygen_d_lists_every_key_with_a_readable_comment(openssh: &'static Op
     let comment = &long[bed.long_label.line.len() + 1..];
     assert!(comment.len() <= 255, "OpenSSH reads 255 bytes of label: {comment}");
     // The user tags, joined by commas in the KMS's order, the last one cut.
-    let head = comment.strip_suffix(&format!("… ({})", bed.long_label.private_id)).unwrap_or_else(|| panic!("{comment}"));
+    let head =
+        comment.strip_suffix(&format!("… ({})", bed.long_label.private_id)).unwrap_or_else(|| panic!("{comment}"));
     let mut rest = head;
     while let Some(after) = bed.long_tags.iter().find_map(|t| rest.strip_prefix(t.as_str())?.strip_prefix(',')) {
         rest = after;
@@ -44,7 +46,10 @@ pub fn ssh_keygen_d_lists_every_key_with_a_readable_comment(openssh: &'static Op
     expected.sort();
     lines.sort();
     assert_eq!(lines, expected, "{}: the key lines and nothing else:\n{}", openssh.banner(), text(&out));
-    assert!(!printed.contains(&bed.untagged.line) && !printed.contains(&bed.ca_p384.line), "an untagged key is offered");
+    assert!(
+        !printed.contains(&bed.untagged.line) && !printed.contains(&bed.ca_p384.line),
+        "an untagged key is offered"
+    );
 }
 
 /// One login per key type, each against an sshd that trusts that key only.
@@ -114,16 +119,21 @@ pub fn identities_only_with_the_public_key_file(openssh: &'static OpenSsh) {
     let sshd = Sshd::start_on(openssh, &key.line, "");
     let logs = case_dir(openssh, "identities-only");
     let pubfile = key.write_pub(&logs.join("rsa3072.pub"));
-    let out = ssh_with_provider(&sshd, &logs).opt("-o").opt("IdentitiesOnly=yes").opt("-i").opt(&pubfile).run("echo pinned");
+    let out =
+        ssh_with_provider(&sshd, &logs).opt("-o").opt("IdentitiesOnly=yes").opt("-i").opt(&pubfile).run("echo pinned");
     assert_logged_in(&out, &sshd, "pinned", "RSA");
 }
 
 pub fn rsa_signs_with_sha512_sha256_and_sha1(openssh: &'static OpenSsh) {
     let (bed, _kms) = using_kms();
-    let sshd = Sshd::start_on(openssh, &bed.keys["rsa2048"].line, &format!("PubkeyAcceptedAlgorithms +ssh-rsa\n{MANY_KEYS}"));
+    let sshd =
+        Sshd::start_on(openssh, &bed.keys["rsa2048"].line, &format!("PubkeyAcceptedAlgorithms +ssh-rsa\n{MANY_KEYS}"));
     for algorithm in ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] {
         let logs = case_dir(openssh, &format!("rsa-{algorithm}"));
-        let out = ssh_with_provider(&sshd, &logs).opt("-o").opt(format!("PubkeyAcceptedAlgorithms={algorithm}")).run("echo rsa");
+        let out = ssh_with_provider(&sshd, &logs)
+            .opt("-o")
+            .opt(format!("PubkeyAcceptedAlgorithms={algorithm}"))
+            .run("echo rsa");
         assert_logged_in(&out, &sshd, "rsa", "RSA");
         assert!(sshd.log().contains(&format!("pkalg {algorithm}")), "sshd did not see {algorithm}:\n{}", sshd.log());
     }
@@ -154,7 +164,8 @@ fn the_documented_flow_with_ckms() {
         .to_owned();
     let dir = case_dir(OpenSsh::debian(), "documented-flow");
     let pem = dir.join("key.pem");
-    let exported = ckms.run(&["ec", "keys", "export", "--key-id", &public_id, "--key-format", "pkcs8-pem", pem.to_str().unwrap()]);
+    let exported =
+        ckms.run(&["ec", "keys", "export", "--key-id", &public_id, "--key-format", "pkcs8-pem", pem.to_str().unwrap()]);
     assert!(exported.status.success(), "{}", text(&exported));
     let converted = Command::new("ssh-keygen").args(["-i", "-m", "PKCS8", "-f"]).arg(&pem).output().unwrap();
     assert!(converted.status.success(), "{}", text(&converted));
@@ -199,8 +210,13 @@ fn an_unreachable_kms_leaves_ssh_to_its_other_identities() {
 #[test]
 fn a_broken_config_file_is_reported_not_fatal() {
     let dir = case_dir(OpenSsh::debian(), "broken-config");
-    let keygen_d = |config: &Path| ssh_keygen_d(&provider_lib()).envs(provider_env(config, &dir, "ssh-auth")).output().unwrap();
-    for (name, body) in [("garbage.toml", "this is [[ not toml"), ("empty.toml", ""), ("no-url.toml", "[http_config]\naccess_token = \"s3cret\"\n")] {
+    let keygen_d =
+        |config: &Path| ssh_keygen_d(&provider_lib()).envs(provider_env(config, &dir, "ssh-auth")).output().unwrap();
+    for (name, body) in [
+        ("garbage.toml", "this is [[ not toml"),
+        ("empty.toml", ""),
+        ("no-url.toml", "[http_config]\naccess_token = \"s3cret\"\n"),
+    ] {
         let config = dir.join(name);
         std::fs::write(&config, body).unwrap();
         let out = keygen_d(&config);

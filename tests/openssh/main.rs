@@ -24,8 +24,8 @@ use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    current_user, output_text as text, provider_lib, ssh_command, write_provider_config, Ckms, KeyKind, KmsServer, KEY_TYPES,
-    OpenSsh, SshAgent, SshCommand, Sshd,
+    current_user, output_text as text, provider_lib, ssh_command, write_provider_config, Ckms, KeyKind, KmsServer,
+    OpenSsh, SshAgent, SshCommand, Sshd, KEY_TYPES,
 };
 
 /// Runs each listed case (`module::function`, taking the `&OpenSsh`) as a test on Debian's
@@ -133,7 +133,11 @@ pub struct Bed {
 impl Bed {
     /// The CA key this OpenSSH signs with: Ed25519 when it loads such keys, else P-384.
     pub fn ca(&self, openssh: &OpenSsh) -> &Key {
-        if self.ca_ed25519.loads_on(openssh) { &self.ca_ed25519 } else { &self.ca_p384 }
+        if self.ca_ed25519.loads_on(openssh) {
+            &self.ca_ed25519
+        } else {
+            &self.ca_p384
+        }
     }
 
     /// The keys of [`KEY_TYPES`] this OpenSSH takes from a provider.
@@ -255,7 +259,11 @@ pub fn ssh_with_config(sshd: &Sshd, logs: &Path, lines: &str, remote_command: &s
     );
     std::fs::write(&config, body).unwrap();
     let mut command = sshd.openssh().command("ssh");
-    command.arg("-F").arg(&config).args(["testbed", remote_command]).envs(provider_env(&bed().config, logs, "ssh-auth"));
+    command.arg("-F").arg(&config).args(["testbed", remote_command]).envs(provider_env(
+        &bed().config,
+        logs,
+        "ssh-auth",
+    ));
     command.output().unwrap()
 }
 

@@ -46,8 +46,20 @@ pub fn ssh_keygen_y_signs_with_every_agent_held_key_type(openssh: &'static OpenS
         let message = dir.join(format!("{name}.txt"));
         std::fs::write(&message, format!("signed by {name}, a key that never left the KMS\n")).unwrap();
         let key_pub = key.write_pub(&dir.join(format!("{name}.pub")));
-        let out = agent.command("ssh-keygen").args(["-Y", "sign", "-n", "file", "-f"]).arg(&key_pub).arg(&message).output().unwrap();
-        assert!(out.status.success(), "{}, {name}: ssh-keygen -Y sign: {}\nagent:\n{}", openssh.banner(), text(&out), agent.log());
+        let out = agent
+            .command("ssh-keygen")
+            .args(["-Y", "sign", "-n", "file", "-f"])
+            .arg(&key_pub)
+            .arg(&message)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}, {name}: ssh-keygen -Y sign: {}\nagent:\n{}",
+            openssh.banner(),
+            text(&out),
+            agent.log()
+        );
         let allowed = allowed_signers(&dir, key);
         let signature = message.with_extension("txt.sig");
         let good = verify(openssh, &allowed, &signature, &std::fs::read(&message).unwrap());
@@ -93,5 +105,10 @@ pub fn git_commits_signed_with_an_agent_held_kms_key_verify(openssh: &'static Op
     let out = git(&["verify-commit", "HEAD"]);
     let said = String::from_utf8_lossy(&out.stderr);
     let expected = format!("Good \"git\" signature for {SIGNER} with {} key", key.sshd_type());
-    assert!(out.status.success() && said.contains(&expected), "{}: git verify-commit: {}", openssh.banner(), text(&out));
+    assert!(
+        out.status.success() && said.contains(&expected),
+        "{}: git verify-commit: {}",
+        openssh.banner(),
+        text(&out)
+    );
 }

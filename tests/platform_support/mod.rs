@@ -22,7 +22,8 @@ pub fn provider_env(config: &Path, logs: &Path) -> Vec<(&'static str, PathBuf)> 
 
 /// `ssh-keygen -D lib` with the provider's environment: the keys the provider offers.
 pub fn keygen_d(config: &Path, logs: &Path) -> Output {
-    let out = ssh_keygen_d(&provider_lib()).envs(provider_env(config, logs)).output().expect("cannot run ssh-keygen -D");
+    let out =
+        ssh_keygen_d(&provider_lib()).envs(provider_env(config, logs)).output().expect("cannot run ssh-keygen -D");
     assert!(out.status.code().is_some(), "ssh-keygen -D crashed: {}", text(&out));
     out
 }

@@ -45,16 +45,9 @@ pub fn run() -> Result<(), String> {
     cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
     let lib = testbed::find_provider_lib()?;
 
-    step(
-        "start a local KMS",
-        "cosmian_kms --database-type sqlite --sqlite-path DIR --hostname 127.0.0.1 --port PORT",
-    );
+    step("start a local KMS", "cosmian_kms --database-type sqlite --sqlite-path DIR --hostname 127.0.0.1 --port PORT");
     let kms = KmsServer::start();
-    println!(
-        "    the KMS answers at {} (log: {})",
-        kms.url(),
-        kms.log_path().display()
-    );
+    println!("    the KMS answers at {} (log: {})", kms.url(), kms.log_path().display());
 
     let ckms = Ckms::new(&kms);
     let specs: [(&str, KeyKind, &str); 8] = [
@@ -75,39 +68,20 @@ pub fn run() -> Result<(), String> {
                 &format!("ckms {}", kind.ckms_args(&[tag]).join(" ")),
             );
             let pair = ckms.create_key_pair(kind, &[tag]);
-            println!(
-                "    private key {}, public key {}",
-                pair.private_id, pair.public_id
-            );
-            DemoKey {
-                label,
-                kind,
-                tag,
-                pair,
-            }
+            println!("    private key {}, public key {}", pair.private_id, pair.public_id);
+            DemoKey { label, kind, tag, pair }
         })
         .collect();
 
     let work = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
     let config = testbed::write_provider_config(work.path(), &kms.url(), "");
-    step(
-        "write the provider's configuration (ckms format)",
-        &config.display().to_string(),
-    );
+    step("write the provider's configuration (ckms format)", &config.display().to_string());
     print_indented(&std::fs::read_to_string(&config).unwrap_or_default());
 
     let mut failures = Vec::new();
     let mut verdicts = Vec::new();
     for openssh in [OpenSsh::debian(), OpenSsh::current()] {
-        let verdict = logins_on(
-            openssh,
-            &lib,
-            &config,
-            &keys,
-            &ckms,
-            work.path(),
-            &mut failures,
-        )?;
+        let verdict = logins_on(openssh, &lib, &config, &keys, &ckms, work.path(), &mut failures)?;
         verdicts.push((openssh.banner(), verdict));
     }
     step("which OpenSSH did what", "");
@@ -115,32 +89,20 @@ pub fn run() -> Result<(), String> {
         println!("    with {banner}");
         print_indented(&verdict);
     }
-    step(
-        "check the KMS's audit log",
-        &kms.audit_path().display().to_string(),
-    );
+    step("check the KMS's audit log", &kms.audit_path().display().to_string());
     let private_ids: Vec<&str> = keys.iter().map(|k| k.pair.private_id.as_str()).collect();
     let events = kms.audit_events();
     let signatures = events.iter().filter(|e| e.operation == "Sign").count();
     let exported: Vec<_> = events
         .iter()
         .filter(|e| e.operation == "Get" || e.operation == "Export")
-        .filter(|e| {
-            e.object_uid
-                .as_deref()
-                .is_some_and(|id| private_ids.contains(&id))
-        })
+        .filter(|e| e.object_uid.as_deref().is_some_and(|id| private_ids.contains(&id)))
         .collect();
-    println!(
-        "    {} KMIP operations, {signatures} of them Sign",
-        events.len()
-    );
+    println!("    {} KMIP operations, {signatures} of them Sign", events.len());
     if exported.is_empty() {
         println!("    no Get or Export of a private key: the private keys never left the KMS");
     } else {
-        failures.push(format!(
-            "private keys were fetched from the KMS: {exported:?}"
-        ));
+        failures.push(format!("private keys were fetched from the KMS: {exported:?}"));
     }
     if failures.is_empty() {
         Ok(())
@@ -165,11 +127,7 @@ fn logins_on(
     let banner = openssh.banner();
     step(
         &format!("list the keys {banner} sees"),
-        &format!(
-            "{conf_env} {} -D {}",
-            openssh.program("ssh-keygen").display(),
-            lib.display()
-        ),
+        &format!("{conf_env} {} -D {}", openssh.program("ssh-keygen").display(), lib.display()),
     );
     let listed = openssh
         .ssh_keygen_d(lib)
@@ -182,16 +140,11 @@ fn logins_on(
         println!("    ssh-keygen: {line}");
     }
     if !listed.status.success() || authorized_keys.trim().is_empty() {
-        return Err(format!(
-            "{banner}: ssh-keygen -D listed no key ({})",
-            listed.status
-        ));
+        return Err(format!("{banner}: ssh-keygen -D listed no key ({})", listed.status));
     }
     println!("    (each line matched with the KMS's public key: ckms ec keys export --key-format pkcs8-pem | ssh-keygen -i -m PKCS8)");
-    let offered = keys
-        .iter()
-        .map(|key| find_offered(&authorized_keys, key, ckms, dir))
-        .collect::<Result<Vec<_>, _>>()?;
+    let offered =
+        keys.iter().map(|key| find_offered(&authorized_keys, key, ckms, dir)).collect::<Result<Vec<_>, _>>()?;
 
     let sshd = Sshd::start_on(openssh, &authorized_keys, "MaxAuthTries 30");
     let hello = "echo hello from $(hostname)";
@@ -214,17 +167,10 @@ fn logins_on(
     print_indented(&String::from_utf8_lossy(&first.stdout));
     if !first.status.success() {
         print_indented(&String::from_utf8_lossy(&first.stderr));
-        return Err(format!(
-            "{banner}: the SSH login failed ({}); sshd's log:\n{}",
-            first.status,
-            sshd.log()
-        ));
+        return Err(format!("{banner}: the SSH login failed ({}); sshd's log:\n{}", first.status, sshd.log()));
     }
 
-    step(
-        &format!("log in with each key alone, {banner}"),
-        "the same ssh, authorized_keys holding one key at a time",
-    );
+    step(&format!("log in with each key alone, {banner}"), "the same ssh, authorized_keys holding one key at a time");
     let mut table = String::new();
     for (key, offered) in keys.iter().zip(offered) {
         let verdict = match (&offered, key.tag) {
@@ -234,8 +180,7 @@ fn logins_on(
             }
             (None, tag) if tag != SSH_TAG => format!("not offered (tagged {tag}), as expected"),
             (None, _) if key.ssh_type() == "ssh-ed25519" && !openssh.at_least(10, 1) => {
-                "not offered: takes no Ed25519 key from a PKCS#11 provider (10.1p1 and later do)"
-                    .to_owned()
+                "not offered: takes no Ed25519 key from a PKCS#11 provider (10.1p1 and later do)".to_owned()
             }
             (None, _) => {
                 failures.push(format!("{banner}: the {} key was not offered", key.label));
@@ -248,19 +193,11 @@ fn logins_on(
                     "logged in".to_owned()
                 } else {
                     failures.push(format!("{banner}: the {} key could not log in", key.label));
-                    format!(
-                        "LOGIN FAILED: {}",
-                        String::from_utf8_lossy(&alone.stderr).trim()
-                    )
+                    format!("LOGIN FAILED: {}", String::from_utf8_lossy(&alone.stderr).trim())
                 }
             }
         };
-        let row = format!(
-            "{:<10} {:<8} {:<20} {verdict}\n",
-            key.label,
-            key.tag,
-            key.ssh_type()
-        );
+        let row = format!("{:<10} {:<8} {:<20} {verdict}\n", key.label, key.tag, key.ssh_type());
         print!("    {row}");
         table.push_str(&row);
     }
@@ -270,24 +207,15 @@ fn logins_on(
 /// `ssh -I lib ... remote_command` to `sshd` (its own OpenSSH) with the provider's
 /// configuration.
 fn login(sshd: &Sshd, lib: &Path, config: &Path, remote_command: &str) -> Output {
-    testbed::ssh_command(sshd)
-        .provider(lib)
-        .env("COSMIAN_KMS_CLI_CONF", config)
-        .run(remote_command)
+    testbed::ssh_command(sshd).provider(lib).env("COSMIAN_KMS_CLI_CONF", config).run(remote_command)
 }
 
 /// The line of `ssh-keygen -D`'s output holding `key`: the KMS's public key, exported as
 /// PKCS#8 PEM and converted by `ssh-keygen -i -m PKCS8`, must be the line's key blob. OpenSSH
 /// cannot convert Ed25519 keys: those are matched by key type (the demo has only one).
-fn find_offered(
-    listed: &str,
-    key: &DemoKey,
-    ckms: &Ckms,
-    dir: &Path,
-) -> Result<Option<String>, String> {
+fn find_offered(listed: &str, key: &DemoKey, ckms: &Ckms, dir: &Path) -> Result<Option<String>, String> {
     let pem_file = dir.join(format!("{}.pem", key.pair.public_id));
-    std::fs::write(&pem_file, ckms.export_public_pkcs8_pem(&key.pair.public_id))
-        .map_err(|e| e.to_string())?;
+    std::fs::write(&pem_file, ckms.export_public_pkcs8_pem(&key.pair.public_id)).map_err(|e| e.to_string())?;
     let converted = Command::new("ssh-keygen")
         .args(["-i", "-m", "PKCS8", "-f"])
         .arg(&pem_file)

@@ -23,31 +23,23 @@ const TARGETS: [&str; 6] = ["ttlv_from_json", "spki", "ecdsa_der", "digest_info"
 pub const DEFAULT_SECONDS: u64 = 20;
 
 fn cache() -> PathBuf {
-    std::env::var_os("COSMIAN_PKCS11_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cosmian-pkcs11")
-    })
+    std::env::var_os("COSMIAN_PKCS11_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cosmian-pkcs11"))
 }
 
 /// `cargo fuzz ARGS` in the workspace root, with cargo-fuzz on PATH and nightly flags allowed.
 fn cargo_fuzz(args: &[&str]) -> Result<Command, String> {
     let tools = cache().join("tools/bin");
     if !tools.join("cargo-fuzz").is_file() {
-        return Err(format!(
-            "{} is missing: run scripts/install-test-bed.sh",
-            tools.join("cargo-fuzz").display()
-        ));
+        return Err(format!("{} is missing: run scripts/install-test-bed.sh", tools.join("cargo-fuzz").display()));
     }
     let path = std::env::join_paths(
         std::iter::once(tools).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )
     .map_err(|e| e.to_string())?;
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command
-        .arg("fuzz")
-        .args(args)
-        .current_dir(testbed::workspace_root())
-        .env("PATH", path)
-        .env("RUSTC_BOOTSTRAP", "1");
+    command.arg("fuzz").args(args).current_dir(testbed::workspace_root()).env("PATH", path).env("RUSTC_BOOTSTRAP", "1");
     Ok(command)
 }
 

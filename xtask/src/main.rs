@@ -117,9 +117,7 @@ fn cargo_command(what: &str, args: &[&str]) -> Command {
 
 /// Runs a command to completion, stdio inherited; `Err` when it fails.
 fn run(command: &mut Command) -> Result<(), String> {
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -162,12 +160,7 @@ fn kms_start() -> Result<(), String> {
     install_test_bed();
     let kms = testbed::KmsServer::start();
     let config = testbed::write_provider_config(kms.dir(), &kms.url(), "");
-    println!(
-        "\n# KMS {} (log {}, audit log {})",
-        kms.url(),
-        kms.log_path().display(),
-        kms.audit_path().display()
-    );
+    println!("\n# KMS {} (log {}, audit log {})", kms.url(), kms.log_path().display(), kms.audit_path().display());
     println!("export COSMIAN_KMS_CLI_CONF={}", config.display());
     println!("export CKMS_CONF={}", config.display());
     println!("alias ckms={}", testbed::binaries().ckms.display());

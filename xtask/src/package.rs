@@ -50,9 +50,7 @@ pub fn version() -> &'static str {
 
 /// cargo's target folder: `CARGO_TARGET_DIR`, else `target/` of the workspace.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Where the artifacts go: `target/dist/`.
@@ -74,17 +72,11 @@ impl Tools {
     /// fast when everything is there).
     pub fn get() -> Result<&'static Tools, String> {
         static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-        TOOLS
-            .get_or_init(Tools::install)
-            .as_ref()
-            .map_err(Clone::clone)
+        TOOLS.get_or_init(Tools::install).as_ref().map_err(Clone::clone)
     }
 
     fn install() -> Result<Tools, String> {
-        step(
-            "install the packaging tools",
-            "scripts/install-packaging-tools.sh",
-        );
+        step("install the packaging tools", "scripts/install-packaging-tools.sh");
         let script = workspace_root().join("scripts/install-packaging-tools.sh");
         let out = Command::new("bash")
             .arg(&script)
@@ -104,9 +96,7 @@ impl Tools {
         };
         let venv_bin = value("PACKAGING_VENV_BIN")?;
         let mut dirs = vec![value("PACKAGING_TOOLS_BIN")?, venv_bin.clone()];
-        dirs.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        ));
+        dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
         let path = std::env::join_paths(dirs).map_err(|e| format!("bad PATH: {e}"))?;
         Ok(Tools { path, venv_bin })
     }
@@ -114,9 +104,7 @@ impl Tools {
     /// `program` with the tools on `PATH`, run from the workspace root.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
-        command
-            .env("PATH", &self.path)
-            .current_dir(workspace_root());
+        command.env("PATH", &self.path).current_dir(workspace_root());
         command
     }
 
@@ -133,10 +121,7 @@ impl Tools {
 
 /// Runs a command to completion and returns its stdout; `Err` with its stderr when it fails.
 pub fn capture(command: &mut Command) -> Result<String, String> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let out = command.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -154,15 +139,9 @@ pub fn capture(command: &mut Command) -> Result<String, String> {
 pub fn source_date_epoch() -> Result<u64, String> {
     let text = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(value) => value,
-        Err(_) => capture(
-            Command::new("git")
-                .args(["log", "-1", "--format=%ct"])
-                .current_dir(workspace_root()),
-        )?,
+        Err(_) => capture(Command::new("git").args(["log", "-1", "--format=%ct"]).current_dir(workspace_root()))?,
     };
-    text.trim()
-        .parse()
-        .map_err(|e| format!("bad SOURCE_DATE_EPOCH {text:?}: {e}"))
+    text.trim().parse().map_err(|e| format!("bad SOURCE_DATE_EPOCH {text:?}: {e}"))
 }
 
 /// The SHA-256 of a file, in hex.
@@ -212,9 +191,8 @@ pub fn render(template: &str, values: &[(&str, &str)]) -> Result<String, String>
 fn leftover_placeholder(text: &str) -> Option<&str> {
     text.match_indices('@').find_map(|(at, _)| {
         let rest = &text[at + 1..];
-        let len = rest
-            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-            .unwrap_or(rest.len());
+        let len =
+            rest.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(rest.len());
         (len > 0 && rest[len..].starts_with('@')).then(|| &rest[..len])
     })
 }
@@ -222,8 +200,7 @@ fn leftover_placeholder(text: &str) -> Option<&str> {
 /// Writes `text` to `path`, creating its folder.
 pub fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), String> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
@@ -245,36 +222,23 @@ pub fn dist() -> Result<Dist, String> {
     let deb = deb::build_and_check(tools, &lib, epoch, &dist)?;
     let rpm = rpm::build_and_check(tools, &lib, epoch, &dist)?;
     let (tarball, formula) = homebrew::build_and_check(tools, &lib, &dist)?;
-    write_checksums(
-        &dist,
-        "SHA256SUMS-linux",
-        &[&lib.path, &deb, &rpm, &tarball, &formula],
-    )?;
+    write_checksums(&dist, "SHA256SUMS-linux", &[&lib.path, &deb, &rpm, &tarball, &formula])?;
     println!("\nartifacts in {}", dist.display());
     Ok(Dist { lib, deb, rpm })
 }
 
 /// Builds `artifact` a second time, into a new folder and a second later, and compares the
 /// two: any timestamp, host name or file order that leaks into it shows.
-fn check_reproducible(
-    artifact: &Path,
-    build: impl Fn(&Path) -> Result<(), String>,
-) -> Result<(), String> {
+fn check_reproducible(artifact: &Path, build: impl Fn(&Path) -> Result<(), String>) -> Result<(), String> {
     let name = artifact.file_name().expect("an artifact is a file");
-    step(
-        &format!("check that {} is reproducible", name.to_string_lossy()),
-        "build it again, compare SHA-256",
-    );
+    step(&format!("check that {} is reproducible", name.to_string_lossy()), "build it again, compare SHA-256");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let again = tempfile::tempdir().map_err(|e| e.to_string())?;
     let second = again.path().join(name);
     build(&second)?;
     let (first, second) = (sha256_file(artifact)?, sha256_file(&second)?);
     if first != second {
-        return Err(format!(
-            "{} is not reproducible: {first} then {second}",
-            name.to_string_lossy()
-        ));
+        return Err(format!("{} is not reproducible: {first} then {second}", name.to_string_lossy()));
     }
     println!("    sha256 {first}, twice");
     Ok(())
@@ -309,10 +273,7 @@ mod tests {
 
     #[test]
     fn render_fills_every_placeholder() {
-        let text = render(
-            "v@VERSION@ sha @SHA256@",
-            &[("VERSION", "1.2"), ("SHA256", "ab")],
-        );
+        let text = render("v@VERSION@ sha @SHA256@", &[("VERSION", "1.2"), ("SHA256", "ab")]);
         assert_eq!(text.unwrap(), "v1.2 sha ab");
     }
 
@@ -330,9 +291,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, "abc").unwrap();
-        assert_eq!(
-            sha256_file(&file).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_file(&file).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

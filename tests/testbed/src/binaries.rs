@@ -36,11 +36,7 @@ pub fn binaries() -> &'static Binaries {
         let from_env = |key| std::env::var_os(key).map(PathBuf::from);
         let [kms_server, ckms, openssh] = BINARIES_ENV.map(from_env);
         let binaries = match (kms_server, ckms, openssh) {
-            (Some(kms_server), Some(ckms), Some(openssh)) => Binaries {
-                kms_server,
-                ckms,
-                openssh,
-            },
+            (Some(kms_server), Some(ckms), Some(openssh)) => Binaries { kms_server, ckms, openssh },
             _ => install_test_bed(),
         };
         let ssh = binaries.openssh.join("bin/ssh");
@@ -88,9 +84,5 @@ pub fn install_test_bed() -> Binaries {
             .unwrap_or_else(|| panic!("{} printed no {key}= line:\n{stdout}", script.display()))
     };
     let [kms_server, ckms, openssh] = BINARIES_ENV.map(value);
-    Binaries {
-        kms_server,
-        ckms,
-        openssh,
-    }
+    Binaries { kms_server, ckms, openssh }
 }

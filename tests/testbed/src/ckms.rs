@@ -100,18 +100,14 @@ impl Ckms {
     /// Runs `ckms ARGS` to completion, whatever its outcome.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut command = self.command(args);
-        command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+        command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
     }
 
     /// Runs `ckms ARGS` with JSON output and returns it; panics with ckms's stderr on failure.
     fn run_json(&self, args: &[&str]) -> serde_json::Value {
         let mut command = self.command(args);
         command.env("COSMIAN_KMS_CLI_FORMAT", "json");
-        let output = command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -130,15 +126,9 @@ impl Ckms {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let json = self.run_json(&args);
         let id = |key: &str| {
-            json[key]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| panic!("no {key} in ckms's answer: {json}"))
+            json[key].as_str().map(str::to_owned).unwrap_or_else(|| panic!("no {key} in ckms's answer: {json}"))
         };
-        KeyPair {
-            private_id: id("private_key_unique_identifier"),
-            public_id: id("public_key_unique_identifier"),
-        }
+        KeyPair { private_id: id("private_key_unique_identifier"), public_id: id("public_key_unique_identifier") }
     }
 
     /// `ckms ec keys create --curve CURVE --tag ...` (`nist-p256`, `nist-p384`, `nist-p521`,
@@ -158,17 +148,7 @@ impl Ckms {
     pub fn export_public_pkcs8_pem(&self, public_id: &str) -> String {
         let file = self.dir.path().join(format!("{public_id}.pem"));
         let file_arg = file.to_str().expect("temp paths are UTF-8");
-        self.run_json(&[
-            "ec",
-            "keys",
-            "export",
-            "--key-id",
-            public_id,
-            "--key-format",
-            "pkcs8-pem",
-            file_arg,
-        ]);
-        std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
+        self.run_json(&["ec", "keys", "export", "--key-id", public_id, "--key-format", "pkcs8-pem", file_arg]);
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
     }
 }

@@ -38,9 +38,7 @@ pub fn cryptoki_session(env: &[(&str, String)]) -> (Pkcs11, Session) {
         std::env::set_var(key, value);
     }
     let pkcs11 = Pkcs11::new(provider_lib()).expect("load the provider");
-    pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("C_Initialize");
+    pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).expect("C_Initialize");
     let slot = pkcs11.get_slots_with_token().expect("C_GetSlotList")[0];
     let session = pkcs11.open_ro_session(slot).expect("C_OpenSession");
     (pkcs11, session)

@@ -60,42 +60,20 @@ pub fn create_p256_key_pairs(kms: &KmsServer, count: usize, tags: &[&str]) -> Ve
             {"tag": "RequestPayload", "value": payload},
         ]})
     }));
-    let answer = post_json(
-        kms.port(),
-        "/kmip",
-        &json!({"tag": "RequestMessage", "value": message}),
-    );
-    let items: Vec<&Value> = children(&answer)
-        .iter()
-        .filter(|i| i["tag"] == "BatchItem")
-        .collect();
+    let answer = post_json(kms.port(), "/kmip", &json!({"tag": "RequestMessage", "value": message}));
+    let items: Vec<&Value> = children(&answer).iter().filter(|i| i["tag"] == "BatchItem").collect();
     assert_eq!(items.len(), count, "CreateKeyPair batch answered {answer}");
     items
         .into_iter()
         .map(|batch_item| {
-            let field = |v: &Value, tag: &str| {
-                children(v)
-                    .iter()
-                    .find(|i| i["tag"] == tag)
-                    .cloned()
-                    .unwrap_or(Value::Null)
-            };
-            assert_eq!(
-                field(batch_item, "ResultStatus")["value"],
-                "Success",
-                "{batch_item}"
-            );
+            let field =
+                |v: &Value, tag: &str| children(v).iter().find(|i| i["tag"] == tag).cloned().unwrap_or(Value::Null);
+            assert_eq!(field(batch_item, "ResultStatus")["value"], "Success", "{batch_item}");
             let payload = field(batch_item, "ResponsePayload");
             let id = |tag: &str| {
-                field(&payload, tag)["value"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no {tag} in {payload}"))
-                    .to_owned()
+                field(&payload, tag)["value"].as_str().unwrap_or_else(|| panic!("no {tag} in {payload}")).to_owned()
             };
-            KeyPair {
-                private_id: id("PrivateKeyUniqueIdentifier"),
-                public_id: id("PublicKeyUniqueIdentifier"),
-            }
+            KeyPair { private_id: id("PrivateKeyUniqueIdentifier"), public_id: id("PublicKeyUniqueIdentifier") }
         })
         .collect()
 }
@@ -132,9 +110,7 @@ fn post_json(port: u16, path: &str, body: &Value) -> Value {
     let body = body.to_string();
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("cannot connect to the KMS on port {port}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("set a read timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("set a read timeout");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -147,11 +123,6 @@ fn post_json(port: u16, path: &str, body: &Value) -> Value {
         .unwrap_or_else(|e| panic!("POST {path} to the KMS failed: {e}"));
     let answer = String::from_utf8_lossy(&answer);
     let (head, json) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "POST {path}: {head}\n{}",
-        json.chars().take(500).collect::<String>()
-    );
-    serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {json:.500}"))
+    assert!(head.starts_with("HTTP/1.1 200"), "POST {path}: {head}\n{}", json.chars().take(500).collect::<String>());
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {json:.500}"))
 }

@@ -80,16 +80,11 @@ impl KmsServer {
 
     /// `http://127.0.0.1:PORT` (or `https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!(
-            "{}://127.0.0.1:{}",
-            if self.tls() { "https" } else { "http" },
-            self.port
-        )
+        format!("{}://127.0.0.1:{}", if self.tls() { "https" } else { "http" }, self.port)
     }
 
     fn tls(&self) -> bool {
-        let tls_option =
-            |a: &String| a.starts_with("--tls-cert-file") || a.starts_with("--tls-p12-file");
+        let tls_option = |a: &String| a.starts_with("--tls-cert-file") || a.starts_with("--tls-p12-file");
         self.extra_args.iter().any(tls_option)
     }
 
@@ -125,11 +120,7 @@ impl KmsServer {
         let log = read_log(&self.audit_path());
         // A last line without its newline is still being written: not an event yet.
         let complete = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
-        complete
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(parse_audit_line)
-            .collect()
+        complete.lines().filter(|l| !l.trim().is_empty()).map(parse_audit_line).collect()
     }
 
     /// The HTTP requests the server has logged so far, oldest first, across restarts:
@@ -199,11 +190,7 @@ impl KmsServer {
         let (port, tls) = (self.port, self.tls());
         let ready = wait_until(START_TIMEOUT, || {
             daemon.check_running()?;
-            Ok(if tls {
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            } else {
-                answers_http(port)
-            })
+            Ok(if tls { TcpStream::connect(("127.0.0.1", port)).is_ok() } else { answers_http(port) })
         });
         if let Err(why) = ready {
             panic!(
@@ -224,9 +211,7 @@ fn answers_http(port: u16) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut answer = Vec::new();
-    stream
-        .write_all(b"GET /version HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_ok()
+    stream.write_all(b"GET /version HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
         && stream.read_to_end(&mut answer).is_ok()
         && answer.starts_with(b"HTTP/")
 }
@@ -237,12 +222,7 @@ fn parse_audit_line(line: &str) -> AuditEvent {
     let text = |key: &str| event.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let failure = match &event["result"] {
         serde_json::Value::String(s) if s == "Success" => None,
-        serde_json::Value::Object(o) => Some(
-            o.get("Failure")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned(),
-        ),
+        serde_json::Value::Object(o) => Some(o.get("Failure").and_then(|v| v.as_str()).unwrap_or("").to_owned()),
         other => Some(other.to_string()),
     };
     AuditEvent {
@@ -260,20 +240,13 @@ mod tests {
     #[test]
     fn audit_lines_as_5_28_writes_them() {
         let ok = r#"{"id":0,"timestamp":"2026-11-25T02:10:10.09Z","operation":"Locate","user":"admin","object_uid":null,"algorithm":null,"client_ip":"127.0.0.1","result":"Success","duration_ms":1}"#;
-        let failed = r#"{"id":2,"operation":"Get","user":"admin","object_uid":"x1","result":{"Failure":"Object_Not_Found"}}"#;
+        let failed =
+            r#"{"id":2,"operation":"Get","user":"admin","object_uid":"x1","result":{"Failure":"Object_Not_Found"}}"#;
         assert_eq!(
             parse_audit_line(ok),
-            AuditEvent {
-                operation: "Locate".into(),
-                object_uid: None,
-                user: "admin".into(),
-                failure: None
-            }
+            AuditEvent { operation: "Locate".into(), object_uid: None, user: "admin".into(), failure: None }
         );
         let failed = parse_audit_line(failed);
-        assert_eq!(
-            (failed.object_uid.as_deref(), failed.failure.as_deref()),
-            (Some("x1"), Some("Object_Not_Found"))
-        );
+        assert_eq!((failed.object_uid.as_deref(), failed.failure.as_deref()), (Some("x1"), Some("Object_Not_Found")));
     }
 }

@@ -18,8 +18,8 @@
 //! process (see the `process` module).
 
 mod binaries;
-mod client;
 mod ckms;
+mod client;
 mod kmip;
 mod kms;
 mod pki;
@@ -34,14 +34,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
-pub use client::{cryptoki_session, function_list};
 pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
+pub use client::{cryptoki_session, function_list};
 pub use kmip::{create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
 pub use pki::{TestCa, X509Version};
 pub use proxy::CountingProxy;
-pub use zeroed::CallZeroed;
 pub use ssh::{current_user, ssh_command, ssh_keygen_d, OpenSsh, SshAgent, SshCommand, Sshd};
+pub use zeroed::CallZeroed;
 
 /// A command for `program` whose environment holds none of the provider's configuration
 /// variables (`COSMIAN_*`, `CKMS_CONF*`) and no `SSH_AUTH_SOCK`, so that nothing leaks from the
@@ -56,10 +56,7 @@ pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
 /// `prefixes`.
 pub(crate) fn scrub_env(command: &mut Command, prefixes: &[&str]) {
     for (key, _) in std::env::vars_os() {
-        if prefixes
-            .iter()
-            .any(|prefix| key.to_string_lossy().starts_with(prefix))
-        {
+        if prefixes.iter().any(|prefix| key.to_string_lossy().starts_with(prefix)) {
             command.env_remove(key);
         }
     }
@@ -67,10 +64,7 @@ pub(crate) fn scrub_env(command: &mut Command, prefixes: &[&str]) {
 
 /// A TCP port that was free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("cannot bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("cannot bind 127.0.0.1:0").port()
 }
 
 /// The root of the cargo workspace (the folder holding `scripts/`).
@@ -86,11 +80,7 @@ pub fn workspace_root() -> PathBuf {
 /// The provider finds it through env `COSMIAN_KMS_CLI_CONF`; it also reads
 /// `COSMIAN_PKCS11_SSH_KEY_TAG` (default `ssh-auth`), `COSMIAN_PKCS11_LOGGING_LEVEL` and
 /// `COSMIAN_PKCS11_LOGGING_FOLDER`.
-pub fn write_provider_config(
-    dir: &Path,
-    server_url: &str,
-    extra_http_config_lines: &str,
-) -> PathBuf {
+pub fn write_provider_config(dir: &Path, server_url: &str, extra_http_config_lines: &str) -> PathBuf {
     let path = dir.join("kms.toml");
     let mut toml = format!("[http_config]\nserver_url = \"{server_url}\"\n");
     if !extra_http_config_lines.is_empty() {
@@ -119,38 +109,24 @@ pub fn find_provider_lib() -> Result<PathBuf, String> {
         return if lib.is_file() {
             Ok(lib)
         } else {
-            Err(format!(
-                "COSMIAN_PKCS11_LIB={} does not exist",
-                lib.display()
-            ))
+            Err(format!("COSMIAN_PKCS11_LIB={} does not exist", lib.display()))
         };
     }
-    let file = format!(
-        "{}cosmian_pkcs11{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.to_owned()));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let file = format!("{}cosmian_pkcs11{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.to_owned()));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let candidates: Vec<PathBuf> = exe_dir
         .iter()
         .flat_map(|dir| [dir.join(&file), dir.join("..").join(&file)])
         .chain([target.join("debug").join(&file)])
         .collect();
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "the provider library is not built (looked for {candidates:?}): run \
+    candidates.iter().find(|path| path.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "the provider library is not built (looked for {candidates:?}): run \
              `cargo build -p cosmian-pkcs11`, or set COSMIAN_PKCS11_LIB"
-            )
-        })
+        )
+    })
 }
 
 /// A command's status, stdout and stderr, for assertion messages.

@@ -26,13 +26,7 @@ pub struct TestCa {
     dir: TempDir,
 }
 
-const NEW_P256_KEY: [&str; 5] = [
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-];
+const NEW_P256_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
 
 impl TestCa {
     /// Makes the CA and the server certificate.
@@ -40,9 +34,7 @@ impl TestCa {
     /// # Panics
     /// When `openssl` fails or is missing.
     pub fn new() -> TestCa {
-        let ca = TestCa {
-            dir: temp_dir("pki-"),
-        };
+        let ca = TestCa { dir: temp_dir("pki-") };
         ca.new_ca("ca", "/CN=cosmian-pkcs11 test CA", None);
         ca.issue(
             "server",
@@ -58,17 +50,9 @@ impl TestCa {
     /// # Panics
     /// When `openssl` fails or is missing.
     pub fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .current_dir(self.dir.path())
-            .args(args)
-            .output();
+        let out = Command::new("openssl").current_dir(self.dir.path()).args(args).output();
         let out = out.unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
 
     /// A CA `<name>.pem` with its key `<name>.key`: self-signed, or signed by `issuer`.
@@ -80,13 +64,7 @@ impl TestCa {
                 let args = ["-keyout", &key, "-out", &pem, "-days", "2", "-subj", subject];
                 let ext: Vec<String> = extensions.lines().map(String::from).collect();
                 self.openssl(
-                    &[
-                        &["req", "-x509"][..],
-                        &NEW_P256_KEY,
-                        &args,
-                        &["-addext", &ext[0], "-addext", &ext[1]],
-                    ]
-                    .concat(),
+                    &[&["req", "-x509"][..], &NEW_P256_KEY, &args, &["-addext", &ext[0], "-addext", &ext[1]]].concat(),
                 );
             }
             Some(issuer) => self.issue(name, subject, issuer, Some(extensions)),
@@ -159,12 +137,7 @@ impl TestCa {
     /// The KMS server's arguments to serve HTTPS with the server certificate.
     pub fn kms_args(&self) -> Vec<String> {
         let arg = |name: &str| self.path(name).display().to_string();
-        vec![
-            "--tls-cert-file".into(),
-            arg("server.pem"),
-            "--tls-key-file".into(),
-            arg("server.key"),
-        ]
+        vec!["--tls-cert-file".into(), arg("server.pem"), "--tls-key-file".into(), arg("server.key")]
     }
 
     /// The `[http_config]` line that makes the provider (or ckms) trust the CA.

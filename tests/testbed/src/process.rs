@@ -23,10 +23,7 @@ struct Leftovers {
     dirs: Vec<PathBuf>,
 }
 
-static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers {
-    pids: Vec::new(),
-    dirs: Vec::new(),
-});
+static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers { pids: Vec::new(), dirs: Vec::new() });
 
 /// Runs `change` on the leftovers, registering the `atexit` handler the first time.
 fn leftovers(change: impl FnOnce(&mut Leftovers)) {
@@ -123,26 +120,18 @@ impl Daemon {
     pub(crate) fn spawn(name: &str, mut command: Command) -> Daemon {
         command.stdin(Stdio::null());
         let (reply, answer) = mpsc::channel();
-        spawner()
-            .send((command, reply))
-            .expect("the test bed's spawner thread is gone");
+        spawner().send((command, reply)).expect("the test bed's spawner thread is gone");
         let child = answer
             .recv()
             .expect("the test bed's spawner thread is gone")
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         leftovers(|l| l.pids.push(child.id()));
-        Daemon {
-            name: name.to_owned(),
-            child: Some(child),
-        }
+        Daemon { name: name.to_owned(), child: Some(child) }
     }
 
     /// `Err` with the exit status when the process has already exited.
     pub(crate) fn check_running(&mut self) -> Result<(), String> {
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| format!("{} was stopped", self.name))?;
+        let child = self.child.as_mut().ok_or_else(|| format!("{} was stopped", self.name))?;
         match child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(format!("{} exited: {status}", self.name)),
@@ -168,10 +157,7 @@ impl Drop for Daemon {
 
 /// Calls `ready` every 50 ms until it answers `Ok(true)`, or fails with `Err`, or `timeout`
 /// passes (then `Err("timed out")`).
-pub(crate) fn wait_until(
-    timeout: Duration,
-    mut ready: impl FnMut() -> Result<bool, String>,
-) -> Result<(), String> {
+pub(crate) fn wait_until(timeout: Duration, mut ready: impl FnMut() -> Result<bool, String>) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         if ready()? {
@@ -187,20 +173,14 @@ pub(crate) fn wait_until(
 /// A file opened for appending, as the (stdout, stderr) of a child.
 pub(crate) fn log_file(path: &Path) -> (Stdio, Stdio) {
     let fail = |e: io::Error| panic!("cannot open log file {}: {e}", path.display());
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap_or_else(fail);
+    let file = OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(fail);
     let copy = file.try_clone().unwrap_or_else(fail);
     (copy.into(), file.into())
 }
 
 /// The file's content, or an empty string when it cannot be read.
 pub(crate) fn read_log(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// The last `lines` lines of a log file, for panic messages.

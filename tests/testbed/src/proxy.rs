@@ -43,19 +43,13 @@ impl CountingProxy {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                match client
-                    .and_then(|c| Ok((TcpStream::connect(("127.0.0.1", upstream_port))?, c)))
-                {
+                match client.and_then(|c| Ok((TcpStream::connect(("127.0.0.1", upstream_port))?, c))) {
                     Ok((server, client)) => forward(client, server, &shared),
                     Err(e) => lock(&shared).errors.push(format!("connection: {e}")),
                 }
             }
         });
-        CountingProxy {
-            port,
-            counts,
-            stopping,
-        }
+        CountingProxy { port, counts, stopping }
     }
 
     /// `http://127.0.0.1:PORT`, for the client's `server_url`.
@@ -74,11 +68,7 @@ impl CountingProxy {
     /// When some client bytes could not be read as HTTP/1.1: the counts would be wrong.
     pub fn requests(&self) -> Vec<String> {
         let counts = lock(&self.counts);
-        assert!(
-            counts.errors.is_empty(),
-            "counting proxy: {:?}",
-            counts.errors
-        );
+        assert!(counts.errors.is_empty(), "counting proxy: {:?}", counts.errors);
         counts.requests.clone()
     }
 
@@ -101,9 +91,7 @@ impl Drop for CountingProxy {
 }
 
 fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
-    counts
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Copies both ways on two threads; the client-to-server half is read as HTTP to count.
@@ -185,11 +173,7 @@ impl RequestParser {
                     };
                 }
                 State::Headers | State::ChunkSize | State::Trailers => {
-                    let end: &[u8] = if self.state == State::ChunkSize {
-                        b"\r\n"
-                    } else {
-                        b"\r\n\r\n"
-                    };
+                    let end: &[u8] = if self.state == State::ChunkSize { b"\r\n" } else { b"\r\n\r\n" };
                     let before = self.line.len();
                     self.line.extend_from_slice(bytes);
                     // An empty trailer section is a bare CRLF.
@@ -202,11 +186,7 @@ impl RequestParser {
                         bytes = &[];
                         continue;
                     };
-                    let used = if self.state == State::Trailers && at == 0 {
-                        2
-                    } else {
-                        at + end.len()
-                    };
+                    let used = if self.state == State::Trailers && at == 0 { 2 } else { at + end.len() };
                     bytes = &bytes[used - before..];
                     let text = String::from_utf8_lossy(&self.line[..at]).into_owned();
                     self.line.clear();
@@ -241,8 +221,7 @@ fn request_head(head: &str) -> Result<(String, State), String> {
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut words = request_line.split(' ');
-    let (Some(method), Some(path), Some(version)) = (words.next(), words.next(), words.next())
-    else {
+    let (Some(method), Some(path), Some(version)) = (words.next(), words.next(), words.next()) else {
         return Err(format!("not an HTTP request line: {request_line:?}"));
     };
     if !version.starts_with("HTTP/1.") {
@@ -253,13 +232,9 @@ fn request_head(head: &str) -> Result<(String, State), String> {
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            let length = value
-                .parse()
-                .map_err(|_| format!("bad Content-Length {value:?}"))?;
+            let length = value.parse().map_err(|_| format!("bad Content-Length {value:?}"))?;
             body = State::Body(length);
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
             body = State::ChunkSize;
         }
     }
@@ -276,10 +251,7 @@ mod tests {
 
     fn feed_in_pieces(stream: &[u8], piece: usize) -> Vec<String> {
         let mut parser = RequestParser::default();
-        let requests = stream
-            .chunks(piece)
-            .flat_map(|c| parser.feed(c).unwrap())
-            .collect();
+        let requests = stream.chunks(piece).flat_map(|c| parser.feed(c).unwrap()).collect();
         assert_eq!(parser.state, State::Headers, "a request left unfinished");
         requests
     }
@@ -292,11 +264,7 @@ mod tests {
                        POST /kmip HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: 1\r\n\r\n";
         let expected = ["POST /kmip/2_1", "POST /kmip", "GET /version", "POST /kmip"];
         for piece in [1, 2, 3, 7, 64, stream.len()] {
-            assert_eq!(
-                feed_in_pieces(stream, piece),
-                expected,
-                "read by {piece} bytes"
-            );
+            assert_eq!(feed_in_pieces(stream, piece), expected, "read by {piece} bytes");
         }
     }
 
@@ -321,16 +289,11 @@ mod tests {
         });
         let proxy = CountingProxy::start(upstream_port);
         let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-        client
-            .write_all(b"POST /kmip HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
-            .unwrap();
+        client.write_all(b"POST /kmip HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").unwrap();
         let mut answer = [0u8; 6];
         client.read_exact(&mut answer).unwrap();
         assert_eq!(&answer, b"answer");
-        assert_eq!(
-            (proxy.connections(), proxy.requests()),
-            (1, vec!["POST /kmip".to_owned()])
-        );
+        assert_eq!((proxy.connections(), proxy.requests()), (1, vec!["POST /kmip".to_owned()]));
         server.join().unwrap();
     }
 }

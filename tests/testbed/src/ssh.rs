@@ -42,11 +42,7 @@ impl OpenSsh {
             if !Path::new("/usr/sbin/sshd").exists() {
                 crate::install_test_bed(); // Installs openssh-client and openssh-server.
             }
-            OpenSsh::at(
-                "/usr/bin".into(),
-                "/usr/sbin/sshd".into(),
-                "/usr/lib/openssh".into(),
-            )
+            OpenSsh::at("/usr/bin".into(), "/usr/sbin/sshd".into(), "/usr/lib/openssh".into())
         })
     }
 
@@ -55,11 +51,7 @@ impl OpenSsh {
         static CURRENT: OnceLock<OpenSsh> = OnceLock::new();
         CURRENT.get_or_init(|| {
             let prefix = &crate::binaries().openssh;
-            OpenSsh::at(
-                prefix.join("bin"),
-                prefix.join("sbin/sshd"),
-                prefix.join("libexec"),
-            )
+            OpenSsh::at(prefix.join("bin"), prefix.join("sbin/sshd"), prefix.join("libexec"))
         })
     }
 
@@ -73,13 +65,7 @@ impl OpenSsh {
             .and_then(|v| v.split_once('.'))
             .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
             .unwrap_or_else(|| panic!("cannot read the version of {}: {said}", bin.display()));
-        OpenSsh {
-            pkcs11_helper: libexec.join("ssh-pkcs11-helper"),
-            bin,
-            sshd,
-            banner,
-            version,
-        }
+        OpenSsh { pkcs11_helper: libexec.join("ssh-pkcs11-helper"), bin, sshd, banner, version }
     }
 
     /// `OpenSSH_10.3p1`, `OpenSSH_9.2p1 Debian-2+deb12u10`: for messages.
@@ -118,10 +104,7 @@ impl OpenSsh {
 pub fn current_user() -> &'static str {
     static USER: OnceLock<String> = OnceLock::new();
     USER.get_or_init(|| {
-        let out = Command::new("id")
-            .arg("-un")
-            .output()
-            .expect("cannot run `id -un`");
+        let out = Command::new("id").arg("-un").output().expect("cannot run `id -un`");
         assert!(out.status.success(), "`id -un` failed");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     })
@@ -129,9 +112,7 @@ pub fn current_user() -> &'static str {
 
 /// Runs a short command to completion and panics with its stderr when it fails.
 fn run_ok(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         output.status.success(),
         "{command:?} failed ({}):\n{}",
@@ -201,19 +182,12 @@ impl Sshd {
             pid = path("sshd.pid").display(),
         );
         std::fs::write(path("sshd_config"), config).expect("cannot write sshd_config");
-        std::fs::write(path("authorized_keys"), authorized_keys)
-            .expect("cannot write authorized_keys");
+        std::fs::write(path("authorized_keys"), authorized_keys).expect("cannot write authorized_keys");
 
         let log = path("sshd.log");
         let (stdout, stderr) = log_file(&log);
         let mut command = clean_command(&openssh.sshd);
-        command
-            .args(["-D", "-e", "-E"])
-            .arg(&log)
-            .arg("-f")
-            .arg(path("sshd_config"))
-            .stdout(stdout)
-            .stderr(stderr);
+        command.args(["-D", "-e", "-E"]).arg(&log).arg("-f").arg(path("sshd_config")).stdout(stdout).stderr(stderr);
         let mut daemon = Daemon::spawn("sshd", command);
         let listening = format!("Server listening on 127.0.0.1 port {port}");
         let ready = wait_until(START_TIMEOUT, || {
@@ -221,18 +195,9 @@ impl Sshd {
             Ok(read_log(&log).contains(&listening))
         });
         if let Err(why) = ready {
-            panic!(
-                "sshd did not start: {why}\n--- {} ---\n{}",
-                log.display(),
-                log_tail(&log, 40)
-            );
+            panic!("sshd did not start: {why}\n--- {} ---\n{}", log.display(), log_tail(&log, 40));
         }
-        Sshd {
-            dir,
-            port,
-            openssh,
-            _daemon: daemon,
-        }
+        Sshd { dir, port, openssh, _daemon: daemon }
     }
 
     /// The OpenSSH it runs, which [`ssh_command`] uses too.
@@ -262,8 +227,7 @@ impl Sshd {
 
     /// Replaces the `authorized_keys` file; sshd reads it at every login.
     pub fn set_authorized_keys(&self, authorized_keys: &str) {
-        std::fs::write(self.dir().join("authorized_keys"), authorized_keys)
-            .expect("cannot write authorized_keys");
+        std::fs::write(self.dir().join("authorized_keys"), authorized_keys).expect("cannot write authorized_keys");
     }
 }
 
@@ -272,11 +236,7 @@ impl Sshd {
 pub fn ssh_command(sshd: &Sshd) -> SshCommand {
     let mut command = sshd.openssh.command("ssh");
     command.env_remove("SSH_ASKPASS");
-    SshCommand {
-        command,
-        port: sshd.port(),
-        no_identity: sshd.dir().join("no-such-identity"),
-    }
+    SshCommand { command, port: sshd.port(), no_identity: sshd.dir().join("no-such-identity") }
 }
 
 /// The `-o` options of every test bed login. No `IdentitiesOnly=yes`: with it, OpenSSH drops
@@ -341,9 +301,7 @@ impl SshCommand {
     /// status in the `Output`, not a panic.
     pub fn run(self, remote_command: &str) -> Output {
         let mut command = self.command(remote_command);
-        command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+        command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
     }
 }
 
@@ -384,11 +342,7 @@ impl SshAgent {
     /// `openssh`'s agent with `-P provider_allowlist` (if any) and these environment variables
     /// (the provider's configuration) added to a scrubbed environment. It runs its own
     /// `ssh-pkcs11-helper` ([`OpenSsh::command`]).
-    pub fn start_on<I, K, V>(
-        openssh: &'static OpenSsh,
-        provider_allowlist: Option<&str>,
-        envs: I,
-    ) -> SshAgent
+    pub fn start_on<I, K, V>(openssh: &'static OpenSsh, provider_allowlist: Option<&str>, envs: I) -> SshAgent
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<OsStr>,
@@ -399,13 +353,7 @@ impl SshAgent {
         let log = dir.path().join("agent.log");
         let (stdout, stderr) = log_file(&log);
         let mut command = openssh.command("ssh-agent");
-        command
-            .arg("-D")
-            .arg("-a")
-            .arg(&sock)
-            .envs(envs)
-            .stdout(stdout)
-            .stderr(stderr);
+        command.arg("-D").arg("-a").arg(&sock).envs(envs).stdout(stdout).stderr(stderr);
         if let Some(allowlist) = provider_allowlist {
             command.arg("-P").arg(allowlist);
         }
@@ -418,11 +366,7 @@ impl SshAgent {
         if let Err(why) = ready {
             panic!("ssh-agent did not start: {why}\n{}", log_tail(&log, 20));
         }
-        SshAgent {
-            dir,
-            openssh,
-            _daemon: daemon,
-        }
+        SshAgent { dir, openssh, _daemon: daemon }
     }
 
     /// The agent's socket, for `SSH_AUTH_SOCK`.

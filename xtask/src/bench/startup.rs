@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, ssh_keygen_d, write_provider_config, KmsServer,
-};
+use cosmian_pkcs11_testbed::{create_p256_key_pairs, ssh_keygen_d, write_provider_config, KmsServer};
 
 use super::{failed, median, ms, Bench, Transport};
 
@@ -18,10 +16,7 @@ const RUNS: usize = 40;
 /// The tag of the one key listed.
 const TAG: &str = "startup";
 
-pub(super) fn p6_startup(
-    bench: &Bench,
-    targets: &mut Vec<(String, String, bool)>,
-) -> Result<(), String> {
+pub(super) fn p6_startup(bench: &Bench, targets: &mut Vec<(String, String, bool)>) -> Result<(), String> {
     println!(
         "\nP6  process start-up: `ssh-keygen -D`, one key, its public key in the disk cache, against a KMS\n    \
          over HTTP and one over TLS, {RUNS} runs per side, interleaved, median (ms)"
@@ -40,19 +35,14 @@ pub(super) fn p6_startup(
             }
         }
     }
-    let [[http_wall, http_cpu], [tls_wall, tls_cpu]] =
-        figures.map(|side| side.map(|mut f| median(&mut f)));
+    let [[http_wall, http_cpu], [tls_wall, tls_cpu]] = figures.map(|side| side.map(|mut f| median(&mut f)));
     println!("    {:<6} {:>9} {:>9}", "", "wall", "CPU");
     println!("    {:<6} {http_wall:>9.1} {http_cpu:>9.1}", "HTTP");
     println!("    {:<6} {tls_wall:>9.1} {tls_cpu:>9.1}", "TLS");
     let ratio = tls_wall / http_wall;
     let extra_cpu = tls_cpu - http_cpu;
     println!("    TLS / HTTP wall time {ratio:.2} (<= 2); CPU TLS - HTTP {extra_cpu:.1} ms (<= 5)");
-    targets.push((
-        "P6 ssh-keygen -D warm, wall time TLS / HTTP".into(),
-        format!("{ratio:.2} (<= 2)"),
-        ratio <= 2.0,
-    ));
+    targets.push(("P6 ssh-keygen -D warm, wall time TLS / HTTP".into(), format!("{ratio:.2} (<= 2)"), ratio <= 2.0));
     targets.push((
         "P6 ssh-keygen -D warm, CPU time TLS - HTTP (ms)".into(),
         format!("{extra_cpu:.1} (<= 5)"),
@@ -84,20 +74,13 @@ fn kms(bench: &Bench, transport: Transport) -> Result<(KmsServer, PathBuf), Stri
 fn keygen_d(bench: &Bench, config: &Path) -> Result<(f64, f64), String> {
     let cpu = children_cpu_ms();
     let started = Instant::now();
-    let out = ssh_keygen_d(&bench.lib)
-        .envs(bench.provider_env(config, TAG))
-        .output()
-        .map_err(failed("ssh-keygen -D"))?;
+    let out =
+        ssh_keygen_d(&bench.lib).envs(bench.provider_env(config, TAG)).output().map_err(failed("ssh-keygen -D"))?;
     let wall = ms(started.elapsed());
     let cpu = children_cpu_ms() - cpu;
     (out.status.success() && !out.stdout.is_empty())
         .then_some((wall, cpu))
-        .ok_or_else(|| {
-            format!(
-                "ssh-keygen -D offered nothing: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        .ok_or_else(|| format!("ssh-keygen -D offered nothing: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// The CPU time (user + system, ms) of this process's children that have been waited for.

@@ -53,31 +53,16 @@ struct LookAlike {
 
 impl LookAlike {
     fn build(tools: &Tools, dir: &Path) -> Result<LookAlike, String> {
-        step(
-            "build a look-alike of Cosmian's ckms 5.28.0 packages",
-            "cc -shared; dpkg-deb --build; rpmbuild -bb",
-        );
+        step("build a look-alike of Cosmian's ckms 5.28.0 packages", "cc -shared; dpkg-deb --build; rpmbuild -bb");
         let ckms = cosmian_pkcs11_testbed::binaries().ckms.clone();
         let source = dir.join("theirs.c");
-        write(
-            &source,
-            "const char look_alike[] = \"libcosmian_pkcs11.so of a ckms look-alike\";\n",
-        )?;
+        write(&source, "const char look_alike[] = \"libcosmian_pkcs11.so of a ckms look-alike\";\n")?;
         let lib = dir.join("libcosmian_pkcs11.so");
-        capture(
-            Command::new("cc")
-                .args(["-shared", "-fPIC", "-o"])
-                .arg(&lib)
-                .arg(&source),
-        )?;
+        capture(Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&source))?;
         let deb = Self::deb(tools, dir, &ckms, &lib)?;
         let rpm = Self::rpm(tools, dir, &ckms, &lib)?;
         println!("    {}\n    {}", deb.display(), rpm.display());
-        Ok(LookAlike {
-            deb,
-            rpm,
-            lib: sha256_file(&lib)?,
-        })
+        Ok(LookAlike { deb, rpm, lib: sha256_file(&lib)? })
     }
 
     /// What cargo-deb makes: the two assets (`ckms` 755, the library 555), the copyright and
@@ -88,29 +73,16 @@ impl LookAlike {
         let doc = format!("usr/share/doc/{THEIRS}");
         let copyright = format!("{doc}/copyright");
         let changelog = format!("{doc}/changelog.Debian.gz");
-        write(
-            &root.join(&copyright),
-            "Copyright: 2026, Cosmian Tech SAS\n",
-        )?;
-        write(
-            &root.join(&changelog),
-            super::gzip(b"# Changelog\n\n## [5.28.0]\n")?,
-        )?;
+        write(&root.join(&copyright), "Copyright: 2026, Cosmian Tech SAS\n")?;
+        write(&root.join(&changelog), super::gzip(b"# Changelog\n\n## [5.28.0]\n")?)?;
         for (path, source, mode) in [(CKMS, ckms, 0o755), (LIB, lib, 0o555)] {
             let target = root.join(path);
             write(&target, "")?;
             std::fs::copy(source, &target)
-                .and_then(|_| {
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                })
+                .and_then(|_| std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)))
                 .map_err(|e| format!("cannot stage {}: {e}", target.display()))?;
         }
-        let md5sums = capture(
-            tools
-                .command("md5sum")
-                .args([CKMS, LIB, &copyright, &changelog])
-                .current_dir(&root),
-        )?;
+        let md5sums = capture(tools.command("md5sum").args([CKMS, LIB, &copyright, &changelog]).current_dir(&root))?;
         write(&root.join("DEBIAN/md5sums"), md5sums)?;
         write(
             &root.join("DEBIAN/control"),
@@ -123,13 +95,7 @@ impl LookAlike {
         )?;
         let deb = dir.join(format!("{THEIRS}_{THEIR_VERSION}-1_amd64.deb"));
         // Not compressed: ckms is large and the package lives for one test.
-        capture(
-            tools
-                .command("dpkg-deb")
-                .args(["--root-owner-group", "-Znone", "--build"])
-                .arg(&root)
-                .arg(&deb),
-        )?;
+        capture(tools.command("dpkg-deb").args(["--root-owner-group", "-Znone", "--build"]).arg(&root).arg(&deb))?;
         Ok(deb)
     }
 
@@ -194,8 +160,7 @@ impl Machine<'_> {
             (false, _) => None,
         };
         // dpkg keeps their library at the divert target while ours is installed.
-        let expected_diverted =
-            (self.deb && ours && theirs == Theirs::WithLib).then_some(their_lib);
+        let expected_diverted = (self.deb && ours && theirs == Theirs::WithLib).then_some(their_lib);
         for (path, expected) in [(LIB, expected_lib), (DIVERTED, expected_diverted)] {
             let file = self.root.join(path);
             let found = file.exists().then(|| sha256_file(&file)).transpose()?;
@@ -206,11 +171,7 @@ impl Machine<'_> {
                     Some(s) if s == their_lib => "theirs",
                     Some(_) => "another file",
                 };
-                return Err(format!(
-                    "/{path} is {}, not {}",
-                    name(found.as_deref()),
-                    name(expected)
-                ));
+                return Err(format!("/{path} is {}, not {}", name(found.as_deref()), name(expected)));
             }
         }
         let ckms = self.root.join(CKMS);
@@ -225,8 +186,7 @@ impl Machine<'_> {
             }
         }
         let verify = if self.deb {
-            let diverter =
-                capture(Command::new("dpkg-divert").args(["--listpackage", &format!("/{LIB}")]))?;
+            let diverter = capture(Command::new("dpkg-divert").args(["--listpackage", &format!("/{LIB}")]))?;
             if (diverter.trim() == NAME) != ours {
                 return Err(format!("the diversion of /{LIB} is by {diverter:?}"));
             }
@@ -241,9 +201,7 @@ impl Machine<'_> {
             capture(&mut self.rpm(&["-V", "--nodeps", "-a"]))?
         };
         if !verify.trim().is_empty() {
-            return Err(format!(
-                "the package manager's verification reports:\n{verify}"
-            ));
+            return Err(format!("the package manager's verification reports:\n{verify}"));
         }
         println!(
             "    /{LIB}: {}; ckms: {}",
@@ -252,11 +210,7 @@ impl Machine<'_> {
                 Some(_) if ours => "ours",
                 Some(_) => "theirs",
             },
-            if theirs == Theirs::No {
-                "not installed"
-            } else {
-                "runs"
-            }
+            if theirs == Theirs::No { "not installed" } else { "runs" }
         );
         Ok(())
     }
@@ -264,11 +218,7 @@ impl Machine<'_> {
     /// `rpm --root ROOT ARGS`.
     fn rpm(&self, args: &[&str]) -> Command {
         let mut command = self.tools.command("rpm");
-        command
-            .arg("--root")
-            .arg(self.root)
-            .args(["--define", "_dbpath /var/lib/rpm"])
-            .args(args);
+        command.arg("--root").arg(self.root).args(["--define", "_dbpath /var/lib/rpm"]).args(args);
         command
     }
 
@@ -280,10 +230,8 @@ impl Machine<'_> {
         (ours, theirs): (bool, Theirs),
         hashes: (&str, &str),
     ) -> Result<(), String> {
-        let shown: Vec<_> = std::iter::once(command.get_program())
-            .chain(command.get_args())
-            .map(|arg| arg.to_string_lossy())
-            .collect();
+        let shown: Vec<_> =
+            std::iter::once(command.get_program()).chain(command.get_args()).map(|arg| arg.to_string_lossy()).collect();
         step(what, &shown.join(" "));
         capture(command.env("DEBIAN_FRONTEND", "noninteractive"))?;
         self.check(ours, theirs, hashes)
@@ -292,23 +240,11 @@ impl Machine<'_> {
 
 /// With apt-get, as root: theirs then ours, remove and purge ours; ours then theirs, purge
 /// theirs, theirs again, purge ours, purge theirs.
-fn deb_both_orders(
-    tools: &Tools,
-    theirs: &LookAlike,
-    our_deb: &Path,
-    ours: &str,
-) -> Result<(), String> {
-    let machine = Machine {
-        root: Path::new("/"),
-        deb: true,
-        tools,
-    };
+fn deb_both_orders(tools: &Tools, theirs: &LookAlike, our_deb: &Path, ours: &str) -> Result<(), String> {
+    let machine = Machine { root: Path::new("/"), deb: true, tools };
     let hashes = (ours, theirs.lib.as_str());
     // Never touch a system that has either package or the files: it is not ours to change.
-    step(
-        "a machine without either package",
-        "dpkg-query -W cosmian-pkcs11 ckms; dpkg-divert --listpackage ...",
-    );
+    step("a machine without either package", "dpkg-query -W cosmian-pkcs11 ckms; dpkg-divert --listpackage ...");
     // The packages dpkg has, installed or as configuration files left.
     let present = || {
         [NAME, THEIRS]
@@ -322,17 +258,15 @@ fn deb_both_orders(
         None => Ok(()),
     };
     none_present("the coexistence test installs and purges ckms and cosmian-pkcs11; already")?;
-    machine.check(false, Theirs::No, hashes).map_err(|e| {
-        format!("the coexistence test needs a machine without /{LIB}, /{DIVERTED}, /{CKMS}: {e}")
-    })?;
+    machine
+        .check(false, Theirs::No, hashes)
+        .map_err(|e| format!("the coexistence test needs a machine without /{LIB}, /{DIVERTED}, /{CKMS}: {e}"))?;
     let apt = |args: &[&str], file: Option<&Path>| -> Result<Command, String> {
         let mut command = as_root("apt-get")?;
         command.args(args).arg("-y");
         if let Some(file) = file {
             let name = file.file_name().expect("a package file").to_string_lossy();
-            command
-                .arg(format!("./{name}"))
-                .current_dir(file.parent().expect("in a folder"));
+            command.arg(format!("./{name}")).current_dir(file.parent().expect("in a folder"));
         }
         Ok(command)
     };
@@ -342,35 +276,15 @@ fn deb_both_orders(
         use Theirs::*;
         let then = |what, command, state| machine.step(what, command, state, hashes);
         then("theirs first", install(&theirs.deb)?, (false, WithLib))?;
-        then(
-            "then ours: theirs is diverted",
-            install(our_deb)?,
-            (true, WithLib),
-        )?;
-        then(
-            "remove ours: theirs is back",
-            remove("remove", NAME)?,
-            (false, WithLib),
-        )?;
+        then("then ours: theirs is diverted", install(our_deb)?, (true, WithLib))?;
+        then("remove ours: theirs is back", remove("remove", NAME)?, (false, WithLib))?;
         then("purge ours", remove("purge", NAME)?, (false, WithLib))?;
         then("purge theirs", remove("purge", THEIRS)?, (false, No))?;
         then("ours first", install(our_deb)?, (true, No))?;
-        then(
-            "then theirs: it goes to the divert target",
-            install(&theirs.deb)?,
-            (true, WithLib),
-        )?;
-        then(
-            "purge theirs: ours stays",
-            remove("purge", THEIRS)?,
-            (true, No),
-        )?;
+        then("then theirs: it goes to the divert target", install(&theirs.deb)?, (true, WithLib))?;
+        then("purge theirs: ours stays", remove("purge", THEIRS)?, (true, No))?;
         then("theirs again", install(&theirs.deb)?, (true, WithLib))?;
-        then(
-            "purge ours: theirs is back",
-            remove("purge", NAME)?,
-            (false, WithLib),
-        )?;
+        then("purge ours: theirs is back", remove("purge", NAME)?, (false, WithLib))?;
         then("purge theirs", remove("purge", THEIRS)?, (false, No))
     };
     let result = sequence();
@@ -383,10 +297,7 @@ fn deb_both_orders(
     };
     result?;
     cleaned?;
-    step(
-        "nothing left",
-        "dpkg-query -W; dpkg-divert --listpackage ...",
-    );
+    step("nothing left", "dpkg-query -W; dpkg-divert --listpackage ...");
     none_present("after the purges")?;
     machine.check(false, Theirs::No, hashes)
 }
@@ -394,18 +305,9 @@ fn deb_both_orders(
 /// In a throw-away rpm root (`--nodeps`: its empty database provides no glibc): without
 /// `--excludepath` each order is refused with a file conflict; with it, the path is ours and
 /// ckms runs; removing ours and reinstalling ckms brings theirs back; `rpm -V` stays clean.
-fn rpm_both_orders(
-    tools: &Tools,
-    theirs: &LookAlike,
-    our_rpm: &Path,
-    ours: &str,
-) -> Result<(), String> {
+fn rpm_both_orders(tools: &Tools, theirs: &LookAlike, our_rpm: &Path, ours: &str) -> Result<(), String> {
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let machine = Machine {
-        root: root.path(),
-        deb: false,
-        tools,
-    };
+    let machine = Machine { root: root.path(), deb: false, tools };
     let hashes = (ours, theirs.lib.as_str());
     let exclude = format!("--excludepath=/{LIB}");
     let rpm = |args: &[&str], file: Option<&Path>| {
@@ -423,58 +325,32 @@ fn rpm_both_orders(
                 println!("    refused: file /{LIB} conflicts with file from package {owner}");
                 Ok(())
             }
-            other => Err(format!(
-                "rpm did not refuse the conflicting {}: {other:?}",
-                file.display()
-            )),
+            other => Err(format!("rpm did not refuse the conflicting {}: {other:?}", file.display())),
         }
     };
     use Theirs::*;
     let then = |what, command, state| machine.step(what, command, state, hashes);
     // Both orders end the same way: erase ours, reinstall theirs whole, erase it.
     let back_to_theirs = || -> Result<(), String> {
-        then(
-            "erase ours",
-            rpm(&["-e", "--nodeps", NAME], None),
-            (false, WithoutLib),
-        )?;
+        then("erase ours", rpm(&["-e", "--nodeps", NAME], None), (false, WithoutLib))?;
         then(
             "theirs again, whole: theirs is back",
             rpm(&["-U", "--replacepkgs", "--nodeps"], Some(&theirs.rpm)),
             (false, WithLib),
         )?;
-        then(
-            "erase theirs",
-            rpm(&["-e", "--nodeps", THEIRS], None),
-            (false, No),
-        )
+        then("erase theirs", rpm(&["-e", "--nodeps", THEIRS], None), (false, No))
     };
     capture(&mut machine.rpm(&["--initdb"]))?;
-    then(
-        "theirs first",
-        rpm(&["-i", "--nodeps"], Some(&theirs.rpm)),
-        (false, WithLib),
-    )?;
+    then("theirs first", rpm(&["-i", "--nodeps"], Some(&theirs.rpm)), (false, WithLib))?;
     refused("then ours, as is", our_rpm, THEIRS)?;
     then(
         "theirs again, without its library",
-        rpm(
-            &["-U", "--replacepkgs", "--nodeps", &exclude],
-            Some(&theirs.rpm),
-        ),
+        rpm(&["-U", "--replacepkgs", "--nodeps", &exclude], Some(&theirs.rpm)),
         (false, WithoutLib),
     )?;
-    then(
-        "then ours",
-        rpm(&["-i", "--nodeps"], Some(our_rpm)),
-        (true, WithoutLib),
-    )?;
+    then("then ours", rpm(&["-i", "--nodeps"], Some(our_rpm)), (true, WithoutLib))?;
     back_to_theirs()?;
-    then(
-        "ours first",
-        rpm(&["-i", "--nodeps"], Some(our_rpm)),
-        (true, No),
-    )?;
+    then("ours first", rpm(&["-i", "--nodeps"], Some(our_rpm)), (true, No))?;
     refused("then theirs, as is", &theirs.rpm, NAME)?;
     then(
         "then theirs, without its library",

@@ -25,38 +25,18 @@ fn deb_version() -> String {
 }
 
 /// Builds the .deb into `dist`, and checks it.
-pub fn build_and_check(
-    tools: &Tools,
-    lib: &LinuxLib,
-    epoch: u64,
-    dist: &Path,
-) -> Result<PathBuf, String> {
+pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, dist: &Path) -> Result<PathBuf, String> {
     check_changelog_version(&packaging_file("debian/changelog")?)?;
     let deb = dist.join(format!("{NAME}_{}_amd64.deb", deb_version()));
-    step(
-        "build the .deb",
-        &format!("dpkg-deb --build ... {}", deb.display()),
-    );
+    step("build the .deb", &format!("dpkg-deb --build ... {}", deb.display()));
     build(tools, lib, epoch, &deb)?;
 
     super::check_reproducible(&deb, |again| build(tools, lib, epoch, again))?;
 
-    step(
-        "check its contents",
-        &format!("dpkg-deb --field/--contents {}", deb.display()),
-    );
-    let depends = capture(
-        tools
-            .command("dpkg-deb")
-            .arg("--field")
-            .arg(&deb)
-            .arg("Depends"),
-    )?;
+    step("check its contents", &format!("dpkg-deb --field/--contents {}", deb.display()));
+    let depends = capture(tools.command("dpkg-deb").arg("--field").arg(&deb).arg("Depends"))?;
     if depends.trim() != lib.debian_depends() {
-        return Err(format!(
-            "Depends is {depends:?}, not {:?}",
-            lib.debian_depends()
-        ));
+        return Err(format!("Depends is {depends:?}, not {:?}", lib.debian_depends()));
     }
     let listing = capture(tools.command("dpkg-deb").arg("--contents").arg(&deb))?;
     let mut files = payload_files(&listing);
@@ -70,48 +50,21 @@ pub fn build_and_check(
     ];
     expected.sort();
     if files != expected {
-        return Err(format!(
-            "the .deb holds\n{}\nnot\n{}",
-            files.join("\n"),
-            expected.join("\n")
-        ));
+        return Err(format!("the .deb holds\n{}\nnot\n{}", files.join("\n"), expected.join("\n")));
     }
     for script in SCRIPTS {
-        let shipped = capture(
-            tools
-                .command("dpkg-deb")
-                .arg("--info")
-                .arg(&deb)
-                .arg(script),
-        )?;
+        let shipped = capture(tools.command("dpkg-deb").arg("--info").arg(&deb).arg(script))?;
         if shipped != packaging_file(&format!("debian/{script}"))? {
-            return Err(format!(
-                "the .deb's {script} is not packaging/debian/{script}"
-            ));
+            return Err(format!("the .deb's {script} is not packaging/debian/{script}"));
         }
     }
-    println!(
-        "    Depends: {}; maintainer scripts: {}",
-        depends.trim(),
-        SCRIPTS.join(", ")
-    );
+    println!("    Depends: {}; maintainer scripts: {}", depends.trim(), SCRIPTS.join(", "));
 
-    step(
-        "lint it",
-        &format!(
-            "lintian --fail-on error,warning,info,pedantic -I --pedantic {}",
-            deb.display()
-        ),
-    );
+    step("lint it", &format!("lintian --fail-on error,warning,info,pedantic -I --pedantic {}", deb.display()));
     let out = capture(
         tools
             .command("lintian")
-            .args([
-                "--fail-on",
-                "error,warning,info,pedantic",
-                "--display-info",
-                "--pedantic",
-            ])
+            .args(["--fail-on", "error,warning,info,pedantic", "--display-info", "--pedantic"])
             .arg(&deb),
     )?;
     if !out.trim().is_empty() {
@@ -128,12 +81,7 @@ fn payload_files(listing: &str) -> Vec<String> {
         .filter(|line| line.starts_with('-'))
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            Some(format!(
-                "{} {} {}",
-                fields.first()?,
-                fields.get(1)?,
-                fields.last()?
-            ))
+            Some(format!("{} {} {}", fields.first()?, fields.get(1)?, fields.last()?))
         })
         .collect()
 }
@@ -143,85 +91,44 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, deb: &Path) -> Result<(), St
     let stage = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = stage.path().join("root");
     let put = |relative: &str, bytes: &[u8]| super::write(&root.join(relative), bytes);
-    let library =
-        std::fs::read(&lib.path).map_err(|e| format!("cannot read {}: {e}", lib.path.display()))?;
+    let library = std::fs::read(&lib.path).map_err(|e| format!("cannot read {}: {e}", lib.path.display()))?;
     put(&format!("{LIB}/{}", elf::FILE), &library)?;
-    put(
-        &format!("{DOC}/copyright"),
-        packaging_file("debian/copyright")?.as_bytes(),
-    )?;
-    put(
-        &format!("{DOC}/changelog.Debian.gz"),
-        &super::gzip(packaging_file("debian/changelog")?.as_bytes())?,
-    )?;
-    put(
-        &format!("{DOC}/THIRDPARTY.yml.gz"),
-        &super::gzip(super::licenses::read()?.as_bytes())?,
-    )?;
-    put(
-        OVERRIDES,
-        packaging_file("debian/lintian-overrides")?.as_bytes(),
-    )?;
+    put(&format!("{DOC}/copyright"), packaging_file("debian/copyright")?.as_bytes())?;
+    put(&format!("{DOC}/changelog.Debian.gz"), &super::gzip(packaging_file("debian/changelog")?.as_bytes())?)?;
+    put(&format!("{DOC}/THIRDPARTY.yml.gz"), &super::gzip(super::licenses::read()?.as_bytes())?)?;
+    put(OVERRIDES, packaging_file("debian/lintian-overrides")?.as_bytes())?;
 
     // Installed-Size in KiB, the way dpkg-gencontrol counts: every file rounded up, every
     // folder one.
     let files = walk(&root)?;
     let kib: u64 = files
         .iter()
-        .map(|path| {
-            std::fs::metadata(path).map(|m| {
-                if m.is_dir() {
-                    1
-                } else {
-                    m.len().div_ceil(1024)
-                }
-            })
-        })
+        .map(|path| std::fs::metadata(path).map(|m| if m.is_dir() { 1 } else { m.len().div_ceil(1024) }))
         .sum::<Result<u64, _>>()
         .map_err(|e| e.to_string())?;
     let md5sums = capture(
         tools
             .command("md5sum")
-            .args(
-                files
-                    .iter()
-                    .filter(|p| p.is_file())
-                    .map(|p| p.strip_prefix(&root).unwrap()),
-            )
+            .args(files.iter().filter(|p| p.is_file()).map(|p| p.strip_prefix(&root).unwrap()))
             .current_dir(&root),
     )?;
     let control = render(
         &packaging_file("debian/control")?,
-        &[
-            ("DEB_VERSION", &deb_version()),
-            ("INSTALLED_SIZE", &kib.to_string()),
-            ("DEPENDS", &lib.debian_depends()),
-        ],
+        &[("DEB_VERSION", &deb_version()), ("INSTALLED_SIZE", &kib.to_string()), ("DEPENDS", &lib.debian_depends())],
     )?;
     put("DEBIAN/control", control.as_bytes())?;
     put("DEBIAN/md5sums", md5sums.as_bytes())?;
     for script in SCRIPTS {
-        put(
-            &format!("DEBIAN/{script}"),
-            packaging_file(&format!("debian/{script}"))?.as_bytes(),
-        )?;
+        put(&format!("DEBIAN/{script}"), packaging_file(&format!("debian/{script}"))?.as_bytes())?;
     }
 
     // Modes and timestamps from nothing but the inputs.
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch);
-    let scripts: Vec<PathBuf> = SCRIPTS
-        .iter()
-        .map(|s| root.join("DEBIAN").join(s))
-        .collect();
+    let scripts: Vec<PathBuf> = SCRIPTS.iter().map(|s| root.join("DEBIAN").join(s)).collect();
     for path in walk(&root)? {
         use std::os::unix::fs::PermissionsExt;
-        let mode = if path.is_dir() || scripts.contains(&path) {
-            0o755
-        } else {
-            0o644
-        };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| e.to_string())?;
+        let mode = if path.is_dir() || scripts.contains(&path) { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
         std::fs::File::open(&path)
             .and_then(|file| file.set_modified(mtime))
             .map_err(|e| format!("cannot set the time of {}: {e}", path.display()))?;
@@ -244,10 +151,7 @@ fn check_changelog_version(changelog: &str) -> Result<(), String> {
     if changelog.starts_with(&expected) {
         Ok(())
     } else {
-        Err(format!(
-            "packaging/debian/changelog does not start with an entry for {}: add one",
-            deb_version()
-        ))
+        Err(format!("packaging/debian/changelog does not start with an entry for {}: add one", deb_version()))
     }
 }
 
@@ -257,8 +161,8 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, String> {
     let mut i = 0;
     while i < found.len() {
         if found[i].is_dir() {
-            let entries = std::fs::read_dir(&found[i])
-                .map_err(|e| format!("cannot list {}: {e}", found[i].display()))?;
+            let entries =
+                std::fs::read_dir(&found[i]).map_err(|e| format!("cannot list {}: {e}", found[i].display()))?;
             for entry in entries {
                 found.push(entry.map_err(|e| e.to_string())?.path());
             }
@@ -278,18 +182,13 @@ mod tests {
         let listing = "drwxr-xr-x root/root         0 2026-11-25 02:32 ./\n\
                        drwxr-xr-x root/root         0 2026-11-25 02:32 ./usr/\n\
                        -rw-r--r-- root/root   3057584 2026-11-25 02:32 ./usr/local/lib/libcosmian_pkcs11.so\n";
-        assert_eq!(
-            payload_files(listing),
-            ["-rw-r--r-- root/root ./usr/local/lib/libcosmian_pkcs11.so"]
-        );
+        assert_eq!(payload_files(listing), ["-rw-r--r-- root/root ./usr/local/lib/libcosmian_pkcs11.so"]);
     }
 
     #[test]
     fn the_changelog_names_this_version() {
         check_changelog_version(&packaging_file("debian/changelog").unwrap()).unwrap();
-        assert!(
-            check_changelog_version("cosmian-pkcs11 (0.0.1-1) unstable; urgency=medium\n").is_err()
-        );
+        assert!(check_changelog_version("cosmian-pkcs11 (0.0.1-1) unstable; urgency=medium\n").is_err());
     }
 
     #[test]
@@ -298,13 +197,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("b/c")).unwrap();
         std::fs::write(dir.path().join("a"), "").unwrap();
         let found = walk(dir.path()).unwrap();
-        let names: Vec<_> = found
-            .iter()
-            .map(|p| p.strip_prefix(dir.path()).unwrap().to_owned())
-            .collect();
-        assert_eq!(
-            names,
-            [PathBuf::new(), "a".into(), "b".into(), "b/c".into()]
-        );
+        let names: Vec<_> = found.iter().map(|p| p.strip_prefix(dir.path()).unwrap().to_owned()).collect();
+        assert_eq!(names, [PathBuf::new(), "a".into(), "b".into(), "b/c".into()]);
     }
 }

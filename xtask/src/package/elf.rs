@@ -53,32 +53,24 @@ pub fn build(tools: &Tools, dist: &Path) -> Result<LinuxLib, String> {
     ]))?;
     let built = super::target_dir().join(TARGET).join("release").join(FILE);
     let path = dist.join(FILE);
-    std::fs::copy(&built, &path)
-        .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), path.display()))?;
+    std::fs::copy(&built, &path).map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), path.display()))?;
     check(tools, &path)
 }
 
 /// `objdump -T` and `objdump -p` of the library, checked: the three exports, glibc symbol
 /// versions up to [`GLIBC_FLOOR`], and only glibc's libraries needed.
 pub fn check(tools: &Tools, path: &Path) -> Result<LinuxLib, String> {
-    step(
-        "check its exports and glibc floor",
-        &format!("objdump -T -p {}", path.display()),
-    );
+    step("check its exports and glibc floor", &format!("objdump -T -p {}", path.display()));
     let symbols = check_exports(path)?;
     let headers = capture(tools.command("objdump").arg("-p").arg(path))?;
-    let glibc = glibc_versions(&symbols).into_iter().max().ok_or_else(|| {
-        format!(
-            "{} needs no versioned glibc symbol: not a glibc build",
-            path.display()
-        )
-    })?;
+    let glibc = glibc_versions(&symbols)
+        .into_iter()
+        .max()
+        .ok_or_else(|| format!("{} needs no versioned glibc symbol: not a glibc build", path.display()))?;
     if glibc.as_slice() > GLIBC_FLOOR.as_slice() {
         let too_new: Vec<String> = symbols
             .lines()
-            .filter(|line| {
-                glibc_version(line).is_some_and(|v| v.as_slice() > GLIBC_FLOOR.as_slice())
-            })
+            .filter(|line| glibc_version(line).is_some_and(|v| v.as_slice() > GLIBC_FLOOR.as_slice()))
             .map(str::to_owned)
             .collect();
         return Err(format!(
@@ -87,10 +79,8 @@ pub fn check(tools: &Tools, path: &Path) -> Result<LinuxLib, String> {
             too_new.join("\n")
         ));
     }
-    let foreign: Vec<String> = needed_libraries(&headers)
-        .into_iter()
-        .filter(|lib| !GLIBC_LIBRARIES.contains(&lib.as_str()))
-        .collect();
+    let foreign: Vec<String> =
+        needed_libraries(&headers).into_iter().filter(|lib| !GLIBC_LIBRARIES.contains(&lib.as_str())).collect();
     if !foreign.is_empty() {
         return Err(format!(
             "{} needs {foreign:?}, which glibc does not provide: add them to the packages' \
@@ -99,10 +89,7 @@ pub fn check(tools: &Tools, path: &Path) -> Result<LinuxLib, String> {
         ));
     }
     println!("    exports {EXPORTS:?}; newest glibc symbol version {glibc:?}");
-    Ok(LinuxLib {
-        path: path.to_owned(),
-        glibc,
-    })
+    Ok(LinuxLib { path: path.to_owned(), glibc })
 }
 
 /// `objdump -T` of the library, `Err` unless it exports exactly [`EXPORTS`].
@@ -110,25 +97,15 @@ pub fn check_exports(path: &Path) -> Result<String, String> {
     let symbols = capture(std::process::Command::new("objdump").arg("-T").arg(path))?;
     let exports = defined_dynamic_symbols(&symbols);
     if exports != EXPORTS {
-        return Err(format!(
-            "{} exports {exports:?}, not exactly {EXPORTS:?}",
-            path.display()
-        ));
+        return Err(format!("{} exports {exports:?}, not exactly {EXPORTS:?}", path.display()));
     }
     Ok(symbols)
 }
 
 /// The libraries of glibc (package `libc6` on Debian, `glibc` on RPM systems) a Rust cdylib
 /// may need.
-const GLIBC_LIBRARIES: [&str; 7] = [
-    "libc.so.6",
-    "libm.so.6",
-    "libdl.so.2",
-    "libpthread.so.0",
-    "librt.so.1",
-    "libutil.so.1",
-    "ld-linux-x86-64.so.2",
-];
+const GLIBC_LIBRARIES: [&str; 7] =
+    ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libutil.so.1", "ld-linux-x86-64.so.2"];
 
 /// The names of the symbols an `objdump -T` listing defines (every section but `*UND*`),
 /// sorted.
@@ -157,20 +134,13 @@ fn glibc_version(line: &str) -> Option<Vec<u32>> {
         return None;
     }
     let start = line.find("GLIBC_")? + "GLIBC_".len();
-    let digits: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
+    let digits: String = line[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     digits.split('.').map(|part| part.parse().ok()).collect()
 }
 
 /// The `NEEDED` entries of an `objdump -p` listing.
 fn needed_libraries(objdump_p: &str) -> Vec<String> {
-    objdump_p
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("NEEDED"))
-        .map(|rest| rest.trim().to_owned())
-        .collect()
+    objdump_p.lines().filter_map(|line| line.trim().strip_prefix("NEEDED")).map(|rest| rest.trim().to_owned()).collect()
 }
 
 #[cfg(test)]
@@ -195,19 +165,15 @@ DYNAMIC SYMBOL TABLE:
     #[test]
     fn finds_the_defined_symbols_only() {
         assert_eq!(defined_dynamic_symbols(OBJDUMP_T), EXPORTS);
-        let more = format!(
-            "{OBJDUMP_T}00000000000e2000 g    DF .text\t0000000000000010  Base        rust_panic\n"
-        );
+        let more = format!("{OBJDUMP_T}00000000000e2000 g    DF .text\t0000000000000010  Base        rust_panic\n");
         assert_ne!(defined_dynamic_symbols(&more), EXPORTS);
     }
 
     #[test]
     fn finds_the_newest_glibc_version() {
-        assert_eq!(
-            glibc_versions(OBJDUMP_T).into_iter().max(),
-            Some(vec![2, 28])
-        );
-        let newer = format!("{OBJDUMP_T}0000000000000000      DF *UND*\t0000000000000000 (GLIBC_2.34) __libc_start_main\n");
+        assert_eq!(glibc_versions(OBJDUMP_T).into_iter().max(), Some(vec![2, 28]));
+        let newer =
+            format!("{OBJDUMP_T}0000000000000000      DF *UND*\t0000000000000000 (GLIBC_2.34) __libc_start_main\n");
         let max = glibc_versions(&newer).into_iter().max().unwrap();
         assert_eq!(max, vec![2, 34]);
         assert!(max.as_slice() > GLIBC_FLOOR.as_slice());
@@ -224,10 +190,7 @@ DYNAMIC SYMBOL TABLE:
 
     #[test]
     fn depends_on_glibc_at_the_needed_version() {
-        let lib = LinuxLib {
-            path: PathBuf::new(),
-            glibc: vec![2, 28],
-        };
+        let lib = LinuxLib { path: PathBuf::new(), glibc: vec![2, 28] };
         assert_eq!(lib.debian_depends(), "libc6 (>= 2.28)");
     }
 }

@@ -45,24 +45,11 @@ pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
         ));
     }
     let dir = dist.deb.parent().expect("the .deb is in a folder");
-    let file = dist
-        .deb
-        .file_name()
-        .expect("a file name")
-        .to_string_lossy()
-        .into_owned();
-    step(
-        "install the .deb",
-        &format!("cd {}; apt-get install -y ./{file}", dir.display()),
-    );
+    let file = dist.deb.file_name().expect("a file name").to_string_lossy().into_owned();
+    step("install the .deb", &format!("cd {}; apt-get install -y ./{file}", dir.display()));
     crate::run(
         as_root("apt-get")?
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                &format!("./{file}"),
-            ])
+            .args(["install", "-y", "--no-install-recommends", &format!("./{file}")])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .current_dir(dir),
     )?;
@@ -70,11 +57,7 @@ pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
     // Removed, then purged, whatever happened, so that a failed run leaves no package behind.
     let apt_get = |verb: &str| -> Result<(), String> {
         step(&format!("{verb} it"), &format!("apt-get {verb} -y {NAME}"));
-        crate::run(
-            as_root("apt-get")?
-                .args([verb, "-y", NAME])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
+        crate::run(as_root("apt-get")?.args([verb, "-y", NAME]).env("DEBIAN_FRONTEND", "noninteractive"))
     };
     let removed = apt_get("remove").and_then(|()| check_removed());
     // dpkg keeps the package's record (`config-files`) until it is purged: its postrm has
@@ -95,14 +78,10 @@ pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
 
 /// After `apt-get remove`: none of the package's files, and no diversion.
 fn check_removed() -> Result<(), String> {
-    let left: Vec<&str> = [
-        INSTALLED,
-        DOC,
-        "/usr/share/lintian/overrides/cosmian-pkcs11",
-    ]
-    .into_iter()
-    .filter(|path| Path::new(path).exists())
-    .collect();
+    let left: Vec<&str> = [INSTALLED, DOC, "/usr/share/lintian/overrides/cosmian-pkcs11"]
+        .into_iter()
+        .filter(|path| Path::new(path).exists())
+        .collect();
     let status = package_status(NAME);
     // The diversion of ckms's copy of the library (packaging/debian/preinst) goes with it.
     let diverter = capture(Command::new("dpkg-divert").args(["--listpackage", INSTALLED]))?;
@@ -110,9 +89,7 @@ fn check_removed() -> Result<(), String> {
         || status.contains("installed") && !status.contains("not-installed")
         || !diverter.trim().is_empty()
     {
-        return Err(format!(
-            "apt-get remove left {left:?}, package status {status:?}, diversion by {diverter:?}"
-        ));
+        return Err(format!("apt-get remove left {left:?}, package status {status:?}, diversion by {diverter:?}"));
     }
     println!("    removed: no file and no diversion left, package status {status:?}");
     Ok(())
@@ -121,10 +98,7 @@ fn check_removed() -> Result<(), String> {
 /// The logins through the installed library.
 fn logins(installed: &Path, built: &Path) -> Result<(), String> {
     if sha256_file(installed)? != sha256_file(built)? {
-        return Err(format!(
-            "{INSTALLED} is not the library that was checked ({})",
-            built.display()
-        ));
+        return Err(format!("{INSTALLED} is not the library that was checked ({})", built.display()));
     }
     for doc in ["copyright", "changelog.Debian.gz", "THIRDPARTY.yml.gz"] {
         if !Path::new(DOC).join(doc).is_file() {
@@ -132,10 +106,7 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
         }
     }
 
-    step(
-        "a KMS with an SSH key, and an sshd that accepts it",
-        "ckms ec keys create --curve nist-p256 --tag ssh-auth",
-    );
+    step("a KMS with an SSH key, and an sshd that accepts it", "ckms ec keys create --curve nist-p256 --tag ssh-auth");
     let kms = KmsServer::start();
     let ckms = Ckms::new(&kms);
     let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth", "packaged"]);
@@ -143,84 +114,45 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
     std::fs::create_dir_all(&client).map_err(|e| e.to_string())?;
     let pem = client.join("key.pem");
     super::write(&pem, ckms.export_public_pkcs8_pem(&pair.public_id))?;
-    let authorized = capture(
-        Command::new("ssh-keygen")
-            .args(["-i", "-m", "PKCS8", "-f"])
-            .arg(&pem),
-    )?;
+    let authorized = capture(Command::new("ssh-keygen").args(["-i", "-m", "PKCS8", "-f"]).arg(&pem))?;
     let config = testbed::write_provider_config(&client, &kms.url(), "");
-    let provider_env = [
-        ("COSMIAN_KMS_CLI_CONF", config.clone()),
-        ("COSMIAN_PKCS11_LOGGING_FOLDER", client.join("logs")),
-    ];
+    let provider_env =
+        [("COSMIAN_KMS_CLI_CONF", config.clone()), ("COSMIAN_PKCS11_LOGGING_FOLDER", client.join("logs"))];
     let sshd = Sshd::start(&authorized, "");
 
-    step(
-        "log in with the installed library",
-        &format!("ssh -I {INSTALLED} ..."),
-    );
+    step("log in with the installed library", &format!("ssh -I {INSTALLED} ..."));
     let mut ssh = testbed::ssh_command(&sshd).provider(installed);
     for (key, value) in &provider_env {
         ssh = ssh.env(key, value);
     }
     let out = ssh.run("echo packaged-login");
     if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "packaged-login" {
-        return Err(format!(
-            "ssh -I {INSTALLED} failed: {}\nsshd:\n{}",
-            testbed::output_text(&out),
-            sshd.log()
-        ));
+        return Err(format!("ssh -I {INSTALLED} failed: {}\nsshd:\n{}", testbed::output_text(&out), sshd.log()));
     }
     println!("    logged in");
 
-    step(
-        "add it to an ssh-agent with the default allow-list",
-        &format!("ssh-agent (no -P); ssh-add -s {INSTALLED}"),
-    );
+    step("add it to an ssh-agent with the default allow-list", &format!("ssh-agent (no -P); ssh-add -s {INSTALLED}"));
     let agent = SshAgent::start_with(None, provider_env.iter().map(|(k, v)| (*k, v)));
-    let out = agent
-        .add_provider(installed)
-        .map_err(|e| format!("cannot run ssh-add: {e}"))?;
+    let out = agent.add_provider(installed).map_err(|e| format!("cannot run ssh-add: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "ssh-add -s {INSTALLED} failed: {}\nagent:\n{}",
-            testbed::output_text(&out),
-            agent.log()
-        ));
+        return Err(format!("ssh-add -s {INSTALLED} failed: {}\nagent:\n{}", testbed::output_text(&out), agent.log()));
     }
     let listed = capture(agent.command("ssh-add").arg("-l"))?;
     if !listed.contains(&pair.private_id) {
-        return Err(format!(
-            "ssh-add -l does not list the key {}:\n{listed}",
-            pair.private_id
-        ));
+        return Err(format!("ssh-add -l does not list the key {}:\n{listed}", pair.private_id));
     }
-    let out = testbed::ssh_command(&sshd)
-        .env("SSH_AUTH_SOCK", agent.sock())
-        .run("echo via-agent");
+    let out = testbed::ssh_command(&sshd).env("SSH_AUTH_SOCK", agent.sock()).run("echo via-agent");
     if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "via-agent" {
-        return Err(format!(
-            "login through the agent failed: {}\nagent:\n{}",
-            testbed::output_text(&out),
-            agent.log()
-        ));
+        return Err(format!("login through the agent failed: {}\nagent:\n{}", testbed::output_text(&out), agent.log()));
     }
     println!("    the agent took it and logged in");
 
     // The allow-list is in force: the same library outside /usr/lib* and /usr/local/lib* is
     // refused by this agent.
-    let out = agent
-        .add_provider(built)
-        .map_err(|e| format!("cannot run ssh-add: {e}"))?;
+    let out = agent.add_provider(built).map_err(|e| format!("cannot run ssh-add: {e}"))?;
     if out.status.success() {
-        return Err(format!(
-            "the agent accepted {}, outside its default allow-list",
-            built.display()
-        ));
+        return Err(format!("the agent accepted {}, outside its default allow-list", built.display()));
     }
-    println!(
-        "    and refused the same library from {}",
-        built.parent().unwrap_or(built).display()
-    );
+    println!("    and refused the same library from {}", built.parent().unwrap_or(built).display());
     Ok(())
 }

@@ -22,8 +22,7 @@ fn path() -> PathBuf {
 
 /// The committed file.
 pub fn read() -> Result<String, String> {
-    std::fs::read_to_string(path())
-        .map_err(|e| format!("cannot read {FILE} ({e}): run `cargo xtask licenses`"))
+    std::fs::read_to_string(path()).map_err(|e| format!("cannot read {FILE} ({e}): run `cargo xtask licenses`"))
 }
 
 /// What cargo-bundle-licenses makes of the dependencies now, with the committed file as
@@ -60,10 +59,7 @@ pub fn regenerate() -> Result<(), String> {
 /// `cargo xtask licenses --check`: `THIRDPARTY.yml` is what the dependencies give now, and
 /// holds every license text.
 pub fn check(tools: &Tools) -> Result<(), String> {
-    step(
-        "check the third-party licenses",
-        &format!("cargo bundle-licenses ... and compare with {FILE}"),
-    );
+    step("check the third-party licenses", &format!("cargo bundle-licenses ... and compare with {FILE}"));
     let committed = read()?;
     let fresh = generate(tools)?;
     if committed != fresh {
@@ -161,10 +157,7 @@ third_party_libraries:
     #[test]
     fn a_missing_text_is_an_error_naming_the_crate() {
         let error = complete(SAMPLE).unwrap_err();
-        assert!(
-            error.contains("valuable") && !error.contains("adler2"),
-            "{error}"
-        );
+        assert!(error.contains("valuable") && !error.contains("adler2"), "{error}");
         assert!(complete(&SAMPLE.replace(NOT_FOUND, "text: MIT text")).is_ok());
     }
 

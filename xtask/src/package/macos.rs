@@ -38,10 +38,7 @@ pub const SECRETS: [&str; 7] = [
 ];
 
 /// Rust's Apple targets, and the names Mach-O tools give their architectures.
-pub const TARGETS: [(&str, &str); 2] = [
-    ("aarch64-apple-darwin", "arm64"),
-    ("x86_64-apple-darwin", "x86_64"),
-];
+pub const TARGETS: [(&str, &str); 2] = [("aarch64-apple-darwin", "arm64"), ("x86_64-apple-darwin", "x86_64")];
 /// The oldest macOS the library runs on (`LC_BUILD_VERSION minos`), for both architectures:
 /// 11.0 is the first macOS on Apple silicon.
 pub const MIN_MACOS: &str = "11.0";
@@ -66,11 +63,7 @@ const IDENTIFIER: &str = "com.cosmian.pkcs11";
 /// Symbols every image defines (the linker's), not part of the library's interface.
 const LINKER_SYMBOLS: [&str; 2] = ["__mh_dylib_header", "___dso_handle"];
 /// What the library exports, with Mach-O's leading underscore, sorted.
-pub const EXPORTS: [&str; 3] = [
-    "_C_GetFunctionList",
-    "_C_GetInterface",
-    "_C_GetInterfaceList",
-];
+pub const EXPORTS: [&str; 3] = ["_C_GetFunctionList", "_C_GetInterface", "_C_GetInterfaceList"];
 
 /// Where the secrets go while the task runs: a folder only this user can read, removed when
 /// dropped. Passwords are passed as files, never on a command line.
@@ -81,12 +74,8 @@ struct Secrets {
 impl Secrets {
     fn new() -> Result<Secrets, String> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("cosmian-pkcs11-signing-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new().prefix("cosmian-pkcs11-signing-").tempdir().map_err(|e| e.to_string())?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
         Ok(Secrets { dir })
     }
 
@@ -113,11 +102,7 @@ struct Identity {
 
 impl Identity {
     /// From `{prefix}_P12_BASE64` and `{prefix}_P12_PASSWORD` of `env`.
-    fn from_env(
-        env: &impl Fn(&str) -> Option<String>,
-        prefix: &str,
-        secrets: &Secrets,
-    ) -> Result<Identity, String> {
+    fn from_env(env: &impl Fn(&str) -> Option<String>, prefix: &str, secrets: &Secrets) -> Result<Identity, String> {
         let p12 = base64::engine::general_purpose::STANDARD
             .decode(required(env, &format!("{prefix}_P12_BASE64"))?.trim())
             .map_err(|e| format!("{prefix}_P12_BASE64 is not base64: {e}"))?;
@@ -131,9 +116,9 @@ impl Identity {
 }
 
 fn required(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<String, String> {
-    env(name).filter(|value| !value.is_empty()).ok_or_else(|| {
-        format!("{name} is not set (the signing secrets come from the environment: {SECRETS:?})")
-    })
+    env(name)
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| format!("{name} is not set (the signing secrets come from the environment: {SECRETS:?})"))
 }
 
 /// Apple's time-stamp server, or none (the self-signed test, offline).
@@ -145,26 +130,11 @@ enum Timestamp {
 
 /// `rcodesign sign`: a Mach-O (every slice of a universal one) with the hardened runtime, or
 /// a .pkg (a XAR archive), in place.
-fn sign(
-    tools: &Tools,
-    path: &Path,
-    identity: &Identity,
-    timestamp: Timestamp,
-) -> Result<(), String> {
+fn sign(tools: &Tools, path: &Path, identity: &Identity, timestamp: Timestamp) -> Result<(), String> {
     let mut command = tools.command("rcodesign");
-    command
-        .arg("sign")
-        .arg("--p12-file")
-        .arg(&identity.p12)
-        .arg("--p12-password-file")
-        .arg(&identity.password);
+    command.arg("sign").arg("--p12-file").arg(&identity.p12).arg("--p12-password-file").arg(&identity.password);
     if path.extension().is_some_and(|e| e == "dylib") {
-        command.args([
-            "--code-signature-flags",
-            "runtime",
-            "--binary-identifier",
-            IDENTIFIER,
-        ]);
+        command.args(["--code-signature-flags", "runtime", "--binary-identifier", IDENTIFIER]);
     }
     if timestamp == Timestamp::None {
         command.args(["--timestamp-url", "none"]);
@@ -175,50 +145,24 @@ fn sign(
 /// `rcodesign verify` and `rcodesign print-signature-info`: every slice's signature verifies,
 /// is made with a Developer ID Application certificate, sets the hardened runtime and, with
 /// [`Timestamp::Apple`], carries a time-stamp token.
-fn verify_dylib(
-    tools: &Tools,
-    path: &Path,
-    slices: usize,
-    timestamp: Timestamp,
-) -> Result<(), String> {
+fn verify_dylib(tools: &Tools, path: &Path, slices: usize, timestamp: Timestamp) -> Result<(), String> {
     capture(tools.command("rcodesign").arg("verify").arg(path))
         .map_err(|e| format!("the signature of {} does not verify: {e}", path.display()))?;
-    let info = capture(
-        tools
-            .command("rcodesign")
-            .arg("print-signature-info")
-            .arg(path),
-    )?;
+    let info = capture(tools.command("rcodesign").arg("print-signature-info").arg(path))?;
     let count = |needle: &str| info.lines().filter(|line| line.trim() == needle).count();
     let checks = [
         ("signature_verifies: true", "a verified CMS signature"),
-        (
-            "flags: CodeSignatureFlags(RUNTIME)",
-            "the hardened runtime flag",
-        ),
-        (
-            "apple_certificate_profile: developer-id-application",
-            "a Developer ID Application certificate",
-        ),
+        ("flags: CodeSignatureFlags(RUNTIME)", "the hardened runtime flag"),
+        ("apple_certificate_profile: developer-id-application", "a Developer ID Application certificate"),
     ];
     for (needle, what) in checks {
         if count(needle) != slices {
-            return Err(format!(
-                "{}: {slices} slices but {} with {what}:\n{info}",
-                path.display(),
-                count(needle)
-            ));
+            return Err(format!("{}: {slices} slices but {} with {what}:\n{info}", path.display(), count(needle)));
         }
     }
-    let stamped = info
-        .lines()
-        .filter(|line| line.trim_start().starts_with("time_stamp_token:"))
-        .count();
+    let stamped = info.lines().filter(|line| line.trim_start().starts_with("time_stamp_token:")).count();
     if timestamp == Timestamp::Apple && stamped < slices {
-        return Err(format!(
-            "{}: a slice has no secure timestamp:\n{info}",
-            path.display()
-        ));
+        return Err(format!("{}: a slice has no secure timestamp:\n{info}", path.display()));
     }
     Ok(())
 }
@@ -233,10 +177,7 @@ pub fn check_exports(nm_output: &str) -> Result<(), String> {
             arch = rest.trim_end_matches("):").to_owned();
         } else if let Some(name) = line.split_whitespace().nth(2) {
             if !LINKER_SYMBOLS.contains(&name) {
-                by_arch
-                    .entry(arch.clone())
-                    .or_default()
-                    .push(name.to_owned());
+                by_arch.entry(arch.clone()).or_default().push(name.to_owned());
             }
         }
     }
@@ -246,9 +187,7 @@ pub fn check_exports(nm_output: &str) -> Result<(), String> {
     for (arch, mut symbols) in by_arch {
         symbols.sort();
         if symbols != EXPORTS {
-            return Err(format!(
-                "{arch} exports {symbols:?}, not exactly {EXPORTS:?}"
-            ));
+            return Err(format!("{arch} exports {symbols:?}, not exactly {EXPORTS:?}"));
         }
     }
     Ok(())
@@ -256,25 +195,15 @@ pub fn check_exports(nm_output: &str) -> Result<(), String> {
 
 /// Joins thin Mach-O files into a universal one (`lipo -create`, on the Mac).
 fn universal(tools: &Tools, slices: &[PathBuf], output: &Path) -> Result<(), String> {
-    capture(
-        tools
-            .command("lipo")
-            .arg("-create")
-            .arg("-output")
-            .arg(output)
-            .args(slices),
-    )
-    .map(drop)
+    capture(tools.command("lipo").arg("-create").arg("-output").arg(output).args(slices)).map(drop)
 }
 
 /// `cargo xtask dist-macos`.
 pub fn dist_macos() -> Result<(), String> {
     if !cfg!(target_os = "macos") {
-        return Err(
-            "dist-macos runs on macOS (cargo's Apple targets, pkgbuild, Gatekeeper); \
+        return Err("dist-macos runs on macOS (cargo's Apple targets, pkgbuild, Gatekeeper); \
                     the release workflow .github/workflows/release-macos.yml runs it"
-                .into(),
-        );
+            .into());
     }
     let tools = Tools::get()?;
     let env = |name: &str| std::env::var(name).ok();
@@ -286,106 +215,50 @@ pub fn dist_macos() -> Result<(), String> {
 
     let mut slices = Vec::new();
     for (target, _) in TARGETS {
-        step(
-            &format!("build for {target}"),
-            &format!("cargo build --release --target {target} -p cosmian-pkcs11"),
-        );
+        step(&format!("build for {target}"), &format!("cargo build --release --target {target} -p cosmian-pkcs11"));
         crate::run(&mut release_build(tools, target))?;
         slices.push(slice(target));
     }
     let dylib = dist.join(DYLIB);
     let _ = std::fs::remove_file(&dylib);
-    step(
-        "join them",
-        &format!("lipo -create -output {}", dylib.display()),
-    );
+    step("join them", &format!("lipo -create -output {}", dylib.display()));
     universal(tools, &slices, &dylib)?;
     let archs = capture(tools.command("lipo").arg("-archs").arg(&dylib))?;
     let mut found: Vec<&str> = archs.split_whitespace().collect();
     found.sort();
     if found != ["arm64", "x86_64"] {
-        return Err(format!(
-            "{} holds {archs:?}, not x86_64 and arm64",
-            dylib.display()
-        ));
+        return Err(format!("{} holds {archs:?}, not x86_64 and arm64", dylib.display()));
     }
     step("check its exports", "nm -gU -arch all");
-    check_exports(&capture(
-        tools
-            .command("nm")
-            .args(["-gU", "-arch", "all"])
-            .arg(&dylib),
-    )?)?;
+    check_exports(&capture(tools.command("nm").args(["-gU", "-arch", "all"]).arg(&dylib))?)?;
 
     step("sign it", "rcodesign sign --code-signature-flags runtime (Developer ID Application, secure timestamp)");
     sign(tools, &dylib, &application, Timestamp::Apple)?;
     verify_dylib(tools, &dylib, TARGETS.len(), Timestamp::Apple)?;
-    crate::run(
-        tools
-            .command("codesign")
-            .args(["--verify", "--strict", "--verbose=2"])
-            .arg(&dylib),
-    )?;
+    crate::run(tools.command("codesign").args(["--verify", "--strict", "--verbose=2"]).arg(&dylib))?;
 
-    step(
-        "notarize it",
-        "ditto -c -k; rcodesign notary-submit --wait (a bare dylib cannot be stapled)",
-    );
+    step("notarize it", "ditto -c -k; rcodesign notary-submit --wait (a bare dylib cannot be stapled)");
     let zip = dist.join(format!("{NAME}-{}-macos-dylib.zip", version()));
     let _ = std::fs::remove_file(&zip);
-    crate::run(
-        tools
-            .command("ditto")
-            .args(["-c", "-k", "--keepParent"])
-            .arg(&dylib)
-            .arg(&zip),
-    )?;
-    crate::run(
-        tools
-            .command("rcodesign")
-            .args(["notary-submit", "--wait", "--api-key-file"])
-            .arg(&api_key)
-            .arg(&zip),
-    )?;
+    crate::run(tools.command("ditto").args(["-c", "-k", "--keepParent"]).arg(&dylib).arg(&zip))?;
+    crate::run(tools.command("rcodesign").args(["notary-submit", "--wait", "--api-key-file"]).arg(&api_key).arg(&zip))?;
 
     let pkg = dist.join(format!("{NAME}-{}.pkg", version()));
     // The same builder as on Linux, where `check_pkg` unpacks its output in every CI run; here
     // macOS's own tools judge the signed result below.
     build_pkg(&dylib, &pkg)?;
 
-    step(
-        "sign, notarize and staple it",
-        "rcodesign sign (Developer ID Installer); rcodesign notary-submit --staple",
-    );
+    step("sign, notarize and staple it", "rcodesign sign (Developer ID Installer); rcodesign notary-submit --staple");
     sign(tools, &pkg, &installer, Timestamp::Apple)?;
     crate::run(
-        tools
-            .command("rcodesign")
-            .args(["notary-submit", "--staple", "--api-key-file"])
-            .arg(&api_key)
-            .arg(&pkg),
+        tools.command("rcodesign").args(["notary-submit", "--staple", "--api-key-file"]).arg(&api_key).arg(&pkg),
     )?;
     crate::run(tools.command("pkgutil").arg("--check-signature").arg(&pkg))?;
-    crate::run(
-        tools
-            .command("xcrun")
-            .args(["stapler", "validate"])
-            .arg(&pkg),
-    )?;
-    crate::run(
-        tools
-            .command("spctl")
-            .args(["--assess", "--type", "install", "--verbose=2"])
-            .arg(&pkg),
-    )?;
+    crate::run(tools.command("xcrun").args(["stapler", "validate"]).arg(&pkg))?;
+    crate::run(tools.command("spctl").args(["--assess", "--type", "install", "--verbose=2"]).arg(&pkg))?;
 
     super::write_checksums(&dist, "SHA256SUMS-macos", &[&dylib, &zip, &pkg])?;
-    println!(
-        "\n{}\n{}\n{}",
-        dylib.display(),
-        zip.display(),
-        pkg.display()
-    );
+    println!("\n{}\n{}\n{}", dylib.display(), zip.display(), pkg.display());
     Ok(())
 }
 
@@ -393,13 +266,7 @@ pub fn dist_macos() -> Result<(), String> {
 /// ssh-agent accepts), written by embala-pkg the way `productbuild` lays it out, the same on
 /// Linux and on the Mac.
 fn build_pkg(dylib: &Path, pkg: &Path) -> Result<(), String> {
-    step(
-        "build the .pkg",
-        &format!(
-            "embala-pkg: a flat package installing /{}/{DYLIB}",
-            super::LIB_DIR
-        ),
-    );
+    step("build the .pkg", &format!("embala-pkg: a flat package installing /{}/{DYLIB}", super::LIB_DIR));
     let _ = std::fs::remove_file(pkg);
     let spec = embala_pkg::PkgSpec {
         name: NAME.to_owned(),
@@ -408,11 +275,7 @@ fn build_pkg(dylib: &Path, pkg: &Path) -> Result<(), String> {
         version: version().to_owned(),
         install_location: PKG_INSTALL_LOCATION.to_owned(),
         enable_user_home: false,
-        files: vec![embala_pkg::FileSpec {
-            src: dylib.to_owned(),
-            dest: format!("lib/{DYLIB}"),
-            mode: Some(0o755),
-        }],
+        files: vec![embala_pkg::FileSpec { src: dylib.to_owned(), dest: format!("lib/{DYLIB}"), mode: Some(0o755) }],
         directories: Vec::new(),
         scripts: None,
     };
@@ -429,19 +292,11 @@ fn check_pkg(pkg: &Path, dylib: &Path) -> Result<(), String> {
     step("unpack the .pkg", "7z x; gzip -dc Payload | cpio -i");
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let xar = work.path().join("xar");
-    capture(
-        std::process::Command::new("7z")
-            .arg("x")
-            .arg(format!("-o{}", xar.display()))
-            .arg(pkg),
-    )?;
+    capture(std::process::Command::new("7z").arg("x").arg(format!("-o{}", xar.display())).arg(pkg))?;
     let component = xar.join(format!("{NAME}.pkg"));
     let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
     let info = String::from_utf8_lossy(&read(&component.join("PackageInfo"))?).into_owned();
-    for needed in [
-        format!("identifier=\"{IDENTIFIER}\""),
-        format!("install-location=\"{PKG_INSTALL_LOCATION}\""),
-    ] {
+    for needed in [format!("identifier=\"{IDENTIFIER}\""), format!("install-location=\"{PKG_INSTALL_LOCATION}\"")] {
         if !info.contains(&needed) {
             return Err(format!("PackageInfo lacks {needed}:\n{info}"));
         }
@@ -449,10 +304,7 @@ fn check_pkg(pkg: &Path, dylib: &Path) -> Result<(), String> {
     if !read(&component.join("Bom"))?.starts_with(b"BOMStore") {
         return Err("the component's Bom is not a BOM store".into());
     }
-    if !read(&xar.join("Distribution"))?
-        .windows(NAME.len())
-        .any(|w| w == NAME.as_bytes())
-    {
+    if !read(&xar.join("Distribution"))?.windows(NAME.len()).any(|w| w == NAME.as_bytes()) {
         return Err("the Distribution does not name the component".into());
     }
     let payload = work.path().join("payload");
@@ -461,20 +313,13 @@ fn check_pkg(pkg: &Path, dylib: &Path) -> Result<(), String> {
         "gzip -dc '{}' | cpio -idm --quiet && find . -type f -printf '%P %m\\n'",
         component.join("Payload").display()
     );
-    let files = capture(
-        std::process::Command::new("sh")
-            .args(["-c", &script])
-            .current_dir(&payload),
-    )?;
+    let files = capture(std::process::Command::new("sh").args(["-c", &script]).current_dir(&payload))?;
     let expected = format!("lib/{DYLIB} 755");
     if files.trim() != expected {
         return Err(format!("the payload holds {files:?}, not {expected:?}"));
     }
     if read(&payload.join("lib").join(DYLIB))? != read(dylib)? {
-        return Err(format!(
-            "the payload's {DYLIB} differs from {}",
-            dylib.display()
-        ));
+        return Err(format!("the payload's {DYLIB} differs from {}", dylib.display()));
     }
     println!(
         "    {}: installs {PKG_INSTALL_LOCATION}/lib/{DYLIB} (0755), identical to the signed dylib",
@@ -484,16 +329,9 @@ fn check_pkg(pkg: &Path, dylib: &Path) -> Result<(), String> {
 }
 
 /// The App Store Connect API key as rcodesign's JSON (`encode-app-store-connect-api-key`).
-fn api_key_json(
-    tools: &Tools,
-    env: &impl Fn(&str) -> Option<String>,
-    secrets: &Secrets,
-) -> Result<PathBuf, String> {
+fn api_key_json(tools: &Tools, env: &impl Fn(&str) -> Option<String>, secrets: &Secrets) -> Result<PathBuf, String> {
     let key_id = required(env, "APPLE_API_KEY_ID")?;
-    let p8 = secrets.file(
-        &format!("AuthKey_{key_id}.p8"),
-        required(env, "APPLE_API_PRIVATE_KEY")?.as_bytes(),
-    )?;
+    let p8 = secrets.file(&format!("AuthKey_{key_id}.p8"), required(env, "APPLE_API_PRIVATE_KEY")?.as_bytes())?;
     let json = secrets.dir.path().join("api-key.json");
     capture(
         tools
@@ -523,23 +361,13 @@ pub fn signing_selftest(tools: &Tools, built: &Path) -> Result<(), String> {
         "rcodesign generate-self-signed-certificate",
     );
     let secrets = Secrets::new()?;
-    let identity = self_signed(
-        tools,
-        &secrets,
-        "developer-id-application",
-        "APPLE_CODESIGN",
-    )?;
+    let identity = self_signed(tools, &secrets, "developer-id-application", "APPLE_CODESIGN")?;
     let installer = self_signed(tools, &secrets, "developer-id-installer", "APPLE_INSTALLER")?;
 
-    step(
-        "sign it as dist-macos does, and verify",
-        "rcodesign sign --code-signature-flags runtime; rcodesign verify",
-    );
+    step("sign it as dist-macos does, and verify", "rcodesign sign --code-signature-flags runtime; rcodesign verify");
     sign(tools, &dylib, &identity, Timestamp::None)?;
     verify_dylib(tools, &dylib, slices, Timestamp::None)?;
-    println!(
-        "    both slices signed: Developer ID Application, hardened runtime, signature verified"
-    );
+    println!("    both slices signed: Developer ID Application, hardened runtime, signature verified");
     let dist = dist_dir()?;
     let zip = dist.join(format!("{NAME}-{}-macos-dylib-selfsigned.zip", version()));
     super::macos_cross::notarization_zip(tools, &dylib, &zip)?;
@@ -558,11 +386,7 @@ pub fn signing_selftest(tools: &Tools, built: &Path) -> Result<(), String> {
         Err(report) if report.contains("digest mismatch") => {
             println!("    and a changed byte fails the verification")
         }
-        other => {
-            return Err(format!(
-                "a tampered library passed the verification: {other:?}"
-            ))
-        }
+        other => return Err(format!("a tampered library passed the verification: {other:?}")),
     }
 
     step(
@@ -572,16 +396,8 @@ pub fn signing_selftest(tools: &Tools, built: &Path) -> Result<(), String> {
     let pkg = dist.join(format!("{NAME}-{}-selfsigned.pkg", version()));
     build_pkg(&dylib, &pkg)?;
     sign(tools, &pkg, &installer, Timestamp::None)?;
-    let info = capture(
-        tools
-            .command("rcodesign")
-            .arg("print-signature-info")
-            .arg(&pkg),
-    )?;
-    for needed in [
-        "checksum_verifies: true",
-        "apple_certificate_profile: developer-id-installer",
-    ] {
+    let info = capture(tools.command("rcodesign").arg("print-signature-info").arg(&pkg))?;
+    for needed in ["checksum_verifies: true", "apple_certificate_profile: developer-id-installer"] {
         if !info.lines().any(|line| line.trim() == needed) {
             return Err(format!("the signed .pkg lacks `{needed}`:\n{info}"));
         }
@@ -599,46 +415,23 @@ pub fn signing_selftest(tools: &Tools, built: &Path) -> Result<(), String> {
 
 /// A self-signed certificate of rcodesign's `profile`, passed through `{prefix}_P12_BASE64`
 /// and `{prefix}_P12_PASSWORD` as the release passes the real ones.
-fn self_signed(
-    tools: &Tools,
-    secrets: &Secrets,
-    profile: &str,
-    prefix: &str,
-) -> Result<Identity, String> {
-    let p12 = secrets
-        .dir
-        .path()
-        .join(format!("{profile}-self-signed.p12"));
+fn self_signed(tools: &Tools, secrets: &Secrets, profile: &str, prefix: &str) -> Result<Identity, String> {
+    let p12 = secrets.dir.path().join(format!("{profile}-self-signed.p12"));
     let password = "selftest-password";
     capture(
         tools
             .command("rcodesign")
             // RSA: the xar signature of a .pkg is RSA (rcodesign writes an unreadable one with
             // an ECDSA key), and Apple issues Developer ID certificates with RSA keys.
-            .args([
-                "generate-self-signed-certificate",
-                "--algorithm",
-                "rsa",
-                "--profile",
-                profile,
-            ])
-            .args([
-                "--team-id",
-                "SELFTEST00",
-                "--person-name",
-                "cosmian-pkcs11 self-test",
-            ])
+            .args(["generate-self-signed-certificate", "--algorithm", "rsa", "--profile", profile])
+            .args(["--team-id", "SELFTEST00", "--person-name", "cosmian-pkcs11 self-test"])
             .arg("--p12-file")
             .arg(&p12)
             .args(["--p12-password", password]),
     )?;
-    let p12_base64 = base64::engine::general_purpose::STANDARD
-        .encode(std::fs::read(&p12).map_err(|e| e.to_string())?);
-    let env_vars: BTreeMap<String, String> = [
-        (format!("{prefix}_P12_BASE64"), p12_base64),
-        (format!("{prefix}_P12_PASSWORD"), password.to_owned()),
-    ]
-    .into();
+    let p12_base64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&p12).map_err(|e| e.to_string())?);
+    let env_vars: BTreeMap<String, String> =
+        [(format!("{prefix}_P12_BASE64"), p12_base64), (format!("{prefix}_P12_PASSWORD"), password.to_owned())].into();
     Identity::from_env(&|name: &str| env_vars.get(name).cloned(), prefix, secrets)
 }
 
@@ -646,10 +439,7 @@ fn self_signed(
 /// runner, on tags, with every secret `dist-macos` reads.
 pub fn check_workflows(tools: &Tools) -> Result<(), String> {
     let dir = workspace_root().join(".github/workflows");
-    step(
-        "check the release workflows",
-        &format!("python3 -c 'yaml.safe_load' {}/*.yml", dir.display()),
-    );
+    step("check the release workflows", &format!("python3 -c 'yaml.safe_load' {}/*.yml", dir.display()));
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
         .filter_map(Result::ok)
@@ -669,11 +459,7 @@ pub fn check_workflows(tools: &Tools) -> Result<(), String> {
         if xtask.is_empty() {
             return Err(format!("{} runs no `cargo xtask` command", path.display()));
         }
-        println!(
-            "    {}: valid YAML, runs {}",
-            path.display(),
-            xtask.join("; ")
-        );
+        println!("    {}: valid YAML, runs {}", path.display(), xtask.join("; "));
     }
     let macos = load_yaml(tools, &dir.join("release-macos.yml"))?;
     check_macos_workflow(&macos)
@@ -683,10 +469,7 @@ fn load_yaml(tools: &Tools, path: &Path) -> Result<serde_json::Value, String> {
     let json = capture(
         tools
             .python()
-            .args([
-                "-c",
-                "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-            ])
+            .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
             .arg(path),
     )
     .map_err(|e| format!("{} is not valid YAML: {e}", path.display()))?;
@@ -696,11 +479,7 @@ fn load_yaml(tools: &Tools, path: &Path) -> Result<serde_json::Value, String> {
 /// Every `run:` of every step of every job.
 fn workflow_runs(workflow: &serde_json::Value) -> Vec<String> {
     let mut runs = Vec::new();
-    for job in workflow["jobs"]
-        .as_object()
-        .into_iter()
-        .flat_map(|jobs| jobs.values())
-    {
+    for job in workflow["jobs"].as_object().into_iter().flat_map(|jobs| jobs.values()) {
         for step in job["steps"].as_array().into_iter().flatten() {
             runs.extend(step["run"].as_str().map(str::to_owned));
         }
@@ -712,30 +491,18 @@ fn workflow_runs(workflow: &serde_json::Value) -> Vec<String> {
 /// `cargo xtask dist-macos` with every secret of [`SECRETS`] in its environment.
 fn check_macos_workflow(workflow: &serde_json::Value) -> Result<(), String> {
     // PyYAML reads the key `on` as the boolean true.
-    let on = workflow
-        .get("on")
-        .or_else(|| workflow.get("true"))
-        .unwrap_or(&serde_json::Value::Null);
+    let on = workflow.get("on").or_else(|| workflow.get("true")).unwrap_or(&serde_json::Value::Null);
     if on["push"]["tags"].as_array().is_none_or(Vec::is_empty) {
         return Err("release-macos.yml is not triggered by pushed tags".into());
     }
-    let jobs = workflow["jobs"]
-        .as_object()
-        .ok_or("release-macos.yml has no jobs")?;
+    let jobs = workflow["jobs"].as_object().ok_or("release-macos.yml has no jobs")?;
     // (job name, job, its step that runs `command`) on a macOS runner.
     let macos_step = |command: &str| {
         jobs.iter()
-            .filter(|(_, job)| {
-                job["runs-on"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("macos")
-            })
+            .filter(|(_, job)| job["runs-on"].as_str().unwrap_or_default().starts_with("macos"))
             .find_map(|(name, job)| {
                 let steps = job["steps"].as_array()?;
-                let step = steps
-                    .iter()
-                    .find(|step| step["run"].as_str().unwrap_or_default().contains(command))?;
+                let step = steps.iter().find(|step| step["run"].as_str().unwrap_or_default().contains(command))?;
                 Some((name, job, step))
             })
             .ok_or_else(|| format!("release-macos.yml has no macOS job that runs `{command}`"))
@@ -744,28 +511,17 @@ fn check_macos_workflow(workflow: &serde_json::Value) -> Result<(), String> {
     let (_, dist_job, dist_step) = macos_step("cargo xtask dist-macos")?;
     let needs = &dist_job["needs"];
     if needs.as_str() != Some(test_job.as_str())
-        && !needs
-            .as_array()
-            .is_some_and(|all| all.iter().any(|n| n.as_str() == Some(test_job.as_str())))
+        && !needs.as_array().is_some_and(|all| all.iter().any(|n| n.as_str() == Some(test_job.as_str())))
     {
-        return Err(format!(
-            "release-macos.yml: the dist-macos job does not need `{test_job}`"
-        ));
+        return Err(format!("release-macos.yml: the dist-macos job does not need `{test_job}`"));
     }
     let missing: Vec<&str> = SECRETS
         .iter()
         .copied()
-        .filter(|name| {
-            !dist_step["env"][name]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&format!("secrets.{name}"))
-        })
+        .filter(|name| !dist_step["env"][name].as_str().unwrap_or_default().contains(&format!("secrets.{name}")))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "release-macos.yml: the dist-macos step lacks {missing:?} in its env"
-        ));
+        return Err(format!("release-macos.yml: the dist-macos step lacks {missing:?} in its env"));
     }
     println!(
         "    release-macos.yml: on tags, on macOS, `cargo xtask test-macos`, then `cargo xtask dist-macos` with its {} secrets",
@@ -799,15 +555,8 @@ mod tests {
 
     #[test]
     fn the_macos_workflow_check_needs_tags_macos_and_every_secret() {
-        let env: serde_json::Map<String, serde_json::Value> = SECRETS
-            .iter()
-            .map(|name| {
-                (
-                    name.to_string(),
-                    format!("${{{{ secrets.{name} }}}}").into(),
-                )
-            })
-            .collect();
+        let env: serde_json::Map<String, serde_json::Value> =
+            SECRETS.iter().map(|name| (name.to_string(), format!("${{{{ secrets.{name} }}}}").into())).collect();
         let mut workflow = serde_json::json!({
             "true": {"push": {"tags": ["v*"]}},
             "jobs": {
@@ -820,28 +569,16 @@ mod tests {
         });
         check_macos_workflow(&workflow).unwrap();
         workflow["jobs"]["release"]["needs"] = serde_json::json!(["other"]);
-        assert!(check_macos_workflow(&workflow)
-            .unwrap_err()
-            .contains("does not need"));
+        assert!(check_macos_workflow(&workflow).unwrap_err().contains("does not need"));
         workflow["jobs"]["release"]["needs"] = serde_json::json!(["test"]);
         check_macos_workflow(&workflow).unwrap();
         workflow["jobs"]["test"]["runs-on"] = "ubuntu-latest".into();
-        assert!(check_macos_workflow(&workflow)
-            .unwrap_err()
-            .contains("test-macos"));
+        assert!(check_macos_workflow(&workflow).unwrap_err().contains("test-macos"));
         workflow["jobs"]["test"]["runs-on"] = "macos-14".into();
-        workflow["jobs"]["release"]["steps"][1]["env"]
-            .as_object_mut()
-            .unwrap()
-            .remove("APPLE_API_KEY_ID");
-        assert!(check_macos_workflow(&workflow)
-            .unwrap_err()
-            .contains("APPLE_API_KEY_ID"));
+        workflow["jobs"]["release"]["steps"][1]["env"].as_object_mut().unwrap().remove("APPLE_API_KEY_ID");
+        assert!(check_macos_workflow(&workflow).unwrap_err().contains("APPLE_API_KEY_ID"));
         workflow["jobs"]["release"]["runs-on"] = "ubuntu-latest".into();
         assert!(check_macos_workflow(&workflow).is_err());
-        assert!(
-            check_macos_workflow(&serde_json::json!({"on": {"push": {"branches": ["main"]}}}))
-                .is_err()
-        );
+        assert!(check_macos_workflow(&serde_json::json!({"on": {"push": {"branches": ["main"]}}})).is_err());
     }
 }

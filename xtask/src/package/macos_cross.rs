@@ -102,10 +102,7 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
             macos::release_build(tools, target)
                 .env(format!("CC_{env_target}"), &cc)
                 .env(format!("AR_{env_target}"), format!("llvm-ar-{LLVM}"))
-                .env(
-                    format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()),
-                    &linker,
-                )
+                .env(format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()), &linker)
                 .env(
                     format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()),
                     format!(
@@ -121,13 +118,7 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
     let dylib = dist_dir()?.join(DYLIB);
     let _ = std::fs::remove_file(&dylib);
     step("join them", &format!("llvm-lipo-{LLVM} -create"));
-    capture(
-        llvm(tools, "llvm-lipo")
-            .arg("-create")
-            .args(&slices)
-            .arg("-output")
-            .arg(&dylib),
-    )?;
+    capture(llvm(tools, "llvm-lipo").arg("-create").args(&slices).arg("-output").arg(&dylib))?;
     Ok(dylib)
 }
 
@@ -158,8 +149,7 @@ fn stub_sdk(tools: &Tools, work: &Path) -> Result<PathBuf, String> {
     let sdk = work.join("sdk");
     let _ = std::fs::remove_dir_all(&sdk);
     copy_tree(&workspace_root().join("packaging/macos/sdk"), &sdk)?;
-    let libsystem = std::fs::read(zig_darwin.join("libSystem.tbd"))
-        .map_err(|e| format!("zig's libSystem.tbd: {e}"))?;
+    let libsystem = std::fs::read(zig_darwin.join("libSystem.tbd")).map_err(|e| format!("zig's libSystem.tbd: {e}"))?;
     for name in ["libSystem.tbd", "libc.tbd", "libm.tbd"] {
         write(&sdk.join("usr/lib").join(name), &libsystem)?;
     }
@@ -167,9 +157,8 @@ fn stub_sdk(tools: &Tools, work: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("zig's SDKSettings.json: {e}"))?;
     let settings: serde_json::Value =
         serde_json::from_str(&settings).map_err(|e| format!("zig's SDKSettings.json: {e}"))?;
-    let sdk_version = settings["MinimalDisplayName"]
-        .as_str()
-        .ok_or("zig's SDKSettings.json has no MinimalDisplayName")?;
+    let sdk_version =
+        settings["MinimalDisplayName"].as_str().ok_or("zig's SDKSettings.json has no MinimalDisplayName")?;
     write(
         &sdk.join("SDKSettings.json"),
         serde_json::json!({
@@ -184,16 +173,14 @@ fn stub_sdk(tools: &Tools, work: &Path) -> Result<PathBuf, String> {
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
-    let entries =
-        std::fs::read_dir(from).map_err(|e| format!("cannot list {}: {e}", from.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("cannot list {}: {e}", from.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| e.to_string())?;
         let target = to.join(entry.file_name());
         if entry.path().is_dir() {
             copy_tree(&entry.path(), &target)?;
         } else {
-            std::fs::copy(entry.path(), &target)
-                .map_err(|e| format!("cannot copy {}: {e}", entry.path().display()))?;
+            std::fs::copy(entry.path(), &target).map_err(|e| format!("cannot copy {}: {e}", entry.path().display()))?;
         }
     }
     Ok(())
@@ -203,19 +190,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 pub fn notarization_zip(tools: &Tools, dylib: &Path, zip: &Path) -> Result<(), String> {
     step("zip it for the notary service", "python3 -m zipfile -c");
     let _ = std::fs::remove_file(zip);
-    capture(
-        tools
-            .python()
-            .args(["-m", "zipfile", "-c"])
-            .arg(zip)
-            .arg(dylib),
-    )?;
+    capture(tools.python().args(["-m", "zipfile", "-c"]).arg(zip).arg(dylib))?;
     let listing = capture(tools.python().args(["-m", "zipfile", "-l"]).arg(zip))?;
-    if !listing
-        .lines()
-        .nth(1)
-        .is_some_and(|line| line.starts_with(DYLIB))
-    {
+    if !listing.lines().nth(1).is_some_and(|line| line.starts_with(DYLIB)) {
         return Err(format!("{} holds {listing:?}, not {DYLIB}", zip.display()));
     }
     println!("    {}", zip.display());
@@ -234,10 +211,7 @@ pub fn check(tools: &Tools, dylib: &Path) -> Result<(), String> {
     let mut expected: Vec<&str> = TARGETS.iter().map(|(_, arch)| *arch).collect();
     expected.sort();
     if found != expected {
-        return Err(format!(
-            "{} holds {found:?}, not {expected:?}",
-            dylib.display()
-        ));
+        return Err(format!("{} holds {found:?}, not {expected:?}", dylib.display()));
     }
     let stubs = framework_stubs()?;
     for (_, arch) in TARGETS {
@@ -245,23 +219,13 @@ pub fn check(tools: &Tools, dylib: &Path) -> Result<(), String> {
             capture(llvm(tools, tool).args(args).arg(dylib)).map_err(|e| format!("{arch}: {e}"))
         };
         let arch_flag = format!("--arch={arch}");
-        check_load_commands(&run("llvm-otool", &["-arch", arch, "-l"])?)
+        check_load_commands(&run("llvm-otool", &["-arch", arch, "-l"])?).map_err(|e| format!("{arch}: {e}"))?;
+        check_header(&run("llvm-otool", &["-arch", arch, "-hv"])?).map_err(|e| format!("{arch}: {e}"))?;
+        check_imports(&run("llvm-nm", &["-m", "-u", &arch_flag])?, &stubs).map_err(|e| format!("{arch}: {e}"))?;
+        check_export_trie(&run("llvm-objdump", &["--macho", "--exports-trie", &arch_flag])?)
             .map_err(|e| format!("{arch}: {e}"))?;
-        check_header(&run("llvm-otool", &["-arch", arch, "-hv"])?)
-            .map_err(|e| format!("{arch}: {e}"))?;
-        check_imports(&run("llvm-nm", &["-m", "-u", &arch_flag])?, &stubs)
-            .map_err(|e| format!("{arch}: {e}"))?;
-        check_export_trie(&run(
-            "llvm-objdump",
-            &["--macho", "--exports-trie", &arch_flag],
-        )?)
-        .map_err(|e| format!("{arch}: {e}"))?;
     }
-    macos::check_exports(&capture(
-        llvm(tools, "llvm-nm")
-            .args(["-gU", "--arch=all"])
-            .arg(dylib),
-    )?)?;
+    macos::check_exports(&capture(llvm(tools, "llvm-nm").args(["-gU", "--arch=all"]).arg(dylib))?)?;
     check_no_build_paths(dylib)?;
     println!(
         "    arm64 + x86_64, macOS {MIN_MACOS}+, install name {INSTALL_NAME}, loads libSystem + {FRAMEWORKS:?} \
@@ -288,8 +252,7 @@ fn check_load_commands(otool: &str) -> Result<(), String> {
                 if let Some((_, map)) = fields.last_mut() {
                     // `name /usr/lib/libSystem.B.dylib (offset 24)`
                     let value = value.split(" (offset ").next().unwrap_or(value);
-                    map.entry(key.to_owned())
-                        .or_insert_with(|| value.to_owned());
+                    map.entry(key.to_owned()).or_insert_with(|| value.to_owned());
                 }
             }
         }
@@ -300,11 +263,7 @@ fn check_load_commands(otool: &str) -> Result<(), String> {
         [one]
             if one.get("platform").map(String::as_str) == Some("1")
                 && one.get("minos").map(String::as_str) == Some(MIN_MACOS) => {}
-        _ => {
-            return Err(format!(
-                "LC_BUILD_VERSION is {build:?}, not platform 1 (macOS) minos {MIN_MACOS}"
-            ))
-        }
+        _ => return Err(format!("LC_BUILD_VERSION is {build:?}, not platform 1 (macOS) minos {MIN_MACOS}")),
     }
     let id: Vec<_> = of("LC_ID_DYLIB").filter_map(|m| m.get("name")).collect();
     if id != [INSTALL_NAME] {
@@ -317,32 +276,24 @@ fn check_load_commands(otool: &str) -> Result<(), String> {
         .collect();
     let loaded: BTreeSet<String> = fields
         .iter()
-        .filter(|(c, _)| {
-            c.starts_with("LC_LOAD") || c.starts_with("LC_REEXPORT") || c == "LC_LAZY_LOAD_DYLIB"
-        })
+        .filter(|(c, _)| c.starts_with("LC_LOAD") || c.starts_with("LC_REEXPORT") || c == "LC_LAZY_LOAD_DYLIB")
         .filter_map(|(_, m)| m.get("name").cloned())
         .collect();
     if loaded != allowed {
         return Err(format!("loads {loaded:?}, not exactly {allowed:?}"));
     }
-    if !fields.iter().any(|(c, m)| {
-        c == "section __oslogstring" && m.get("segname").map(String::as_str) == Some("__TEXT")
-    }) {
-        return Err(
-            "no __TEXT,__oslogstring section: the unified-log output is not compiled in".into(),
-        );
+    if !fields
+        .iter()
+        .any(|(c, m)| c == "section __oslogstring" && m.get("segname").map(String::as_str) == Some("__TEXT"))
+    {
+        return Err("no __TEXT,__oslogstring section: the unified-log output is not compiled in".into());
     }
     Ok(())
 }
 
 /// `llvm-otool -hv`: a dylib whose every import was resolved at link time, two-level.
 fn check_header(otool: &str) -> Result<(), String> {
-    let flags: BTreeSet<&str> = otool
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let flags: BTreeSet<&str> = otool.lines().last().unwrap_or_default().split_whitespace().collect();
     for needed in ["DYLIB", "NOUNDEFS", "TWOLEVEL"] {
         if !flags.contains(needed) {
             return Err(format!("the Mach-O header lacks {needed}: {otool}"));
@@ -356,11 +307,9 @@ fn framework_stubs() -> Result<BTreeMap<String, BTreeSet<String>>, String> {
     FRAMEWORKS
         .iter()
         .map(|name| {
-            let path = workspace_root().join(format!(
-                "packaging/macos/sdk/System/Library/Frameworks/{name}.framework/{name}.tbd"
-            ));
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let path = workspace_root()
+                .join(format!("packaging/macos/sdk/System/Library/Frameworks/{name}.framework/{name}.tbd"));
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             Ok(((*name).to_owned(), tbd_symbols(&text)))
         })
         .collect()
@@ -370,10 +319,7 @@ fn framework_stubs() -> Result<BTreeMap<String, BTreeSet<String>>, String> {
 fn tbd_symbols(tbd: &str) -> BTreeSet<String> {
     let mut symbols = BTreeSet::new();
     let mut inside = false;
-    for line in tbd
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-    {
+    for line in tbd.lines().filter(|line| !line.trim_start().starts_with('#')) {
         let rest = if inside {
             line
         } else {
@@ -386,12 +332,7 @@ fn tbd_symbols(tbd: &str) -> BTreeSet<String> {
             Some((list, _)) => (list, true),
             None => (rest, false),
         };
-        symbols.extend(
-            list.split([',', '[', ' '])
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-        );
+        symbols.extend(list.split([',', '[', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned));
         inside = !closed;
     }
     symbols
@@ -411,17 +352,11 @@ fn check_imports(nm: &str, stubs: &BTreeMap<String, BTreeSet<String>>) -> Result
             .split_whitespace()
             .find(|word| word.starts_with('_') || *word == "dyld_stub_binder")
             .ok_or_else(|| format!("no symbol in {line}"))?;
-        by_library
-            .entry(library.to_owned())
-            .or_default()
-            .insert(symbol.to_owned());
+        by_library.entry(library.to_owned()).or_default().insert(symbol.to_owned());
     }
     for library in by_library.keys() {
         if library != "libSystem" && !stubs.contains_key(library) {
-            return Err(format!(
-                "imports from {library}, which is not allowed: {:?}",
-                by_library[library]
-            ));
+            return Err(format!("imports from {library}, which is not allowed: {:?}", by_library[library]));
         }
     }
     for (framework, stub) in stubs {
@@ -451,9 +386,7 @@ fn check_export_trie(objdump: &str) -> Result<(), String> {
         .collect();
     names.sort();
     if names != EXPORTS {
-        return Err(format!(
-            "the export trie holds {names:?}, not exactly {EXPORTS:?}"
-        ));
+        return Err(format!("the export trie holds {names:?}, not exactly {EXPORTS:?}"));
     }
     Ok(())
 }
@@ -461,17 +394,13 @@ fn check_export_trie(objdump: &str) -> Result<(), String> {
 /// No path of this machine inside the file: the workspace, the home folder (cargo's registry,
 /// zig's cache), the temporary folder.
 fn check_no_build_paths(dylib: &Path) -> Result<(), String> {
-    let bytes =
-        std::fs::read(dylib).map_err(|e| format!("cannot read {}: {e}", dylib.display()))?;
+    let bytes = std::fs::read(dylib).map_err(|e| format!("cannot read {}: {e}", dylib.display()))?;
     let mut paths = vec![workspace_root(), std::env::temp_dir()];
     paths.extend(dirs_home());
     for path in paths {
         let needle = path.to_string_lossy().into_owned();
         if needle.len() > 1 {
-            if let Some(at) = bytes
-                .windows(needle.len())
-                .position(|w| w == needle.as_bytes())
-            {
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()) {
                 let end = (at + 120).min(bytes.len());
                 return Err(format!(
                     "{} holds a path of the build machine: {}",
@@ -500,20 +429,15 @@ mod tests {
     #[test]
     fn load_commands() {
         check_load_commands(OTOOL_L).unwrap();
-        let extra = format!("{OTOOL_L}Load command 14\n cmd LC_LOAD_DYLIB\n name /usr/lib/libiconv.2.dylib (offset 24)\n");
-        assert!(check_load_commands(&extra)
-            .unwrap_err()
-            .contains("libiconv"));
+        let extra =
+            format!("{OTOOL_L}Load command 14\n cmd LC_LOAD_DYLIB\n name /usr/lib/libiconv.2.dylib (offset 24)\n");
+        assert!(check_load_commands(&extra).unwrap_err().contains("libiconv"));
         let old = OTOOL_L.replace("minos 11.0", "minos 10.12");
         assert!(check_load_commands(&old).unwrap_err().contains("minos"));
         let rpath = OTOOL_L.replace("/usr/local/lib/libcosmian", "@rpath/libcosmian");
-        assert!(check_load_commands(&rpath)
-            .unwrap_err()
-            .contains("install name"));
+        assert!(check_load_commands(&rpath).unwrap_err().contains("install name"));
         let no_oslog = OTOOL_L.replace("__oslogstring", "__cstring");
-        assert!(check_load_commands(&no_oslog)
-            .unwrap_err()
-            .contains("__oslogstring"));
+        assert!(check_load_commands(&no_oslog).unwrap_err().contains("__oslogstring"));
     }
 
     #[test]
@@ -523,34 +447,17 @@ mod tests {
                   (undefined) external __os_log_impl (from libSystem)\n\
                   (undefined) external dyld_stub_binder (from libSystem)\n";
         let stubs: BTreeMap<String, BTreeSet<String>> = [
-            (
-                "CoreFoundation".to_owned(),
-                ["_CFRelease".to_owned()].into(),
-            ),
-            (
-                "Security".to_owned(),
-                ["_SecItemCopyMatching".to_owned()].into(),
-            ),
+            ("CoreFoundation".to_owned(), ["_CFRelease".to_owned()].into()),
+            ("Security".to_owned(), ["_SecItemCopyMatching".to_owned()].into()),
         ]
         .into();
         check_imports(nm, &stubs).unwrap();
-        let stale = nm.replace(
-            "_SecItemCopyMatching (from Security)",
-            "_write (from libSystem)",
-        );
-        assert!(check_imports(&stale, &stubs)
-            .unwrap_err()
-            .contains("Security.tbd is out of date"));
-        let lookup =
-            format!("{nm}                 (undefined) external _foo (dynamically looked up)\n");
-        assert!(check_imports(&lookup, &stubs)
-            .unwrap_err()
-            .contains("bound to no library"));
-        let other =
-            format!("{nm}                 (undefined) external _objc_msgSend (from libobjc)\n");
-        assert!(check_imports(&other, &stubs)
-            .unwrap_err()
-            .contains("libobjc"));
+        let stale = nm.replace("_SecItemCopyMatching (from Security)", "_write (from libSystem)");
+        assert!(check_imports(&stale, &stubs).unwrap_err().contains("Security.tbd is out of date"));
+        let lookup = format!("{nm}                 (undefined) external _foo (dynamically looked up)\n");
+        assert!(check_imports(&lookup, &stubs).unwrap_err().contains("bound to no library"));
+        let other = format!("{nm}                 (undefined) external _objc_msgSend (from libobjc)\n");
+        assert!(check_imports(&other, &stubs).unwrap_err().contains("libobjc"));
     }
 
     #[test]

@@ -14,49 +14,28 @@ use crate::step;
 use super::{DOC_DIR as DOC, LIB_DIR as LIB};
 
 /// Builds the .rpm into `dist`, and checks it.
-pub fn build_and_check(
-    tools: &Tools,
-    lib: &LinuxLib,
-    epoch: u64,
-    dist: &Path,
-) -> Result<PathBuf, String> {
+pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, dist: &Path) -> Result<PathBuf, String> {
     check_changelog_version(&packaging_file("rpm/cosmian-pkcs11.spec")?)?;
     let file = format!("{NAME}-{}-1.x86_64.rpm", version());
     let rpm = dist.join(&file);
-    step(
-        "build the .rpm",
-        &format!(
-            "rpmbuild -bb packaging/rpm/cosmian-pkcs11.spec -> {}",
-            rpm.display()
-        ),
-    );
+    step("build the .rpm", &format!("rpmbuild -bb packaging/rpm/cosmian-pkcs11.spec -> {}", rpm.display()));
     build(tools, lib, epoch, &rpm)?;
 
     super::check_reproducible(&rpm, |again| build(tools, lib, epoch, again))?;
 
-    step(
-        "check its requirements",
-        &format!("rpm -qp --requires {}", rpm.display()),
-    );
+    step("check its requirements", &format!("rpm -qp --requires {}", rpm.display()));
     let requires = capture(tools.command("rpm").args(["-qp", "--requires"]).arg(&rpm))?;
     let too_new: Vec<&str> = requires
         .lines()
-        .filter(|line| {
-            glibc_requirement(line).is_some_and(|v| v.as_slice() > GLIBC_FLOOR.as_slice())
-        })
+        .filter(|line| glibc_requirement(line).is_some_and(|v| v.as_slice() > GLIBC_FLOOR.as_slice()))
         .collect();
     if too_new.is_empty() && requires.contains("libc.so.6(GLIBC_2.28)(64bit)") {
         println!("    libc.so.6(GLIBC_2.28)(64bit) and older: RHEL 8 and later");
     } else {
-        return Err(format!(
-            "unexpected requirements (newer than glibc 2.28: {too_new:?}):\n{requires}"
-        ));
+        return Err(format!("unexpected requirements (newer than glibc 2.28: {too_new:?}):\n{requires}"));
     }
 
-    step(
-        "lint it",
-        &format!("rpmlint -c packaging/rpm/rpmlint.toml {}", rpm.display()),
-    );
+    step("lint it", &format!("rpmlint -c packaging/rpm/rpmlint.toml {}", rpm.display()));
     let config = super::workspace_root().join("packaging/rpm/rpmlint.toml");
     let out = capture(tools.command("rpmlint").arg("-c").arg(&config).arg(&rpm))?;
     if !out.contains(" 0 errors, 0 warnings, 0 badness") {
@@ -78,45 +57,25 @@ fn install_and_verify(tools: &Tools, lib: &LinuxLib, rpm: &Path) -> Result<(), S
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let rpm_in_root = |args: &[&str]| {
         let mut command = tools.command("rpm");
-        command
-            .arg("--root")
-            .arg(root.path())
-            .args(["--define", "_dbpath /var/lib/rpm"])
-            .args(args);
+        command.arg("--root").arg(root.path()).args(["--define", "_dbpath /var/lib/rpm"]).args(args);
         command
     };
-    step(
-        "install it into a test root",
-        &format!(
-            "rpm --root {} -i --nodeps {}",
-            root.path().display(),
-            rpm.display()
-        ),
-    );
+    step("install it into a test root", &format!("rpm --root {} -i --nodeps {}", root.path().display(), rpm.display()));
     capture(&mut rpm_in_root(&["--initdb"]))?;
     capture(rpm_in_root(&["-i", "--nodeps"]).arg(rpm))?;
     let installed = root.path().join(LIB).join(elf::FILE);
-    for path in [
-        installed.clone(),
-        root.path().join(DOC).join("copyright"),
-        root.path().join(DOC).join("THIRDPARTY.yml"),
-    ] {
+    for path in
+        [installed.clone(), root.path().join(DOC).join("copyright"), root.path().join(DOC).join("THIRDPARTY.yml")]
+    {
         if !path.is_file() {
             return Err(format!("{} is not installed", path.display()));
         }
     }
     if sha256_file(&installed)? != sha256_file(&lib.path)? {
-        return Err(format!(
-            "{} differs from {}",
-            installed.display(),
-            lib.path.display()
-        ));
+        return Err(format!("{} differs from {}", installed.display(), lib.path.display()));
     }
 
-    step(
-        "verify the payload",
-        "rpm --root ... -V --nodeps cosmian-pkcs11",
-    );
+    step("verify the payload", "rpm --root ... -V --nodeps cosmian-pkcs11");
     // --nodeps: as above, the requirements cannot be met in an empty root.
     let out = capture(&mut rpm_in_root(&["-V", "--nodeps", NAME]))?;
     if !out.trim().is_empty() {
@@ -131,9 +90,7 @@ fn install_and_verify(tools: &Tools, lib: &LinuxLib, rpm: &Path) -> Result<(), S
             println!("    rpm -V: clean; and it reports a changed byte of the library");
             Ok(())
         }
-        other => Err(format!(
-            "rpm -V did not notice a changed library: {other:?}"
-        )),
+        other => Err(format!("rpm -V did not notice a changed library: {other:?}")),
     }
 }
 
@@ -143,14 +100,8 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, rpm: &Path) -> Result<(), St
     let staged = work.path().join("staged");
     std::fs::create_dir_all(&staged).map_err(|e| e.to_string())?;
     std::fs::copy(&lib.path, staged.join(elf::FILE)).map_err(|e| e.to_string())?;
-    super::write(
-        &staged.join("copyright"),
-        packaging_file("debian/copyright")?,
-    )?;
-    super::write(
-        &staged.join("changelog"),
-        packaging_file("debian/changelog")?,
-    )?;
+    super::write(&staged.join("copyright"), packaging_file("debian/copyright")?)?;
+    super::write(&staged.join("changelog"), packaging_file("debian/changelog")?)?;
     super::write(&staged.join("THIRDPARTY.yml"), super::licenses::read()?)?;
     let define = |name: &str, value: &Path| format!("{name} {}", value.display());
     capture(
@@ -167,10 +118,7 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, rpm: &Path) -> Result<(), St
             .arg(super::workspace_root().join("packaging/rpm/cosmian-pkcs11.spec"))
             .env("SOURCE_DATE_EPOCH", epoch.to_string()),
     )?;
-    let built = work
-        .path()
-        .join("top/RPMS/x86_64")
-        .join(rpm.file_name().expect("a file name"));
+    let built = work.path().join("top/RPMS/x86_64").join(rpm.file_name().expect("a file name"));
     std::fs::copy(&built, rpm).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
     Ok(())
 }
@@ -196,10 +144,7 @@ fn check_changelog_version(spec: &str) -> Result<(), String> {
 fn glibc_requirement(line: &str) -> Option<Vec<u32>> {
     let start = line.find("(GLIBC_")? + "(GLIBC_".len();
     let end = start + line[start..].find(')')?;
-    line[start..end]
-        .split('.')
-        .map(|part| part.parse().ok())
-        .collect()
+    line[start..end].split('.').map(|part| part.parse().ok()).collect()
 }
 
 #[cfg(test)]
@@ -208,22 +153,14 @@ mod tests {
 
     #[test]
     fn reads_glibc_requirements() {
-        assert_eq!(
-            glibc_requirement("libc.so.6(GLIBC_2.28)(64bit)"),
-            Some(vec![2, 28])
-        );
-        assert_eq!(
-            glibc_requirement("libc.so.6(GLIBC_2.2.5)(64bit)"),
-            Some(vec![2, 2, 5])
-        );
+        assert_eq!(glibc_requirement("libc.so.6(GLIBC_2.28)(64bit)"), Some(vec![2, 28]));
+        assert_eq!(glibc_requirement("libc.so.6(GLIBC_2.2.5)(64bit)"), Some(vec![2, 2, 5]));
         assert_eq!(glibc_requirement("libc.so.6()(64bit)"), None);
     }
 
     #[test]
     fn the_spec_changelog_names_this_version() {
         check_changelog_version(&packaging_file("rpm/cosmian-pkcs11.spec").unwrap()).unwrap();
-        assert!(
-            check_changelog_version("%changelog\n* Mon Jan 1 2024 A <a@b> - 0.0.1-1\n").is_err()
-        );
+        assert!(check_changelog_version("%changelog\n* Mon Jan 1 2024 A <a@b> - 0.0.1-1\n").is_err());
     }
 }
