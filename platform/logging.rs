@@ -24,16 +24,16 @@ use tracing::Dispatch;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
-pub const FILE_NAME: &str = "cosmian-pkcs11.log";
+pub(crate) const FILE_NAME: &str = "cosmian-pkcs11.log";
 
 /// The provider's subscriber, built on first use.
-pub fn dispatch() -> &'static Dispatch {
+pub(crate) fn dispatch() -> &'static Dispatch {
     static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
     DISPATCH.get_or_init(build)
 }
 
 /// The log folder in use.
-pub fn folder() -> Option<PathBuf> {
+pub(crate) fn folder() -> Option<PathBuf> {
     match std::env::var_os("COSMIAN_PKCS11_LOGGING_FOLDER") {
         Some(f) if !f.is_empty() => Some(PathBuf::from(f)),
         _ => default_folder(),

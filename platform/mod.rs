@@ -2,7 +2,7 @@
 //! credential stores secrets may live in, TLS to the KMS, and where the logs go. (Compiled as
 //! `crate::platform` from the provider crate's `src/lib.rs`.)
 
-pub mod config_paths;
-pub mod credentials;
-pub mod logging;
-pub mod tls;
+pub(crate) mod config_paths;
+pub(crate) mod credentials;
+pub(crate) mod logging;
+pub(crate) mod tls;

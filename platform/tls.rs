@@ -36,7 +36,7 @@ use crate::config::{ClientCertificate, KmsConfig, Secret};
 /// The TLS settings for this configuration, and whether they leave the system's roots out for
 /// now (a `verified_cert` is the only trust anchor until [`with_system_roots`]). An `Err` names
 /// the file or setting at fault and never holds a secret.
-pub fn client_config(config: &KmsConfig) -> Result<(TlsConfig, bool), String> {
+pub(crate) fn client_config(config: &KmsConfig) -> Result<(TlsConfig, bool), String> {
     let mut builder = TlsConfig::builder().unversioned_rustls_crypto_provider(crypto_provider());
     if !config.server_url.starts_with("https://") {
         return Ok((builder.build(), false));
@@ -71,7 +71,7 @@ pub fn client_config(config: &KmsConfig) -> Result<(TlsConfig, bool), String> {
 }
 
 /// The same settings, trusting the system's roots besides the roots they had.
-pub fn with_system_roots(tls: &TlsConfig) -> TlsConfig {
+pub(crate) fn with_system_roots(tls: &TlsConfig) -> TlsConfig {
     let mut roots = system_roots();
     if let RootCerts::Specific(own) = tls.root_certs() {
         roots.extend(own.iter().cloned());

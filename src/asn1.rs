@@ -41,22 +41,14 @@ impl Curve {
         }
     }
 
-    pub fn bits(self) -> u64 {
-        match self {
-            Curve::P256 => 256,
-            Curve::P384 => 384,
-            Curve::P521 => 521,
-        }
-    }
-
     /// `CKA_EC_PARAMS`: the DER of the curve's OID.
-    pub fn ec_params(self) -> Vec<u8> {
+    pub(crate) fn ec_params(self) -> Vec<u8> {
         self.oid().to_der().unwrap_or_default()
     }
 }
 
 /// `CKA_EC_PARAMS` of Ed25519 (RFC 8410 OID, the form OpenSSH 10.1+ and pkcs11-tool accept).
-pub fn ed25519_ec_params() -> Vec<u8> {
+pub(crate) fn ed25519_ec_params() -> Vec<u8> {
     OID_ED25519.to_der().unwrap_or_default()
 }
 
@@ -149,7 +141,7 @@ impl PublicKey {
     }
 
     /// Most bytes a signature by this key takes.
-    pub fn signature_len(&self) -> usize {
+    pub(crate) fn signature_len(&self) -> usize {
         match self {
             PublicKey::Rsa { modulus, .. } => modulus.len(),
             PublicKey::Ec { curve, .. } => 2 * curve.field_len(),
@@ -159,7 +151,7 @@ impl PublicKey {
 }
 
 /// `CKA_EC_POINT`: the point wrapped in a DER OCTET STRING (OpenSSH refuses a bare point).
-pub fn octet_string(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn octet_string(bytes: &[u8]) -> Vec<u8> {
     OctetStringRef::new(bytes).and_then(|o| o.to_der()).unwrap_or_default()
 }
 
@@ -189,7 +181,7 @@ pub enum Hash {
 }
 
 impl Hash {
-    pub const ALL: [Hash; 4] = [Hash::Sha1, Hash::Sha256, Hash::Sha384, Hash::Sha512];
+    pub(crate) const ALL: [Hash; 4] = [Hash::Sha1, Hash::Sha256, Hash::Sha384, Hash::Sha512];
 
     pub fn output_len(self) -> usize {
         match self {
@@ -220,7 +212,7 @@ impl Hash {
     }
 
     /// Hashes `data` in one go.
-    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn digest(self, data: &[u8]) -> Vec<u8> {
         let mut h = Hasher::new(self);
         h.update(data);
         h.finish()
@@ -236,7 +228,7 @@ pub fn parse_digest_info(data: &[u8]) -> Option<(Hash, &[u8])> {
 
 /// Incremental hashing for the `CKM_*_WITH_SHA*` mechanisms.
 #[derive(Clone)]
-pub enum Hasher {
+pub(crate) enum Hasher {
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
     Sha384(sha2::Sha384),
@@ -244,7 +236,7 @@ pub enum Hasher {
 }
 
 impl Hasher {
-    pub fn new(hash: Hash) -> Self {
+    pub(crate) fn new(hash: Hash) -> Self {
         use sha2::Digest;
         match hash {
             Hash::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
@@ -254,7 +246,7 @@ impl Hasher {
         }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         use sha2::Digest;
         match self {
             Hasher::Sha1(h) => h.update(data),
@@ -264,7 +256,7 @@ impl Hasher {
         }
     }
 
-    pub fn finish(self) -> Vec<u8> {
+    pub(crate) fn finish(self) -> Vec<u8> {
         use sha2::Digest;
         match self {
             Hasher::Sha1(h) => h.finalize().to_vec(),

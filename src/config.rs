@@ -9,7 +9,7 @@ use std::time::Duration;
 /// A secret string (token, password, PIN) whose `Debug` never shows the value, wiped from
 /// memory when dropped (the copies the TOML parser and the HTTP headers make are not).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Drop for Secret {
     fn drop(&mut self) {
@@ -18,10 +18,10 @@ impl Drop for Secret {
 }
 
 impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
         Self(s.into())
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Secret {
 
 /// A TLS client certificate, as the ckms config names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientCertificate {
+pub(crate) enum ClientCertificate {
     Pem { cert: PathBuf, key: PathBuf },
     Pkcs12 { path: PathBuf, password: Option<Secret> },
 }
@@ -43,23 +43,23 @@ pub enum ClientCertificate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KmsConfig {
     /// Where the file was read from, for log lines.
-    pub source: PathBuf,
-    pub server_url: String,
-    pub access_token: Option<Secret>,
-    pub accept_invalid_certs: bool,
+    pub(crate) source: PathBuf,
+    pub(crate) server_url: String,
+    pub(crate) access_token: Option<Secret>,
+    pub(crate) accept_invalid_certs: bool,
     /// Inline PEM of an extra trusted certificate.
-    pub verified_cert: Option<String>,
-    pub client_certificate: Option<ClientCertificate>,
+    pub(crate) verified_cert: Option<String>,
+    pub(crate) client_certificate: Option<ClientCertificate>,
     /// `Name: value` headers added to every request.
-    pub custom_headers: Vec<(String, String)>,
-    pub vendor_id: String,
+    pub(crate) custom_headers: Vec<(String, String)>,
+    pub(crate) vendor_id: String,
     /// `pkcs11_use_pin_as_access_token = true` (top level, as Cosmian's own provider reads
     /// it; ckms ignores unknown top-level keys): the token requires a login, and the PIN is
     /// the access token.
-    pub use_pin_as_access_token: bool,
+    pub(crate) use_pin_as_access_token: bool,
     /// `pkcs11_allow_cleartext_credentials = true` (top level): credentials may go over
     /// `http://` to a host that is not loopback (see [`KmsConfig::cleartext_check`]).
-    pub allow_cleartext_credentials: bool,
+    pub(crate) allow_cleartext_credentials: bool,
 }
 
 /// Larger configuration files are refused unread (a real one is well under 100 KB, even with
@@ -73,7 +73,7 @@ impl KmsConfig {
     /// Reads and checks a config file, then looks up in the OS credential store the secrets
     /// the file does not hold (see [`KmsConfig::fill_from_store`]). Unknown keys, and a
     /// secret in a file others can read, are returned as warnings, not errors.
-    pub fn load(path: &Path) -> Result<(Self, Vec<String>), String> {
+    pub(crate) fn load(path: &Path) -> Result<(Self, Vec<String>), String> {
         let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(cannot_read)?;
         let mut text = String::new();
@@ -97,7 +97,7 @@ impl KmsConfig {
     }
 
     /// A warning when the file holds a secret and its `mode` lets the group or others read it.
-    pub fn exposed_secrets_warning(&self, mode: u32) -> Option<String> {
+    pub(crate) fn exposed_secrets_warning(&self, mode: u32) -> Option<String> {
         let mut secrets = Vec::new();
         if self.access_token.is_some() {
             secrets.push("access_token");
@@ -120,7 +120,11 @@ impl KmsConfig {
     /// `server_url`) and the PKCS#12 password (service `cosmian-kms-pkcs12`, account the
     /// PKCS#12 path as written). In PIN mode the PIN is the access token: none is looked up,
     /// and one in the file is ignored.
-    pub fn fill_from_store(&mut self, lookup: impl Fn(&str, &str) -> Option<Secret>, warnings: &mut Vec<String>) {
+    pub(crate) fn fill_from_store(
+        &mut self,
+        lookup: impl Fn(&str, &str) -> Option<Secret>,
+        warnings: &mut Vec<String>,
+    ) {
         use crate::platform::credentials::{PKCS12_SERVICE, TOKEN_SERVICE};
         if self.use_pin_as_access_token {
             if self.access_token.take().is_some() {
@@ -262,7 +266,7 @@ impl KmsConfig {
     /// that is not loopback (127.0.0.0/8, ::1, `localhost`), and there is an access token, a
     /// PIN (PIN mode), custom headers or a client certificate to send. `Err` (nothing may be
     /// sent) unless `pkcs11_allow_cleartext_credentials = true`, then `Ok(Some(warning))`.
-    pub fn cleartext_check(&self) -> Result<Option<String>, String> {
+    pub(crate) fn cleartext_check(&self) -> Result<Option<String>, String> {
         let Some(rest) = self.server_url.strip_prefix("http://") else { return Ok(None) };
         let authority = rest.split('/').next().unwrap_or("");
         let host = match authority.strip_prefix('[') {
@@ -303,7 +307,7 @@ impl KmsConfig {
 /// The provider's own knobs, from environment variables (the ckms file is shared with ckms,
 /// which rejects keys it does not know).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Only key pairs carrying this tag are offered (`COSMIAN_PKCS11_SSH_KEY_TAG`).
     pub key_tag: String,
     /// How long the key list is served from memory (`COSMIAN_PKCS11_KEY_CACHE_SECONDS`).
@@ -318,14 +322,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub const DEFAULT_TAG: &'static str = "ssh-auth";
+    pub(crate) const DEFAULT_TAG: &'static str = "ssh-auth";
 
     /// Reads the environment; a malformed number falls back to the default with a warning.
-    pub fn from_env(warnings: &mut Vec<String>) -> Self {
+    pub(crate) fn from_env(warnings: &mut Vec<String>) -> Self {
         Self::from_lookup(|k| std::env::var(k).ok(), warnings)
     }
 
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> Self {
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> Self {
         let mut number = |key: &str, default: u64| match get(key) {
             None => default,
             Some(v) => v.trim().parse().unwrap_or_else(|_| {

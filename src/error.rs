@@ -6,15 +6,15 @@ use cryptoki_sys::*;
 use crate::kmip::KmsError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
+pub(crate) struct Error {
     pub rv: CK_RV,
     pub message: String,
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn new(rv: CK_RV, message: impl Into<String>) -> Self {
+    pub(crate) fn new(rv: CK_RV, message: impl Into<String>) -> Self {
         Self { rv, message: message.into() }
     }
 }

@@ -11,22 +11,37 @@
 //! - [`config`], [`platform`]: configuration file and environment, per-OS paths and logging;
 //! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes).
 
+// `pub` only where `internals` re-exports; everything else is `pub(crate)` (checked by `cargo xtask tidy`).
+#![cfg_attr(feature = "internals", warn(unreachable_pub))]
+
 // Every entry point catches panics (`catch_unwind` in src/ffi) so that none unwinds into the
 // C caller; with `panic = "abort"` a panic would instead kill the caller (ssh, ssh-agent).
 #[cfg(panic = "abort")]
 compile_error!("cosmian-pkcs11 must be built with panic = \"unwind\": a panic must become CKR_GENERAL_ERROR, not abort the PKCS#11 client");
 
-pub mod asn1;
-pub mod config;
-pub mod error;
+mod asn1;
+mod config;
+mod error;
 mod ffi;
-pub mod kmip;
+mod kmip;
 #[path = "../platform/mod.rs"]
-pub mod platform;
-pub mod provider;
-pub mod session;
-pub mod signing;
-pub mod token;
+mod platform;
+mod provider;
+mod session;
+mod signing;
+mod token;
+
+/// The parsers of untrusted input and the JSON-TTLV codec, for the fuzz targets (`fuzz/`) and
+/// the benchmark's raw KMIP client (`xtask/src/bench`), with the `internals` feature. Not an API:
+/// the C ABI is the provider's only interface.
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use crate::asn1::{ecdsa_der_to_raw, parse_digest_info, Curve, PublicKey};
+    pub use crate::config::KmsConfig;
+    pub use crate::kmip::ttlv::Ttlv;
+    #[cfg(target_os = "linux")]
+    pub use crate::platform::credentials::{dbus, secret_service};
+}
 
 /// Locks a mutex, recovering it if a panicking thread poisoned it: every entry point catches
 /// panics, and the state behind these locks stays consistent between statements.

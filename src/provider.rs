@@ -18,15 +18,15 @@ use crate::signing::{self, Mechanism, Parameter};
 use crate::token::{Attr, KeyCache, Kms, ObjectClass, Token};
 
 /// The only slot.
-pub const SLOT_ID: CK_SLOT_ID = 1;
+pub(crate) const SLOT_ID: CK_SLOT_ID = 1;
 
 /// Most data one signature accepts, C_Sign or C_SignUpdate parts together: beyond it
 /// `CKR_DATA_LEN_RANGE` ends the operation (an SSH signature signs a few hundred bytes).
-pub const MAX_SIGN_DATA: usize = 16 << 20;
+pub(crate) const MAX_SIGN_DATA: usize = 16 << 20;
 
 /// What a signing call hands back.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SignOutput {
+pub(crate) enum SignOutput {
     /// Size query (no buffer): the operation goes on.
     Length(usize),
     /// The buffer is too small for this many bytes: the operation goes on.
@@ -35,7 +35,7 @@ pub enum SignOutput {
     Signature(Vec<u8>),
 }
 
-pub struct Provider {
+pub(crate) struct Provider {
     pub token: Token,
     sessions: Sessions,
     logged_in: AtomicBool,
@@ -60,7 +60,7 @@ fn check_slot(slot: CK_SLOT_ID) -> Result<()> {
 impl Provider {
     /// Reads the configuration and environment. No network: the KMS is first contacted by
     /// the first object search.
-    pub fn from_environment() -> Self {
+    pub(crate) fn from_environment() -> Self {
         let mut warnings = Vec::new();
         let settings = Settings::from_env(&mut warnings);
         let mut pin_mode = false;
@@ -97,7 +97,7 @@ impl Provider {
         Self { pin_mode, ..Self::new(Token::new(settings, kms)) }
     }
 
-    pub fn new(token: Token) -> Self {
+    pub(crate) fn new(token: Token) -> Self {
         Self {
             token,
             sessions: Sessions::default(),
@@ -109,22 +109,22 @@ impl Provider {
     }
 
     /// Whether the token requires C_Login (PIN mode): `CKF_LOGIN_REQUIRED`.
-    pub fn login_required(&self) -> bool {
+    pub(crate) fn login_required(&self) -> bool {
         self.pin_mode
     }
 
     // ---- slot and token ---------------------------------------------------------------
 
-    pub fn slot_ids(&self) -> Vec<CK_SLOT_ID> {
+    pub(crate) fn slot_ids(&self) -> Vec<CK_SLOT_ID> {
         vec![SLOT_ID]
     }
 
-    pub fn check_slot(&self, slot: CK_SLOT_ID) -> Result<()> {
+    pub(crate) fn check_slot(&self, slot: CK_SLOT_ID) -> Result<()> {
         check_slot(slot)
     }
 
     /// The token label: `Cosmian KMS <host:port>`.
-    pub fn token_label(&self) -> String {
+    pub(crate) fn token_label(&self) -> String {
         let host = self
             .token
             .server_url()
@@ -134,18 +134,22 @@ impl Provider {
     }
 
     /// Open sessions, and open read-write sessions.
-    pub fn session_counts(&self) -> (usize, usize) {
+    pub(crate) fn session_counts(&self) -> (usize, usize) {
         self.sessions.count()
     }
 
-    pub fn mechanism_info(&self, slot: CK_SLOT_ID, ty: CK_MECHANISM_TYPE) -> Result<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
+    pub(crate) fn mechanism_info(
+        &self,
+        slot: CK_SLOT_ID,
+        ty: CK_MECHANISM_TYPE,
+    ) -> Result<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
         check_slot(slot)?;
         signing::info(ty).ok_or_else(|| Error::new(CKR_MECHANISM_INVALID, format!("mechanism 0x{ty:X} is not offered")))
     }
 
     // ---- sessions -----------------------------------------------------------------------
 
-    pub fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+    pub(crate) fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
         check_slot(slot)?;
         if flags & CKF_SERIAL_SESSION == 0 {
             return Err(Error::new(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "CKF_SERIAL_SESSION must be set"));
@@ -153,7 +157,7 @@ impl Provider {
         Ok(self.sessions.open(slot, flags))
     }
 
-    pub fn close_session(&self, session: CK_SESSION_HANDLE) -> Result<()> {
+    pub(crate) fn close_session(&self, session: CK_SESSION_HANDLE) -> Result<()> {
         self.sessions.close(session)?;
         if self.sessions.count().0 == 0 {
             self.end_login();
@@ -161,7 +165,7 @@ impl Provider {
         Ok(())
     }
 
-    pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<()> {
+    pub(crate) fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<()> {
         check_slot(slot)?;
         self.sessions.close_all();
         self.end_login();
@@ -169,7 +173,7 @@ impl Provider {
     }
 
     /// Slot, state and flags of a session.
-    pub fn session_info(&self, session: CK_SESSION_HANDLE) -> Result<(CK_SLOT_ID, CK_STATE, CK_FLAGS)> {
+    pub(crate) fn session_info(&self, session: CK_SESSION_HANDLE) -> Result<(CK_SLOT_ID, CK_STATE, CK_FLAGS)> {
         let s = self.sessions.get(session)?;
         let s = lock(&s);
         let rw = s.flags & CKF_RW_SESSION != 0;
@@ -185,7 +189,7 @@ impl Provider {
     /// Logs the user in. Without PIN mode it succeeds without effect (credentials come from
     /// the configuration). In PIN mode the PIN becomes the KMS access token, checked at once
     /// with one Locate: a PIN the KMS refuses is `CKR_PIN_INCORRECT` and is forgotten.
-    pub fn login(&self, session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+    pub(crate) fn login(&self, session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
         self.sessions.get(session)?;
         match user_type {
             CKU_USER => {}
@@ -235,7 +239,7 @@ impl Provider {
         }
     }
 
-    pub fn logout(&self, session: CK_SESSION_HANDLE) -> Result<()> {
+    pub(crate) fn logout(&self, session: CK_SESSION_HANDLE) -> Result<()> {
         self.sessions.get(session)?;
         if !self.logged_in.load(Ordering::SeqCst) {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN, "not logged in"));
@@ -261,7 +265,11 @@ impl Provider {
 
     // ---- objects ------------------------------------------------------------------------
 
-    pub fn find_init(&self, session: CK_SESSION_HANDLE, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Result<()> {
+    pub(crate) fn find_init(
+        &self,
+        session: CK_SESSION_HANDLE,
+        template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+    ) -> Result<()> {
         let s = self.sessions.get(session)?;
         if lock(&s).find.is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "a search is already active"));
@@ -276,7 +284,7 @@ impl Provider {
         Ok(())
     }
 
-    pub fn find_next(&self, session: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
+    pub(crate) fn find_next(&self, session: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
         let s = self.sessions.get(session)?;
         let mut s = lock(&s);
         let op = s.find.as_mut().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active search"))?;
@@ -286,14 +294,14 @@ impl Provider {
         Ok(out)
     }
 
-    pub fn find_final(&self, session: CK_SESSION_HANDLE) -> Result<()> {
+    pub(crate) fn find_final(&self, session: CK_SESSION_HANDLE) -> Result<()> {
         let s = self.sessions.get(session)?;
         let mut s = lock(&s);
         s.find.take().map(drop).ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active search"))
     }
 
     /// The values of `types` on an object, one answer per type.
-    pub fn attributes(
+    pub(crate) fn attributes(
         &self,
         session: CK_SESSION_HANDLE,
         object: CK_OBJECT_HANDLE,
@@ -306,7 +314,7 @@ impl Provider {
 
     // ---- signing ------------------------------------------------------------------------
 
-    pub fn sign_init(
+    pub(crate) fn sign_init(
         &self,
         session: CK_SESSION_HANDLE,
         mechanism: CK_MECHANISM_TYPE,
@@ -334,7 +342,7 @@ impl Provider {
     }
 
     /// Single-part signature.
-    pub fn sign(&self, session: CK_SESSION_HANDLE, data: &[u8], capacity: Option<usize>) -> Result<SignOutput> {
+    pub(crate) fn sign(&self, session: CK_SESSION_HANDLE, data: &[u8], capacity: Option<usize>) -> Result<SignOutput> {
         self.finish_signature(session, capacity, |op| {
             if op.hasher.is_some() {
                 return Err(Error::new(CKR_OPERATION_ACTIVE, "C_Sign after C_SignUpdate: finish with C_SignFinal"));
@@ -346,7 +354,7 @@ impl Provider {
         })
     }
 
-    pub fn sign_update(&self, session: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+    pub(crate) fn sign_update(&self, session: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
         let s = self.sessions.get(session)?;
         let mut s = lock(&s);
         let op = s.sign.as_mut().ok_or_else(|| Error::new(CKR_OPERATION_NOT_INITIALIZED, "no active signature"))?;
@@ -363,7 +371,7 @@ impl Provider {
         Ok(())
     }
 
-    pub fn sign_final(&self, session: CK_SESSION_HANDLE, capacity: Option<usize>) -> Result<SignOutput> {
+    pub(crate) fn sign_final(&self, session: CK_SESSION_HANDLE, capacity: Option<usize>) -> Result<SignOutput> {
         self.finish_signature(session, capacity, |op| match (op.hasher.clone(), op.mechanism.hash()) {
             (Some(h), _) => Ok((h.finish(), true)),
             // C_SignFinal straight after C_SignInit signs the empty message.

@@ -12,7 +12,7 @@ use crate::lock;
 use crate::signing::Mechanism;
 use crate::token::KeyPair;
 
-pub struct Session {
+pub(crate) struct Session {
     pub slot: CK_SLOT_ID,
     pub flags: CK_FLAGS,
     pub find: Option<FindOp>,
@@ -20,13 +20,13 @@ pub struct Session {
 }
 
 /// The results of `C_FindObjectsInit`, handed out by `C_FindObjects`.
-pub struct FindOp {
+pub(crate) struct FindOp {
     pub handles: Vec<CK_OBJECT_HANDLE>,
     pub next: usize,
 }
 
 /// A signature started by `C_SignInit`.
-pub struct SignOp {
+pub(crate) struct SignOp {
     pub key: Arc<KeyPair>,
     pub mechanism: Mechanism,
     /// Set once `C_SignUpdate` has been called (hashing mechanisms only).
@@ -40,13 +40,13 @@ type Entry = (bool, Arc<Mutex<Session>>);
 
 /// All open sessions.
 #[derive(Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     map: Mutex<HashMap<CK_SESSION_HANDLE, Entry>>,
     last: Mutex<CK_SESSION_HANDLE>,
 }
 
 impl Sessions {
-    pub fn open(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> CK_SESSION_HANDLE {
+    pub(crate) fn open(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> CK_SESSION_HANDLE {
         let handle = {
             let mut last = lock(&self.last);
             *last += 1;
@@ -57,25 +57,25 @@ impl Sessions {
         handle
     }
 
-    pub fn get(&self, handle: CK_SESSION_HANDLE) -> Result<Arc<Mutex<Session>>> {
+    pub(crate) fn get(&self, handle: CK_SESSION_HANDLE) -> Result<Arc<Mutex<Session>>> {
         lock(&self.map)
             .get(&handle)
             .map(|(_, s)| s.clone())
             .ok_or_else(|| Error::new(CKR_SESSION_HANDLE_INVALID, format!("no session {handle}")))
     }
 
-    pub fn close(&self, handle: CK_SESSION_HANDLE) -> Result<()> {
+    pub(crate) fn close(&self, handle: CK_SESSION_HANDLE) -> Result<()> {
         lock(&self.map)
             .remove(&handle)
             .map(drop)
             .ok_or_else(|| Error::new(CKR_SESSION_HANDLE_INVALID, format!("no session {handle}")))
     }
 
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         lock(&self.map).clear();
     }
 
-    pub fn count(&self) -> (usize, usize) {
+    pub(crate) fn count(&self) -> (usize, usize) {
         let map = lock(&self.map);
         let rw = map.values().filter(|(rw, _)| *rw).count();
         (map.len(), rw)

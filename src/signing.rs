@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::kmip::operations::{SignInput, SignRequest};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     /// Raw ECDSA over a hash the caller computed (OpenSSH's choice).
     Ecdsa,
     /// ECDSA hashing the message here.
@@ -30,7 +30,7 @@ use Mechanism::*;
 
 /// A mechanism's parameter, as the FFI layer read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Parameter {
+pub(crate) enum Parameter {
     None,
     /// `CK_RSA_PKCS_PSS_PARAMS`.
     Pss {
@@ -48,7 +48,7 @@ pub enum Parameter {
 }
 
 /// Every mechanism type offered, in `C_GetMechanismList` order.
-pub const OFFERED: [CK_MECHANISM_TYPE; 15] = [
+pub(crate) const OFFERED: [CK_MECHANISM_TYPE; 15] = [
     CKM_ECDSA,
     CKM_ECDSA_SHA256,
     CKM_ECDSA_SHA384,
@@ -67,7 +67,7 @@ pub const OFFERED: [CK_MECHANISM_TYPE; 15] = [
 ];
 
 /// `CK_MECHANISM_INFO` of an offered mechanism: smallest and largest key size, flags.
-pub fn info(ty: CK_MECHANISM_TYPE) -> Option<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
+pub(crate) fn info(ty: CK_MECHANISM_TYPE) -> Option<(CK_ULONG, CK_ULONG, CK_FLAGS)> {
     const EC_FLAGS: CK_FLAGS = CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
     match ty {
         CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384 | CKM_ECDSA_SHA512 => Some((256, 521, EC_FLAGS)),
@@ -99,7 +99,7 @@ fn mgf_of(hash: Hash) -> CK_RSA_PKCS_MGF_TYPE {
 impl Mechanism {
     /// The mechanism a `C_SignInit` asks for, with its parameter checked against what the
     /// KMS can do (PSS: MGF1 with the same hash, salt as long as the hash).
-    pub fn resolve(ty: CK_MECHANISM_TYPE, parameter: Parameter) -> Result<Self> {
+    pub(crate) fn resolve(ty: CK_MECHANISM_TYPE, parameter: Parameter) -> Result<Self> {
         let bad = |why: &str| Error::new(CKR_MECHANISM_PARAM_INVALID, why.to_owned());
         let mechanism = match ty {
             CKM_ECDSA => Ecdsa,
@@ -142,7 +142,7 @@ impl Mechanism {
     }
 
     /// Can a key of this kind be used with this mechanism?
-    pub fn fits(self, key: &PublicKey) -> bool {
+    pub(crate) fn fits(self, key: &PublicKey) -> bool {
         matches!(
             (self, key),
             (Ecdsa | EcdsaWith(_), PublicKey::Ec { .. })
@@ -152,7 +152,7 @@ impl Mechanism {
     }
 
     /// The hash computed here for multi-part signing, if the mechanism hashes.
-    pub fn hash(self) -> Option<Hash> {
+    pub(crate) fn hash(self) -> Option<Hash> {
         match self {
             EcdsaWith(h) | RsaPkcsWith(h) | RsaPssWith(h) => Some(h),
             Ecdsa | Eddsa | RsaPkcs | RsaPss(_) => None,
@@ -162,7 +162,7 @@ impl Mechanism {
 
 /// Turns the caller's input into the KMS Sign request. `input` is the message for hashing
 /// mechanisms, already hashed when `prehashed` (after C_SignUpdate).
-pub fn request(mechanism: Mechanism, input: &[u8], prehashed: bool) -> Result<SignRequest> {
+pub(crate) fn request(mechanism: Mechanism, input: &[u8], prehashed: bool) -> Result<SignRequest> {
     let digest = |h: Hash| if prehashed { input.to_vec() } else { h.digest(input) };
     match mechanism {
         Ecdsa => {
@@ -200,7 +200,7 @@ pub fn request(mechanism: Mechanism, input: &[u8], prehashed: bool) -> Result<Si
 }
 
 /// Turns the KMS's signature into what the caller expects, checking its size.
-pub fn finish(mechanism: Mechanism, key: &PublicKey, signature: Vec<u8>) -> Result<Vec<u8>> {
+pub(crate) fn finish(mechanism: Mechanism, key: &PublicKey, signature: Vec<u8>) -> Result<Vec<u8>> {
     let bad = |what: String| Error::new(CKR_DEVICE_ERROR, format!("KMS signature unusable: {what}"));
     let out = match (mechanism, key) {
         (Ecdsa | EcdsaWith(_), PublicKey::Ec { curve, .. }) => {

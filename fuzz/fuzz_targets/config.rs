@@ -3,7 +3,7 @@
 //! access token, a PKCS#12 password).
 #![no_main]
 
-use cosmian_pkcs11::config::KmsConfig;
+use cosmian_pkcs11::internals::KmsConfig;
 use libfuzzer_sys::fuzz_target;
 
 /// The secret the seeds carry.

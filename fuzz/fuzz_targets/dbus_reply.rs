@@ -3,7 +3,7 @@
 //! out-of-bounds read or an endless loop.
 #![no_main]
 
-use cosmian_pkcs11::platform::credentials::{dbus, secret_service};
+use cosmian_pkcs11::internals::{dbus, secret_service};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! hash of its function's length at the very end of the input, never a panic.
 #![no_main]
 
-use cosmian_pkcs11::asn1::parse_digest_info;
+use cosmian_pkcs11::internals::parse_digest_info;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

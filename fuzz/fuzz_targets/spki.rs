@@ -2,7 +2,7 @@
 //! give a key or an error, never a panic; a key read is written back to the same key.
 #![no_main]
 
-use cosmian_pkcs11::asn1::PublicKey;
+use cosmian_pkcs11::internals::PublicKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

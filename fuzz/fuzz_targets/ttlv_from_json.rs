@@ -4,7 +4,7 @@
 //! server writes it).
 #![no_main]
 
-use cosmian_pkcs11::kmip::ttlv::Ttlv;
+use cosmian_pkcs11::internals::Ttlv;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

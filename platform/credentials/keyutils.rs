@@ -14,7 +14,7 @@ const KEYCTL_SEARCH: libc::c_long = 10;
 const KEYCTL_READ: libc::c_long = 11;
 
 /// The payload of the `user` key `SERVICE:ACCOUNT`, if one is reachable and readable.
-pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+pub(super) fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     let description = CString::new(format!("{service}:{account}")).map_err(|_| "a NUL byte in the key description")?;
     let mut refused = None;
     for keyring in [KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING] {

@@ -31,9 +31,9 @@ use zeroize::Zeroizing;
 use crate::config::Secret;
 
 /// The service under which the access token is stored.
-pub const TOKEN_SERVICE: &str = "cosmian-kms";
+pub(crate) const TOKEN_SERVICE: &str = "cosmian-kms";
 /// The service under which the PKCS#12 password is stored.
-pub const PKCS12_SERVICE: &str = "cosmian-kms-pkcs12";
+pub(crate) const PKCS12_SERVICE: &str = "cosmian-kms-pkcs12";
 
 /// A store: its name for log lines, and its lookup (`Ok(None)`: not there).
 /// The secret comes back in a buffer wiped when dropped.
@@ -49,7 +49,7 @@ const STORES: &[Store] = &[
 ];
 
 /// The secret stored for `service` and `account`, from the first store that has it.
-pub fn lookup(service: &str, account: &str) -> Option<Secret> {
+pub(crate) fn lookup(service: &str, account: &str) -> Option<Secret> {
     STORES.iter().find_map(|(store, find)| match find(service, account) {
         Ok(Some(bytes)) => match to_secret(bytes) {
             Some(secret) => {

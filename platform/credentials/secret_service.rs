@@ -18,7 +18,7 @@ const SECRETS_PATH: &str = "/org/freedesktop/secrets";
 const SERVICE: &str = "org.freedesktop.Secret.Service";
 
 /// The secret of the first unlocked item with these attributes.
-pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+pub(crate) fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     let started = Instant::now();
     search(service, account, started + TIMEOUT).map_err(|e| {
         // Whatever failed last, the cause was the time.
@@ -56,21 +56,21 @@ fn search(service: &str, account: &str, deadline: Instant) -> Result<Option<Zero
 }
 
 /// The session of an `OpenSession` answer `(v output, o result)`.
-pub fn session_of(reply: &Reply) -> Result<String, String> {
+pub(crate) fn session_of(reply: &Reply) -> Result<String, String> {
     let mut reader = reply.reader();
     reader.skip_variant()?;
     reader.string()
 }
 
 /// The unlocked and locked items of a `SearchItems` answer `(ao, ao)`.
-pub fn items_of(reply: &Reply) -> Result<(Vec<String>, Vec<String>), String> {
+pub(crate) fn items_of(reply: &Reply) -> Result<(Vec<String>, Vec<String>), String> {
     let mut reader = reply.reader();
     Ok((reader.paths()?, reader.paths()?))
 }
 
 /// The value of a `GetSecret` answer, a Secret `(o session, ay parameters, ay value, s
 /// content type)`, in a buffer wiped when dropped.
-pub fn secret_of(reply: &Reply) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(crate) fn secret_of(reply: &Reply) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut reader = reply.reader();
     reader.align(8)?;
     reader.string()?;

@@ -87,7 +87,7 @@ fn interfaces() -> [*mut CK_INTERFACE; 2] {
 
 /// The PKCS#11 2.40 entry point.
 #[no_mangle]
-pub unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+pub(crate) unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
     entry::guard("C_GetFunctionList", || {
         let out = entry::out(ppFunctionList)?;
         *out = &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
@@ -97,7 +97,10 @@ pub unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION
 
 /// The PKCS#11 3.0 interfaces: "PKCS 11" 3.0 (default) and 2.40.
 #[no_mangle]
-pub unsafe extern "C" fn C_GetInterfaceList(pInterfacesList: *mut CK_INTERFACE, pulCount: *mut CK_ULONG) -> CK_RV {
+pub(crate) unsafe extern "C" fn C_GetInterfaceList(
+    pInterfacesList: *mut CK_INTERFACE,
+    pulCount: *mut CK_ULONG,
+) -> CK_RV {
     entry::guard("C_GetInterfaceList", || {
         let all: Vec<CK_INTERFACE> = interfaces().iter().map(|i| i.read()).collect();
         entry::fill_list(pInterfacesList, pulCount, &all)
@@ -106,7 +109,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(pInterfacesList: *mut CK_INTERFACE, 
 
 /// Looks an interface up by name, version and flags; NULL name or version pick the default.
 #[no_mangle]
-pub unsafe extern "C" fn C_GetInterface(
+pub(crate) unsafe extern "C" fn C_GetInterface(
     pInterfaceName: *mut CK_UTF8CHAR,
     pVersion: *mut CK_VERSION,
     ppInterface: *mut *mut CK_INTERFACE,

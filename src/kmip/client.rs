@@ -54,7 +54,7 @@ const READ_ONLY_OPERATIONS: [&str; 7] =
 
 /// Why a KMS call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KmsError {
+pub(crate) enum KmsError {
     /// No connection could be made (refused, reset, DNS).
     Unreachable(String),
     /// The TLS handshake failed (certificate not trusted, protocol): retrying will not help.
@@ -124,7 +124,7 @@ impl RetryPolicy {
 }
 
 /// A connection to one KMS.
-pub struct KmsClient {
+pub(crate) struct KmsClient {
     agent: RwLock<ureq::Agent>,
     /// While the agent trusts `verified_cert` alone: its TLS settings, to add the system's roots
     /// when the KMS's certificate fails that verification (see `platform::tls`).
@@ -141,7 +141,7 @@ pub struct KmsClient {
 }
 
 impl KmsClient {
-    pub fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
+    pub(crate) fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
         let (tls, deferred) = crate::platform::tls::client_config(config)?;
         let resolver = CachingResolver::default();
         Ok(Self {
@@ -169,12 +169,12 @@ impl KmsClient {
     }
 
     /// Replaces the bearer token sent from now on (PIN mode: the PIN, or none after logout).
-    pub fn set_access_token(&self, token: Option<Secret>) {
+    pub(crate) fn set_access_token(&self, token: Option<Secret>) {
         *self.access_token.write().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
     /// Sends one KMIP operation to `/kmip/2_1`; `Ok` is the `...Response` payload.
-    pub fn call(&self, operation: &Ttlv) -> Result<Ttlv, KmsError> {
+    pub(crate) fn call(&self, operation: &Ttlv) -> Result<Ttlv, KmsError> {
         let policy = RetryPolicy::for_operations(std::iter::once(operation.tag.as_str()));
         let cap = answer_cap(std::iter::once(operation.tag.as_str()));
         self.post("/kmip/2_1", &operation.tag, operation, policy, cap)
@@ -182,7 +182,7 @@ impl KmsClient {
 
     /// Sends several operations in one `RequestMessage` to `/kmip`; one result per operation,
     /// in order. `Err` only when the message as a whole failed.
-    pub fn batch(&self, operations: Vec<Ttlv>) -> Result<Vec<Result<Ttlv, KmsError>>, KmsError> {
+    pub(crate) fn batch(&self, operations: Vec<Ttlv>) -> Result<Vec<Result<Ttlv, KmsError>>, KmsError> {
         let count = operations.len();
         let label = batch_label(operations.iter().map(|op| op.tag.as_str()));
         let policy = RetryPolicy::for_operations(operations.iter().map(|op| op.tag.as_str()));

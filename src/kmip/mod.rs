@@ -1,9 +1,9 @@
 //! Talking to the Cosmian KMS: KMIP 2.1 in JSON-TTLV over HTTP(S).
 
-pub mod client;
-pub mod operations;
+pub(crate) mod client;
+pub(crate) mod operations;
 mod resolver;
 mod transport;
-pub mod ttlv;
+pub(crate) mod ttlv;
 
-pub use client::{KmsClient, KmsError};
+pub(crate) use client::{KmsClient, KmsError};

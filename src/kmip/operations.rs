@@ -11,14 +11,14 @@ const LOCATE_PAGE: i64 = 1000;
 
 /// What to sign: a message, or a hash computed by the caller or by us.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SignInput {
+pub(crate) enum SignInput {
     Data(Vec<u8>),
     Digest(Vec<u8>),
 }
 
 /// One Sign request's parameters and input.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignRequest {
+pub(crate) struct SignRequest {
     /// `CryptographicParameters` items, in KMIP order: (tag, enumeration variant).
     pub parameters: Vec<(&'static str, &'static str)>,
     pub input: SignInput,
@@ -34,7 +34,7 @@ fn hash_name(h: Hash) -> &'static str {
 }
 
 impl SignRequest {
-    pub fn ecdsa(hash: Hash, input: SignInput) -> Self {
+    pub(crate) fn ecdsa(hash: Hash, input: SignInput) -> Self {
         let algorithm = match hash {
             Hash::Sha1 => "ECDSAWithSHA1",
             Hash::Sha256 => "ECDSAWithSHA256",
@@ -44,12 +44,12 @@ impl SignRequest {
         Self { parameters: vec![("DigitalSignatureAlgorithm", algorithm)], input }
     }
 
-    pub fn eddsa(message: Vec<u8>) -> Self {
+    pub(crate) fn eddsa(message: Vec<u8>) -> Self {
         Self { parameters: Vec::new(), input: SignInput::Data(message) }
     }
 
     /// PKCS#1 v1.5 over a hash. Without `DigitalSignatureAlgorithm` the server signs PSS.
-    pub fn rsa_pkcs1(hash: Hash, digest: Vec<u8>) -> Self {
+    pub(crate) fn rsa_pkcs1(hash: Hash, digest: Vec<u8>) -> Self {
         let algorithm = match hash {
             Hash::Sha1 => "SHA1WithRSAEncryption",
             Hash::Sha256 => "SHA256WithRSAEncryption",
@@ -68,7 +68,7 @@ impl SignRequest {
     }
 
     /// RSA-PSS over a hash; the server uses MGF1 with that hash and a salt of its length.
-    pub fn rsa_pss(hash: Hash, digest: Vec<u8>) -> Self {
+    pub(crate) fn rsa_pss(hash: Hash, digest: Vec<u8>) -> Self {
         Self {
             parameters: vec![
                 ("PaddingMethod", "PSS"),
@@ -95,7 +95,7 @@ impl SignRequest {
 }
 
 /// Signs with the private key `private_key_id`; returns the KMS's `SignatureData` as is.
-pub fn sign(client: &KmsClient, private_key_id: &str, request: &SignRequest) -> Result<Vec<u8>, KmsError> {
+pub(crate) fn sign(client: &KmsClient, private_key_id: &str, request: &SignRequest) -> Result<Vec<u8>, KmsError> {
     let answer = client.call(&request.to_ttlv(private_key_id))?;
     answer
         .child("SignatureData")
@@ -118,14 +118,14 @@ fn tag_attribute(vendor_id: &str, tags: &[&str]) -> Ttlv {
 }
 
 /// At most this many Locate rounds per listing (10,000 keys with a server that pages).
-pub const MAX_LOCATE_ROUNDS: usize = 10;
+pub(crate) const MAX_LOCATE_ROUNDS: usize = 10;
 
 /// The ids of the `Active` public and private keys carrying `tag`, located together in one
 /// batched `RequestMessage` per page round (see [`add_locate_page`]), at most
 /// [`MAX_LOCATE_ROUNDS`] rounds, none started after `deadline`. The private ids are what
 /// confirms a cached public key's private half (`token::Token::load`). Revoking a key pair
 /// deactivates both halves: a revoked key is in neither list.
-pub fn locate_key_pairs(
+pub(crate) fn locate_key_pairs(
     client: &KmsClient,
     vendor_id: &str,
     tag: &str,
@@ -161,7 +161,7 @@ pub fn locate_key_pairs(
 
 /// The ids of the `Active` objects of `object_type` (`PublicKey`, `PrivateKey`) carrying
 /// `tag`, at most [`MAX_LOCATE_ROUNDS`] pages (see [`add_locate_page`]).
-pub fn locate_tagged(
+pub(crate) fn locate_tagged(
     client: &KmsClient,
     vendor_id: &str,
     tag: &str,
@@ -222,7 +222,7 @@ fn add_locate_page(ids: &mut Vec<String>, page: Vec<String>) -> bool {
 
 /// A public key of the KMS with what the token needs to know of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteKey {
+pub(crate) struct RemoteKey {
     pub public_id: String,
     /// From the public key's `PrivateKeyLink`.
     pub private_id: String,
@@ -233,7 +233,7 @@ pub struct RemoteKey {
 }
 
 /// Fetches the public keys and their attributes in one round trip.
-pub fn export_public_keys(
+pub(crate) fn export_public_keys(
     client: &KmsClient,
     vendor_id: &str,
     public_ids: &[String],

@@ -21,13 +21,13 @@ type Entry = (String, Instant, ResolvedSocketAddrs);
 
 /// A resolver that remembers its last answer; clones share the memory.
 #[derive(Debug, Default, Clone)]
-pub struct CachingResolver {
+pub(super) struct CachingResolver {
     last: Arc<Mutex<Option<Entry>>>,
 }
 
 impl CachingResolver {
     /// Drops the remembered addresses: the next request resolves the host again.
-    pub fn forget(&self) {
+    pub(super) fn forget(&self) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

@@ -27,7 +27,7 @@ use ureq::Error;
 
 /// The connector chain of the agent: `CONNECT` proxy (when the environment names one), TCP,
 /// then TLS for `https://`.
-pub fn connector() -> impl Connector<()> {
+pub(super) fn connector() -> impl Connector<()> {
     ().chain(ConnectProxyConnector::default()).chain(KmsTcpConnector).chain(RustlsConnector::default())
 }
 

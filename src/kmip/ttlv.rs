@@ -11,12 +11,12 @@ use serde_json::Value as Json;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ttlv {
     pub tag: String,
-    pub value: Value,
+    pub(crate) value: Value,
 }
 
 /// The value of an item, by KMIP type.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Value {
+pub(crate) enum Value {
     Structure(Vec<Ttlv>),
     Integer(i64),
     LongInteger(i64),
@@ -45,19 +45,19 @@ impl std::fmt::Display for DecodeError {
 const MAX_DEPTH: usize = 64;
 
 impl Ttlv {
-    pub fn structure(tag: &str, items: Vec<Ttlv>) -> Self {
+    pub(crate) fn structure(tag: &str, items: Vec<Ttlv>) -> Self {
         Self::new(tag, Value::Structure(items))
     }
-    pub fn text(tag: &str, value: &str) -> Self {
+    pub(crate) fn text(tag: &str, value: &str) -> Self {
         Self::new(tag, Value::TextString(value.to_owned()))
     }
-    pub fn enumeration(tag: &str, variant: &str) -> Self {
+    pub(crate) fn enumeration(tag: &str, variant: &str) -> Self {
         Self::new(tag, Value::Enumeration(variant.to_owned()))
     }
-    pub fn integer(tag: &str, value: i64) -> Self {
+    pub(crate) fn integer(tag: &str, value: i64) -> Self {
         Self::new(tag, Value::Integer(value))
     }
-    pub fn bytes(tag: &str, value: &[u8]) -> Self {
+    pub(crate) fn bytes(tag: &str, value: &[u8]) -> Self {
         Self::new(tag, Value::ByteString(value.to_vec()))
     }
     fn new(tag: &str, value: Value) -> Self {
@@ -65,7 +65,7 @@ impl Ttlv {
     }
 
     /// The children of a structure; empty for any other type.
-    pub fn children(&self) -> &[Ttlv] {
+    pub(crate) fn children(&self) -> &[Ttlv] {
         match &self.value {
             Value::Structure(items) => items,
             _ => &[],
@@ -73,38 +73,39 @@ impl Ttlv {
     }
 
     /// The first direct child with this tag.
-    pub fn child(&self, tag: &str) -> Option<&Ttlv> {
+    pub(crate) fn child(&self, tag: &str) -> Option<&Ttlv> {
         self.children().iter().find(|c| c.tag == tag)
     }
 
     /// All direct children with this tag.
-    pub fn children_tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Ttlv> + 'a {
+    pub(crate) fn children_tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Ttlv> + 'a {
         self.children().iter().filter(move |c| c.tag == tag)
     }
 
     /// The first item with this tag anywhere below (depth first), itself included.
-    pub fn find(&self, tag: &str) -> Option<&Ttlv> {
+    pub(crate) fn find(&self, tag: &str) -> Option<&Ttlv> {
         if self.tag == tag {
             return Some(self);
         }
         self.children().iter().find_map(|c| c.find(tag))
     }
 
-    pub fn as_text(&self) -> Option<&str> {
+    pub(crate) fn as_text(&self) -> Option<&str> {
         match &self.value {
             Value::TextString(s) | Value::Enumeration(s) | Value::DateTime(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_bytes(&self) -> Option<&[u8]> {
+    pub(crate) fn as_bytes(&self) -> Option<&[u8]> {
         match &self.value {
             Value::ByteString(b) | Value::BigInteger(b) => Some(b),
             _ => None,
         }
     }
 
-    pub fn as_integer(&self) -> Option<i64> {
+    #[cfg(test)]
+    fn as_integer(&self) -> Option<i64> {
         match &self.value {
             Value::Integer(i) | Value::LongInteger(i) => Some(*i),
             Value::Interval(i) => i64::try_from(*i).ok(),
@@ -183,7 +184,7 @@ fn json_int(raw: &Json) -> Option<i64> {
     }
 }
 
-pub fn hex_encode(bytes: &[u8]) -> String {
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -193,7 +194,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
     s
 }
 
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -36,7 +36,7 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// The public keys of one KMS, on disk.
 #[derive(Debug, Clone)]
-pub struct KeyCache {
+pub(crate) struct KeyCache {
     file: PathBuf,
     server_url: String,
     max_age: Duration,
@@ -66,7 +66,7 @@ fn now() -> u64 {
 
 impl KeyCache {
     /// The cache of the KMS at `server_url` in `folder`; `None` when `max_age` is zero (off).
-    pub fn new(folder: PathBuf, server_url: &str, max_age: Duration) -> Option<Self> {
+    pub(crate) fn new(folder: PathBuf, server_url: &str, max_age: Duration) -> Option<Self> {
         if max_age.is_zero() {
             return None;
         }
@@ -77,14 +77,15 @@ impl KeyCache {
         Some(Self { file: folder.join(format!("{name}.json")), server_url: server_url.to_owned(), max_age })
     }
 
-    /// The file, for log lines and tests.
-    pub fn file(&self) -> &Path {
+    /// The file, for tests.
+    #[cfg(test)]
+    fn file(&self) -> &Path {
         &self.file
     }
 
     /// The keys exported less than `max_age` ago, by public id. Empty when the file is
     /// missing, unreadable, for another KMS or not understood.
-    pub fn load(&self) -> HashMap<String, RemoteKey> {
+    pub(crate) fn load(&self) -> HashMap<String, RemoteKey> {
         self.read()
             .keys
             .into_iter()
@@ -104,7 +105,7 @@ impl KeyCache {
     }
 
     /// Drops the entries of the private key `private_id` (the KMS refused to sign with it).
-    pub fn forget(&self, private_id: &str) {
+    pub(crate) fn forget(&self, private_id: &str) {
         let mut content = self.read();
         let before = content.keys.len();
         content.keys.retain(|e| e.private_id != private_id);
@@ -117,7 +118,7 @@ impl KeyCache {
 
     /// Adds keys just exported (replacing older entries of the same ids), drops expired entries
     /// and files, writes the file.
-    pub fn store(&self, exported: &[RemoteKey]) {
+    pub(crate) fn store(&self, exported: &[RemoteKey]) {
         if exported.is_empty() {
             return;
         }

@@ -2,8 +2,8 @@
 //! object handles, refreshed from the KMS when the list has aged (public keys already seen
 //! come from the disk cache, `key_cache`), and the signing call.
 
-pub mod key_cache;
-pub mod objects;
+pub(crate) mod key_cache;
+pub(crate) mod objects;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,8 @@ use crate::kmip::client::KmsError;
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
 use crate::kmip::KmsClient;
 use crate::lock;
-pub use key_cache::KeyCache;
-pub use objects::{Attr, KeyPair, ObjectClass};
+pub(crate) use key_cache::KeyCache;
+pub(crate) use objects::{Attr, KeyPair, ObjectClass};
 
 /// After a failed load, how long searches are answered from memory before trying again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -28,7 +28,7 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const LIST_DEADLINE_TIMEOUTS: u32 = 3;
 
 /// The connection to the KMS, when the configuration allowed one.
-pub struct Kms {
+pub(crate) struct Kms {
     pub config: KmsConfig,
     pub client: KmsClient,
     /// Its public keys on disk; `None` when turned off or there is no cache folder.
@@ -37,7 +37,7 @@ pub struct Kms {
 
 /// Key pairs and the handles of their objects.
 #[derive(Default)]
-pub struct KeyStore {
+pub(crate) struct KeyStore {
     objects: HashMap<CK_OBJECT_HANDLE, (Arc<KeyPair>, ObjectClass)>,
     /// Handles survive refreshes: the same key keeps the same handle.
     handles: HashMap<(String, ObjectClass), CK_OBJECT_HANDLE>,
@@ -48,7 +48,7 @@ pub struct KeyStore {
 
 impl KeyStore {
     /// Replaces the key list, keeping the handles of keys that stay.
-    pub fn replace(&mut self, keys: Vec<KeyPair>) {
+    pub(crate) fn replace(&mut self, keys: Vec<KeyPair>) {
         self.objects.clear();
         for key in keys {
             let key = Arc::new(key);
@@ -64,12 +64,12 @@ impl KeyStore {
         self.handles.retain(|_, h| self.objects.contains_key(h));
     }
 
-    pub fn object(&self, handle: CK_OBJECT_HANDLE) -> Option<(Arc<KeyPair>, ObjectClass)> {
+    pub(crate) fn object(&self, handle: CK_OBJECT_HANDLE) -> Option<(Arc<KeyPair>, ObjectClass)> {
         self.objects.get(&handle).cloned()
     }
 
     /// Handles of the objects matching `template`, public keys first, in handle order.
-    pub fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
+    pub(crate) fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
         let mut found: Vec<_> = self
             .objects
             .iter()
@@ -98,7 +98,7 @@ impl KeyStore {
     }
 }
 
-pub struct Token {
+pub(crate) struct Token {
     pub settings: Settings,
     kms: std::result::Result<Kms, String>,
     store: Mutex<KeyStore>,
@@ -108,13 +108,13 @@ pub struct Token {
 
 impl Token {
     /// `kms` is the configured KMS, or why there is none (the token then holds no keys).
-    pub fn new(settings: Settings, kms: std::result::Result<Kms, String>) -> Self {
+    pub(crate) fn new(settings: Settings, kms: std::result::Result<Kms, String>) -> Self {
         Self { settings, kms, store: Mutex::default(), loading: Mutex::new(()) }
     }
 
     /// A token holding these keys and no KMS, for unit tests.
     #[cfg(test)]
-    pub fn with_keys(keys: Vec<KeyPair>) -> Self {
+    pub(crate) fn with_keys(keys: Vec<KeyPair>) -> Self {
         let mut store = KeyStore::default();
         store.replace(keys);
         store.loaded = Some((Instant::now(), true));
@@ -123,16 +123,16 @@ impl Token {
     }
 
     /// The configured KMS, if any (PIN mode: C_Login sets the client's access token).
-    pub fn kms(&self) -> Option<&Kms> {
+    pub(crate) fn kms(&self) -> Option<&Kms> {
         self.kms.as_ref().ok()
     }
 
     /// The KMS's address, for the token label; None when not configured.
-    pub fn server_url(&self) -> Option<&str> {
+    pub(crate) fn server_url(&self) -> Option<&str> {
         self.kms.as_ref().ok().map(|k| k.config.server_url.as_str())
     }
 
-    pub fn object(&self, handle: CK_OBJECT_HANDLE) -> Result<(Arc<KeyPair>, ObjectClass)> {
+    pub(crate) fn object(&self, handle: CK_OBJECT_HANDLE) -> Result<(Arc<KeyPair>, ObjectClass)> {
         lock(&self.store)
             .object(handle)
             .ok_or_else(|| Error::new(CKR_OBJECT_HANDLE_INVALID, format!("no object {handle}")))
@@ -140,7 +140,7 @@ impl Token {
 
     /// The handles of the objects that match `template`, loading the key list first when it
     /// is missing or old.
-    pub fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
+    pub(crate) fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
         let ttl = self.settings.key_cache_ttl;
         if lock(&self.store).needs_load(template, ttl) {
             let _loading = lock(&self.loading);
@@ -213,7 +213,7 @@ impl Token {
 
     /// Signs through the KMS. When the KMS refuses (the key is gone, not ours, not a signing
     /// key), the key's disk cache entry is dropped and the next search lists the keys again.
-    pub fn sign(&self, key: &KeyPair, request: &SignRequest) -> Result<Vec<u8>> {
+    pub(crate) fn sign(&self, key: &KeyPair, request: &SignRequest) -> Result<Vec<u8>> {
         let kms = self.kms.as_ref().map_err(|e| Error::new(CKR_DEVICE_ERROR, format!("no KMS configured: {e}")))?;
         let signed = operations::sign(&kms.client, &key.private_id, request);
         if let Err(KmsError::Refused(_)) = &signed {

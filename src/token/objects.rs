@@ -8,7 +8,7 @@ use crate::asn1::{self, PublicKey};
 /// A key pair of the KMS, as the token knows it. Only public facts: the private key stays in
 /// the KMS and is named by its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyPair {
+pub(crate) struct KeyPair {
     pub private_id: String,
     pub public_id: String,
     /// `CKA_LABEL`: what ssh shows as the key's comment.
@@ -17,14 +17,14 @@ pub struct KeyPair {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ObjectClass {
+pub(crate) enum ObjectClass {
     PublicKey,
     PrivateKey,
 }
 
 /// The answer for one attribute of one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attr {
+pub(crate) enum Attr {
     Value(Vec<u8>),
     /// The object has it, but will not say (private key material).
     Sensitive,
@@ -43,7 +43,7 @@ fn boolean(v: bool) -> Attr {
 /// The most `CKA_LABEL` bytes the token serves. OpenSSH reads the label into a 256-byte buffer
 /// (one byte kept for the NUL) in the same call as `CKA_KEY_TYPE`, and a
 /// `CKR_BUFFER_TOO_SMALL` there abandons every key of the slot, not only that one.
-pub const MAX_LABEL_LEN: usize = 255;
+pub(crate) const MAX_LABEL_LEN: usize = 255;
 
 /// Attributes of private keys that are secret material.
 const SENSITIVE: &[CK_ATTRIBUTE_TYPE] =
@@ -51,14 +51,14 @@ const SENSITIVE: &[CK_ATTRIBUTE_TYPE] =
 
 impl KeyPair {
     /// `CKA_ID`, the same on both objects of the pair: the private key's id.
-    pub fn ck_id(&self) -> &[u8] {
+    pub(crate) fn ck_id(&self) -> &[u8] {
         self.private_id.as_bytes()
     }
 
     /// `CKA_LABEL` as served: [`KeyPair::label`] with control characters made spaces (it
     /// ends up as the comment of an `authorized_keys` line), cut to [`MAX_LABEL_LEN`] bytes on
     /// a character boundary, marked with `…`, keeping its ` (uid)` end.
-    pub fn ck_label(&self) -> String {
+    pub(crate) fn ck_label(&self) -> String {
         let label: String = self.label.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         if label.len() <= MAX_LABEL_LEN {
             return label;
@@ -73,7 +73,7 @@ impl KeyPair {
         format!("{}…{tail}", &head[..cut])
     }
 
-    pub fn key_type(&self) -> CK_KEY_TYPE {
+    pub(crate) fn key_type(&self) -> CK_KEY_TYPE {
         match self.public_key {
             PublicKey::Rsa { .. } => CKK_RSA,
             PublicKey::Ec { .. } => CKK_EC,
@@ -82,7 +82,7 @@ impl KeyPair {
     }
 
     /// The value of attribute `ty` on the object of class `class`.
-    pub fn attribute(&self, class: ObjectClass, ty: CK_ATTRIBUTE_TYPE) -> Attr {
+    pub(crate) fn attribute(&self, class: ObjectClass, ty: CK_ATTRIBUTE_TYPE) -> Attr {
         let private = class == ObjectClass::PrivateKey;
         match ty {
             CKA_CLASS => ulong(if private { CKO_PRIVATE_KEY } else { CKO_PUBLIC_KEY }),
@@ -140,7 +140,7 @@ impl KeyPair {
     /// Does the object of class `class` have every attribute of `template` with that value?
     /// A private key is also found by its public key's id (`<uid>_pk`), as older providers
     /// used that as `CKA_ID`.
-    pub fn matches(&self, class: ObjectClass, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> bool {
+    pub(crate) fn matches(&self, class: ObjectClass, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> bool {
         template.iter().all(|(ty, wanted)| {
             if *ty == CKA_ID && class == ObjectClass::PrivateKey && wanted.as_slice() == self.public_id.as_bytes() {
                 return true;
@@ -163,7 +163,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::asn1::Curve;
 
-    pub fn p256_pair() -> KeyPair {
+    pub(crate) fn p256_pair() -> KeyPair {
         let mut point = vec![4u8];
         point.extend([1u8; 64]);
         KeyPair {
@@ -174,7 +174,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn rsa_pair() -> KeyPair {
+    pub(crate) fn rsa_pair() -> KeyPair {
         let mut modulus = vec![0xC0u8];
         modulus.extend([7u8; 255]);
         KeyPair {
