@@ -8,13 +8,13 @@
 use std::path::{Path, PathBuf};
 
 /// Environment variables naming the file, in order.
-pub(crate) const ENV_VARS: [&str; 2] = ["COSMIAN_KMS_CLI_CONF", "CKMS_CONF"];
+pub const ENV_VARS: [&str; 2] = ["COSMIAN_KMS_CLI_CONF", "CKMS_CONF"];
 
 /// The system-wide file.
-pub(crate) const SYSTEM_FILE: &str = "/etc/cosmian/ckms.toml";
+pub const SYSTEM_FILE: &str = "/etc/cosmian/ckms.toml";
 
 /// The files looked for when no variable is set, in order.
-pub(crate) fn default_locations() -> Vec<String> {
+pub fn default_locations() -> Vec<String> {
     candidates(dirs::home_dir().as_deref()).iter().map(|p| p.display().to_string()).collect()
 }
 
@@ -30,12 +30,12 @@ fn candidates(home: Option<&Path>) -> Vec<PathBuf> {
 
 /// The folder of the public-key cache (`src/token/key_cache.rs`): `$XDG_CACHE_HOME` or
 /// `~/.cache` on Linux, `~/Library/Caches` on macOS, then `cosmian-pkcs11/keys`.
-pub(crate) fn key_cache_folder() -> Option<PathBuf> {
+pub fn key_cache_folder() -> Option<PathBuf> {
     dirs::cache_dir().map(|d| d.join("cosmian-pkcs11").join("keys"))
 }
 
 /// The configuration file to use, if any.
-pub(crate) fn find() -> Option<PathBuf> {
+pub fn find() -> Option<PathBuf> {
     let chosen = choose(|k| std::env::var_os(k).map(PathBuf::from), dirs::home_dir().as_deref(), |p| p.is_file());
     match &chosen {
         Some(p) => tracing::debug!(file = %p.display(), "configuration file"),

@@ -13,10 +13,9 @@
 //! (say, to a file of the user's that another user wants truncated or filled) is not
 //! written through: the lines are dropped instead, silently, as for any unwritable file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use tracing::level_filters::LevelFilter;
@@ -24,16 +23,16 @@ use tracing::Dispatch;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
-pub(crate) const FILE_NAME: &str = "cosmian-pkcs11.log";
+pub const FILE_NAME: &str = "cosmian-pkcs11.log";
 
 /// The provider's subscriber, built on first use.
-pub(crate) fn dispatch() -> &'static Dispatch {
+pub fn dispatch() -> &'static Dispatch {
     static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
     DISPATCH.get_or_init(build)
 }
 
 /// The log folder in use.
-pub(crate) fn folder() -> Option<PathBuf> {
+pub fn folder() -> Option<PathBuf> {
     match std::env::var_os("COSMIAN_PKCS11_LOGGING_FOLDER") {
         Some(f) if !f.is_empty() => Some(PathBuf::from(f)),
         _ => default_folder(),
@@ -81,7 +80,7 @@ impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut guard = self.0.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            *guard = open_log(&self.0.path);
+            *guard = crate::files::open_private_append(&self.0.path).ok();
         }
         if let Some(f) = guard.as_mut() {
             let _ = f.write_all(buf);
@@ -93,23 +92,6 @@ impl Write for LineWriter<'_> {
     }
 }
 
-/// Opens the log file for appending: its folder created 0700, the file 0600 (also when an
-/// earlier version made it wider), never through a symbolic link (`O_NOFOLLOW`: ELOOP).
-fn open_log(path: &Path) -> Option<File> {
-    if let Some(parent) = path.parent() {
-        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent);
-    }
-    let file = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(O_NOFOLLOW).open(path).ok()?;
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
-    Some(file)
-}
-
-#[cfg(target_os = "linux")]
-const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
-/// From <sys/fcntl.h> (libc is a dependency on Linux only).
-#[cfg(target_os = "macos")]
-const O_NOFOLLOW: i32 = 0x0100;
-
 impl<'a> MakeWriter<'a> for LazyFile {
     type Writer = LineWriter<'a>;
     fn make_writer(&'a self) -> Self::Writer {
@@ -119,6 +101,9 @@ impl<'a> MakeWriter<'a> for LazyFile {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
     use super::*;
 
     fn write_line(path: &Path) {

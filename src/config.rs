@@ -62,6 +62,11 @@ pub struct KmsConfig {
     pub(crate) allow_cleartext_credentials: bool,
 }
 
+/// The credential store service under which the access token is stored (account: `server_url`).
+pub(crate) const TOKEN_SERVICE: &str = "cosmian-kms";
+/// The credential store service under which the PKCS#12 password is stored (account: the path).
+pub(crate) const PKCS12_SERVICE: &str = "cosmian-kms-pkcs12";
+
 /// Larger configuration files are refused unread (a real one is well under 100 KB, even with
 /// a `verified_cert` chain inline).
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -70,9 +75,9 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 const KNOWN_UNUSED: &[&str] = &["database_secret", "vault_token", "cipher_suites", "proxy_params", "oauth2_conf"];
 
 impl KmsConfig {
-    /// Reads and checks a config file, then looks up in the OS credential store the secrets
-    /// the file does not hold (see [`KmsConfig::fill_from_store`]). Unknown keys, and a
-    /// secret in a file others can read, are returned as warnings, not errors.
+    /// Reads and checks a config file. Unknown keys, and a secret in a file others can read,
+    /// are returned as warnings, not errors. The secrets the file does not hold are the
+    /// caller's to look up ([`KmsConfig::fill_from_store`]).
     pub(crate) fn load(path: &Path) -> Result<(Self, Vec<String>), String> {
         let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
         let mut file = std::fs::File::open(path).map_err(cannot_read)?;
@@ -86,13 +91,12 @@ impl KmsConfig {
                 MAX_CONFIG_BYTES >> 10
             ));
         }
-        let (mut config, mut warnings) = Self::parse(&text, path)?;
+        let (config, mut warnings) = Self::parse(&text, path)?;
         #[cfg(unix)]
         if let Ok(meta) = file.metadata() {
             use std::os::unix::fs::PermissionsExt;
             warnings.extend(config.exposed_secrets_warning(meta.permissions().mode()));
         }
-        config.fill_from_store(crate::platform::credentials::lookup, &mut warnings);
         Ok((config, warnings))
     }
 
@@ -125,7 +129,6 @@ impl KmsConfig {
         lookup: impl Fn(&str, &str) -> Option<Secret>,
         warnings: &mut Vec<String>,
     ) {
-        use crate::platform::credentials::{PKCS12_SERVICE, TOKEN_SERVICE};
         if self.use_pin_as_access_token {
             if self.access_token.take().is_some() {
                 warnings.push(format!(

@@ -8,7 +8,9 @@
 //! - [`session`], [`token`], [`signing`]: sessions, the key objects and their attributes, the
 //!   per-mechanism Sign recipes;
 //! - [`kmip`]: JSON-TTLV and the KMS operations over HTTP(S);
-//! - [`config`], [`platform`]: configuration file and environment, per-OS paths and logging;
+//! - [`config`]: configuration file and environment;
+//! - `platform` (the `cosmian-pkcs11-platform` crate, `platform/`): what differs per OS,
+//!   config paths, credential stores, logging, private files;
 //! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes).
 
 // `pub` only where `internals` re-exports; everything else is `pub(crate)` (checked by `cargo xtask tidy`).
@@ -24,12 +26,12 @@ mod config;
 mod error;
 mod ffi;
 mod kmip;
-#[path = "../platform/mod.rs"]
-mod platform;
 mod provider;
 mod session;
 mod signing;
 mod token;
+
+use cosmian_pkcs11_platform as platform;
 
 /// The parsers of untrusted input and the JSON-TTLV codec, for the fuzz targets (`fuzz/`) and
 /// the benchmark's raw KMIP client (`xtask/src/bench`), with the `internals` feature. Not an API:
@@ -40,7 +42,7 @@ pub mod internals {
     pub use crate::config::KmsConfig;
     pub use crate::kmip::ttlv::Ttlv;
     #[cfg(target_os = "linux")]
-    pub use crate::platform::credentials::{dbus, secret_service};
+    pub use cosmian_pkcs11_platform::credentials::{dbus, secret_service};
 }
 
 /// Locks a mutex, recovering it if a panicking thread poisoned it: every entry point catches

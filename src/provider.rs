@@ -72,8 +72,12 @@ impl Provider {
                 )
             })
             .and_then(|path| KmsConfig::load(&path))
-            .and_then(|(config, config_warnings)| {
+            .and_then(|(mut config, config_warnings)| {
                 warnings.extend(config_warnings);
+                config.fill_from_store(
+                    |service, account| platform::credentials::lookup(service, account).map(|s| Secret::new(s.as_str())),
+                    &mut warnings,
+                );
                 // PIN mode stands even when the client is refused: C_Login must then fail.
                 pin_mode = config.use_pin_as_access_token;
                 warnings.extend(config.cleartext_check()?);

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 const MAX_MESSAGE: usize = 1 << 20;
 
 /// An argument of a method call.
-pub(crate) enum Arg<'a> {
+pub enum Arg<'a> {
     Str(&'a str),
     Path(&'a str),
     /// A variant holding a string.
@@ -38,7 +38,7 @@ impl Arg<'_> {
 }
 
 /// A connection to the session bus; every read and write ends by `deadline`.
-pub(crate) struct Bus {
+pub struct Bus {
     stream: UnixStream,
     deadline: Instant,
     serial: u32,
@@ -46,7 +46,7 @@ pub(crate) struct Bus {
 
 /// A D-Bus error answer, e.g. `org.freedesktop.DBus.Error.ServiceUnknown`.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CallError {
+pub enum CallError {
     Remote(String),
     Io(String),
 }
@@ -63,7 +63,7 @@ impl std::fmt::Display for CallError {
 impl Bus {
     /// Connects to the session bus (`DBUS_SESSION_BUS_ADDRESS`, else `$XDG_RUNTIME_DIR/bus`),
     /// authenticates and says Hello.
-    pub(crate) fn session(deadline: Instant) -> Result<Bus, String> {
+    pub fn session(deadline: Instant) -> Result<Bus, String> {
         let address = std::env::var("DBUS_SESSION_BUS_ADDRESS")
             .ok()
             .filter(|a| !a.is_empty())
@@ -149,7 +149,7 @@ impl Bus {
     }
 
     /// Calls a method (without D-Bus activation of the destination) and returns the answer.
-    pub(crate) fn call(
+    pub fn call(
         &mut self,
         destination: &str,
         path: &str,
@@ -186,7 +186,7 @@ impl Bus {
 }
 
 /// A message from the bus.
-pub(crate) struct Message {
+pub struct Message {
     /// 2: a method's return, 3: an error, 4: a signal.
     pub kind: u8,
     /// The serial of the call it answers.
@@ -223,7 +223,7 @@ fn message_length(fixed: &[u8; 16]) -> Result<(usize, usize, bool), String> {
 
 /// Parses a whole message as read from the bus (the input the fuzz target `dbus_reply` feeds).
 /// The body is copied into a buffer wiped when dropped.
-pub(crate) fn parse_message(message: &[u8]) -> Result<Message, String> {
+pub fn parse_message(message: &[u8]) -> Result<Message, String> {
     let fixed: &[u8; 16] = message.get(..16).and_then(|f| f.try_into().ok()).ok_or("truncated D-Bus message")?;
     let (total, fields_end, big_endian) = message_length(fixed)?;
     if message.len() != total {
@@ -246,13 +246,13 @@ pub(crate) fn parse_message(message: &[u8]) -> Result<Message, String> {
 }
 
 /// The body of an answer, in its sender's byte order.
-pub(crate) struct Reply {
+pub struct Reply {
     body: Zeroizing<Vec<u8>>,
     big_endian: bool,
 }
 
 impl Reply {
-    pub(crate) fn reader(&self) -> Reader<'_> {
+    pub fn reader(&self) -> Reader<'_> {
         Reader { data: &self.body, at: 0, big_endian: self.big_endian }
     }
 }
@@ -415,7 +415,7 @@ impl Writer {
 
 /// Reads D-Bus values: positions count from the message's start for the header, from the
 /// body's start for a body (8-aligned in the message, so alignments agree).
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     data: &'a [u8],
     at: usize,
     big_endian: bool,
@@ -429,7 +429,7 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
-    pub(crate) fn align(&mut self, n: usize) -> Result<(), String> {
+    pub fn align(&mut self, n: usize) -> Result<(), String> {
         let to = self.at.next_multiple_of(n);
         self.take(to - self.at).map(drop)
     }
@@ -438,13 +438,13 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+    pub fn u32(&mut self) -> Result<u32, String> {
         self.align(4)?;
         let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| "truncated D-Bus message")?;
         Ok(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
     }
 
-    pub(crate) fn string(&mut self) -> Result<String, String> {
+    pub fn string(&mut self) -> Result<String, String> {
         let len = self.u32()? as usize;
         let s = self.take(len)?;
         self.take(1)?;
@@ -459,13 +459,13 @@ impl<'a> Reader<'a> {
     }
 
     /// `ay`, in a buffer wiped when dropped (it may be a secret).
-    pub(crate) fn bytes(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
+    pub fn bytes(&mut self) -> Result<Zeroizing<Vec<u8>>, String> {
         let len = self.u32()? as usize;
         Ok(Zeroizing::new(self.take(len)?.to_vec()))
     }
 
     /// `ao`.
-    pub(crate) fn paths(&mut self) -> Result<Vec<String>, String> {
+    pub fn paths(&mut self) -> Result<Vec<String>, String> {
         let len = self.u32()? as usize;
         let end = self.at + len;
         let mut paths = Vec::new();
@@ -476,7 +476,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Steps over a variant.
-    pub(crate) fn skip_variant(&mut self) -> Result<(), String> {
+    pub fn skip_variant(&mut self) -> Result<(), String> {
         let signature = self.signature()?;
         self.skip(&signature)
     }
@@ -528,22 +528,22 @@ pub(super) fn method_return(reply_to: u32, signature: &str, body: &[u8]) -> Vec<
 mod body {
     use super::Writer;
     impl Writer {
-        pub(crate) fn u32(&mut self, n: u32) {
+        pub fn u32(&mut self, n: u32) {
             self.align(4);
             self.0.extend(n.to_le_bytes());
         }
-        pub(crate) fn bytes(&mut self, b: &[u8]) {
+        pub fn bytes(&mut self, b: &[u8]) {
             self.u32(b.len() as u32);
             self.0.extend(b);
         }
-        pub(crate) fn str(&mut self, s: &str) {
+        pub fn str(&mut self, s: &str) {
             self.string(s);
         }
-        pub(crate) fn variant_str(&mut self, s: &str) {
+        pub fn variant_str(&mut self, s: &str) {
             self.signature("s");
             self.string(s);
         }
-        pub(crate) fn paths(&mut self, paths: &[&str]) {
+        pub fn paths(&mut self, paths: &[&str]) {
             let mut inner = Writer(vec![0; 4]);
             for p in paths {
                 inner.string(p);
@@ -551,7 +551,7 @@ mod body {
             self.u32((inner.0.len() - 4) as u32);
             self.0.extend(&inner.0[4..]);
         }
-        pub(crate) fn align8(&mut self) {
+        pub fn align8(&mut self) {
             self.align(8);
         }
     }

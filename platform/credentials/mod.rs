@@ -3,9 +3,8 @@
 //! never stores anything), and never in the way: a store that is absent, locked, slow or
 //! refuses counts as "not found", with a debug line saying why. A secret is never logged.
 //!
-//! Every store names an entry the same way: a service and an account.
-//! - access token: service [`TOKEN_SERVICE`], account = the configuration's `server_url`;
-//! - PKCS#12 password: service [`PKCS12_SERVICE`], account = the `tls_client_pkcs12_path`.
+//! Every store names an entry the same way: a service and an account (which ones the
+//! configuration asks for is its business: `config::TOKEN_SERVICE` in the provider).
 //!
 //! Stores, in the order they are asked:
 //! - Linux: the kernel keyutils store (`user` key `SERVICE:ACCOUNT` in the session or user
@@ -13,27 +12,20 @@
 //!   session bus and a running Secret Service exist;
 //! - macOS: the login Keychain (generic password, service and account).
 
-/// Public for the fuzz target `dbus_reply` only.
-#[cfg(target_os = "linux")]
-#[doc(hidden)]
+#[cfg(all(target_os = "linux", feature = "internals"))]
 pub mod dbus;
+#[cfg(all(target_os = "linux", not(feature = "internals")))]
+mod dbus;
 #[cfg(target_os = "macos")]
 mod keychain;
 #[cfg(target_os = "linux")]
 mod keyutils;
-/// Public for the fuzz target `dbus_reply` only.
-#[cfg(target_os = "linux")]
-#[doc(hidden)]
+#[cfg(all(target_os = "linux", feature = "internals"))]
 pub mod secret_service;
+#[cfg(all(target_os = "linux", not(feature = "internals")))]
+mod secret_service;
 
 use zeroize::Zeroizing;
-
-use crate::config::Secret;
-
-/// The service under which the access token is stored.
-pub(crate) const TOKEN_SERVICE: &str = "cosmian-kms";
-/// The service under which the PKCS#12 password is stored.
-pub(crate) const PKCS12_SERVICE: &str = "cosmian-kms-pkcs12";
 
 /// A store: its name for log lines, and its lookup (`Ok(None)`: not there).
 /// The secret comes back in a buffer wiped when dropped.
@@ -49,7 +41,7 @@ const STORES: &[Store] = &[
 ];
 
 /// The secret stored for `service` and `account`, from the first store that has it.
-pub(crate) fn lookup(service: &str, account: &str) -> Option<Secret> {
+pub fn lookup(service: &str, account: &str) -> Option<Zeroizing<String>> {
     STORES.iter().find_map(|(store, find)| match find(service, account) {
         Ok(Some(bytes)) => match to_secret(bytes) {
             Some(secret) => {
@@ -74,10 +66,10 @@ pub(crate) fn lookup(service: &str, account: &str) -> Option<Secret> {
 
 /// The stored bytes as a secret: UTF-8, without the surrounding white space that
 /// `secret-tool store` and `keyctl padd` keep from a shell's `echo` or here-string. The bytes
-/// are wiped as they are dropped; only the [`Secret`] (wiped too) keeps a copy.
-fn to_secret(bytes: Zeroizing<Vec<u8>>) -> Option<Secret> {
+/// are wiped as they are dropped; only the returned string (wiped too) keeps a copy.
+fn to_secret(bytes: Zeroizing<Vec<u8>>) -> Option<Zeroizing<String>> {
     let trimmed = std::str::from_utf8(&bytes).ok()?.trim();
-    (!trimmed.is_empty()).then(|| Secret::new(trimmed))
+    (!trimmed.is_empty()).then(|| Zeroizing::new(trimmed.to_owned()))
 }
 
 #[cfg(test)]
@@ -87,13 +79,13 @@ mod tests {
     #[test]
     fn stored_bytes_become_trimmed_secrets() {
         let secret = |b: &[u8]| to_secret(Zeroizing::new(b.to_vec()));
-        assert_eq!(secret(b"tok\n"), Some(Secret::new("tok")));
+        assert_eq!(secret(b"tok\n").as_deref().map(String::as_str), Some("tok"));
         assert_eq!(secret(b"  \n"), None);
         assert_eq!(secret(&[0xff, 0xfe]), None);
     }
 
     #[test]
     fn a_missing_entry_is_not_found() {
-        assert_eq!(lookup(TOKEN_SERVICE, "https://no-such-entry.invalid:1"), None);
+        assert_eq!(lookup("cosmian-kms", "https://no-such-entry.invalid:1"), None);
     }
 }

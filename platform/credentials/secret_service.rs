@@ -18,7 +18,7 @@ const SECRETS_PATH: &str = "/org/freedesktop/secrets";
 const SERVICE: &str = "org.freedesktop.Secret.Service";
 
 /// The secret of the first unlocked item with these attributes.
-pub(crate) fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     let started = Instant::now();
     search(service, account, started + TIMEOUT).map_err(|e| {
         // Whatever failed last, the cause was the time.
@@ -56,21 +56,21 @@ fn search(service: &str, account: &str, deadline: Instant) -> Result<Option<Zero
 }
 
 /// The session of an `OpenSession` answer `(v output, o result)`.
-pub(crate) fn session_of(reply: &Reply) -> Result<String, String> {
+pub fn session_of(reply: &Reply) -> Result<String, String> {
     let mut reader = reply.reader();
     reader.skip_variant()?;
     reader.string()
 }
 
 /// The unlocked and locked items of a `SearchItems` answer `(ao, ao)`.
-pub(crate) fn items_of(reply: &Reply) -> Result<(Vec<String>, Vec<String>), String> {
+pub fn items_of(reply: &Reply) -> Result<(Vec<String>, Vec<String>), String> {
     let mut reader = reply.reader();
     Ok((reader.paths()?, reader.paths()?))
 }
 
 /// The value of a `GetSecret` answer, a Secret `(o session, ay parameters, ay value, s
 /// content type)`, in a buffer wiped when dropped.
-pub(crate) fn secret_of(reply: &Reply) -> Result<Zeroizing<Vec<u8>>, String> {
+pub fn secret_of(reply: &Reply) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut reader = reply.reader();
     reader.align(8)?;
     reader.string()?;
@@ -114,7 +114,7 @@ mod tests {
 
         // The fuzz target's seeds are such answers too.
         let seed =
-            |name: &str| std::fs::read(format!("{}/fuzz/seeds/dbus_reply/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            |name: &str| std::fs::read(format!("{}/../fuzz/seeds/dbus_reply/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let answer = |name: &str| parse_message(&seed(name)).unwrap();
         assert_eq!(session_of(&answer("open_session").body).unwrap(), "/org/freedesktop/secrets/session/1");
         assert_eq!(items_of(&answer("search_items").body).unwrap().1.len(), 1);

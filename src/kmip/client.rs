@@ -1,5 +1,5 @@
 //! The HTTP(S) transport to the KMS: one `ureq` agent (so kept-alive connections reused by
-//! every call and session), TLS through rustls (`platform::tls`: `verified_cert` first, the
+//! every call and session), TLS through rustls (`kmip::tls`: `verified_cert` first, the
 //! system's roots when it does not verify the KMS), timeouts, retries, and
 //! the translation of HTTP outcomes into [`KmsError`]. One debug line per attempt; never a
 //! secret.
@@ -127,7 +127,7 @@ impl RetryPolicy {
 pub(crate) struct KmsClient {
     agent: RwLock<ureq::Agent>,
     /// While the agent trusts `verified_cert` alone: its TLS settings, to add the system's roots
-    /// when the KMS's certificate fails that verification (see `platform::tls`).
+    /// when the KMS's certificate fails that verification (see `kmip::tls`).
     deferred_tls: Mutex<Option<ureq::tls::TlsConfig>>,
     /// The agent's resolver, to forget the KMS's addresses when a connection fails.
     resolver: CachingResolver,
@@ -142,7 +142,7 @@ pub(crate) struct KmsClient {
 
 impl KmsClient {
     pub(crate) fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
-        let (tls, deferred) = crate::platform::tls::client_config(config)?;
+        let (tls, deferred) = super::tls::client_config(config)?;
         let resolver = CachingResolver::default();
         Ok(Self {
             agent: RwLock::new(agent(tls.clone(), settings.connect_timeout, settings.request_timeout, &resolver)),
@@ -162,7 +162,7 @@ impl KmsClient {
         let mut deferred = self.deferred_tls.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tls) = deferred.take() {
             tracing::debug!("the KMS's certificate is not verified by verified_cert alone: adding the system's roots");
-            let tls = crate::platform::tls::with_system_roots(&tls);
+            let tls = super::tls::with_system_roots(&tls);
             let agent = agent(tls, self.connect_timeout, self.request_timeout, &self.resolver);
             *self.agent.write().unwrap_or_else(|p| p.into_inner()) = agent;
         }

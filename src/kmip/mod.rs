@@ -1,8 +1,9 @@
-//! Talking to the Cosmian KMS: KMIP 2.1 in JSON-TTLV over HTTP(S).
+//! Talking to the Cosmian KMS: KMIP 2.1 in JSON-TTLV over HTTP(S), TLS with rustls ([`tls`]).
 
 pub(crate) mod client;
 pub(crate) mod operations;
 mod resolver;
+mod tls;
 mod transport;
 pub(crate) mod ttlv;
 

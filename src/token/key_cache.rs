@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::kmip::operations::RemoteKey;
+use crate::platform::files::{check_private, create_private_folder, write_private_file};
 use crate::kmip::ttlv::{hex_decode, hex_encode};
 
 /// Larger files are not read (a thousand keys take about 400 KB).
@@ -199,60 +200,8 @@ impl KeyCache {
     }
 }
 
-/// Refuses a file or folder that is not the user's own or that others may write: whoever can
-/// write the cache could choose the keys offered.
-#[cfg(unix)]
-fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    extern "C" {
-        // POSIX, in every Unix libc; never fails.
-        fn geteuid() -> u32;
-    }
-    // SAFETY: geteuid has no preconditions and touches no memory of ours.
-    let uid = unsafe { geteuid() };
-    if meta.file_type().is_symlink() {
-        Err(format!("{} is a symbolic link", path.display()))
-    } else if meta.uid() != uid {
-        Err(format!("{} belongs to user {}, not to this user ({uid})", path.display(), meta.uid()))
-    } else if meta.mode() & 0o022 != 0 {
-        Err(format!("others may write {} (mode {:o}): run `chmod go-w` on it", path.display(), meta.mode() & 0o777))
-    } else {
-        Ok(())
-    }
-}
-
-#[cfg(not(unix))]
-fn check_private(_: &Path, _: &std::fs::Metadata) -> Result<(), String> {
-    Ok(())
-}
-
 fn now_nanos() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-#[cfg(unix)]
-fn create_private_folder(folder: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)
-}
-
-#[cfg(not(unix))]
-fn create_private_folder(folder: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(folder)
-}
-
-#[cfg(unix)]
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 #[cfg(test)]
