@@ -232,30 +232,45 @@ pub(crate) struct RemoteKey {
     pub tags: Vec<String>,
 }
 
-/// Fetches the public keys and their attributes in one round trip.
+/// At most this many Exports per `RequestMessage`: one message per Locate page, so a listing
+/// stays one Export round trip for up to 1,000 keys (KMS 5.28's Locate cap), and an answer is
+/// at most 1,000 x 16 KiB (the Export cap in `client`), 16 MiB, however many keys a server
+/// that pages lists.
+pub(crate) const EXPORT_BATCH: usize = 1000;
+
+/// Fetches the public keys and their attributes: one batched round trip per
+/// [`EXPORT_BATCH`] keys, none started after `deadline`.
 pub(crate) fn export_public_keys(
     client: &KmsClient,
     vendor_id: &str,
     public_ids: &[String],
+    deadline: std::time::Instant,
 ) -> Result<Vec<Result<RemoteKey, KmsError>>, KmsError> {
-    if public_ids.is_empty() {
-        return Ok(Vec::new());
+    let mut keys = Vec::with_capacity(public_ids.len());
+    for (round, ids) in public_ids.chunks(EXPORT_BATCH).enumerate() {
+        if std::time::Instant::now() > deadline {
+            return Err(KmsError::Timeout(format!(
+                "listing the keys: past its deadline after {round} Export messages of {}",
+                public_ids.len().div_ceil(EXPORT_BATCH)
+            )));
+        }
+        let requests = ids
+            .iter()
+            .map(|id| {
+                Ttlv::structure(
+                    "Export",
+                    vec![Ttlv::text("UniqueIdentifier", id), Ttlv::enumeration("KeyFormatType", "PKCS8")],
+                )
+            })
+            .collect();
+        let answers = client.batch(requests)?;
+        keys.extend(
+            ids.iter()
+                .zip(answers)
+                .map(|(id, answer)| answer.and_then(|a| read_exported_public_key(id, vendor_id, &a))),
+        );
     }
-    let requests = public_ids
-        .iter()
-        .map(|id| {
-            Ttlv::structure(
-                "Export",
-                vec![Ttlv::text("UniqueIdentifier", id), Ttlv::enumeration("KeyFormatType", "PKCS8")],
-            )
-        })
-        .collect();
-    let answers = client.batch(requests)?;
-    Ok(public_ids
-        .iter()
-        .zip(answers)
-        .map(|(id, answer)| answer.and_then(|a| read_exported_public_key(id, vendor_id, &a)))
-        .collect())
+    Ok(keys)
 }
 
 /// Reads an `Export` answer of a public key.

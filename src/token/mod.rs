@@ -165,8 +165,8 @@ impl Token {
     }
 
     /// Lists the tagged, active key pairs: one batched Locate of the public and the private
-    /// keys (paged), then one batched Export of the public keys the disk cache does not hold
-    /// or the KMS did not confirm (none, usually: no request). All within
+    /// keys (paged), then batched Exports (one message per 1,000) of the public keys the disk
+    /// cache does not hold or the KMS did not confirm (none, usually: no request). All within
     /// [`LIST_DEADLINE_TIMEOUTS`] request timeouts, no request started after that.
     fn load(&self) -> std::result::Result<Vec<KeyPair>, String> {
         let kms = self.kms.as_ref().map_err(|e| format!("no KMS configured: {e}"))?;
@@ -178,10 +178,8 @@ impl Token {
         let cached = kms.key_cache.as_ref().map(KeyCache::load).unwrap_or_default();
         let mut known = confirmed(cached, &ids, &private_ids);
         let missing: Vec<String> = ids.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
-        if !missing.is_empty() && Instant::now() > deadline {
-            return Err("listing the keys: past its deadline before the Export".into());
-        }
-        let exported = operations::export_public_keys(&kms.client, vendor, &missing).map_err(|e| e.to_string())?;
+        let exported =
+            operations::export_public_keys(&kms.client, vendor, &missing, deadline).map_err(|e| e.to_string())?;
         let mut to_cache = Vec::new();
         for (id, result) in missing.iter().zip(exported) {
             match result.map_err(|e| e.to_string()).and_then(|remote| key_pair(&remote, tag).map(|_| remote)) {

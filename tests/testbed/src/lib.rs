@@ -36,7 +36,7 @@ use std::process::Command;
 pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
 pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
 pub use client::{cryptoki_session, function_list};
-pub use kmip::{create_p256_key_pairs, settled_audit_events};
+pub use kmip::{copy_key_pairs, create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
 pub use pki::{TestCa, X509Version};
 pub use proxy::CountingProxy;
