@@ -2,10 +2,18 @@
 //! socket, by path or abstract name), authenticate (EXTERNAL), and make method calls whose
 //! arguments and answers are strings, object paths, byte arrays and string dictionaries.
 //!
-//! Written here rather than taken from a D-Bus crate because the provider is a library loaded
-//! into other programs and unloaded again: every I/O has a deadline, and nothing outlives the
-//! call (zbus leaves an `async-io` and a `blocking` thread running for the life of the
-//! process; the `dbus` crate would make every program that loads the provider link libdbus).
+//! Written here rather than taken from a D-Bus crate. Measured (November 2026, against a
+//! private session bus and gnome-keyring, as `tests/platform_credentials.rs` runs them) for what
+//! a library loaded into ssh needs: pure Rust, starts no thread, a deadline on connect and every
+//! read, no D-Bus activation, no prompt, secrets in wiped buffers. `rustbus` 0.19 (last release
+//! 2023) and the `dbus` crate (links libdbus, C) read the handshake without a timeout and hang
+//! on a stalled bus. zbus 5's blocking API, and the `secret-service` crate built on it, leave
+//! two or three threads and open descriptors for the life of the process and have no deadline
+//! on connect; `secret-service` also D-Bus-activates the service; `oo7` is async only. zbus 6
+//! passes, through `zbus::block_on` on its new single-threaded runtime (6.0 dropped the blocking
+//! API), at the cost of 12 more crates, a minimum Rust of 1.89 (ours: 1.85), 2 ms instead of
+//! 1 ms per lookup and message buffers never wiped. This client: 1.1 ms, no thread, returns at
+//! 1.5 s on a stalled bus; its reply parser has a fuzz target (`fuzz/fuzz_targets/dbus_reply.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
