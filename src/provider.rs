@@ -6,16 +6,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cryptoki_sys::*;
 
+// What the C ABI layer (src/ffi) uses besides `Provider`, all through this module: the
+// mechanisms offered, the mechanism parameters and attribute answers it converts, the logger.
+pub(crate) use crate::platform::logging::dispatch as logger;
+pub(crate) use crate::signing::{Parameter, OFFERED as MECHANISMS};
+pub(crate) use crate::token::Attr;
+
 use crate::asn1::Hasher;
 use crate::config::{KmsConfig, Secret, Settings};
 use crate::error::{Error, Result};
-use crate::kmip::operations;
-use crate::kmip::{KmsClient, KmsError};
+use crate::kmip::KmsClient;
 use crate::lock;
 use crate::platform;
 use crate::session::{FindOp, Sessions, SignOp};
-use crate::signing::{self, Mechanism, Parameter};
-use crate::token::{Attr, KeyCache, Kms, ObjectClass, Token};
+use crate::signing::{self, Mechanism};
+use crate::token::{KeyCache, Kms, ObjectClass, Token};
 
 /// The only slot.
 pub(crate) const SLOT_ID: CK_SLOT_ID = 1;
@@ -212,9 +217,8 @@ impl Provider {
         Ok(())
     }
 
-    /// PIN mode: checks the PIN with a client of its own (no other request ever carries an
-    /// unchecked PIN), then sends it as the bearer token from now on. The caller holds
-    /// `login_lock`.
+    /// PIN mode: the token checks the PIN and uses it as the access token (see
+    /// [`Token::use_pin_as_access_token`]). The caller holds `login_lock`.
     fn use_pin_as_access_token(&self, pin: &[u8]) -> Result<()> {
         let pin = std::str::from_utf8(pin).map(str::trim).unwrap_or("");
         if pin.is_empty() {
@@ -223,24 +227,7 @@ impl Provider {
                 "PIN mode: the PIN (the KMS access token) is empty or not UTF-8",
             ));
         }
-        let kms = self.token.kms().ok_or_else(|| {
-            Error::new(CKR_DEVICE_ERROR, "PIN mode: no KMS client (see the ERROR line logged when the library loaded)")
-        })?;
-        let checking = KmsConfig { access_token: Some(Secret::new(pin)), ..kms.config.clone() };
-        let checker = KmsClient::new(&checking, &self.token.settings).map_err(|e| Error::new(CKR_DEVICE_ERROR, e))?;
-        let checked =
-            operations::locate_tagged(&checker, &kms.config.vendor_id, &self.token.settings.key_tag, "PublicKey");
-        match checked {
-            Ok(_) => {
-                kms.client.set_access_token(checking.access_token.clone());
-                tracing::info!("PIN mode: the KMS accepted the PIN as access token");
-                Ok(())
-            }
-            Err(KmsError::Unauthorized(e)) => {
-                Err(Error::new(CKR_PIN_INCORRECT, format!("PIN mode: the KMS refused the PIN as access token ({e})")))
-            }
-            Err(e) => Err(Error::new(CKR_DEVICE_ERROR, format!("PIN mode: cannot check the PIN: {e}"))),
-        }
+        self.token.use_pin_as_access_token(Secret::new(pin))
     }
 
     pub(crate) fn logout(&self, session: CK_SESSION_HANDLE) -> Result<()> {
@@ -256,8 +243,8 @@ impl Provider {
     fn end_login(&self) {
         let _login = lock(&self.login_lock);
         self.logged_in.store(false, Ordering::SeqCst);
-        if let Some(kms) = self.token.kms().filter(|_| self.pin_mode) {
-            kms.client.set_access_token(None);
+        if self.pin_mode {
+            self.token.forget_access_token();
         }
     }
 

@@ -7,9 +7,7 @@ use std::sync::{Arc, RwLock};
 use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
-use crate::provider::{Provider, SignOutput, MAX_SIGN_DATA};
-use crate::signing::{self, Parameter};
-use crate::token::Attr;
+use crate::provider::{logger, Attr, Parameter, Provider, SignOutput, MAX_SIGN_DATA, MECHANISMS};
 
 /// The initialized provider, between C_Initialize and C_Finalize.
 static PROVIDER: RwLock<Option<Arc<Provider>>> = RwLock::new(None);
@@ -28,7 +26,7 @@ const MAX_PIN_LEN: CK_ULONG = 16 << 10;
 /// a panic into CKR_GENERAL_ERROR. Nothing unwinds into the caller.
 pub(super) fn guard(name: &'static str, body: impl FnOnce() -> Result<()>) -> CK_RV {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        tracing::dispatcher::with_default(crate::platform::logging::dispatch(), || {
+        tracing::dispatcher::with_default(logger(), || {
             #[cfg(test)]
             if panic_injection::ARMED.with(std::cell::Cell::get) {
                 panic!("panic injected into {name}");
@@ -270,7 +268,7 @@ pub(super) unsafe extern "C" fn C_GetMechanismList(
 ) -> CK_RV {
     guard("C_GetMechanismList", || {
         provider()?.check_slot(slotID)?;
-        fill_list(pMechanismList, pulCount, &signing::OFFERED)
+        fill_list(pMechanismList, pulCount, &MECHANISMS)
     })
 }
 

@@ -488,7 +488,7 @@ mod tests {
     fn answers_are_capped_by_what_their_operations_need() {
         assert_eq!(answer_cap(["Sign"].into_iter()), (64 << 10) + (16 << 10));
         assert_eq!(answer_cap(["Locate", "Locate"].into_iter()), (2 << 20) + (16 << 10));
-        assert_eq!(answer_cap(std::iter::repeat_n("Export", 1000)), 1000 * (64 << 10) + (16 << 10));
+        assert_eq!(answer_cap(std::iter::repeat_n("Export", 1000)), 1000 * (16 << 10) + (16 << 10));
         assert_eq!(answer_cap(["Query"].into_iter()), (1 << 20) + (16 << 10));
     }
 

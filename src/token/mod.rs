@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cryptoki_sys::*;
 
 use crate::asn1::PublicKey;
-use crate::config::{KmsConfig, Settings};
+use crate::config::{KmsConfig, Secret, Settings};
 use crate::error::{Error, Result};
 use crate::kmip::client::KmsError;
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
@@ -207,6 +207,35 @@ impl Token {
             })
             .collect();
         Ok(keys)
+    }
+
+    /// PIN mode: checks `pin` as the KMS access token with a client of its own (one Locate; no
+    /// other request ever carries an unchecked PIN), then sends it as the bearer token from now
+    /// on. A PIN the KMS refuses is `CKR_PIN_INCORRECT` and is forgotten.
+    pub(crate) fn use_pin_as_access_token(&self, pin: Secret) -> Result<()> {
+        let kms = self.kms().ok_or_else(|| {
+            Error::new(CKR_DEVICE_ERROR, "PIN mode: no KMS client (see the ERROR line logged when the library loaded)")
+        })?;
+        let checking = KmsConfig { access_token: Some(pin), ..kms.config.clone() };
+        let checker = KmsClient::new(&checking, &self.settings).map_err(|e| Error::new(CKR_DEVICE_ERROR, e))?;
+        match operations::locate_tagged(&checker, &kms.config.vendor_id, &self.settings.key_tag, "PublicKey") {
+            Ok(_) => {
+                kms.client.set_access_token(checking.access_token.clone());
+                tracing::info!("PIN mode: the KMS accepted the PIN as access token");
+                Ok(())
+            }
+            Err(KmsError::Unauthorized(e)) => {
+                Err(Error::new(CKR_PIN_INCORRECT, format!("PIN mode: the KMS refused the PIN as access token ({e})")))
+            }
+            Err(e) => Err(Error::new(CKR_DEVICE_ERROR, format!("PIN mode: cannot check the PIN: {e}"))),
+        }
+    }
+
+    /// PIN mode: the login ended; no request carries the PIN any more.
+    pub(crate) fn forget_access_token(&self) {
+        if let Some(kms) = self.kms() {
+            kms.client.set_access_token(None);
+        }
     }
 
     /// Signs through the KMS. When the KMS refuses (the key is gone, not ours, not a signing
