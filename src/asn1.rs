@@ -272,7 +272,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        crate::kmip::ttlv::hex_decode(&s.to_uppercase()).unwrap()
+        hex::decode(s).unwrap()
     }
 
     #[test]

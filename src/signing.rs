@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn rsa_pkcs_needs_a_digest_info() {
         assert_eq!(request(RsaPkcs, &[0; 32], false).unwrap_err().rv, CKR_DATA_INVALID);
-        let mut di = crate::kmip::ttlv::hex_decode("3031300D060960864801650304020105000420").unwrap();
+        let mut di = hex::decode("3031300D060960864801650304020105000420").unwrap();
         di.extend([9; 32]);
         assert_eq!(request(RsaPkcs, &di, false).unwrap(), SignRequest::rsa_pkcs1(Hash::Sha256, vec![9; 32]));
     }

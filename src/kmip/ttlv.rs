@@ -150,7 +150,7 @@ impl Ttlv {
             "BigInteger" => Value::BigInteger(
                 raw.as_str()
                     .and_then(|s| s.strip_prefix("0x"))
-                    .and_then(hex_decode)
+                    .and_then(|h| hex::decode(h).ok())
                     .ok_or_else(|| bad("bad BigInteger"))?,
             ),
             "Enumeration" => Value::Enumeration(match raw {
@@ -160,7 +160,9 @@ impl Ttlv {
             }),
             "Boolean" => Value::Boolean(raw.as_bool().ok_or_else(|| bad("bad Boolean"))?),
             "TextString" => Value::TextString(raw.as_str().ok_or_else(|| bad("bad TextString"))?.to_owned()),
-            "ByteString" => Value::ByteString(raw.as_str().and_then(hex_decode).ok_or_else(|| bad("bad ByteString"))?),
+            "ByteString" => {
+                Value::ByteString(raw.as_str().and_then(|h| hex::decode(h).ok()).ok_or_else(|| bad("bad ByteString"))?)
+            }
             "DateTime" => Value::DateTime(match raw {
                 Json::String(s) => s.clone(),
                 Json::Number(n) => n.to_string(),
@@ -184,23 +186,6 @@ fn json_int(raw: &Json) -> Option<i64> {
     }
 }
 
-pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
-}
-
 impl Serialize for Ttlv {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let (ty, value): (Option<&str>, Json) = match &self.value {
@@ -212,11 +197,13 @@ impl Serialize for Ttlv {
             }
             Value::Integer(i) => (Some("Integer"), Json::from(*i)),
             Value::LongInteger(i) => (Some("LongInteger"), Json::from(format!("0x{:016X}", *i as u64))),
-            Value::BigInteger(b) => (Some("BigInteger"), Json::from(format!("0x{}", hex_encode(&sign_extend_to_8(b))))),
+            Value::BigInteger(b) => {
+                (Some("BigInteger"), Json::from(format!("0x{}", hex::encode_upper(sign_extend_to_8(b)))))
+            }
             Value::Enumeration(e) => (Some("Enumeration"), Json::from(e.as_str())),
             Value::Boolean(b) => (Some("Boolean"), Json::from(*b)),
             Value::TextString(s) => (Some("TextString"), Json::from(s.as_str())),
-            Value::ByteString(b) => (Some("ByteString"), Json::from(hex_encode(b))),
+            Value::ByteString(b) => (Some("ByteString"), Json::from(hex::encode_upper(b))),
             Value::DateTime(d) => (Some("DateTime"), Json::from(d.as_str())),
             Value::Interval(i) => (Some("Interval"), Json::from(*i)),
         };

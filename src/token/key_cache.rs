@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::kmip::operations::RemoteKey;
 use crate::platform::files::{check_private, create_private_folder, write_private_file};
-use crate::kmip::ttlv::{hex_decode, hex_encode};
 
 /// Larger files are not read (a thousand keys take about 400 KB).
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -92,7 +91,7 @@ impl KeyCache {
             .into_iter()
             .filter(|e| self.fresh(e, now()))
             .filter_map(|e| {
-                let spki = hex_decode(&e.spki)?;
+                let spki = hex::decode(&e.spki).ok()?;
                 let key =
                     RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags };
                 Some((key.public_id.clone(), key))
@@ -134,7 +133,7 @@ impl KeyCache {
         keys.extend(exported.iter().map(|k| Entry {
             public_id: k.public_id.clone(),
             private_id: k.private_id.clone(),
-            spki: hex_encode(&k.spki),
+            spki: hex::encode_upper(&k.spki),
             name: k.name.clone(),
             tags: k.tags.clone(),
             exported_at: now,

@@ -3,6 +3,7 @@
 //! come from the disk cache, `key_cache`), and the signing call.
 
 pub(crate) mod key_cache;
+mod kms_errors;
 pub(crate) mod objects;
 
 use std::collections::{HashMap, HashSet};
