@@ -13,6 +13,11 @@
 //!   config paths, credential stores, logging, private files;
 //! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes).
 
+// Unsafe code (src/ffi, and setsockopt in src/kmip/transport.rs): each operation in an `unsafe`
+// block of its own, with a `// SAFETY:` comment saying why it is sound, inside `unsafe fn`s too.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
 // `pub` only where `internals` re-exports; everything else is `pub(crate)` (checked by `cargo xtask tidy`).
 #![cfg_attr(feature = "internals", warn(unreachable_pub))]
 

@@ -1,5 +1,13 @@
 //! The implemented PKCS#11 entry points: pointer checks and C struct conversions around
 //! calls into [`Provider`]. Nothing here decides anything the core could decide.
+//!
+//! Every entry point is an unsafe C function whose caller, the PKCS#11 client, must keep the
+//! specification's pointer contract (each `# Safety` section says it for that function): a
+//! pointer argument is NULL or valid for what PKCS#11 does with it (an output pointer writable
+//! for one value of its type, an input array readable for the length given with it, an output
+//! buffer writable for the length the caller states), properly aligned, and used by nothing
+//! else during the call. Each raw-pointer operation is an `unsafe` block of its own, with the
+//! reason it is sound (`clippy::multiple_unsafe_ops_per_block`, `clippy::undocumented_unsafe_blocks`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, RwLock};
@@ -70,11 +78,20 @@ fn bad_args(what: &str) -> Error {
 }
 
 /// A caller's output pointer.
+///
+/// # Safety
+/// `p` is NULL, or aligned and valid for reads and writes of a `T`, and nothing else reads or
+/// writes that `T` during `'a`.
 pub(super) unsafe fn out<'a, T>(p: *mut T) -> Result<&'a mut T> {
-    p.as_mut().ok_or_else(|| bad_args("NULL output pointer"))
+    // SAFETY: NULL gives None; otherwise valid and unaliased for 'a, by this function's contract.
+    unsafe { p.as_mut() }.ok_or_else(|| bad_args("NULL output pointer"))
 }
 
 /// A caller's input array; NULL is allowed for an empty one.
+///
+/// # Safety
+/// When `len` is not 0 and at most `max`, `p` is NULL, or aligned and valid for reading `len`
+/// values of `T`, which nothing writes during `'a`.
 unsafe fn input<'a, T>(p: *const T, len: CK_ULONG, max: CK_ULONG) -> Result<&'a [T]> {
     if len == 0 {
         return Ok(&[]);
@@ -85,12 +102,19 @@ unsafe fn input<'a, T>(p: *const T, len: CK_ULONG, max: CK_ULONG) -> Result<&'a 
     if len > max {
         return Err(Error::new(CKR_DATA_LEN_RANGE, format!("length {len} is beyond what this token accepts")));
     }
-    Ok(std::slice::from_raw_parts(p, len as usize))
+    // SAFETY: `p` is not NULL and `len` is neither 0 nor beyond `max`, so by this function's
+    // contract `p` is valid for reading `len` values, unchanged during 'a.
+    Ok(unsafe { std::slice::from_raw_parts(p, len as usize) })
 }
 
 /// The two-call list pattern: NULL list → count; short list → count and BUFFER_TOO_SMALL.
+///
+/// # Safety
+/// `count` is NULL or valid for reading and writing a `CK_ULONG`; `list` is NULL or valid for
+/// writing as many `T` as `*count` says on entry; neither overlaps `items` or the other.
 pub(super) unsafe fn fill_list<T: Copy>(list: *mut T, count: *mut CK_ULONG, items: &[T]) -> Result<()> {
-    let count = out(count)?;
+    // SAFETY: `count` is NULL or valid for a CK_ULONG, by this function's contract.
+    let count = unsafe { out(count) }?;
     let available = *count;
     *count = items.len() as CK_ULONG;
     if list.is_null() {
@@ -99,7 +123,9 @@ pub(super) unsafe fn fill_list<T: Copy>(list: *mut T, count: *mut CK_ULONG, item
     if (available as usize) < items.len() {
         return Err(Error::new(CKR_BUFFER_TOO_SMALL, "list too short"));
     }
-    std::ptr::copy_nonoverlapping(items.as_ptr(), list, items.len());
+    // SAFETY: `list` is not NULL and holds `available` >= `items.len()` values (checked above),
+    // writable and not overlapping `items` by this function's contract.
+    unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), list, items.len()) };
     Ok(())
 }
 
@@ -129,9 +155,13 @@ fn library_version() -> CK_VERSION {
 
 // ---- general ----------------------------------------------------------------------------
 
+/// # Safety
+/// `pInitArgs` is NULL or valid for reading a `CK_C_INITIALIZE_ARGS`.
 pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_void) -> CK_RV {
     guard("C_Initialize", || {
-        if let Some(args) = (pInitArgs as *const CK_C_INITIALIZE_ARGS).as_ref() {
+        // SAFETY: NULL gives None; otherwise a readable CK_C_INITIALIZE_ARGS, by this function's
+        // contract.
+        if let Some(args) = unsafe { (pInitArgs as *const CK_C_INITIALIZE_ARGS).as_ref() } {
             if !args.pReserved.is_null() {
                 return Err(bad_args("pReserved must be NULL"));
             }
@@ -170,6 +200,8 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
     })
 }
 
+/// # Safety
+/// None: `pReserved` is only compared with NULL.
 pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void) -> CK_RV {
     guard("C_Finalize", || {
         provider()?;
@@ -181,10 +213,13 @@ pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void)
     })
 }
 
+/// # Safety
+/// `pInfo` is NULL or valid for writing a `CK_INFO`.
 pub(super) unsafe extern "C" fn C_GetInfo(pInfo: *mut CK_INFO) -> CK_RV {
     guard("C_GetInfo", || {
         provider()?;
-        let info = out(pInfo)?;
+        // SAFETY: `pInfo` is NULL or a writable CK_INFO, by this function's contract.
+        let info = unsafe { out(pInfo) }?;
         *info = CK_INFO {
             cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
             manufacturerID: pad("cosmian"),
@@ -198,18 +233,28 @@ pub(super) unsafe extern "C" fn C_GetInfo(pInfo: *mut CK_INFO) -> CK_RV {
 
 // ---- slot and token ---------------------------------------------------------------------
 
+/// # Safety
+/// `pulCount` is NULL or valid for reading and writing a `CK_ULONG`; `pSlotList` is NULL or
+/// valid for writing `*pulCount` slot IDs.
 pub(super) unsafe extern "C" fn C_GetSlotList(
     _tokenPresent: CK_BBOOL,
     pSlotList: *mut CK_SLOT_ID,
     pulCount: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetSlotList", || fill_list(pSlotList, pulCount, &provider()?.slot_ids()))
+    guard("C_GetSlotList", || {
+        let slots = provider()?.slot_ids();
+        // SAFETY: `fill_list`'s contract is this function's.
+        unsafe { fill_list(pSlotList, pulCount, &slots) }
+    })
 }
 
+/// # Safety
+/// `pInfo` is NULL or valid for writing a `CK_SLOT_INFO`.
 pub(super) unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_SLOT_INFO) -> CK_RV {
     guard("C_GetSlotInfo", || {
         provider()?.check_slot(slotID)?;
-        let info = out(pInfo)?;
+        // SAFETY: `pInfo` is NULL or a writable CK_SLOT_INFO, by this function's contract.
+        let info = unsafe { out(pInfo) }?;
         *info = CK_SLOT_INFO {
             slotDescription: pad("Cosmian KMS"),
             manufacturerID: pad("cosmian"),
@@ -221,11 +266,14 @@ pub(super) unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: *mut CK
     })
 }
 
+/// # Safety
+/// `pInfo` is NULL or valid for writing a `CK_TOKEN_INFO`.
 pub(super) unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_TOKEN_INFO) -> CK_RV {
     guard("C_GetTokenInfo", || {
         let p = provider()?;
         p.check_slot(slotID)?;
-        let info = out(pInfo)?;
+        // SAFETY: `pInfo` is NULL or a writable CK_TOKEN_INFO, by this function's contract.
+        let info = unsafe { out(pInfo) }?;
         let (sessions, rw_sessions) = p.session_counts();
         let label = p.token_label();
         *info = CK_TOKEN_INFO {
@@ -261,6 +309,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
+/// # Safety
+/// `pulCount` is NULL or valid for reading and writing a `CK_ULONG`; `pMechanismList` is NULL
+/// or valid for writing `*pulCount` mechanism types.
 pub(super) unsafe extern "C" fn C_GetMechanismList(
     slotID: CK_SLOT_ID,
     pMechanismList: *mut CK_MECHANISM_TYPE,
@@ -268,10 +319,13 @@ pub(super) unsafe extern "C" fn C_GetMechanismList(
 ) -> CK_RV {
     guard("C_GetMechanismList", || {
         provider()?.check_slot(slotID)?;
-        fill_list(pMechanismList, pulCount, &MECHANISMS)
+        // SAFETY: `fill_list`'s contract is this function's.
+        unsafe { fill_list(pMechanismList, pulCount, &MECHANISMS) }
     })
 }
 
+/// # Safety
+/// `pInfo` is NULL or valid for writing a `CK_MECHANISM_INFO`.
 pub(super) unsafe extern "C" fn C_GetMechanismInfo(
     slotID: CK_SLOT_ID,
     type_: CK_MECHANISM_TYPE,
@@ -279,7 +333,8 @@ pub(super) unsafe extern "C" fn C_GetMechanismInfo(
 ) -> CK_RV {
     guard("C_GetMechanismInfo", || {
         let (min, max, flags) = provider()?.mechanism_info(slotID, type_)?;
-        let info = out(pInfo)?;
+        // SAFETY: `pInfo` is NULL or a writable CK_MECHANISM_INFO, by this function's contract.
+        let info = unsafe { out(pInfo) }?;
         *info = CK_MECHANISM_INFO { ulMinKeySize: min, ulMaxKeySize: max, flags };
         Ok(())
     })
@@ -287,6 +342,9 @@ pub(super) unsafe extern "C" fn C_GetMechanismInfo(
 
 // ---- sessions ---------------------------------------------------------------------------
 
+/// # Safety
+/// `phSession` is NULL or valid for writing a `CK_SESSION_HANDLE`. (`pApplication` and
+/// `Notify` are not used.)
 pub(super) unsafe extern "C" fn C_OpenSession(
     slotID: CK_SLOT_ID,
     flags: CK_FLAGS,
@@ -296,29 +354,39 @@ pub(super) unsafe extern "C" fn C_OpenSession(
 ) -> CK_RV {
     guard("C_OpenSession", || {
         let p = provider()?;
-        let handle = out(phSession)?;
+        // SAFETY: `phSession` is NULL or a writable handle, by this function's contract.
+        let handle = unsafe { out(phSession) }?;
         *handle = p.open_session(slotID, flags)?;
         Ok(())
     })
 }
 
+/// # Safety
+/// None: no pointer arguments.
 pub(super) unsafe extern "C" fn C_CloseSession(hSession: CK_SESSION_HANDLE) -> CK_RV {
     guard("C_CloseSession", || provider()?.close_session(hSession))
 }
 
+/// # Safety
+/// None: no pointer arguments.
 pub(super) unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV {
     guard("C_CloseAllSessions", || provider()?.close_all_sessions(slotID))
 }
 
+/// # Safety
+/// `pInfo` is NULL or valid for writing a `CK_SESSION_INFO`.
 pub(super) unsafe extern "C" fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pInfo: *mut CK_SESSION_INFO) -> CK_RV {
     guard("C_GetSessionInfo", || {
         let (slotID, state, flags) = provider()?.session_info(hSession)?;
-        let info = out(pInfo)?;
+        // SAFETY: `pInfo` is NULL or a writable CK_SESSION_INFO, by this function's contract.
+        let info = unsafe { out(pInfo) }?;
         *info = CK_SESSION_INFO { slotID, state, flags, ulDeviceError: 0 };
         Ok(())
     })
 }
 
+/// # Safety
+/// `pPin` is NULL or valid for reading `ulPinLen` bytes.
 pub(super) unsafe extern "C" fn C_Login(
     hSession: CK_SESSION_HANDLE,
     userType: CK_USER_TYPE,
@@ -328,7 +396,8 @@ pub(super) unsafe extern "C" fn C_Login(
     guard("C_Login", || {
         // The PIN is never logged; in PIN mode it is the KMS access token, else it is ignored.
         let p = provider()?;
-        let pin = input(pPin, ulPinLen, MAX_PIN_LEN).map_err(|e| match e.rv {
+        // SAFETY: `pPin` is NULL or readable for `ulPinLen` bytes, by this function's contract.
+        let pin = unsafe { input(pPin, ulPinLen, MAX_PIN_LEN) }.map_err(|e| match e.rv {
             CKR_DATA_LEN_RANGE => Error::new(CKR_PIN_LEN_RANGE, format!("a PIN is at most {MAX_PIN_LEN} bytes")),
             _ => e,
         })?;
@@ -336,12 +405,17 @@ pub(super) unsafe extern "C" fn C_Login(
     })
 }
 
+/// # Safety
+/// None: no pointer arguments.
 pub(super) unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
     guard("C_Logout", || provider()?.logout(hSession))
 }
 
 // ---- objects ----------------------------------------------------------------------------
 
+/// # Safety
+/// `pTemplate` is NULL or valid for reading `ulCount` attributes, and the `pValue` of each is
+/// NULL or valid for reading its `ulValueLen` bytes.
 pub(super) unsafe extern "C" fn C_FindObjectsInit(
     hSession: CK_SESSION_HANDLE,
     pTemplate: *mut CK_ATTRIBUTE,
@@ -353,8 +427,12 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(
         if ulCount > MAX_TEMPLATE_LEN {
             return Err(bad_args(&format!("a search template has at most {MAX_TEMPLATE_LEN} attributes")));
         }
-        for attr in input(pTemplate, ulCount, MAX_TEMPLATE_LEN)? {
-            let value = input(attr.pValue as *const u8, attr.ulValueLen, MAX_TEMPLATE_VALUE)
+        // SAFETY: `pTemplate` is NULL or readable for `ulCount` attributes, by this function's
+        // contract.
+        for attr in unsafe { input(pTemplate, ulCount, MAX_TEMPLATE_LEN) }? {
+            // SAFETY: each `pValue` is NULL or readable for its `ulValueLen` bytes, by this
+            // function's contract.
+            let value = unsafe { input(attr.pValue as *const u8, attr.ulValueLen, MAX_TEMPLATE_VALUE) }
                 .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, e.message))?;
             template.push((attr.type_, value.to_vec()));
         }
@@ -362,6 +440,9 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(
     })
 }
 
+/// # Safety
+/// `pulObjectCount` is NULL or valid for writing a `CK_ULONG`; `phObject` is NULL or valid for
+/// writing `ulMaxObjectCount` handles.
 pub(super) unsafe extern "C" fn C_FindObjects(
     hSession: CK_SESSION_HANDLE,
     phObject: *mut CK_OBJECT_HANDLE,
@@ -370,25 +451,35 @@ pub(super) unsafe extern "C" fn C_FindObjects(
 ) -> CK_RV {
     guard("C_FindObjects", || {
         let p = provider()?;
-        let count = out(pulObjectCount)?;
+        // SAFETY: `pulObjectCount` is NULL or a writable CK_ULONG, by this function's contract.
+        let count = unsafe { out(pulObjectCount) }?;
         if phObject.is_null() && ulMaxObjectCount > 0 {
             return Err(bad_args("NULL object array"));
         }
         let found = p.find_next(hSession, ulMaxObjectCount as usize)?;
         if !found.is_empty() {
-            std::ptr::copy_nonoverlapping(found.as_ptr(), phObject, found.len());
+            // SAFETY: `find_next` returns at most `ulMaxObjectCount` handles, so here that is not
+            // 0 and `phObject` is not NULL (checked above): writable for them by this function's
+            // contract, and not overlapping the Vec `found`.
+            unsafe { std::ptr::copy_nonoverlapping(found.as_ptr(), phObject, found.len()) };
         }
         *count = found.len() as CK_ULONG;
         Ok(())
     })
 }
 
+/// # Safety
+/// None: no pointer arguments.
 pub(super) unsafe extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
     guard("C_FindObjectsFinal", || provider()?.find_final(hSession))
 }
 
 /// Fills each attribute independently; the first problem met is the call's code, and every
 /// other attribute is still filled, as the specification asks.
+///
+/// # Safety
+/// `pTemplate` is NULL or valid for reading and writing `ulCount` attributes, and the `pValue`
+/// of each is NULL or valid for writing its `ulValueLen` bytes, not overlapping the template.
 pub(super) unsafe extern "C" fn C_GetAttributeValue(
     hSession: CK_SESSION_HANDLE,
     hObject: CK_OBJECT_HANDLE,
@@ -403,8 +494,13 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
         if ulCount > MAX_TEMPLATE_LEN {
             return Err(bad_args(&format!("a template has at most {MAX_TEMPLATE_LEN} attributes")));
         }
-        let template =
-            if ulCount == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) };
+        let template = if ulCount == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: `pTemplate` is not NULL (checked above), so by this function's contract
+            // it is readable and writable for `ulCount` attributes, used by nothing else.
+            unsafe { std::slice::from_raw_parts_mut(pTemplate, ulCount as usize) }
+        };
         let types: Vec<_> = template.iter().map(|a| a.type_).collect();
         let values = p.attributes(hSession, hObject, &types)?;
         let mut rv = CKR_OK;
@@ -415,7 +511,9 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
                     None
                 }
                 Attr::Value(v) if (attr.ulValueLen as usize) >= v.len() => {
-                    std::ptr::copy_nonoverlapping(v.as_ptr(), attr.pValue as *mut u8, v.len());
+                    // SAFETY: `pValue` is not NULL (previous arm) and holds `ulValueLen` >=
+                    // `v.len()` writable bytes by this function's contract; `v` is our own Vec.
+                    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), attr.pValue as *mut u8, v.len()) };
                     attr.ulValueLen = v.len() as CK_ULONG;
                     None
                 }
@@ -440,6 +538,9 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
 /// The keys live in the KMS, which says nothing of the memory they take: a valid object's
 /// size is `CK_UNAVAILABLE_INFORMATION` with `CKR_INFORMATION_SENSITIVE`, which the
 /// specification lists among C_GetObjectSize's answers.
+///
+/// # Safety
+/// `pulSize` is NULL or valid for writing a `CK_ULONG`.
 pub(super) unsafe extern "C" fn C_GetObjectSize(
     hSession: CK_SESSION_HANDLE,
     hObject: CK_OBJECT_HANDLE,
@@ -447,13 +548,18 @@ pub(super) unsafe extern "C" fn C_GetObjectSize(
 ) -> CK_RV {
     guard("C_GetObjectSize", || {
         provider()?.attributes(hSession, hObject, &[])?;
-        *out(pulSize)? = CK_UNAVAILABLE_INFORMATION;
+        // SAFETY: `pulSize` is NULL or a writable CK_ULONG, by this function's contract.
+        let size = unsafe { out(pulSize) }?;
+        *size = CK_UNAVAILABLE_INFORMATION;
         Err(Error::new(CKR_INFORMATION_SENSITIVE, "the size of a key held in the KMS is not known"))
     })
 }
 
 // ---- signing ----------------------------------------------------------------------------
 
+/// # Safety
+/// `pMechanism` is NULL or valid for reading a `CK_MECHANISM`, whose `pParameter` is NULL or
+/// valid for reading its `ulParameterLen` bytes.
 pub(super) unsafe extern "C" fn C_SignInit(
     hSession: CK_SESSION_HANDLE,
     pMechanism: *mut CK_MECHANISM,
@@ -461,14 +567,20 @@ pub(super) unsafe extern "C" fn C_SignInit(
 ) -> CK_RV {
     guard("C_SignInit", || {
         let p = provider()?;
-        let mechanism = pMechanism.as_ref().ok_or_else(|| bad_args("NULL mechanism"))?;
-        let parameter = read_parameter(mechanism);
+        // SAFETY: NULL gives None; otherwise a readable CK_MECHANISM, by this function's contract.
+        let mechanism = unsafe { pMechanism.as_ref() }.ok_or_else(|| bad_args("NULL mechanism"))?;
+        // SAFETY: its `pParameter` is NULL or readable for `ulParameterLen` bytes, by this
+        // function's contract.
+        let parameter = unsafe { read_parameter(mechanism) };
         p.sign_init(hSession, mechanism.mechanism, parameter, hKey)
     })
 }
 
 /// Reads a mechanism's parameter as the C struct its mechanism defines; a parameter of the
 /// wrong size is `Unreadable` (the core answers CKR_MECHANISM_PARAM_INVALID).
+///
+/// # Safety
+/// `mechanism.pParameter` is NULL or valid for reading `mechanism.ulParameterLen` bytes.
 unsafe fn read_parameter(mechanism: &CK_MECHANISM) -> Parameter {
     let (p, len) = (mechanism.pParameter, mechanism.ulParameterLen as usize);
     if p.is_null() {
@@ -482,11 +594,15 @@ unsafe fn read_parameter(mechanism: &CK_MECHANISM) -> Parameter {
         | CKM_SHA512_RSA_PKCS_PSS
             if len == std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() =>
         {
-            let pss = std::ptr::read_unaligned(p as *const CK_RSA_PKCS_PSS_PARAMS);
+            // SAFETY: `p` is not NULL and readable for `len` bytes (this function's contract),
+            // exactly one CK_RSA_PKCS_PSS_PARAMS, read unaligned; any bits are valid for it.
+            let pss = unsafe { std::ptr::read_unaligned(p as *const CK_RSA_PKCS_PSS_PARAMS) };
             Parameter::Pss { hash: pss.hashAlg, mgf: pss.mgf, salt_len: pss.sLen }
         }
         CKM_EDDSA if len == std::mem::size_of::<CK_EDDSA_PARAMS>() => {
-            let eddsa = std::ptr::read_unaligned(p as *const CK_EDDSA_PARAMS);
+            // SAFETY: `p` is not NULL and readable for `len` bytes (this function's contract),
+            // exactly one CK_EDDSA_PARAMS, read unaligned. Its pointer field is not followed.
+            let eddsa = unsafe { std::ptr::read_unaligned(p as *const CK_EDDSA_PARAMS) };
             Parameter::Eddsa { prehash: eddsa.phFlag != 0, context_len: eddsa.ulContextDataLen as usize }
         }
         _ => Parameter::Unreadable,
@@ -494,6 +610,9 @@ unsafe fn read_parameter(mechanism: &CK_MECHANISM) -> Parameter {
 }
 
 /// Hands a signing outcome back through the C length/buffer pair.
+///
+/// # Safety
+/// For `SignOutput::Signature(sig)`, `pSignature` is valid for writing `sig.len()` bytes.
 unsafe fn deliver(outcome: SignOutput, pSignature: *mut CK_BYTE, len: &mut CK_ULONG) -> Result<()> {
     match outcome {
         SignOutput::Length(n) => {
@@ -505,7 +624,8 @@ unsafe fn deliver(outcome: SignOutput, pSignature: *mut CK_BYTE, len: &mut CK_UL
             Err(Error::new(CKR_BUFFER_TOO_SMALL, format!("the signature needs {n} bytes")))
         }
         SignOutput::Signature(sig) => {
-            std::ptr::copy_nonoverlapping(sig.as_ptr(), pSignature, sig.len());
+            // SAFETY: writable for `sig.len()` bytes by this function's contract; `sig` is ours.
+            unsafe { std::ptr::copy_nonoverlapping(sig.as_ptr(), pSignature, sig.len()) };
             *len = sig.len() as CK_ULONG;
             Ok(())
         }
@@ -514,11 +634,19 @@ unsafe fn deliver(outcome: SignOutput, pSignature: *mut CK_BYTE, len: &mut CK_UL
 
 /// Data to sign: only its first `MAX_SIGN_DATA + 1` bytes are read, enough for the provider
 /// to see it is too long (`CKR_DATA_LEN_RANGE`, which ends the operation).
+///
+/// # Safety
+/// `p` is NULL or valid for reading `len` bytes, which nothing writes during `'a`.
 unsafe fn sign_input<'a>(p: *const CK_BYTE, len: CK_ULONG) -> Result<&'a [u8]> {
     let cap = MAX_SIGN_DATA as CK_ULONG + 1;
-    input(p, len.min(cap), cap)
+    // SAFETY: reads at most `len` bytes of `p`, which this function's contract makes readable.
+    unsafe { input(p, len.min(cap), cap) }
 }
 
+/// # Safety
+/// `pData` is NULL or valid for reading `ulDataLen` bytes; `pulSignatureLen` is NULL or valid
+/// for reading and writing a `CK_ULONG`; `pSignature` is NULL or valid for writing
+/// `*pulSignatureLen` bytes; none overlaps another.
 pub(super) unsafe extern "C" fn C_Sign(
     hSession: CK_SESSION_HANDLE,
     pData: *mut CK_BYTE,
@@ -528,13 +656,20 @@ pub(super) unsafe extern "C" fn C_Sign(
 ) -> CK_RV {
     guard("C_Sign", || {
         let p = provider()?;
-        let len = out(pulSignatureLen)?;
-        let data = sign_input(pData, ulDataLen)?;
+        // SAFETY: `pulSignatureLen` is NULL or a writable CK_ULONG, by this function's contract.
+        let len = unsafe { out(pulSignatureLen) }?;
+        // SAFETY: `pData` is NULL or readable for `ulDataLen` bytes, by this function's contract.
+        let data = unsafe { sign_input(pData, ulDataLen) }?;
         let capacity = (!pSignature.is_null()).then_some(*len as usize);
-        deliver(p.sign(hSession, data, capacity)?, pSignature, len)
+        let outcome = p.sign(hSession, data, capacity)?;
+        // SAFETY: the provider returns a signature only when given a capacity (so `pSignature`
+        // is not NULL) of at least its length: writable for it, by this function's contract.
+        unsafe { deliver(outcome, pSignature, len) }
     })
 }
 
+/// # Safety
+/// `pPart` is NULL or valid for reading `ulPartLen` bytes.
 pub(super) unsafe extern "C" fn C_SignUpdate(
     hSession: CK_SESSION_HANDLE,
     pPart: *mut CK_BYTE,
@@ -542,10 +677,14 @@ pub(super) unsafe extern "C" fn C_SignUpdate(
 ) -> CK_RV {
     guard("C_SignUpdate", || {
         let p = provider()?;
-        p.sign_update(hSession, sign_input(pPart, ulPartLen)?)
+        // SAFETY: `pPart` is NULL or readable for `ulPartLen` bytes, by this function's contract.
+        p.sign_update(hSession, unsafe { sign_input(pPart, ulPartLen) }?)
     })
 }
 
+/// # Safety
+/// `pulSignatureLen` is NULL or valid for reading and writing a `CK_ULONG`; `pSignature` is NULL
+/// or valid for writing `*pulSignatureLen` bytes, not overlapping it.
 pub(super) unsafe extern "C" fn C_SignFinal(
     hSession: CK_SESSION_HANDLE,
     pSignature: *mut CK_BYTE,
@@ -553,9 +692,13 @@ pub(super) unsafe extern "C" fn C_SignFinal(
 ) -> CK_RV {
     guard("C_SignFinal", || {
         let p = provider()?;
-        let len = out(pulSignatureLen)?;
+        // SAFETY: `pulSignatureLen` is NULL or a writable CK_ULONG, by this function's contract.
+        let len = unsafe { out(pulSignatureLen) }?;
         let capacity = (!pSignature.is_null()).then_some(*len as usize);
-        deliver(p.sign_final(hSession, capacity)?, pSignature, len)
+        let outcome = p.sign_final(hSession, capacity)?;
+        // SAFETY: the provider returns a signature only when given a capacity (so `pSignature`
+        // is not NULL) of at least its length: writable for it, by this function's contract.
+        unsafe { deliver(outcome, pSignature, len) }
     })
 }
 
@@ -599,7 +742,12 @@ mod panic_injection {
 
     macro_rules! call_all {
         ($table:expr; $($f:ident),*) => {
-            vec![$((stringify!($f), unsafe { $table.$f.expect(stringify!($f)).call_zeroed() })),*]
+            vec![$((
+                stringify!($f),
+                // SAFETY: every slot is ours, and takes all-zero arguments (NULL pointers are
+                // checked before any use).
+                unsafe { $table.$f.expect(stringify!($f)).call_zeroed() },
+            )),*]
         };
     }
 
@@ -625,14 +773,15 @@ mod panic_injection {
             C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
             C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext,
             C_MessageVerifyFinal)));
-        unsafe {
-            calls.push(("C_GetFunctionList", C_GetFunctionList(std::ptr::null_mut())));
-            calls.push(("C_GetInterfaceList", C_GetInterfaceList(std::ptr::null_mut(), std::ptr::null_mut())));
-            calls.push((
-                "C_GetInterface",
-                C_GetInterface(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0),
-            ));
-        }
+        // SAFETY: NULL pointers are within each function's contract.
+        calls.push(("C_GetFunctionList", unsafe { C_GetFunctionList(std::ptr::null_mut()) }));
+        // SAFETY: as above.
+        calls.push(("C_GetInterfaceList", unsafe { C_GetInterfaceList(std::ptr::null_mut(), std::ptr::null_mut()) }));
+        calls.push((
+            "C_GetInterface",
+            // SAFETY: as above.
+            unsafe { C_GetInterface(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0) },
+        ));
         ARMED.with(|a| a.set(false));
         assert_eq!(calls.len(), 68 + 92 + 3);
 

@@ -81,33 +81,53 @@ static mut INTERFACES: [CK_INTERFACE; 2] = [
 /// Pointers to the entries of [`INTERFACES`].
 fn interfaces() -> [*mut CK_INTERFACE; 2] {
     let base = std::ptr::addr_of_mut!(INTERFACES) as *mut CK_INTERFACE;
-    // SAFETY: in bounds of a two-element static array.
-    unsafe { [base, base.add(1)] }
+    // SAFETY: one past `base` is the second element of the two-element static array.
+    let second = unsafe { base.add(1) };
+    [base, second]
 }
 
 /// The PKCS#11 2.40 entry point.
+///
+/// # Safety
+/// `ppFunctionList` is NULL or valid for writing a pointer.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
     entry::guard("C_GetFunctionList", || {
-        let out = entry::out(ppFunctionList)?;
+        // SAFETY: `ppFunctionList` is NULL or a writable pointer, by this function's contract.
+        let out = unsafe { entry::out(ppFunctionList) }?;
         *out = &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
         Ok(())
     })
 }
 
 /// The PKCS#11 3.0 interfaces: "PKCS 11" 3.0 (default) and 2.40.
+///
+/// # Safety
+/// `pulCount` is NULL or valid for reading and writing a `CK_ULONG`; `pInterfacesList` is NULL
+/// or valid for writing `*pulCount` interfaces.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn C_GetInterfaceList(
     pInterfacesList: *mut CK_INTERFACE,
     pulCount: *mut CK_ULONG,
 ) -> CK_RV {
     entry::guard("C_GetInterfaceList", || {
-        let all: Vec<CK_INTERFACE> = interfaces().iter().map(|i| i.read()).collect();
-        entry::fill_list(pInterfacesList, pulCount, &all)
+        let all: Vec<CK_INTERFACE> = interfaces()
+            .iter()
+            .map(|i| {
+                // SAFETY: an entry of INTERFACES, static and initialized.
+                unsafe { i.read() }
+            })
+            .collect();
+        // SAFETY: `fill_list`'s contract is this function's.
+        unsafe { entry::fill_list(pInterfacesList, pulCount, &all) }
     })
 }
 
 /// Looks an interface up by name, version and flags; NULL name or version pick the default.
+///
+/// # Safety
+/// `pInterfaceName` is NULL or a NUL-terminated string; `pVersion` is NULL or valid for reading
+/// a `CK_VERSION`; `ppInterface` is NULL or valid for writing a pointer.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn C_GetInterface(
     pInterfaceName: *mut CK_UTF8CHAR,
@@ -116,18 +136,25 @@ pub(crate) unsafe extern "C" fn C_GetInterface(
     flags: CK_FLAGS,
 ) -> CK_RV {
     entry::guard("C_GetInterface", || {
-        let out = entry::out(ppInterface)?;
+        // SAFETY: `ppInterface` is NULL or a writable pointer, by this function's contract.
+        let out = unsafe { entry::out(ppInterface) }?;
         if !pInterfaceName.is_null() {
-            let name = std::ffi::CStr::from_ptr(pInterfaceName as *const std::os::raw::c_char);
+            // SAFETY: not NULL, so a NUL-terminated string by this function's contract.
+            let name = unsafe { std::ffi::CStr::from_ptr(pInterfaceName as *const std::os::raw::c_char) };
             if name.to_bytes() != b"PKCS 11" {
                 return Err(crate::error::Error::new(CKR_ARGUMENTS_BAD, "unknown interface name"));
             }
         }
-        let wanted = (!pVersion.is_null()).then(|| *pVersion);
+        // SAFETY: not NULL, so a readable CK_VERSION by this function's contract.
+        let wanted = (!pVersion.is_null()).then(|| unsafe { *pVersion });
         let found = interfaces().into_iter().find(|i| {
-            // SAFETY: the entry is ours; pFunctionList points at a function table, which
-            // always starts with its CK_VERSION (ours, or a client's that replaced it).
-            let (version, own_flags) = unsafe { (*((**i).pFunctionList as *const CK_VERSION), (**i).flags) };
+            // SAFETY: an entry of INTERFACES, static and initialized.
+            let function_list = unsafe { (**i).pFunctionList };
+            // SAFETY: pFunctionList points at a function table, which always starts with its
+            // CK_VERSION (ours, or a client's that replaced it).
+            let version = unsafe { *(function_list as *const CK_VERSION) };
+            // SAFETY: an entry of INTERFACES, static and initialized.
+            let own_flags = unsafe { (**i).flags };
             wanted.is_none_or(|w| w.major == version.major && w.minor == version.minor) && own_flags & flags == flags
         });
         match found {

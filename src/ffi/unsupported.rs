@@ -12,6 +12,9 @@ use std::os::raw::c_void;
 /// `stubs!(RV; name(arg types); ...)`: functions answering [`super::entry::stub`]`(RV)`.
 macro_rules! stubs {
     ($rv:expr; $($name:ident($($ty:ty),*);)*) => {$(
+        /// # Safety
+        /// None: the arguments are ignored, no pointer is read or written. (Unsafe only for the
+        /// type of its function-table slot.)
         pub(super) unsafe extern "C" fn $name($(_: $ty),*) -> CK_RV {
             super::entry::stub($rv)
         }
