@@ -42,7 +42,7 @@ fn boolean(v: bool) -> Attr {
 
 /// The most `CKA_LABEL` bytes the token serves. OpenSSH reads the label into a 256-byte buffer
 /// (one byte kept for the NUL) in the same call as `CKA_KEY_TYPE`, and a
-/// `CKR_BUFFER_TOO_SMALL` there abandons every key of the slot, not only that one.
+/// `CKR_BUFFER_TOO_SMALL` there ends the listing of the slot: that key and every key after it are lost.
 pub(crate) const MAX_LABEL_LEN: usize = 255;
 
 /// Attributes of private keys that are secret material.
