@@ -24,6 +24,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::resolver::CachingResolver;
+use super::transport::Route;
 use super::ttlv::Ttlv;
 use zeroize::Zeroizing;
 
@@ -133,6 +134,8 @@ pub(crate) struct KmsClient {
     deferred_tls: Mutex<Option<ureq::tls::TlsConfig>>,
     /// The agent's resolver, to forget the KMS's addresses when a connection fails.
     resolver: CachingResolver,
+    /// Through which proxy, if any, the agent reaches the KMS (kept for a new agent).
+    route: Route,
     connect_timeout: Duration,
     base_url: String,
     headers: Vec<(String, String)>,
@@ -146,8 +149,11 @@ impl KmsClient {
     pub(crate) fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
         let (tls, deferred) = super::tls::client_config(config)?;
         let resolver = CachingResolver::default();
+        let route = Route::for_config(config);
+        let agent = agent(tls.clone(), settings.connect_timeout, settings.request_timeout, &resolver, &route);
         Ok(Self {
-            agent: RwLock::new(agent(tls.clone(), settings.connect_timeout, settings.request_timeout, &resolver)),
+            agent: RwLock::new(agent),
+            route,
             deferred_tls: Mutex::new(deferred.then_some(tls)),
             resolver,
             connect_timeout: settings.connect_timeout,
@@ -165,7 +171,7 @@ impl KmsClient {
         if let Some(tls) = deferred.take() {
             tracing::debug!("the KMS's certificate is not verified by verified_cert alone: adding the system's roots");
             let tls = super::tls::with_system_roots(&tls);
-            let agent = agent(tls, self.connect_timeout, self.request_timeout, &self.resolver);
+            let agent = agent(tls, self.connect_timeout, self.request_timeout, &self.resolver, &self.route);
             *self.agent.write().unwrap_or_else(|p| p.into_inner()) = agent;
         }
     }
@@ -309,12 +315,13 @@ fn bearer(token: &Secret) -> Zeroizing<String> {
     value
 }
 
-/// An agent with these TLS settings and timeouts, our resolver and transport.
+/// An agent with these TLS settings and timeouts, our resolver and transport, on `route`.
 fn agent(
     tls: ureq::tls::TlsConfig,
     connect_timeout: Duration,
     request_timeout: Duration,
     resolver: &CachingResolver,
+    route: &Route,
 ) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -326,8 +333,10 @@ fn agent(
         .max_idle_connections_per_host(4)
         .user_agent(concat!("cosmian-pkcs11/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls)
+        // `proxy_params` (ckms's), else the environment's proxy: see `kmip::transport`.
+        .proxy(route.ureq_proxy())
         .build();
-    ureq::Agent::with_parts(config, super::transport::connector(), resolver.clone())
+    ureq::Agent::with_parts(config, super::transport::connector(route), resolver.clone())
 }
 
 /// Adds the operation, the attempts and the time spent to an error's message, for the log

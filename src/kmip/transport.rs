@@ -1,6 +1,7 @@
-//! The TCP connection under HTTP(S) to the KMS: ureq's connector chain (an HTTP `CONNECT`
-//! proxy from the environment, TCP, rustls) with our own TCP transport, which asks Linux to
-//! acknowledge at once (`TCP_QUICKACK`) whatever arrives while the provider waits for the KMS.
+//! The TCP connection under HTTP(S) to the KMS: ureq's connector chain (the `CONNECT` tunnel
+//! of `proxy_params`, or an HTTP `CONNECT` proxy from the environment, TCP, rustls) with our
+//! own TCP transport, which asks Linux to acknowledge at once (`TCP_QUICKACK`) whatever
+//! arrives while the provider waits for the KMS.
 //!
 //! Why: Cosmian KMS 5.28 leaves Nagle's algorithm on for its sockets, and over TLS 1.3 it
 //! writes two session tickets (255 bytes each) just before the answer to the first request of
@@ -13,7 +14,15 @@
 //! Everything else is what ureq's own TCP transport does: no Nagle on our side
 //! (`TCP_NODELAY`), per-call read and write timeouts from ureq's budget, a non-blocking probe
 //! before a pooled connection is reused.
+//!
+//! Proxies ([`Route`]): with `[http_config.proxy_params]`, every connection is a `CONNECT`
+//! tunnel through that proxy, as ckms 5.28 makes it ([`TunnelConnector`]: ureq's own
+//! `CONNECT` cannot send a `custom_auth_header`), unless the KMS's host is in the exclusion
+//! list (then direct, as ckms: no proxy from the environment either). Without
+//! `proxy_params`, ureq's `CONNECT` connector uses the proxy the environment names
+//! (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), as before `proxy_params` existed.
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Weak};
@@ -24,11 +33,197 @@ use ureq::unversioned::transport::{
     ShutdownHandle, Transport,
 };
 use ureq::Error;
+use zeroize::Zeroizing;
 
-/// The connector chain of the agent: `CONNECT` proxy (when the environment names one), TCP,
-/// then TLS for `https://`.
-pub(super) fn connector() -> impl Connector<()> {
-    ().chain(ConnectProxyConnector::default()).chain(KmsTcpConnector).chain(RustlsConnector::default())
+use crate::config::{KmsConfig, ProxyAuth, ProxyParams};
+
+/// The largest `CONNECT` answer head read from a proxy (ckms's bound too).
+const MAX_PROXY_ANSWER_HEAD: usize = 8 << 10;
+
+/// Where the connections to the KMS go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    /// No `proxy_params`: through the proxy the environment names, if any (ureq's default).
+    Environment,
+    /// `proxy_params`, and the KMS's host is in its exclusion list: straight to the KMS.
+    Direct,
+    /// Through a `CONNECT` tunnel to this proxy.
+    Tunnel(Arc<ProxyParams>),
+}
+
+impl Route {
+    /// The route of `config`'s KMS, logged at `info` when it goes through a proxy.
+    pub(super) fn for_config(config: &KmsConfig) -> Route {
+        match (&config.proxy, config.kms_proxy()) {
+            (_, Some(proxy)) => {
+                tracing::info!(proxy = %proxy.url, "the KMS is reached through the CONNECT proxy of proxy_params");
+                Route::Tunnel(Arc::new(proxy.clone()))
+            }
+            (Some(_), None) => {
+                tracing::info!("the KMS's host is in proxy_params.exclusion_list: no proxy");
+                Route::Direct
+            }
+            (None, None) => {
+                let kms: Option<ureq::http::Uri> = config.server_url.parse().ok();
+                let proxy = ureq::Proxy::try_from_env().filter(|p| kms.as_ref().is_some_and(|kms| !p.is_no_proxy(kms)));
+                // Host and port only: the variable may hold `user:password@`.
+                match proxy.map(|p| (format!("{}:{}", p.host(), p.port()), p.protocol())) {
+                    Some((proxy, protocol)) if is_connect(protocol) => {
+                        tracing::info!(proxy, %protocol, "the KMS is reached through the proxy the environment names");
+                    }
+                    Some((proxy, protocol)) => {
+                        tracing::warn!(proxy, %protocol, "the environment names a SOCKS proxy, which the provider does not support: the KMS is reached directly");
+                    }
+                    None => {}
+                }
+                Route::Environment
+            }
+        }
+    }
+
+    /// The proxy for ureq's configuration. For a tunnel, ureq never dials it (the tunnel
+    /// connector comes first in the chain), but naming it stops ureq from resolving the
+    /// KMS's host itself: only the proxy may know that name.
+    pub(super) fn ureq_proxy(&self) -> Option<ureq::Proxy> {
+        match self {
+            // A SOCKS proxy is not for our connector chain: ureq would go direct, or fail to.
+            Route::Environment => ureq::Proxy::try_from_env().filter(|p| is_connect(p.protocol())),
+            Route::Direct => None,
+            Route::Tunnel(p) => ureq::Proxy::builder(ureq::ProxyProtocol::Http).host(&p.host).port(p.port).build().ok(),
+        }
+    }
+}
+
+/// Whether ureq's `CONNECT` connector speaks to such a proxy (not SOCKS).
+fn is_connect(protocol: ureq::ProxyProtocol) -> bool {
+    matches!(protocol, ureq::ProxyProtocol::Http | ureq::ProxyProtocol::Https)
+}
+
+/// The connector chain of an agent on `route`: the `proxy_params` tunnel, else a `CONNECT`
+/// proxy from the environment, else TCP; then TLS for `https://`.
+pub(super) fn connector(route: &Route) -> impl Connector<()> {
+    let tunnel = match route {
+        Route::Tunnel(proxy) => Some(proxy.clone()),
+        Route::Environment | Route::Direct => None,
+    };
+    ().chain(TunnelConnector(tunnel))
+        .chain(ConnectProxyConnector::default())
+        .chain(KmsTcpConnector)
+        .chain(RustlsConnector::default())
+}
+
+/// Opens the `CONNECT` tunnel of `proxy_params` (when set) as ckms 5.28 does: a [`KmsSocket`]
+/// to the proxy, `CONNECT host:port HTTP/1.1` with `Host` and `Proxy-Authorization`, and an
+/// answer `200` whose head fits in [`MAX_PROXY_ANSWER_HEAD`]; all within the connection's
+/// budget (`COSMIAN_PKCS11_CONNECT_TIMEOUT_MS`, within the request's). The KMS's TLS then
+/// runs inside the tunnel.
+#[derive(Debug)]
+struct TunnelConnector(Option<Arc<ProxyParams>>);
+
+impl<In: Transport> Connector<In> for TunnelConnector {
+    type Out = Either<In, KmsSocket>;
+
+    fn connect(&self, details: &ConnectionDetails, chained: Option<In>) -> Result<Option<Self::Out>, Error> {
+        let (Some(proxy), None) = (&self.0, &chained) else { return Ok(chained.map(Either::A)) };
+        let started = Instant::now();
+        let budget = details.timeout.not_zero().map(|t| *t);
+        let left = || match budget.map(|b| b.saturating_sub(started.elapsed())) {
+            Some(left) if left.is_zero() => Err(Error::Timeout(details.timeout.reason)),
+            left => Ok(left),
+        };
+        let proxy_uri: ureq::http::Uri = proxy.url.parse().map_err(|_| Error::InvalidProxyUrl)?;
+        let addrs = details.resolver.resolve(&proxy_uri, details.config, details.timeout)?;
+        let named = |e: io::Error| match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout(details.timeout.reason),
+            kind => Error::Io(io::Error::new(kind, format!("the proxy {}: {e}", proxy.url))),
+        };
+        let stream = connect(&addrs, left()?).map_err(named)?;
+        stream.set_nodelay(true)?;
+        let host = details.uri.host().unwrap_or_default();
+        let https = details.uri.scheme_str() == Some("https");
+        let target = format!("{host}:{}", details.uri.port_u16().unwrap_or(if https { 443 } else { 80 }));
+        stream.set_write_timeout(left()?)?;
+        (&stream).write_all(connect_head(&target, proxy.auth.as_ref()).as_bytes()).map_err(named)?;
+        let head = read_answer_head(&stream, &left).map_err(|e| match e {
+            Error::Io(e) => named(e),
+            e => e,
+        })?;
+        let status = head.lines().next().unwrap_or_default();
+        if !(status.starts_with("HTTP/1.") && status.split(' ').nth(1) == Some("200")) {
+            let status: String = status.chars().map(|c| if c.is_ascii_graphic() { c } else { ' ' }).take(120).collect();
+            return Err(Error::ConnectProxyFailed(format!(
+                "the proxy {} answered \"{status}\" to CONNECT {target}",
+                proxy.url
+            )));
+        }
+        tracing::debug!(proxy = %proxy.url, target, "CONNECT tunnel open");
+        let stream = Arc::new(stream);
+        (details.register_shutdown)(Arc::downgrade(&stream) as Weak<dyn ShutdownHandle>)?;
+        let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
+        Ok(Some(Either::B(KmsSocket { stream, buffers })))
+    }
+}
+
+/// The `CONNECT` request head, in a buffer sized once and wiped when dropped (it may hold the
+/// proxy's credentials).
+fn connect_head(target: &str, auth: Option<&ProxyAuth>) -> Zeroizing<String> {
+    use base64::Engine;
+    let basic = match auth {
+        Some(ProxyAuth::Basic { username, password }) => {
+            let password = password.as_ref().map_or("", |p| p.expose());
+            let mut pair = Zeroizing::new(String::with_capacity(username.len() + 1 + password.len()));
+            let _ = write!(pair, "{username}:{password}");
+            Some(Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())))
+        }
+        _ => None,
+    };
+    let credentials = match (auth, &basic) {
+        (Some(ProxyAuth::Header(value)), _) => Some(("", value.expose())),
+        (_, Some(basic)) => Some(("Basic ", basic.as_str())),
+        _ => None,
+    };
+    let size = 64 + 2 * target.len() + credentials.map_or(0, |(scheme, value)| scheme.len() + value.len());
+    let mut head = Zeroizing::new(String::with_capacity(size));
+    let _ = write!(head, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some((scheme, value)) = credentials {
+        let _ = write!(head, "Proxy-Authorization: {scheme}{value}\r\n");
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Reads the proxy's answer head (up to its blank line, not a byte further: what follows is
+/// the KMS's), at most [`MAX_PROXY_ANSWER_HEAD`] bytes, each read within `left()`.
+fn read_answer_head(stream: &TcpStream, left: &dyn Fn() -> Result<Option<Duration>, Error>) -> Result<String, Error> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        stream.set_read_timeout(left()?)?;
+        quick_ack(stream);
+        let peeked = loop {
+            match stream.peek(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if peeked == 0 {
+            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "closed the connection without answering CONNECT");
+            return Err(Error::Io(e));
+        }
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..peeked]);
+        let end = head[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|at| from + at + 4);
+        let taken = end.map_or(peeked, |end| peeked - (head.len() - end));
+        (&*stream).read_exact(&mut chunk[..taken])?;
+        if let Some(end) = end {
+            head.truncate(end);
+            return Ok(String::from_utf8_lossy(&head).into_owned());
+        }
+        if head.len() > MAX_PROXY_ANSWER_HEAD {
+            let e = io::Error::new(io::ErrorKind::InvalidData, "answered CONNECT with a head over 8 KiB");
+            return Err(Error::Io(e));
+        }
+    }
 }
 
 /// Opens a [`KmsSocket`] to the first of the resolved addresses that answers, unless a proxy
@@ -185,6 +380,51 @@ mod tests {
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
         assert_eq!(connect(&[], None).unwrap_err().kind(), io::ErrorKind::AddrNotAvailable);
         assert_eq!(connect(&[open], Some(Duration::ZERO)).unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn the_connect_head_carries_the_proxy_credentials_as_ckms_sends_them() {
+        use crate::config::Secret;
+        let head = |auth: Option<ProxyAuth>| connect_head("kms.example.com:9998", auth.as_ref()).to_string();
+        assert_eq!(head(None), "CONNECT kms.example.com:9998 HTTP/1.1\r\nHost: kms.example.com:9998\r\n\r\n");
+        let basic = ProxyAuth::Basic { username: "alice".into(), password: Some(Secret::new("pw:1")) };
+        assert!(head(Some(basic)).ends_with("\r\nProxy-Authorization: Basic YWxpY2U6cHc6MQ==\r\n\r\n"));
+        let no_password = ProxyAuth::Basic { username: "bob".into(), password: None };
+        assert!(head(Some(no_password)).contains("\r\nProxy-Authorization: Basic Ym9iOg==\r\n"));
+        let custom = ProxyAuth::Header(Secret::new("Negotiate abc=="));
+        assert!(head(Some(custom)).contains("\r\nProxy-Authorization: Negotiate abc==\r\n"));
+    }
+
+    #[test]
+    fn the_proxy_answer_head_is_read_to_its_blank_line_and_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let left = || Ok(Some(Duration::from_secs(5)));
+        let answer = |parts: Vec<Vec<u8>>| {
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            std::thread::spawn(move || {
+                for part in parts {
+                    server.write_all(&part).unwrap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            let head = read_answer_head(&client, &left);
+            let mut rest = Vec::new();
+            client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let _ = (&client).read_to_end(&mut rest);
+            (head, rest)
+        };
+        // The blank line split across reads; what follows it is left for TLS.
+        let (head, rest) = answer(vec![b"HTTP/1.1 200 OK\r\nVia: x\r".to_vec(), b"\n\r\nTLS".to_vec()]);
+        assert_eq!(head.unwrap(), "HTTP/1.1 200 OK\r\nVia: x\r\n\r\n");
+        assert_eq!(rest, b"TLS");
+        let (head, _) = answer(vec![b"HTTP/1.1 407 Proxy Auth".to_vec()]);
+        assert!(matches!(head, Err(Error::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+        let (head, _) = answer(vec![vec![b'x'; 9 << 10]]);
+        assert!(matches!(head, Err(Error::Io(e)) if e.kind() == io::ErrorKind::InvalidData));
+        let no_time = || Err(Error::Timeout(ureq::Timeout::Connect));
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(matches!(read_answer_head(&client, &no_time), Err(Error::Timeout(_))));
     }
 
     #[test]
