@@ -113,8 +113,9 @@ mod tests {
         assert_eq!(secret.as_slice(), b"the-token");
 
         // The fuzz target's seeds are such answers too.
-        let seed =
-            |name: &str| std::fs::read(format!("{}/../fuzz/seeds/dbus_reply/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let seed = |name: &str| {
+            std::fs::read(format!("{}/../fuzz/seeds/dbus_reply/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        };
         let answer = |name: &str| parse_message(&seed(name)).unwrap();
         assert_eq!(session_of(&answer("open_session").body).unwrap(), "/org/freedesktop/secrets/session/1");
         assert_eq!(items_of(&answer("search_items").body).unwrap().1.len(), 1);

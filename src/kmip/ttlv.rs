@@ -45,19 +45,19 @@ impl std::fmt::Display for DecodeError {
 const MAX_DEPTH: usize = 64;
 
 impl Ttlv {
-    pub(crate) fn structure(tag: &str, items: Vec<Ttlv>) -> Self {
+    pub fn structure(tag: &str, items: Vec<Ttlv>) -> Self {
         Self::new(tag, Value::Structure(items))
     }
-    pub(crate) fn text(tag: &str, value: &str) -> Self {
+    pub fn text(tag: &str, value: &str) -> Self {
         Self::new(tag, Value::TextString(value.to_owned()))
     }
-    pub(crate) fn enumeration(tag: &str, variant: &str) -> Self {
+    pub fn enumeration(tag: &str, variant: &str) -> Self {
         Self::new(tag, Value::Enumeration(variant.to_owned()))
     }
-    pub(crate) fn integer(tag: &str, value: i64) -> Self {
+    pub fn integer(tag: &str, value: i64) -> Self {
         Self::new(tag, Value::Integer(value))
     }
-    pub(crate) fn bytes(tag: &str, value: &[u8]) -> Self {
+    pub fn bytes(tag: &str, value: &[u8]) -> Self {
         Self::new(tag, Value::ByteString(value.to_vec()))
     }
     fn new(tag: &str, value: Value) -> Self {
@@ -73,31 +73,31 @@ impl Ttlv {
     }
 
     /// The first direct child with this tag.
-    pub(crate) fn child(&self, tag: &str) -> Option<&Ttlv> {
+    pub fn child(&self, tag: &str) -> Option<&Ttlv> {
         self.children().iter().find(|c| c.tag == tag)
     }
 
     /// All direct children with this tag.
-    pub(crate) fn children_tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Ttlv> + 'a {
+    pub fn children_tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Ttlv> + 'a {
         self.children().iter().filter(move |c| c.tag == tag)
     }
 
     /// The first item with this tag anywhere below (depth first), itself included.
-    pub(crate) fn find(&self, tag: &str) -> Option<&Ttlv> {
+    pub fn find(&self, tag: &str) -> Option<&Ttlv> {
         if self.tag == tag {
             return Some(self);
         }
         self.children().iter().find_map(|c| c.find(tag))
     }
 
-    pub(crate) fn as_text(&self) -> Option<&str> {
+    pub fn as_text(&self) -> Option<&str> {
         match &self.value {
             Value::TextString(s) | Value::Enumeration(s) | Value::DateTime(s) => Some(s),
             _ => None,
         }
     }
 
-    pub(crate) fn as_bytes(&self) -> Option<&[u8]> {
+    pub fn as_bytes(&self) -> Option<&[u8]> {
         match &self.value {
             Value::ByteString(b) | Value::BigInteger(b) => Some(b),
             _ => None,

@@ -27,9 +27,11 @@ pub fn install(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn build_and_copy(prefix: &Path) -> Result<PathBuf, String> {
+/// Builds the release library and copies it into `prefix/lib`; where it is now (also
+/// `cargo xtask package-test`'s check of this command, in a temporary folder).
+pub fn build_and_copy(prefix: &Path) -> Result<PathBuf, String> {
     cargo("build the release library", &["build", "--release", "--locked", "-p", "cosmian-pkcs11"])?;
-    let built = crate::package::target_dir().join("release").join(file_name());
+    let built = crate::target_dir().join("release").join(file_name());
     let lib_dir = prefix.join("lib");
     let target = lib_dir.join(file_name());
     let staged = lib_dir.join(format!(".{}.new", file_name()));
@@ -52,19 +54,4 @@ fn build_and_copy(prefix: &Path) -> Result<PathBuf, String> {
         }
         Err(e) => Err(format!("cannot install {}: {e}", target.display())),
     }
-}
-
-/// For `cargo xtask package-test`: `install --prefix` into a temporary folder gives the
-/// release library, executable, with the three PKCS#11 exports (`objdump -T`).
-pub fn selftest() -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let prefix = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let installed = build_and_copy(prefix.path())?;
-    let mode = std::fs::metadata(&installed).map_err(|e| e.to_string())?.permissions().mode();
-    if mode & 0o777 != 0o755 {
-        return Err(format!("{} has mode {:o}, not 755", installed.display(), mode & 0o777));
-    }
-    crate::package::elf::check_exports(&installed)?;
-    println!("    {} (mode 755, the three exports)", installed.display());
-    Ok(())
 }

@@ -1,7 +1,10 @@
 //! `cargo xtask <command>`: the project's chores, in Rust so that they run the same everywhere.
 //!
-//! - `test`: installs the test bed (Debian packages, the real KMS server and ckms), builds the
-//!   provider and runs every test of the workspace against the real components.
+//! - `tidy`: rustfmt and clippy (warnings denied) on the whole workspace and `fuzz/`
+//!   (`tidy.rs`).
+//! - `test`: `tidy`, then installs the test bed (Debian packages, the real KMS server and
+//!   ckms), builds the provider and runs every test of the workspace against the real
+//!   components.
 //! - `demo`: what a user does, step by step, from a fresh machine to an SSH login with keys
 //!   held in a local KMS (see `demo.rs`).
 //! - `kms-start`: a local KMS and a provider configuration to play with by hand.
@@ -17,8 +20,10 @@ mod demo;
 mod fuzz;
 mod install;
 mod package;
+mod tidy;
 
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use cosmian_pkcs11_testbed as testbed;
@@ -26,7 +31,9 @@ use cosmian_pkcs11_testbed as testbed;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test       install the test bed, build the provider, run all the workspace's tests
+  tidy       check the formatting (workspace and fuzz/) and lint everything with clippy
+             (--all-features, warnings denied)
+  test       tidy, then install the test bed, build the provider, run all the workspace's tests
   demo       from a fresh machine to an SSH login with keys held in a local KMS, step by step
   kms-start  start a local KMS and print the environment to use it; Enter stops it
   bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
@@ -50,6 +57,7 @@ commands:
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     let result = match command.as_deref() {
+        Some("tidy") => tidy::run(),
         Some("test") => test(),
         Some("demo") => demo::run(),
         Some("kms-start") => kms_start(),
@@ -115,6 +123,11 @@ fn cargo_command(what: &str, args: &[&str]) -> Command {
     command
 }
 
+/// cargo's target folder: `CARGO_TARGET_DIR`, else `target/` of the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| testbed::workspace_root().join("target"))
+}
+
 /// Runs a command to completion, stdio inherited; `Err` when it fails.
 fn run(command: &mut Command) -> Result<(), String> {
     let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
@@ -126,6 +139,8 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
+    // First: a formatting or lint error fails the run before the slow steps (test bed, tests).
+    tidy::run()?;
     install_test_bed();
     cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
     // The provider's public-key disk cache of this run, not the developer's (only for the

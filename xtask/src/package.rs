@@ -48,14 +48,9 @@ pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// cargo's target folder: `CARGO_TARGET_DIR`, else `target/` of the workspace.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
-}
-
 /// Where the artifacts go: `target/dist/`.
 pub fn dist_dir() -> Result<PathBuf, String> {
-    let dir = target_dir().join("dist");
+    let dir = crate::target_dir().join("dist");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }
@@ -147,11 +142,7 @@ pub fn source_date_epoch() -> Result<u64, String> {
 /// The SHA-256 of a file, in hex.
 pub fn sha256_file(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(Sha256::digest(bytes)))
 }
 
 /// `bytes` compressed with gzip at the best level, with no name and no timestamp in the
@@ -264,7 +255,22 @@ pub fn test() -> Result<(), String> {
     coexistence::test(tools, &dist)?;
     macos_cross::dist_macos_cross()?;
     macos::check_workflows(tools)?;
-    crate::install::selftest()
+    check_install()
+}
+
+/// `cargo xtask install --prefix` into a temporary folder gives the release library,
+/// executable, with the three PKCS#11 exports (`objdump -T`).
+fn check_install() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let prefix = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let installed = crate::install::build_and_copy(prefix.path())?;
+    let mode = std::fs::metadata(&installed).map_err(|e| e.to_string())?.permissions().mode();
+    if mode & 0o777 != 0o755 {
+        return Err(format!("{} has mode {:o}, not 755", installed.display(), mode & 0o777));
+    }
+    elf::check_exports(&installed)?;
+    println!("    {} (mode 755, the three exports)", installed.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use cosmian_pkcs11_testbed::{create_p256_key_pairs, ssh_keygen_d, write_provider_config, KmsServer};
 
-use super::{failed, median, ms, Bench, Transport};
+use super::{failed, median, ms, Bench, Targets, Transport};
 
 /// Runs per side, after one that fills the disk cache.
 const RUNS: usize = 40;
 /// The tag of the one key listed.
 const TAG: &str = "startup";
 
-pub(super) fn p6_startup(bench: &Bench, targets: &mut Vec<(String, String, bool)>) -> Result<(), String> {
+pub(super) fn p6_startup(bench: &Bench, targets: &mut Targets) -> Result<(), String> {
     println!(
         "\nP6  process start-up: `ssh-keygen -D`, one key, its public key in the disk cache, against a KMS\n    \
          over HTTP and one over TLS, {RUNS} runs per side, interleaved, median (ms)"

@@ -51,7 +51,7 @@ pub fn build(tools: &Tools, dist: &Path) -> Result<LinuxLib, String> {
         "-p",
         "cosmian-pkcs11",
     ]))?;
-    let built = super::target_dir().join(TARGET).join("release").join(FILE);
+    let built = crate::target_dir().join(TARGET).join("release").join(FILE);
     let path = dist.join(FILE);
     std::fs::copy(&built, &path).map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), path.display()))?;
     check(tools, &path)

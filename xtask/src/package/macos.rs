@@ -44,7 +44,7 @@ pub const TARGETS: [(&str, &str); 2] = [("aarch64-apple-darwin", "arm64"), ("x86
 pub const MIN_MACOS: &str = "11.0";
 
 /// `cargo build --release` of the library for an Apple `target`, for [`MIN_MACOS`]; the result
-/// is [`slice`]. The cross build adds its compilers to the command.
+/// is [`slice()`]. The cross build adds its compilers to the command.
 pub fn release_build(tools: &Tools, target: &str) -> std::process::Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = tools.command(cargo);
@@ -56,7 +56,7 @@ pub fn release_build(tools: &Tools, target: &str) -> std::process::Command {
 
 /// Where [`release_build`] leaves the library of `target`.
 pub fn slice(target: &str) -> PathBuf {
-    super::target_dir().join(target).join("release").join(DYLIB)
+    crate::target_dir().join(target).join("release").join(DYLIB)
 }
 pub const DYLIB: &str = "libcosmian_pkcs11.dylib";
 const IDENTIFIER: &str = "com.cosmian.pkcs11";

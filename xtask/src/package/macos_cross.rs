@@ -23,9 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::macos::{self, DYLIB, EXPORTS, MIN_MACOS, TARGETS};
-use super::{capture, dist_dir, target_dir, workspace_root, write, Tools};
+use super::{capture, dist_dir, workspace_root, write, Tools};
 
-use crate::step;
+use crate::{step, target_dir};
 
 /// Debian 12's newest LLVM: `clang-16`, `ld64.lld-16`, `llvm-nm-16`, ...
 const LLVM: &str = "16";
