@@ -1,6 +1,6 @@
 //! The ckms configuration file (`KmsConfig::parse`): any text gives a configuration or an
 //! error, never a panic; neither the error nor a warning repeats a secret of the file (the
-//! access token, a PKCS#12 password).
+//! access token, a PKCS#12 password, the proxy's password or header).
 #![no_main]
 
 use cosmian_pkcs11::internals::KmsConfig;
@@ -9,16 +9,24 @@ use libfuzzer_sys::fuzz_target;
 /// The secret the seeds carry.
 const TOKEN: &str = "fuzz-secret-token-0123456789";
 
-/// Whether every occurrence of [`TOKEN`] in `text` is the value of a secret setting
-/// (`access_token`, a PKCS#12 password), so that quoting it back would be a leak. Elsewhere,
-/// e.g. inside a key's name (`ignoring unknown key ...` quotes names), it is not a secret.
+/// The settings whose values are secrets.
+const SECRET_KEYS: [&str; 5] = [
+    "access_token",
+    "tls_client_pkcs12_password",
+    "ssl_client_pkcs12_password",
+    "basic_auth_password",
+    "custom_auth_header",
+];
+
+/// Whether every occurrence of [`TOKEN`] in `text` is the value of a secret setting, so that
+/// quoting it back would be a leak. Elsewhere, e.g. inside a key's name (`ignoring unknown key
+/// ...` quotes names, and the fuzzer splices the token into them), it is not a secret.
 fn token_only_in_secrets(text: &str) -> bool {
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(TOKEN)).collect();
     !lines.is_empty()
         && lines.iter().all(|l| {
             let Some((key, value)) = l.split_once('=') else { return false };
-            let key = key.trim();
-            (key == "access_token" || key.ends_with("pkcs12_password")) && value.contains(TOKEN)
+            SECRET_KEYS.contains(&key.trim()) && value.contains(TOKEN)
         })
 }
 
