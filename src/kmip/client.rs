@@ -183,9 +183,15 @@ impl KmsClient {
 
     /// Sends one KMIP operation to `/kmip/2_1`; `Ok` is the `...Response` payload.
     pub(crate) fn call(&self, operation: &Ttlv) -> Result<Ttlv, KmsError> {
+        self.call_as(operation, None)
+    }
+
+    /// [`KmsClient::call`] with `token` as the bearer token instead of the client's, for this
+    /// request only (PIN mode: a PIN is checked before the client carries it).
+    pub(crate) fn call_as(&self, operation: &Ttlv, token: Option<&Secret>) -> Result<Ttlv, KmsError> {
         let policy = RetryPolicy::for_operations(std::iter::once(operation.tag.as_str()));
         let cap = answer_cap(std::iter::once(operation.tag.as_str()));
-        self.post("/kmip/2_1", &operation.tag, operation, policy, cap)
+        self.post("/kmip/2_1", &operation.tag, operation, policy, cap, token)
     }
 
     /// Sends several operations in one `RequestMessage` to `/kmip`; one result per operation,
@@ -210,7 +216,7 @@ impl KmsClient {
             let payload = Ttlv::structure("RequestPayload", op.children().to_vec());
             message.push(Ttlv::structure("BatchItem", vec![Ttlv::enumeration("Operation", &name), payload]));
         }
-        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy, cap)?;
+        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy, cap, None)?;
         let items: Vec<_> = answer.children_tagged("BatchItem").collect();
         if items.len() != count {
             return Err(KmsError::Malformed(format!("{} batch items answered for {count}", items.len())));
@@ -219,8 +225,16 @@ impl KmsClient {
     }
 
     /// Sends `body`, again as `policy` allows, all within `request_timeout`; an answer over
-    /// `cap` bytes is refused.
-    fn post(&self, path: &str, label: &str, body: &Ttlv, policy: RetryPolicy, cap: u64) -> Result<Ttlv, KmsError> {
+    /// `cap` bytes is refused. `token`, if given, is the bearer token instead of the client's.
+    fn post(
+        &self,
+        path: &str,
+        label: &str,
+        body: &Ttlv,
+        policy: RetryPolicy,
+        cap: u64,
+        token: Option<&Secret>,
+    ) -> Result<Ttlv, KmsError> {
         let json = body.to_json();
         let started = Instant::now();
         let mut attempt = 1;
@@ -231,7 +245,7 @@ impl KmsClient {
             let result = if budget.is_zero() {
                 Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
             } else {
-                self.post_once(path, &json, budget, attempt > 1, cap)
+                self.post_once(path, &json, budget, attempt > 1, cap, token)
             };
             let elapsed_ms = attempt_started.elapsed().as_millis();
             let error = match result {
@@ -261,8 +275,16 @@ impl KmsClient {
     }
 
     /// One HTTP exchange, within `timeout`; on a new connection if `fresh`; an answer over `cap`
-    /// bytes is refused before it is parsed.
-    fn post_once(&self, path: &str, json: &str, timeout: Duration, fresh: bool, cap: u64) -> Result<Ttlv, KmsError> {
+    /// bytes is refused before it is parsed; `token` (else the client's) as the bearer token.
+    fn post_once(
+        &self,
+        path: &str,
+        json: &str,
+        timeout: Duration,
+        fresh: bool,
+        cap: u64,
+        token: Option<&Secret>,
+    ) -> Result<Ttlv, KmsError> {
         let agent = self.agent.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut request = agent
             .post(format!("{}{path}", self.base_url))
@@ -271,7 +293,11 @@ impl KmsClient {
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        if let Some(bearer) = self.access_token.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(bearer) {
+        let bearer = match token {
+            Some(token) => Some(bearer(token)),
+            None => self.access_token.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(bearer),
+        };
+        if let Some(bearer) = bearer {
             // ureq copies the value (then its HTTP/1 writer and rustls do): those copies are
             // freed, not wiped; ours is wiped here.
             request = request.header("Authorization", bearer.as_str());

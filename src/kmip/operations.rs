@@ -5,6 +5,7 @@
 use super::client::{KmsClient, KmsError};
 use super::ttlv::{Ttlv, Value};
 use crate::asn1::Hash;
+use crate::config::Secret;
 
 /// The server caps a Locate answer at this many ids.
 const LOCATE_PAGE: i64 = 1000;
@@ -146,7 +147,7 @@ pub(crate) fn locate_key_pairs(
         let wanted: Vec<usize> = (0..2).filter(|i| lists[*i].1).collect();
         let requests = wanted
             .iter()
-            .map(|i| locate_request(vendor_id, tag, ["PublicKey", "PrivateKey"][*i], lists[*i].0.len()))
+            .map(|i| locate_request(vendor_id, tag, ["PublicKey", "PrivateKey"][*i], lists[*i].0.len(), LOCATE_PAGE))
             .collect();
         for (i, answer) in wanted.into_iter().zip(client.batch(requests)?) {
             let page =
@@ -159,31 +160,19 @@ pub(crate) fn locate_key_pairs(
     Ok((public, private))
 }
 
-/// The ids of the `Active` objects of `object_type` (`PublicKey`, `PrivateKey`) carrying
-/// `tag`, at most [`MAX_LOCATE_ROUNDS`] pages (see [`add_locate_page`]).
-pub(crate) fn locate_tagged(
-    client: &KmsClient,
-    vendor_id: &str,
-    tag: &str,
-    object_type: &str,
-) -> Result<Vec<String>, KmsError> {
-    let mut ids = Vec::new();
-    for _ in 0..MAX_LOCATE_ROUNDS {
-        let answer = client.call(&locate_request(vendor_id, tag, object_type, ids.len()))?;
-        let page = answer.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).map(str::to_owned).collect();
-        if !add_locate_page(&mut ids, page) {
-            break;
-        }
-    }
-    Ok(ids)
+/// Whether the KMS accepts `token`: one Locate of at most one tagged public key, sent with
+/// it (PIN mode's check of a PIN before the client carries it).
+pub(crate) fn check_token(client: &KmsClient, vendor_id: &str, tag: &str, token: &Secret) -> Result<(), KmsError> {
+    client.call_as(&locate_request(vendor_id, tag, "PublicKey", 0, 1), Some(token)).map(drop)
 }
 
-/// A Locate of a page of the `Active` objects of `object_type` carrying `tag`.
-fn locate_request(vendor_id: &str, tag: &str, object_type: &str, offset: usize) -> Ttlv {
+/// A Locate of at most `max` of the `Active` objects of `object_type` carrying `tag`, from
+/// `offset` on.
+fn locate_request(vendor_id: &str, tag: &str, object_type: &str, offset: usize, max: i64) -> Ttlv {
     Ttlv::structure(
         "Locate",
         vec![
-            Ttlv::integer("MaximumItems", LOCATE_PAGE),
+            Ttlv::integer("MaximumItems", max),
             Ttlv::integer("OffsetItems", offset as i64),
             Ttlv::structure(
                 "Attributes",

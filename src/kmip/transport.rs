@@ -43,8 +43,9 @@ const MAX_PROXY_ANSWER_HEAD: usize = 8 << 10;
 /// Where the connections to the KMS go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Route {
-    /// No `proxy_params`: through the proxy the environment names, if any (ureq's default).
-    Environment,
+    /// No `proxy_params`: through the `CONNECT` proxy the environment names, if any (read
+    /// once; ureq's connector still applies its `NO_PROXY`).
+    Environment(Option<ureq::Proxy>),
     /// `proxy_params`, and the KMS's host is in its exclusion list: straight to the KMS.
     Direct,
     /// Through a `CONNECT` tunnel to this proxy.
@@ -64,19 +65,20 @@ impl Route {
                 Route::Direct
             }
             (None, None) => {
+                let proxy = ureq::Proxy::try_from_env();
                 let kms: Option<ureq::http::Uri> = config.server_url.parse().ok();
-                let proxy = ureq::Proxy::try_from_env().filter(|p| kms.as_ref().is_some_and(|kms| !p.is_no_proxy(kms)));
+                let used = proxy.as_ref().filter(|p| kms.as_ref().is_some_and(|kms| !p.is_no_proxy(kms)));
                 // Host and port only: the variable may hold `user:password@`.
-                match proxy.map(|p| (format!("{}:{}", p.host(), p.port()), p.protocol())) {
-                    Some((proxy, protocol)) if is_connect(protocol) => {
-                        tracing::info!(proxy, %protocol, "the KMS is reached through the proxy the environment names");
+                if let Some(p) = used {
+                    let (address, protocol) = (format!("{}:{}", p.host(), p.port()), p.protocol());
+                    if is_connect(protocol) {
+                        tracing::info!(proxy = address, %protocol, "the KMS is reached through the proxy the environment names");
+                    } else {
+                        tracing::warn!(proxy = address, %protocol, "the environment names a SOCKS proxy, which the provider does not support: the KMS is reached directly");
                     }
-                    Some((proxy, protocol)) => {
-                        tracing::warn!(proxy, %protocol, "the environment names a SOCKS proxy, which the provider does not support: the KMS is reached directly");
-                    }
-                    None => {}
                 }
-                Route::Environment
+                // A SOCKS proxy is not for our connector chain: ureq would go direct, or fail to.
+                Route::Environment(proxy.filter(|p| is_connect(p.protocol())))
             }
         }
     }
@@ -86,8 +88,7 @@ impl Route {
     /// KMS's host itself: only the proxy may know that name.
     pub(super) fn ureq_proxy(&self) -> Option<ureq::Proxy> {
         match self {
-            // A SOCKS proxy is not for our connector chain: ureq would go direct, or fail to.
-            Route::Environment => ureq::Proxy::try_from_env().filter(|p| is_connect(p.protocol())),
+            Route::Environment(proxy) => proxy.clone(),
             Route::Direct => None,
             Route::Tunnel(p) => ureq::Proxy::builder(ureq::ProxyProtocol::Http).host(&p.host).port(p.port).build().ok(),
         }
@@ -104,7 +105,7 @@ fn is_connect(protocol: ureq::ProxyProtocol) -> bool {
 pub(super) fn connector(route: &Route) -> impl Connector<()> {
     let tunnel = match route {
         Route::Tunnel(proxy) => Some(proxy.clone()),
-        Route::Environment | Route::Direct => None,
+        Route::Environment(_) | Route::Direct => None,
     };
     ().chain(TunnelConnector(tunnel))
         .chain(ConnectProxyConnector::default())

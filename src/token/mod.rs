@@ -210,18 +210,16 @@ impl Token {
         Ok(keys)
     }
 
-    /// PIN mode: checks `pin` as the KMS access token with a client of its own (one Locate; no
+    /// PIN mode: checks `pin` as the KMS access token on a request of its own (one Locate; no
     /// other request ever carries an unchecked PIN), then sends it as the bearer token from now
     /// on. A PIN the KMS refuses is `CKR_PIN_INCORRECT` and is forgotten.
     pub(crate) fn use_pin_as_access_token(&self, pin: Secret) -> Result<()> {
         let kms = self.kms().ok_or_else(|| {
             Error::new(CKR_DEVICE_ERROR, "PIN mode: no KMS client (see the ERROR line logged when the library loaded)")
         })?;
-        let checking = KmsConfig { access_token: Some(pin), ..kms.config.clone() };
-        let checker = KmsClient::new(&checking, &self.settings).map_err(|e| Error::new(CKR_DEVICE_ERROR, e))?;
-        match operations::locate_tagged(&checker, &kms.config.vendor_id, &self.settings.key_tag, "PublicKey") {
-            Ok(_) => {
-                kms.client.set_access_token(checking.access_token.clone());
+        match operations::check_token(&kms.client, &kms.config.vendor_id, &self.settings.key_tag, &pin) {
+            Ok(()) => {
+                kms.client.set_access_token(Some(pin));
                 tracing::info!("PIN mode: the KMS accepted the PIN as access token");
                 Ok(())
             }
