@@ -5,7 +5,9 @@
 
 use std::ptr::null_mut;
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, CallZeroed, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{
+    provider_lib, write_pin_mode_config, write_provider_config, CallZeroed, Ckms, KeyKind, KmsServer,
+};
 use cryptoki_sys::*;
 
 /// Calls a function of a table, which must be there.
@@ -403,12 +405,9 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(call!(f, C_GetFunctionStatus(session)), CKR_CRYPTOKI_NOT_INITIALIZED);
 
     // ---- PIN mode: ulMaxPinLen is the longest PIN (access token) C_Login takes --------------
-    let pin_config = dir.path().join("pin.toml");
-    std::fs::write(
-        &pin_config,
-        format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url()),
-    )
-    .unwrap();
+    let pin_dir = dir.path().join("pin");
+    std::fs::create_dir(&pin_dir).unwrap();
+    let pin_config = write_pin_mode_config(&pin_dir, &kms.url(), "");
     std::env::set_var("COSMIAN_KMS_CLI_CONF", &pin_config);
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
     assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);

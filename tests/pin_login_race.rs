@@ -10,7 +10,7 @@ use std::ptr::null_mut;
 use std::sync::{Arc, Barrier};
 
 use base64::Engine;
-use cosmian_pkcs11_testbed::{function_list, output_text as text, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{function_list, output_text as text, write_pin_mode_config, Ckms, KeyKind, KmsServer};
 use cryptoki_sys::*;
 
 #[test]
@@ -26,12 +26,7 @@ fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
     kms.restart_with_args(&["--api-token-id", "pin-race-token"]);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("kms.toml");
-    std::fs::write(
-        &config,
-        format!("pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n", kms.url()),
-    )
-    .unwrap();
+    let config = write_pin_mode_config(dir.path(), &kms.url(), "");
     std::env::set_var("COSMIAN_KMS_CLI_CONF", &config);
     std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
     std::env::set_var("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "0");

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    binaries, clean_command, current_user, provider_lib, ssh_command, Ckms, KeyKind, KmsServer, SshAgent, Sshd,
+    binaries, clean_command, current_user, provider_lib, ssh_command, write_pin_mode_config, Ckms, KeyKind, KmsServer,
+    OpenSsh, SshAgent, Sshd,
 };
 use platform_support::{
     assert_log_is_trace_and_clean, case, folder, keygen_d, provider_env, provider_log, run_ok, text, KeyringEntry,
@@ -249,8 +250,7 @@ fn ssh_agent_with_the_token_in_the_keyring() {
     let _entry = KeyringEntry::add("cosmian-kms", &url, &bed.token);
     let (config, logs) = case(bed.kms.dir(), "agent", &url, "");
     let lib = provider_lib();
-    let allow = format!("{}/*", lib.parent().unwrap().display());
-    let agent = SshAgent::start_with(Some(&allow), provider_env(&config, &logs));
+    let agent = SshAgent::allowing(OpenSsh::debian(), &lib, provider_env(&config, &logs));
     let out = agent.add_provider(&lib).unwrap();
     assert!(
         out.status.success(),
@@ -267,17 +267,6 @@ fn ssh_agent_with_the_token_in_the_keyring() {
     assert!(out.status.success(), "{}\nsshd:\n{}\nprovider:\n{}", text(&out), sshd.log(), provider_log(&logs));
     assert!(provider_log(&logs).contains("store=\"keyutils\""), "{}", provider_log(&logs));
     assert_log_is_trace_and_clean(&logs, &[&bed.token]);
-}
-
-/// A PIN-mode configuration: the switch at the top level, no token.
-fn pin_mode_config(dir: &Path, extra_http_config: &str) -> PathBuf {
-    let config = dir.join("kms.toml");
-    let text = format!(
-        "pkcs11_use_pin_as_access_token = true\n[http_config]\nserver_url = \"{}\"\n{extra_http_config}",
-        bed().kms.url()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
 }
 
 /// The environment that makes OpenSSH ask an SSH_ASKPASS program (forced, no display needed),
@@ -315,7 +304,7 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
     let expected_prompt = format!("Enter PIN for 'Cosmian KMS {}': ", bed.kms.url().trim_start_matches("http://"));
 
     let logs = folder(&dir, "right-pin");
-    let config = pin_mode_config(&logs, "");
+    let config = write_pin_mode_config(&logs, &bed.kms.url(), "");
     let (out, prompts) = ssh_with_pin(&sshd, &config, &logs, &bed.token);
     assert!(out.status.success(), "{}\nsshd:\n{}\nprovider:\n{}", text(&out), sshd.log(), provider_log(&logs));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pin-login");
@@ -325,7 +314,7 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
 
     let wrong_pin = "V3JvbmdQaW4tbm90LXRoZS10b2tlbg==";
     let logs = folder(&dir, "wrong-pin");
-    let config = pin_mode_config(&logs, "");
+    let config = write_pin_mode_config(&logs, &bed.kms.url(), "");
     let (out, prompts) = ssh_with_pin(&sshd, &config, &logs, wrong_pin);
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -337,7 +326,7 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
     // Where nobody may be asked (BatchMode=yes), OpenSSH reads CKF_LOGIN_REQUIRED and gives up
     // on the token before opening a session: nothing reaches the KMS.
     let logs = folder(&dir, "batch-mode");
-    let config = pin_mode_config(&logs, "");
+    let config = write_pin_mode_config(&logs, &bed.kms.url(), "");
     let mut ssh = ssh_command(&sshd).provider(&provider_lib());
     for (k, v) in provider_env(&config, &logs) {
         ssh = ssh.env(k, v);
@@ -348,11 +337,10 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
 
     // ssh-add -s asks for the PIN and hands it to the agent's ssh-pkcs11-helper, which logs in.
     let logs = folder(&dir, "agent");
-    let config = pin_mode_config(&logs, "");
+    let config = write_pin_mode_config(&logs, &bed.kms.url(), "");
     std::fs::write(logs.join("pin"), format!("{}\n", bed.token)).unwrap();
     let lib = provider_lib();
-    let allow = format!("{}/*", lib.parent().unwrap().display());
-    let agent = SshAgent::start_with(Some(&allow), provider_env(&config, &logs));
+    let agent = SshAgent::allowing(OpenSsh::debian(), &lib, provider_env(&config, &logs));
     let added = agent.command("ssh-add").arg("-s").arg(&lib).envs(askpass_env(&logs)).output().unwrap();
     assert!(
         added.status.success(),
@@ -367,7 +355,7 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
 
     // ssh-keygen -D asks too, and then lists the key.
     let logs = folder(&dir, "keygen");
-    let config = pin_mode_config(&logs, "");
+    let config = write_pin_mode_config(&logs, &bed.kms.url(), "");
     std::fs::write(logs.join("pin"), format!("{}\n", bed.token)).unwrap();
     let out = cosmian_pkcs11_testbed::ssh_keygen_d(&provider_lib())
         .envs(provider_env(&config, &logs))
@@ -389,7 +377,7 @@ fn pin_mode_ssh_asks_for_the_pin_and_sends_it_as_the_token() {
 fn pin_mode_configuration_is_accepted_by_ckms() {
     let bed = bed();
     let logs = folder(bed.kms.dir(), "pin-mode-ckms");
-    let config = pin_mode_config(&logs, &format!("access_token = \"{}\"\n", bed.token));
+    let config = write_pin_mode_config(&logs, &bed.kms.url(), &format!("access_token = \"{}\"\n", bed.token));
     let out = clean_command(&binaries().ckms)
         .env("CKMS_CONF", &config)
         .args(["locate", "--tag", "ssh-auth"])

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    free_port, provider_lib, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KeyKind, KmsServer, SshAgent, Sshd,
+    free_port, provider_lib, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KeyKind, KmsServer, OpenSsh,
+    SshAgent, Sshd,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -577,8 +578,7 @@ fn ssh_agent_signs_again_after_the_kms_restarts() {
     let lib = provider_lib();
     let logs = bed.dir.join("agent");
     let kms_url = bed.kms.lock().unwrap().url();
-    let allow = format!("{}/*", lib.parent().unwrap().display());
-    let agent = SshAgent::start_with(Some(&allow), provider_env(&kms_url, &logs));
+    let agent = SshAgent::allowing(OpenSsh::debian(), &lib, provider_env(&kms_url, &logs));
     let out = agent.add_provider(&lib).unwrap();
     assert!(out.status.success(), "ssh-add -s: {}\nagent:\n{}", text(&out), agent.log());
 

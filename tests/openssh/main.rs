@@ -273,8 +273,7 @@ pub fn ssh_with_config(sshd: &Sshd, logs: &Path, lines: &str, remote_command: &s
 /// with THE AGENT's environment: the configuration goes there.
 pub fn agent_with_provider(openssh: &'static OpenSsh, logs: &Path, certificates: &[&Path]) -> SshAgent {
     let lib = provider_lib();
-    let allow = format!("{}/*", lib.parent().unwrap().display());
-    let agent = SshAgent::start_on(openssh, Some(&allow), provider_env(&bed().config, logs, "ssh-auth"));
+    let agent = SshAgent::allowing(openssh, &lib, provider_env(&bed().config, logs, "ssh-auth"));
     let out = agent.add_provider_with(&lib, certificates).unwrap();
     assert!(out.status.success(), "ssh-add -s: {}\nagent:\n{}", text(&out), agent.log());
     agent

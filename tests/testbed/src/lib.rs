@@ -81,8 +81,18 @@ pub fn workspace_root() -> PathBuf {
 /// `COSMIAN_PKCS11_SSH_KEY_TAG` (default `ssh-auth`), `COSMIAN_PKCS11_LOGGING_LEVEL` and
 /// `COSMIAN_PKCS11_LOGGING_FOLDER`.
 pub fn write_provider_config(dir: &Path, server_url: &str, extra_http_config_lines: &str) -> PathBuf {
+    write_config(dir, "", server_url, extra_http_config_lines)
+}
+
+/// [`write_provider_config`] in PIN mode (`pkcs11_use_pin_as_access_token = true` at the top
+/// level, no token): the token requires a login, and the PIN is the KMS access token.
+pub fn write_pin_mode_config(dir: &Path, server_url: &str, extra_http_config_lines: &str) -> PathBuf {
+    write_config(dir, "pkcs11_use_pin_as_access_token = true\n", server_url, extra_http_config_lines)
+}
+
+fn write_config(dir: &Path, top_level_lines: &str, server_url: &str, extra_http_config_lines: &str) -> PathBuf {
     let path = dir.join("kms.toml");
-    let mut toml = format!("[http_config]\nserver_url = \"{server_url}\"\n");
+    let mut toml = format!("{top_level_lines}[http_config]\nserver_url = \"{server_url}\"\n");
     if !extra_http_config_lines.is_empty() {
         toml.push_str(extra_http_config_lines.trim_end());
         toml.push('\n');

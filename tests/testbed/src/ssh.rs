@@ -339,6 +339,18 @@ impl SshAgent {
         Self::start_on(OpenSsh::debian(), provider_allowlist, envs)
     }
 
+    /// [`SshAgent::start_on`] with an allow-list of the folder of `lib` (a provider outside the
+    /// default `/usr/lib*/*,/usr/local/lib*/*`, as the tests' builds are).
+    pub fn allowing<I, K, V>(openssh: &'static OpenSsh, lib: &Path, envs: I) -> SshAgent
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let folder = lib.parent().unwrap_or(Path::new("/"));
+        Self::start_on(openssh, Some(&format!("{}/*", folder.display())), envs)
+    }
+
     /// `openssh`'s agent with `-P provider_allowlist` (if any) and these environment variables
     /// (the provider's configuration) added to a scrubbed environment. It runs its own
     /// `ssh-pkcs11-helper` ([`OpenSsh::command`]).
