@@ -19,8 +19,12 @@ log() { printf '[test-bed] %s\n' "$*" >&2; }
 # --- Debian packages --------------------------------------------------------------------
 # keyutils, gnome-keyring, libsecret-tools, dbus: the OS credential stores the provider reads
 # (`keyctl`, `secret-tool`, inside `dbus-run-session`); openssl: the tests' certificates.
+# gnutls-bin (p11tool), libengine-pkcs11-openssl (libp11's OpenSSL engine), libnss3-tools
+# (modutil, certutil), p11-kit: the other PKCS#11 clients of tests/outside_clients; strace
+# counts the threads a client's process creates.
 "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" openssh-client openssh-server opensc libssl-dev pkg-config \
-  keyutils gnome-keyring libsecret-tools dbus openssl
+  keyutils gnome-keyring libsecret-tools dbus openssl gnutls-bin libengine-pkcs11-openssl libnss3-tools p11-kit \
+  strace
 
 # The KMS crypto crate's build script tries to download OpenSSL first; pointing OPENSSL_DIR at
 # the system OpenSSL (laid out the way it checks) skips that.

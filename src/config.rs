@@ -518,6 +518,10 @@ pub(crate) struct Settings {
     /// How long a public key fetched from the KMS is reused from the disk cache, across
     /// processes (`COSMIAN_PKCS11_DISK_CACHE_SECONDS`; 0: no disk cache).
     pub disk_cache_max_age: Duration,
+    /// Whether the provider may create threads: false when the caller's `C_Initialize`
+    /// passed `CKF_LIBRARY_CANT_CREATE_OS_THREADS` (GnuTLS does), and then every lookup and
+    /// connection runs in the caller's thread. Not from the environment.
+    pub may_create_threads: bool,
 }
 
 impl Settings {
@@ -544,7 +548,14 @@ impl Settings {
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| Self::DEFAULT_TAG.to_owned());
-        Settings { key_tag, key_cache_ttl, connect_timeout, request_timeout, disk_cache_max_age }
+        Settings {
+            key_tag,
+            key_cache_ttl,
+            connect_timeout,
+            request_timeout,
+            disk_cache_max_age,
+            may_create_threads: true,
+        }
     }
 }
 

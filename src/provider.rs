@@ -64,10 +64,11 @@ fn check_slot(slot: CK_SLOT_ID) -> Result<()> {
 
 impl Provider {
     /// Reads the configuration and environment. No network: the KMS is first contacted by
-    /// the first object search.
-    pub(crate) fn from_environment() -> Self {
+    /// the first object search. Without `may_create_threads` (the caller's
+    /// `CKF_LIBRARY_CANT_CREATE_OS_THREADS`), all the work happens in the caller's threads.
+    pub(crate) fn from_environment(may_create_threads: bool) -> Self {
         let mut warnings = Vec::new();
-        let settings = Settings::from_env(&mut warnings);
+        let settings = Settings { may_create_threads, ..Settings::from_env(&mut warnings) };
         let mut pin_mode = false;
         let kms = platform::config_paths::find()
             .ok_or_else(|| {

@@ -159,6 +159,7 @@ fn library_version() -> CK_VERSION {
 /// `pInitArgs` is NULL or valid for reading a `CK_C_INITIALIZE_ARGS`.
 pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_void) -> CK_RV {
     guard("C_Initialize", || {
+        let mut may_create_threads = true;
         // SAFETY: NULL gives None; otherwise a readable CK_C_INITIALIZE_ARGS, by this function's
         // contract.
         if let Some(args) = unsafe { (pInitArgs as *const CK_C_INITIALIZE_ARGS).as_ref() } {
@@ -178,14 +179,9 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
             if given == 4 && args.flags & CKF_OS_LOCKING_OK == 0 {
                 return Err(Error::new(CKR_CANT_LOCK, "only OS locking is supported"));
             }
-            // ureq resolves the KMS's host name on a thread of its own, to bound the lookup
-            // by the connection timeout: the provider cannot work without creating threads.
-            if args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0 {
-                return Err(Error::new(
-                    CKR_NEED_TO_CREATE_THREADS,
-                    "the provider needs to create threads (name resolution)",
-                ));
-            }
+            // The caller's promise about its own threads (GnuTLS makes it): the provider then
+            // resolves the KMS's name and connects in the caller's thread (kmip::resolver).
+            may_create_threads = args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
         }
         let mut state = PROVIDER.write().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = state.as_ref() {
@@ -195,7 +191,7 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
             // A forked child starts afresh; the parent's connection is left to the parent.
             tracing::debug!(parent = p.pid, "initializing again in a forked child");
         }
-        *state = Some(Arc::new(Provider::from_environment()));
+        *state = Some(Arc::new(Provider::from_environment(may_create_threads)));
         Ok(())
     })
 }

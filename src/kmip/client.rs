@@ -148,7 +148,7 @@ pub(crate) struct KmsClient {
 impl KmsClient {
     pub(crate) fn new(config: &KmsConfig, settings: &Settings) -> Result<Self, String> {
         let (tls, deferred) = super::tls::client_config(config)?;
-        let resolver = CachingResolver::default();
+        let resolver = CachingResolver::new(!settings.may_create_threads);
         let route = Route::for_config(config);
         let agent = agent(tls.clone(), settings.connect_timeout, settings.request_timeout, &resolver, &route);
         Ok(Self {

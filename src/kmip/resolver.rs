@@ -2,6 +2,12 @@
 //! even one that reuses a kept-alive connection, and does so on a new thread whenever a
 //! timeout is set, which is about a tenth of a signature's round trip on a local network.
 //!
+//! Where the lookup runs: an IP address needs none, so it never costs a thread. A host name
+//! is looked up on a thread of its own, bounded by the connection timeout, unless the
+//! caller forbade threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`): then `getaddrinfo` runs
+//! in the caller's thread, bounded only by the system resolver's own timeouts
+//! (`resolv.conf`'s `timeout:` and `attempts:`), which no thread-free code can cut short.
+//!
 //! The addresses are kept for [`TTL`] and forgotten at once when a connection fails, so a KMS
 //! that moved (DNS fail-over) is found again by the next attempt. Built on ureq's
 //! `unversioned` resolver API, which does not follow semver: Cargo.toml pins ureq's minor
@@ -23,9 +29,16 @@ type Entry = (String, Instant, ResolvedSocketAddrs);
 #[derive(Debug, Default, Clone)]
 pub(super) struct CachingResolver {
     last: Arc<Mutex<Option<Entry>>>,
+    /// Look host names up in the calling thread, never on a thread of our own.
+    in_caller_thread: bool,
 }
 
 impl CachingResolver {
+    /// A resolver; `in_caller_thread`: never create a thread to look a name up.
+    pub(super) fn new(in_caller_thread: bool) -> Self {
+        Self { last: Arc::default(), in_caller_thread }
+    }
+
     /// Drops the remembered addresses: the next request resolves the host again.
     pub(super) fn forget(&self) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -51,10 +64,23 @@ impl Resolver for CachingResolver {
         if let Some(addrs) = self.remembered(&authority) {
             return Ok(addrs);
         }
+        // ureq's resolver runs the lookup on a thread of its own unless no timeout is set.
+        let timeout = if self.in_caller_thread || is_ip_address(uri) {
+            NextTimeout { after: ureq::unversioned::transport::time::Duration::NotHappening, ..timeout }
+        } else {
+            timeout
+        };
         let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((authority, Instant::now(), addrs.clone()));
         Ok(addrs)
     }
+}
+
+/// Whether the URI's host is an IP address (`127.0.0.1`, `[::1]`): nothing to look up.
+fn is_ip_address(uri: &ureq::http::Uri) -> bool {
+    let host = uri.host().unwrap_or_default();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.parse::<std::net::IpAddr>().is_ok()
 }
 
 #[cfg(test)]
@@ -62,19 +88,22 @@ mod tests {
     use super::*;
 
     fn resolve(resolver: &CachingResolver, url: &str) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        resolve_within(resolver, url, ureq::unversioned::transport::time::Duration::NotHappening)
+    }
+
+    fn resolve_within(
+        resolver: &CachingResolver,
+        url: &str,
+        after: ureq::unversioned::transport::time::Duration,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let config = ureq::config::Config::default();
-        let timeout = NextTimeout {
-            after: ureq::unversioned::transport::time::Duration::NotHappening,
-            reason: ureq::Timeout::Resolve,
-            per_read: None,
-            per_write: None,
-        };
+        let timeout = NextTimeout { after, reason: ureq::Timeout::Resolve, per_read: None, per_write: None };
         resolver.resolve(&url.parse().unwrap(), &config, timeout)
     }
 
     #[test]
     fn an_answer_is_reused_for_the_same_host_only_and_until_forgotten() {
-        let resolver = CachingResolver::default();
+        let resolver = CachingResolver::new(false);
         let first = resolve(&resolver, "http://localhost:9998/kmip").unwrap();
         assert!(first.iter().all(|a| a.ip().is_loopback() && a.port() == 9998));
         // Plant a different answer: a cached lookup returns it, a fresh one does not.
@@ -93,8 +122,21 @@ mod tests {
     }
 
     #[test]
+    fn ip_addresses_need_no_lookup() {
+        for (url, ip) in [
+            ("http://127.0.0.1:9998/", true),
+            ("https://[::1]:9998/kmip", true),
+            ("https://localhost:9998/", false),
+            ("https://kms.example.com/", false),
+            ("https://[fe80::1%25eth0]:9998/", false),
+        ] {
+            assert_eq!(is_ip_address(&url.parse().unwrap()), ip, "{url}");
+        }
+    }
+
+    #[test]
     fn an_old_answer_is_not_reused() {
-        let resolver = CachingResolver::default();
+        let resolver = CachingResolver::new(false);
         resolve(&resolver, "http://127.0.0.1:9998/").unwrap();
         let planted: ResolvedSocketAddrs = {
             let mut a = resolver.empty();

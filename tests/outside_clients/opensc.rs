@@ -1,77 +1,43 @@
-//! PKCS#11 clients written by others, as their users run them: OpenSC's `pkcs11-tool`
-//! (listing, its self-test, signing, its fork test) and `python-pkcs11` (enumerating and
-//! signing from Python). Every signature they make is verified here with RustCrypto against
-//! the public key ckms exports. Both are installed by scripts/install-test-bed.sh; a missing
-//! one fails the test.
+//! OpenSC's `pkcs11-tool` (listing, its self-test, signing, its fork test) and
+//! `python-pkcs11` (enumerating and signing from Python), with a P-256 and an RSA-2048 pair;
+//! every signature verified with RustCrypto against the public key ckms exports.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use cosmian_pkcs11_testbed::{clean_command, provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{provider_lib, KeyKind};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
 use sha2::Digest;
 
-struct Bed {
-    _kms: KmsServer,
-    dir: PathBuf,
-    config: PathBuf,
-    /// (private id, verifying key) of the P-256 pair and of the RSA-2048 pair.
-    ec: (String, p256::ecdsa::VerifyingKey),
-    rsa: (String, rsa::RsaPublicKey),
-}
+use crate::{hex, text, Bed};
 
 fn bed() -> Bed {
-    let kms = KmsServer::start();
-    let ckms = Ckms::new(&kms);
-    let ec = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
-    let rsa = ckms.create_key_pair(KeyKind::Rsa(2048), &["ssh-auth"]);
-    let ec_key = p256::ecdsa::VerifyingKey::from_public_key_pem(&ckms.export_public_pkcs8_pem(&ec.public_id)).unwrap();
-    let rsa_key = rsa::RsaPublicKey::from_public_key_pem(&ckms.export_public_pkcs8_pem(&rsa.public_id)).unwrap();
-    let dir = kms.dir().join("client");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = write_provider_config(&dir, &kms.url(), "");
-    Bed { _kms: kms, dir, config, ec: (ec.private_id, ec_key), rsa: (rsa.private_id, rsa_key) }
+    Bed::new(&[("p256", KeyKind::Ec("nist-p256")), ("rsa2048", KeyKind::Rsa(2048))])
 }
 
 impl Bed {
-    /// `program` with the provider's configuration in its environment.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = clean_command(program);
-        command
-            .env("COSMIAN_KMS_CLI_CONF", &self.config)
-            .env("COSMIAN_PKCS11_LOGGING_FOLDER", self.dir.join("logs"))
-            .env("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
-        command
+    fn pkcs11_tool(&self, args: &[&str]) -> Output {
+        let mut command = self.command("pkcs11-tool");
+        command.arg("--module").arg(provider_lib()).args(args);
+        self.run(&mut command, "install OpenSC with scripts/install-test-bed.sh")
     }
 
-    fn pkcs11_tool(&self, args: &[&str]) -> Output {
-        let out =
-            self.command("pkcs11-tool").arg("--module").arg(provider_lib()).args(args).output().unwrap_or_else(|e| {
-                panic!("cannot run pkcs11-tool ({e}): install OpenSC with scripts/install-test-bed.sh")
-            });
-        assert!(out.status.code().is_some(), "pkcs11-tool {args:?} crashed: {}", text(&out));
-        out
+    fn pem(&self, name: &str) -> String {
+        std::fs::read_to_string(&self.key(name).public_pem).unwrap()
     }
 
     fn verify_ecdsa(&self, digest: &[u8], raw: &[u8]) {
+        let key = p256::ecdsa::VerifyingKey::from_public_key_pem(&self.pem("p256")).unwrap();
         let signature = p256::ecdsa::Signature::from_slice(raw).unwrap_or_else(|e| panic!("{e}: {raw:02x?}"));
-        self.ec.1.verify_prehash(digest, &signature).expect("the ECDSA signature verifies");
+        key.verify_prehash(digest, &signature).expect("the ECDSA signature verifies");
     }
 
     fn verify_rsa_sha256(&self, message: &[u8], signature: &[u8]) {
+        let key = rsa::RsaPublicKey::from_public_key_pem(&self.pem("rsa2048")).unwrap();
         let digest = sha2::Sha256::digest(message);
-        self.rsa
-            .1
-            .verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature)
-            .expect("the RSA signature verifies");
+        key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature).expect("the RSA signature verifies");
     }
-}
-
-use cosmian_pkcs11_testbed::output_text as text;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -97,7 +63,7 @@ fn pkcs11_tool_lists_tests_and_signs() {
     assert!(out.status.success(), "{}", text(&out));
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("token label        : Cosmian KMS 127.0.0.1:"), "{listed}");
-    for (kind, id) in [("EC", &bed.ec.0), ("RSA", &bed.rsa.0)] {
+    for (kind, id) in [("EC", &bed.key("p256").private_id), ("RSA", &bed.key("rsa2048").private_id)] {
         for class in ["Public Key Object", "Private Key Object"] {
             let id_hex = hex(id.as_bytes());
             let object = listed.split(class).skip(1).find(|o| o.contains(&id_hex));
@@ -134,10 +100,13 @@ fn pkcs11_tool_lists_tests_and_signs() {
         assert!(out.status.success(), "pkcs11-tool --sign {mechanism}: {}", text(&out));
         std::fs::read(&output).unwrap()
     };
-    bed.verify_ecdsa(&digest, &sign(&bed.ec.0, "ECDSA", &input));
+    bed.verify_ecdsa(&digest, &sign(&bed.key("p256").private_id, "ECDSA", &input));
     let message = bed.dir.join("message.txt");
     std::fs::write(&message, b"signed by pkcs11-tool with RSA").unwrap();
-    bed.verify_rsa_sha256(b"signed by pkcs11-tool with RSA", &sign(&bed.rsa.0, "SHA256-RSA-PKCS", &message));
+    bed.verify_rsa_sha256(
+        b"signed by pkcs11-tool with RSA",
+        &sign(&bed.key("rsa2048").private_id, "SHA256-RSA-PKCS", &message),
+    );
 
     // ---- its fork test: C_Initialize again in a forked child --------------------------------
     let out = bed.pkcs11_tool(&["--test-fork"]);
@@ -191,10 +160,10 @@ fn python_pkcs11_enumerates_and_signs() {
     let mut objects: Vec<&str> = said.lines().filter(|l| l.starts_with("object ")).collect();
     objects.sort();
     let mut expected = vec![
-        format!("object PRIVATE_KEY EC {}", bed.ec.0),
-        format!("object PRIVATE_KEY RSA {}", bed.rsa.0),
-        format!("object PUBLIC_KEY EC {}", bed.ec.0),
-        format!("object PUBLIC_KEY RSA {}", bed.rsa.0),
+        format!("object PRIVATE_KEY EC {}", bed.key("p256").private_id),
+        format!("object PRIVATE_KEY RSA {}", bed.key("rsa2048").private_id),
+        format!("object PUBLIC_KEY EC {}", bed.key("p256").private_id),
+        format!("object PUBLIC_KEY RSA {}", bed.key("rsa2048").private_id),
     ];
     expected.sort();
     assert_eq!(objects, expected, "{said}");
