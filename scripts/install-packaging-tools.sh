@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Installs what `cargo xtask dist` needs to build and check the release artifacts, and caches
 # the slow parts outside the work tree, like scripts/install-test-bed.sh:
-#   - Debian packages: lintian, rpm (rpmbuild), rpmlint, ruby (`ruby -c`, Fiddle for the
-#     formula's test), binutils (objdump), python3-venv; for the macOS cross build
+#   - Debian packages: lintian, rpm (rpmbuild, rpmsign), rpmlint, ruby, ruby-minitest,
+#     rubocop, opensc and p11-kit-modules (the Homebrew formula's checks and its `test do`),
+#     binutils (objdump), python3-venv; apt-utils, createrepo-c, dnf, gnupg (the signed apt and
+#     dnf repositories and their tests); for the macOS cross build
 #     (`cargo xtask dist-macos-cross`): clang-16 (the link driver), lld-16 (ld64.lld), llvm-16
 #     (llvm-otool, llvm-nm, llvm-objdump, llvm-lipo: the checks of the Mach-O file); p7zip-full
-#     and cpio (the .pkg unpacked by tools that are not its writer).
-#   - rustup: the aarch64-apple-darwin and x86_64-apple-darwin standard libraries.
+#     and cpio (the .pkg unpacked by tools that are not its writer); qemu-user (qemu-aarch64:
+#     `cargo xtask package-test` runs Debian's arm64 ssh-keygen on the arm64 library).
+#   - dpkg's foreign architecture arm64 (a SYSTEM CHANGE: `dpkg --add-architecture arm64`, then
+#     `apt-get update` indexes Debian's arm64 packages too; nothing arm64 is installed). The
+#     arm64 run check (xtask/src/package/arm64.rs) downloads Debian's arm64 openssh-client and
+#     its libraries with `apt-get download PKG:arm64` and unpacks them into a sysroot cached
+#     in $COSMIAN_PKCS11_CACHE/arm64-sysroot. Undo: `dpkg --remove-architecture arm64`.
+#   - rustup: the aarch64-unknown-linux-gnu standard library (the arm64 Linux library), and the
+#     aarch64-apple-darwin and x86_64-apple-darwin ones.
 #   - PyPI, in a venv at $COSMIAN_PKCS11_CACHE/venv: ziglang (the linker and the glibc 2.28
 #     stubs cargo-zigbuild uses; also compiles the Mach-O signing fixture), PyYAML.
 #   - crates.io, into $COSMIAN_PKCS11_CACHE/tools/bin: cargo-zigbuild, cargo-bundle-licenses,
 #     rcodesign (apple-codesign: a quick build for signing only, see RCODESIGN_ARGS below).
 # On macOS (`cargo xtask dist-macos`), only rcodesign, with notarization.
 # Every version is pinned. Idempotent: a second run finds everything in place in a second.
-# Prints the two folders to put first on PATH as KEY=VALUE lines on its last two lines.
+# Prints the two folders to put first on PATH, then the cache folder, as KEY=VALUE lines on its
+# last three lines.
 set -euo pipefail
 
 ZIGBUILD_VERSION=0.24.1
@@ -42,15 +52,26 @@ log() { printf '[packaging-tools] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------
 if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
-  "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby binutils python3-venv \
-    clang-16 lld-16 llvm-16 p7zip-full cpio
+  # The arm64 index first, so that an `apt-get update` below (when a package is missing)
+  # refreshes it too. Known when apt has a candidate for an arm64 package.
+  arm64_candidate="$(apt-cache policy openssh-client:arm64 2>/dev/null || true)"
+  if ! grep -qx arm64 <<<"$(dpkg --print-foreign-architectures)" \
+    || ! grep -q 'Candidate: [0-9]' <<<"$arm64_candidate"; then
+    log "dpkg --add-architecture arm64; apt-get update (Debian's arm64 packages for the arm64 run check)"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO dpkg --add-architecture arm64
+    $SUDO apt-get update -qq >&2
+  fi
+  "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby ruby-minitest rubocop opensc p11-kit-modules binutils python3-venv \
+    clang-16 lld-16 llvm-16 p7zip-full cpio qemu-user apt-utils gnupg createrepo-c dnf
 fi
 
 # --- rustup -----------------------------------------------------------------------------
 # On macOS too (dist-macos builds both architectures). Quick when they are there.
-apple_targets=(aarch64-apple-darwin x86_64-apple-darwin)
+targets=(aarch64-apple-darwin x86_64-apple-darwin)
+[ -n "$MACOS" ] || targets+=(aarch64-unknown-linux-gnu)
 installed_targets="$(rustup target list --installed)"
-for target in "${apple_targets[@]}"; do
+for target in "${targets[@]}"; do
   grep -qx "$target" <<<"$installed_targets" || { log "rustup target add $target"; rustup target add "$target" >&2; }
 done
 
@@ -94,3 +115,4 @@ log "cargo tools: $TOOLS/bin"
 log "venv:        $VENV/bin"
 echo "PACKAGING_TOOLS_BIN=$TOOLS/bin"
 echo "PACKAGING_VENV_BIN=$VENV/bin"
+echo "PACKAGING_CACHE=$CACHE"

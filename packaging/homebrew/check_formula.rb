@@ -1,18 +1,34 @@
-# Checks a Homebrew formula without Homebrew (which the Linux build machines lack), for
+# Checks the Homebrew formula without Homebrew (which the Linux build machines lack), for
 # `cargo xtask dist`:
 #
 #   ruby check_formula.rb FORMULA.rb LIB_DIR
 #
-# Loads the formula with just the parts of Homebrew's DSL it uses, fails unless it has every
-# stanza a release needs, then runs its `test do` block against the library in LIB_DIR (the
-# module `lib.install` would have put there) and evaluates its caveats. Prints `url=` and
-# `sha256=` for the caller to compare.
+# Loads the formula with a stand-in for the parts of Homebrew's DSL it uses and fails unless:
+# - it has every stanza a release needs (desc, homepage, url, sha256, license, livecheck, the
+#   rust build and opensc test dependencies, install, caveats, test), in the order of Homebrew's
+#   ComponentsOrder rule;
+# - its desc keeps `brew audit`'s rules: at most 80 characters, a capital first, no article
+#   first, not the formula's name first, no full stop last;
+# - url is the release's https tarball, sha256 64 hexadecimal digits;
+# - the caveats, as a Mac and as Linux show them, give the ssh -I and ssh-agent -P lines;
+# - its `test do`, run as `brew test` runs it (in an empty temporary folder that is also HOME,
+#   with Minitest's assertions), passes against the module in LIB_DIR (where `lib.install` puts
+#   it) and loads it with pkcs11-tool: Debian's (package opensc) stands in for the `opensc`
+#   formula's.
+# Prints `url=`, `sha256=` and `version=` for the caller to compare, and the commands the test
+# ran. The real Homebrew (`brew style`, `brew audit`, `brew install`, `brew test`) reads the
+# formula in the macOS release workflow.
+require "English"
+require "minitest"
 require "pathname"
+require "tmpdir"
 
 HOMEBREW_PREFIX = Pathname("/opt/homebrew").freeze
 HOMEBREW_CELLAR = (HOMEBREW_PREFIX/"Cellar").freeze
+# The stanzas in the order Homebrew's ComponentsOrder rule wants them (of those this formula has).
+ORDER = [:desc, :homepage, :url, :sha256, :license, :livecheck, :depends_on, :install, :caveats, :test].freeze
 
-# Homebrew's `OS.mac?`, switchable: the caveats are checked as a Mac and as Linux would show them.
+# Homebrew's `OS.mac?`, switchable: the caveats are checked as a Mac and as Linux show them.
 module OS
   class << self
     attr_writer :mac
@@ -21,9 +37,29 @@ module OS
   end
 end
 
+# Homebrew's `Version`, for the parts a test uses.
+class StandInVersion < String
+  def major_minor = split(".").first(2).join(".")
+end
+
+# A formula the test depends on, found where Debian installs it.
+StandInDependency = Struct.new(:opt_bin)
+
+# Homebrew's `livecheck do` block.
+class Livecheck
+  attr_reader :settings
+
+  def initialize = @settings = {}
+  def url(value) = @settings[:url] = value
+  def strategy(value) = @settings[:strategy] = value
+end
+
 class Formula
+  include Minitest::Assertions
+  attr_accessor :assertions
+
   class << self
-    attr_reader :stanzas, :test_block
+    attr_reader :stanzas, :lines, :test_block, :livecheck_settings
 
     def inherited(subclass)
       super
@@ -32,33 +68,66 @@ class Formula
 
     def formulae = @formulae || []
 
-    %i[desc homepage url sha256 license].each do |name|
-      define_method(name) { |value| (@stanzas ||= {})[name] = value }
+    # Where a stanza first appears.
+    def at(name)
+      ((@lines ||= {})[name] ||= caller_locations(2, 1).first.lineno)
+    end
+
+    [:desc, :homepage, :url, :sha256, :license].each do |name|
+      define_method(name) do |value|
+        at(name)
+        (@stanzas ||= {})[name] = value
+      end
     end
 
     def depends_on(spec)
+      at(:depends_on)
       ((@stanzas ||= {})[:depends_on] ||= []) << spec
     end
 
+    def livecheck(&block)
+      at(:livecheck)
+      @livecheck_settings = Livecheck.new.tap { |l| l.instance_eval(&block) }.settings
+    end
+
     def test(&block)
+      at(:test)
       @test_block = block
+    end
+
+    # `Formula["opensc"]`: Debian's opensc has pkcs11-tool in /usr/bin.
+    def [](name)
+      tool = Pathname("/usr/bin/pkcs11-tool")
+      raise "no stand-in for the formula #{name}" unless name == "opensc"
+      raise "#{tool} is missing: install Debian's opensc (scripts/install-packaging-tools.sh)" unless tool.executable?
+
+      StandInDependency.new(tool.dirname)
     end
   end
 
-  attr_reader :lib
+  attr_reader :lib, :testpath, :commands
 
-  def initialize(lib)
+  def initialize(lib, testpath = nil)
     @lib = Pathname(lib)
+    @testpath = testpath && Pathname(testpath)
+    @assertions = 0
+    @commands = []
   end
 
   def opt_lib = lib
+
+  def version = StandInVersion.new(self.class.stanzas[:url][/-(\d+(?:\.\d+)+)\.tar\.gz\z/, 1].to_s)
 
   def shared_library(name)
     "#{name}.#{RUBY_PLATFORM.include?("darwin") ? "dylib" : "so"}"
   end
 
-  def assert_equal(expected, actual)
-    raise "expected #{expected.inspect}, got #{actual.inspect}" unless expected == actual
+  # Homebrew's: the command's stdout, its exit status asserted.
+  def shell_output(cmd, result = 0)
+    @commands << cmd.to_s
+    output = `#{cmd}`
+    assert_equal result, $CHILD_STATUS.exitstatus, "#{cmd} exited with #{$CHILD_STATUS.exitstatus}"
+    output
   end
 end
 
@@ -73,18 +142,39 @@ load File.expand_path(formula_path)
 fail!("defines #{Formula.formulae.size} formulae, not one") unless Formula.formulae.size == 1
 klass = Formula.formulae.first
 stanzas = klass.stanzas || {}
+name = File.basename(formula_path, ".rb")
 
-%i[desc homepage url sha256 license].each do |name|
-  value = stanzas[name]
-  fail!("no #{name}") unless value.is_a?(String) && !value.empty?
+[:desc, :homepage, :url, :sha256, :license].each do |stanza|
+  value = stanzas[stanza]
+  fail!("no #{stanza}") unless value.is_a?(String) && !value.empty?
 end
+desc = stanzas[:desc]
+fail!("desc is #{desc.length} characters, more than 80") if desc.length > 80
+fail!("desc starts or ends with a space") if desc.strip != desc
+fail!("desc does not start with a capital") unless desc.match?(/\A[[:upper:]]/)
+fail!("desc starts with an article") if desc.match?(/\A(the|an?)\s/i)
+fail!("desc starts with the formula's name") if desc.match?(/\A#{name.chars.join("[\\s-]?")}\b/i)
+fail!("desc ends with a full stop") if desc.end_with?(".")
 fail!("sha256 is not 64 hexadecimal digits") unless stanzas[:sha256].match?(/\A\h{64}\z/)
-fail!("url is not https") unless stanzas[:url].start_with?("https://")
-fail!("no depends_on \"rust\" => :build") unless (stanzas[:depends_on] || []).include?("rust" => :build)
-%i[install caveats].each do |method|
+fail!("url is not an https .tar.gz") unless stanzas[:url].match?(%r{\Ahttps://.+-\d+(\.\d+)+\.tar\.gz\z})
+unless klass.livecheck_settings == { url: :stable, strategy: :github_latest }
+  fail!("no livecheck do (url :stable, strategy :github_latest)")
+end
+{ "rust" => :build, "opensc" => :test }.each do |dependency, type|
+  next if (stanzas[:depends_on] || []).include?(dependency => type)
+
+  fail!("no depends_on \"#{dependency}\" => :#{type}")
+end
+[:install, :caveats].each do |method|
   fail!("no def #{method}") unless klass.instance_methods(false).include?(method)
+
+  klass.lines[method] = klass.instance_method(method).source_location[1]
 end
 fail!("no test do") unless klass.test_block
+lines = ORDER.map { |stanza| [stanza, klass.lines[stanza]] }
+lines.each_cons(2) do |(first, first_line), (second, second_line)|
+  fail!("#{second} (line #{second_line}) comes before #{first} (line #{first_line})") if second_line < first_line
+end
 
 formula = klass.new(lib_dir)
 { false => [], true => ["/usr/bin/ssh", "brew install openssh", "#{HOMEBREW_PREFIX}/bin/ssh"] }.each do |mac, extra|
@@ -94,12 +184,25 @@ formula = klass.new(lib_dir)
     fail!("the caveats #{mac ? "on macOS" : "on Linux"} do not mention #{needed}") unless caveats.include?(needed)
   end
 end
-begin
-  formula.instance_eval(&klass.test_block)
-rescue StandardError, ScriptError => e
-  fail!("test do failed: #{e.class}: #{e.message}")
-end
 
-puts "url=#{stanzas[:url]}"
-puts "sha256=#{stanzas[:sha256]}"
-puts "test do: passed against #{formula.lib/formula.shared_library("libcosmian_pkcs11")}"
+Dir.mktmpdir("#{name}-test") do |testpath|
+  formula = klass.new(lib_dir, testpath)
+  home = ENV.fetch("HOME", nil)
+  begin
+    ENV["HOME"] = testpath
+    Dir.chdir(testpath) { formula.instance_eval(&klass.test_block) }
+  rescue StandardError, ScriptError, Minitest::Assertion => e
+    fail!("test do failed: #{e.class}: #{e.message}")
+  ensure
+    ENV["HOME"] = home
+  end
+  module_path = formula.lib/formula.shared_library("libcosmian_pkcs11")
+  unless formula.commands.any? { |cmd| cmd.match?(%r{/pkcs11-tool --module #{Regexp.escape(module_path.to_s)} }) }
+    fail!("test do does not load #{module_path} with pkcs11-tool: it ran #{formula.commands}")
+  end
+  puts "url=#{stanzas[:url]}"
+  puts "sha256=#{stanzas[:sha256]}"
+  puts "version=#{formula.version}"
+  puts "test do: passed against #{module_path}, running:"
+  formula.commands.each { |cmd| puts "  #{cmd}" }
+end

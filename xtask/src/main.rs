@@ -10,7 +10,7 @@
 //! - `kms-start`: a local KMS and a provider configuration to play with by hand.
 //! - `fuzz`: the cargo-fuzz targets of `fuzz/`, each for a bounded time (`fuzz.rs`).
 //! - `bench`: the provider measured against the raw KMS (see `bench.rs`).
-//! - `dist`, `dist-macos`, `dist-macos-cross`, `package-test`, `licenses`: the release
+//! - `dist`, `dist-macos`, `dist-macos-cross`, `dist-homebrew`, `package-test`, `licenses`: the release
 //!   artifacts (`package.rs`).
 //! - `install`: the release library into /usr/local/lib, for who builds from source
 //!   (`install.rs`).
@@ -39,17 +39,23 @@ commands:
   bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
              requests, throughput (release build; prints figures, takes a few minutes);
              bench p1 p3 ...: only those parts; over TLS, or --http, or --both
-  dist       build and check the Linux release artifacts into target/dist: the .so (glibc 2.28),
-             .deb, .rpm, source tarball, Homebrew formula
+  dist       build and check the Linux release artifacts into target/dist: for x86_64 and
+             aarch64 the .so (glibc 2.28), .deb and .rpm; the source tarball, the Homebrew tap;
+             the signed apt and dnf repositories (COSMIAN_PKCS11_REPO_URL,
+             COSMIAN_PKCS11_REPO_SIGNING_KEY)
   dist-macos (macOS) the universal .dylib, signed and notarized, and a signed, notarized,
              stapled .pkg; the signing secrets come from the environment
+  dist-homebrew  the source tarball and the Homebrew tap (target/dist/homebrew-tap) alone,
+             on any OS with git: what the macOS release workflow installs with brew
   dist-macos-cross  (Linux) the universal .dylib built without Apple's SDK and checked
              (architectures, macOS version, install name, imports, exports, no build path)
   test-macos (macOS) what runs on a Mac: the cryptoki tests against a KMS built there, and
              ssh -I logins with Homebrew's OpenSSH (COSMIAN_OPENSSH, default brew's openssh)
-  package-test  dist, then install the .deb and log in through it, the .deb and .rpm beside
-             the official ckms packages, dist-macos-cross then the macOS signing plumbing on
-             it, the release workflows, THIRDPARTY.yml, install
+  package-test  dist, then (as root: a throw-away machine) apt-get and dnf against the
+             repositories served on 127.0.0.1 (install, logins, upgrade, downgrade, refusals,
+             remove), beside the official ckms packages, the arm64 library under qemu-user,
+             dist-macos-cross then the macOS signing plumbing on it, the release workflows,
+             THIRDPARTY.yml, install
   licenses   regenerate THIRDPARTY.yml (--check: fail if it is out of date)
   install    build the release library, copy it into /usr/local/lib (--prefix DIR)
   fuzz       build the cargo-fuzz targets and run each for SECONDS (default 20): fuzz [SECONDS]";
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         Some("dist") => package::dist().map(drop),
         Some("dist-macos") => package::macos::dist_macos(),
         Some("dist-macos-cross") => package::macos_cross::dist_macos_cross(),
+        Some("dist-homebrew") => package::dist_dir().and_then(|dist| package::homebrew::render_tap(&dist)).map(drop),
         Some("test-macos") => test_macos(),
         Some("package-test") => package::test(),
         Some("licenses") => match std::env::args().nth(2).as_deref() {

@@ -1,13 +1,16 @@
 //! The release artifacts users install, built and checked as users get them.
 //!
-//! - `cargo xtask dist`: the Linux artifacts into `target/dist/` (the glibc 2.28 `.so`, the
-//!   `.deb`, the `.rpm`, the source tarball and the Homebrew formula), each checked right
-//!   after it is built (see the submodules).
+//! - `cargo xtask dist`: the Linux artifacts into `target/dist/` (for x86_64 and aarch64 each
+//!   the glibc 2.28 `.so`, the `.deb` and the `.rpm`; the source tarball and the Homebrew tap,
+//!   [`homebrew`]), each checked right after it is built (see the submodules), and the signed
+//!   apt and dnf repositories of those packages ([`repository`]).
 //! - `cargo xtask dist-macos` (on macOS): the universal `.dylib`, signed and notarized, and a
 //!   signed, notarized and stapled `.pkg` ([`macos`]).
-//! - `cargo xtask package-test`: `dist`, then what only a throw-away machine may do
-//!   (`apt-get install` of the `.deb`, logins through it, `apt-get remove`; the `.deb` and the
-//!   `.rpm` beside Cosmian's `ckms` packages, [`coexistence`]), the signing
+//! - `cargo xtask package-test`: `dist`, then what only a throw-away machine may do: the
+//!   repositories served over HTTP on 127.0.0.1 and used by apt-get and dnf (install, logins
+//!   through the installed library, the p11-kit registration, upgrade, downgrade, refusals,
+//!   remove), the `.deb` and the `.rpm` beside Cosmian's `ckms` packages ([`coexistence`]),
+//!   the arm64 library run by arm64 `ssh-keygen` under qemu-user ([`arm64`]), the signing
 //!   plumbing of `dist-macos` on a Mach-O fixture, the release workflows, the third-party
 //!   licenses file and `cargo xtask install`. `cargo xtask test` runs it.
 //! - `cargo xtask licenses [--check]`: `THIRDPARTY.yml` ([`licenses`]).
@@ -15,14 +18,17 @@
 //! This module holds what they share: the tools (installed by
 //! `scripts/install-packaging-tools.sh`), the version, the folders, templates.
 
+mod arm64;
 mod coexistence;
 mod deb;
 pub mod elf;
-mod homebrew;
+pub mod homebrew;
 mod installed;
 pub mod licenses;
 pub mod macos;
 pub mod macos_cross;
+mod p11kit;
+mod repository;
 mod rpm;
 
 use std::ffi::OsString;
@@ -40,8 +46,12 @@ pub const NAME: &str = "cosmian-pkcs11";
 /// Where the packages put the library and their documents, relative to `/`.
 pub const LIB_DIR: &str = "usr/local/lib";
 pub const DOC_DIR: &str = "usr/share/doc/cosmian-pkcs11";
+/// The p11-kit module file, installed, not enabled (`packaging/p11-kit/`, [`p11kit`]).
+pub const P11KIT_MODULE: &str = "usr/share/cosmian-pkcs11/cosmian-pkcs11.module";
 /// The project's home, for the formula and the packages.
 pub const HOMEPAGE: &str = "https://github.com/cosmian/cosmian-pkcs11";
+/// Who signs the packages' changelog entries (`packaging/debian/control`'s `Maintainer`).
+pub const MAINTAINER: &str = "Cosmian support team <tech@cosmian.com>";
 
 /// The version of the provider (the workspace's, which the xtask shares).
 pub fn version() -> &'static str {
@@ -56,10 +66,11 @@ pub fn dist_dir() -> Result<PathBuf, String> {
 }
 
 /// The packaging tools' folders first on `PATH`: cargo-zigbuild, cargo-bundle-licenses,
-/// rcodesign, the venv with ziglang and PyYAML.
+/// rcodesign, the venv with ziglang and PyYAML; and the cache folder they live in.
 pub struct Tools {
     path: OsString,
     venv_bin: PathBuf,
+    cache: PathBuf,
 }
 
 impl Tools {
@@ -93,7 +104,7 @@ impl Tools {
         let mut dirs = vec![value("PACKAGING_TOOLS_BIN")?, venv_bin.clone()];
         dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
         let path = std::env::join_paths(dirs).map_err(|e| format!("bad PATH: {e}"))?;
-        Ok(Tools { path, venv_bin })
+        Ok(Tools { path, venv_bin, cache: value("PACKAGING_CACHE")? })
     }
 
     /// `program` with the tools on `PATH`, run from the workspace root.
@@ -106,6 +117,11 @@ impl Tools {
     /// The venv's Python, which has ziglang and PyYAML.
     pub fn python(&self) -> Command {
         self.command(self.python_path())
+    }
+
+    /// The cache of slow builds (`~/.cache/cosmian-pkcs11`, or `COSMIAN_PKCS11_CACHE`).
+    pub fn cache(&self) -> &Path {
+        &self.cache
     }
 
     /// Where [`Tools::python`] is.
@@ -142,7 +158,12 @@ pub fn source_date_epoch() -> Result<u64, String> {
 /// The SHA-256 of a file, in hex.
 pub fn sha256_file(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(bytes)))
+    Ok(sha256_hex(&bytes))
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// `bytes` compressed with gzip at the best level, with no name and no timestamp in the
@@ -196,12 +217,20 @@ pub fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// The Linux artifacts, built and checked, in `target/dist/`.
-pub struct Dist {
-    /// The release library (glibc 2.28 floor, three exports).
+/// One architecture's Linux artifacts, built and checked.
+pub struct Packages {
+    /// The release library (its architecture, glibc 2.28 floor, three exports).
     pub lib: elf::LinuxLib,
     pub deb: PathBuf,
     pub rpm: PathBuf,
+}
+
+/// The Linux artifacts of both architectures, in `target/dist/`.
+pub struct Dist {
+    /// x86_64: `libcosmian_pkcs11.so`, the `_amd64.deb`, the `.x86_64.rpm`.
+    pub amd64: Packages,
+    /// aarch64: `libcosmian_pkcs11-aarch64.so`, the `_arm64.deb`, the `.aarch64.rpm`.
+    pub arm64: Packages,
 }
 
 /// `cargo xtask dist`.
@@ -209,13 +238,42 @@ pub fn dist() -> Result<Dist, String> {
     let tools = Tools::get()?;
     let epoch = source_date_epoch()?;
     let dist = dist_dir()?;
-    let lib = elf::build(tools, &dist)?;
-    let deb = deb::build_and_check(tools, &lib, epoch, &dist)?;
-    let rpm = rpm::build_and_check(tools, &lib, epoch, &dist)?;
-    let (tarball, formula) = homebrew::build_and_check(tools, &lib, &dist)?;
-    write_checksums(&dist, "SHA256SUMS-linux", &[&lib.path, &deb, &rpm, &tarball, &formula])?;
+    let packages = |arch| -> Result<Packages, String> {
+        let start = std::time::Instant::now();
+        let lib = elf::build(tools, arch, &dist)?;
+        let deb = deb::build_and_check(tools, &lib, epoch, 1, &dist)?;
+        let rpm = rpm::build_and_check(tools, &lib, epoch, 1, &dist)?;
+        println!("\n{} built and checked in {:.0?}", arch.rpm(), start.elapsed());
+        Ok(Packages { lib, deb, rpm })
+    };
+    let [x86_64, aarch64] = elf::Arch::ALL;
+    let (amd64, arm64) = (packages(x86_64)?, packages(aarch64)?);
+    let (tarball, formula) = homebrew::build_and_check(tools, &amd64.lib, &dist)?;
+    let mut artifacts: Vec<&Path> = Vec::new();
+    for packages in [&amd64, &arm64] {
+        artifacts.extend([packages.lib.path.as_path(), &packages.deb, &packages.rpm]);
+    }
+    artifacts.extend([tarball.as_path(), &formula]);
+    write_checksums(&dist, "SHA256SUMS-linux", &artifacts)?;
+    repository::dist(tools, &[&amd64, &arm64], &dist)?;
     println!("\nartifacts in {}", dist.display());
-    Ok(Dist { lib, deb, rpm })
+    Ok(Dist { amd64, arm64 })
+}
+
+/// The changelog entry of packaging revision `release` of this version, when it is above the
+/// first (the one `packaging/` describes): the same library packaged again, which is what the
+/// newer revision the tests of upgrades build is. One line, for the .deb's and the .rpm's
+/// changelogs.
+pub fn revision_entry(release: u32) -> Option<String> {
+    (release > 1).then(|| format!("Revision {release}: the library of {}-1, packaged again.", version()))
+}
+
+/// `epoch` (UTC) in `date`'s `format`, with English day and month names.
+pub fn utc_date(tools: &Tools, epoch: u64, format: &str) -> Result<String, String> {
+    let date = capture(
+        tools.command("date").args(["-u", "-d", &format!("@{epoch}"), &format!("+{format}")]).env("LC_ALL", "C"),
+    )?;
+    Ok(date.trim().to_owned())
 }
 
 /// Builds `artifact` a second time, into a new folder and a second later, and compares the
@@ -251,8 +309,8 @@ pub fn test() -> Result<(), String> {
     let tools = Tools::get()?;
     licenses::check(tools)?;
     let dist = dist()?;
-    installed::deb_install_login_remove(&dist)?;
-    coexistence::test(tools, &dist)?;
+    arm64::test(tools, &dist.arm64, &dist.amd64)?;
+    repository::test(tools, &dist)?;
     macos_cross::dist_macos_cross()?;
     macos::check_workflows(tools)?;
     check_install()

@@ -1,6 +1,5 @@
-# Template: `cargo xtask dist` renders it into target/dist/homebrew/Formula/cosmian-pkcs11.rb
-# with the version and the SHA-256 of the source tarball it makes (git archive), and the
-# release workflows publish both; copy the rendered file into the tap (Formula/).
+# cosmian-pkcs11 @VERSION@: rendered by `cargo xtask dist` from packaging/homebrew/ of
+# https://github.com/cosmian/cosmian-pkcs11 (change it there, not in the tap).
 class CosmianPkcs11 < Formula
   desc "PKCS#11 provider for OpenSSH with SSH keys held in a Cosmian KMS"
   homepage "https://github.com/cosmian/cosmian-pkcs11"
@@ -8,7 +7,13 @@ class CosmianPkcs11 < Formula
   sha256 "@SHA256@"
   license "Apache-2.0"
 
+  livecheck do
+    url :stable
+    strategy :github_latest
+  end
+
   depends_on "rust" => :build
+  depends_on "opensc" => :test
 
   def install
     system "cargo", "build", "--release", "--locked", "--package", "cosmian-pkcs11", "--lib"
@@ -46,14 +51,26 @@ class CosmianPkcs11 < Formula
   end
 
   test do
-    require "fiddle"
-    module_path = lib/shared_library("libcosmian_pkcs11")
-    library = Fiddle.dlopen(module_path.to_s)
-    # CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR)
-    get_function_list = Fiddle::Function.new(library["C_GetFunctionList"], [Fiddle::TYPE_VOIDP], Fiddle::TYPE_LONG)
-    list = Fiddle::Pointer.malloc(Fiddle::SIZEOF_VOIDP)
-    assert_equal 0, get_function_list.call(list) # CKR_OK
-    # The function list starts with its CK_VERSION: cryptoki 2.40.
-    assert_equal [2, 40], list.ptr[0, 2].unpack("CC")
+    # OpenSC's pkcs11-tool, a PKCS#11 client, loads the module as ssh does: C_Initialize reads
+    # ~/.cosmian/kms.toml, C_GetInfo names the library and its version, C_GetSlotList and
+    # C_GetTokenInfo show the token named after the configured KMS. None of these calls
+    # contacts the KMS (the test has no network).
+    (testpath/".cosmian").mkpath
+    config = testpath/".cosmian/kms.toml"
+    config.write <<~TOML
+      [http_config]
+      server_url = "https://127.0.0.1:9"
+      access_token = "not-a-token"
+    TOML
+    config.chmod 0600
+    pkcs11_tool = Formula["opensc"].opt_bin/"pkcs11-tool"
+    provider = lib/shared_library("libcosmian_pkcs11")
+
+    info = shell_output("#{pkcs11_tool} --module #{provider} --show-info")
+    assert_match(/^Manufacturer\s+cosmian\s*$/, info)
+    assert_match(/^Library\s+Cosmian KMS PKCS#11 provider \(ver #{Regexp.escape(version.major_minor.to_s)}\)/, info)
+
+    slots = shell_output("#{pkcs11_tool} --module #{provider} --list-slots")
+    assert_match(/token label\s*: Cosmian KMS 127\.0\.0\.1:9\s*$/, slots)
   end
 end

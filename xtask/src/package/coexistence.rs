@@ -5,76 +5,97 @@
 //!   (`dpkg-divert --rename`) and our `postrm` takes the diversion back on remove
 //!   (`packaging/debian/`): whether ckms comes before or after us, the path is ours and their
 //!   file waits at the divert target; when we go, theirs is back. Tested for real, as root,
-//!   with apt-get, in both orders.
+//!   with apt-get, in both orders (and through the apt repository, with upgrades of either:
+//!   [`super::repository`]).
 //! - .rpm: RPM has no diversions, and refuses two packages that own one path with different
-//!   bytes. The user installs ckms with `rpm --excludepath` for that path (the README says
-//!   how); tested in a throw-away rpm root, in both orders.
+//!   bytes. Ours installs the library at a path of its own and owns the shared path as a
+//!   `%ghost` link to it, which Lua scriptlets and triggers on `ckms` keep ours while it is
+//!   installed; their file waits at the same `.ckms` path and comes back when ours goes
+//!   (`packaging/rpm/cosmian-pkcs11.spec`). Tested with dnf alone, from the signed
+//!   repositories served over HTTP ([`super::repository`]), in a throw-away install root: both
+//!   orders, `dnf upgrade` of either, `dnf remove` of either.
 //!
-//! Both against a look-alike of Cosmian's package built here: the name, version and file list
-//! that cargo-deb and cargo-generate-rpm make of the `ckms` 5.28.0 crate (Cosmian's packaging
-//! runs them on its `[package.metadata.deb]` and `[package.metadata.generate-rpm]`), holding
-//! the test bed's real `ckms`, which must run after every step, and a small shared object of
-//! its own as their library. Each step is checked the same way: which library is at the path
-//! (SHA-256), what is at the divert target, `ckms --version`, and the package manager's own
-//! verification (`dpkg --verify`, `rpm -V`). Both leave nothing behind.
+//! Both against look-alikes of Cosmian's package built here, 5.28.0 and 5.28.1: the name,
+//! version and file list that cargo-deb and cargo-generate-rpm make of the `ckms` crate
+//! (Cosmian's packaging runs them on its `[package.metadata.deb]` and
+//! `[package.metadata.generate-rpm]`), holding the test bed's real `ckms`, which must run after
+//! every step, and a small shared object of their own as their library. Each step is checked
+//! the same way: which library is at the path (SHA-256), what is at the `.ckms` path, `ckms
+//! --version`, and the package manager's own verification (`dpkg --verify`, `rpm -V`). Both
+//! leave nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::installed::{as_root, package_status};
-use super::{capture, sha256_file, write, Dist, Tools, NAME};
+use super::repository::dnf_test::InstallRoot;
+use super::repository::fixture::{Fixture, BASE};
+use super::rpm::LINK_TARGET;
+use super::{capture, sha256_file, write, Tools, NAME};
 use crate::step;
 
 const LIB: &str = "usr/local/lib/libcosmian_pkcs11.so";
-/// Where dpkg keeps their library while ours is installed (`packaging/debian/preinst`).
+/// Where dpkg (`packaging/debian/preinst`) and our rpm's scriptlets keep their library while
+/// ours is installed.
 const DIVERTED: &str = "usr/local/lib/libcosmian_pkcs11.so.ckms";
 const CKMS: &str = "usr/local/bin/ckms";
-/// Cosmian's package: the `ckms` crate's name and version; cargo-deb adds the Debian
-/// revision `-1`, cargo-generate-rpm the release `1`.
-const THEIRS: &str = "ckms";
+/// Cosmian's package: the `ckms` crate's name; cargo-deb adds the Debian revision `-1`,
+/// cargo-generate-rpm the release `1` to its version.
+pub const THEIRS: &str = "ckms";
+/// The version of the test bed's real `ckms`, which the look-alikes hold.
 const THEIR_VERSION: &str = "5.28.0";
+/// What `rpm -V ckms` reports while ours is installed: their file is now our link (theirs
+/// is intact at the `.ckms` path, which rpm does not know).
+const THEIRS_VERIFY_BESIDE_OURS: &str = "....L....    /usr/local/lib/libcosmian_pkcs11.so";
+/// The dnf repository the test publishes ours into.
+const REPOSITORY: &str = "coexistence";
 
 /// `cargo xtask package-test`: the .deb then the .rpm, each in both install orders.
-pub fn test(tools: &Tools, dist: &Dist) -> Result<(), String> {
-    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let theirs = LookAlike::build(tools, work.path())?;
-    let ours = sha256_file(&dist.lib.path)?;
-    deb_both_orders(tools, &theirs, &dist.deb, &ours)?;
-    rpm_both_orders(tools, &theirs, &dist.rpm, &ours)
+pub fn test(fixture: &Fixture) -> Result<(), String> {
+    let ours = sha256_file(&fixture.dist.amd64.lib.path)?;
+    deb_both_orders(fixture.tools, &fixture.theirs, &fixture.dist.amd64.deb, &ours)?;
+    dnf_both_orders(fixture, &ours)
 }
 
 /// Cosmian's `ckms` package, as built here.
-struct LookAlike {
-    deb: PathBuf,
-    rpm: PathBuf,
-    /// The SHA-256 of their library.
-    lib: String,
+pub struct LookAlike {
+    pub deb: PathBuf,
+    pub rpm: PathBuf,
+    /// The SHA-256 of their library (which names the version: each version's differs).
+    pub lib: String,
 }
 
 impl LookAlike {
-    fn build(tools: &Tools, dir: &Path) -> Result<LookAlike, String> {
-        step("build a look-alike of Cosmian's ckms 5.28.0 packages", "cc -shared; dpkg-deb --build; rpmbuild -bb");
+    /// The packages of version `version` (`5.28.0`) in `dir`.
+    pub fn build(tools: &Tools, dir: &Path, version: &str) -> Result<LookAlike, String> {
+        step(
+            &format!("build a look-alike of Cosmian's ckms {version} packages"),
+            "cc -shared; dpkg-deb --build; rpmbuild -bb",
+        );
         let ckms = cosmian_pkcs11_testbed::binaries().ckms.clone();
         let source = dir.join("theirs.c");
-        write(&source, "const char look_alike[] = \"libcosmian_pkcs11.so of a ckms look-alike\";\n")?;
+        write(
+            &source,
+            format!("const char look_alike[] = \"libcosmian_pkcs11.so of a ckms {version} look-alike\";\n"),
+        )?;
         let lib = dir.join("libcosmian_pkcs11.so");
         capture(Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&source))?;
-        let deb = Self::deb(tools, dir, &ckms, &lib)?;
-        let rpm = Self::rpm(tools, dir, &ckms, &lib)?;
+        let deb = Self::deb(tools, dir, &ckms, &lib, version)?;
+        let rpm = Self::rpm(tools, dir, &ckms, &lib, version)?;
         println!("    {}\n    {}", deb.display(), rpm.display());
         Ok(LookAlike { deb, rpm, lib: sha256_file(&lib)? })
     }
 
     /// What cargo-deb makes: the two assets (`ckms` 755, the library 555), the copyright and
     /// the changelog it adds, the md5sums; no maintainer scripts.
-    fn deb(tools: &Tools, dir: &Path, ckms: &Path, lib: &Path) -> Result<PathBuf, String> {
+    fn deb(tools: &Tools, dir: &Path, ckms: &Path, lib: &Path, version: &str) -> Result<PathBuf, String> {
         use std::os::unix::fs::PermissionsExt;
         let root = dir.join("deb-root");
         let doc = format!("usr/share/doc/{THEIRS}");
         let copyright = format!("{doc}/copyright");
         let changelog = format!("{doc}/changelog.Debian.gz");
         write(&root.join(&copyright), "Copyright: 2026, Cosmian Tech SAS\n")?;
-        write(&root.join(&changelog), super::gzip(b"# Changelog\n\n## [5.28.0]\n")?)?;
+        write(&root.join(&changelog), super::gzip(format!("# Changelog\n\n## [{version}]\n").as_bytes())?)?;
         for (path, source, mode) in [(CKMS, ckms, 0o755), (LIB, lib, 0o555)] {
             let target = root.join(path);
             write(&target, "")?;
@@ -87,13 +108,13 @@ impl LookAlike {
         write(
             &root.join("DEBIAN/control"),
             format!(
-                "Package: {THEIRS}\nVersion: {THEIR_VERSION}-1\nArchitecture: amd64\n\
+                "Package: {THEIRS}\nVersion: {version}-1\nArchitecture: amd64\n\
                  Maintainer: Cosmian support team <tech@cosmian.com>\nSection: security\n\
                  Priority: optional\nDescription: Command Line Interface used to manage the \
                  Cosmian KMS server.\n (A look-alike of Cosmian's package, for a test.)\n"
             ),
         )?;
-        let deb = dir.join(format!("{THEIRS}_{THEIR_VERSION}-1_amd64.deb"));
+        let deb = dir.join(format!("{THEIRS}_{version}-1_amd64.deb"));
         // Not compressed: ckms is large and the package lives for one test.
         capture(tools.command("dpkg-deb").args(["--root-owner-group", "-Znone", "--build"]).arg(&root).arg(&deb))?;
         Ok(deb)
@@ -101,12 +122,12 @@ impl LookAlike {
 
     /// What cargo-generate-rpm makes: the two assets, no automatic requirements (`auto-req =
     /// "no"`) but `/bin/sh` (`require-sh = true`), no scripts.
-    fn rpm(tools: &Tools, dir: &Path, ckms: &Path, lib: &Path) -> Result<PathBuf, String> {
+    fn rpm(tools: &Tools, dir: &Path, ckms: &Path, lib: &Path, version: &str) -> Result<PathBuf, String> {
         let spec = dir.join("ckms.spec");
         write(
             &spec,
             format!(
-                "Name: {THEIRS}\nVersion: {THEIR_VERSION}\nRelease: 1\nLicense: BUSL-1.1\n\
+                "Name: {THEIRS}\nVersion: {version}\nRelease: 1\nLicense: BUSL-1.1\n\
                  Summary: Command Line Interface used to manage the Cosmian KMS server\n\
                  AutoReqProv: no\nRequires: /bin/sh\n\
                  %global debug_package %{{nil}}\n%global __os_install_post %{{nil}}\n\
@@ -130,24 +151,23 @@ impl LookAlike {
                 .args(["--define", "_binary_payload w.ufdio"])
                 .arg(&spec),
         )?;
-        Ok(top.join(format!("RPMS/x86_64/{THEIRS}-{THEIR_VERSION}-1.x86_64.rpm")))
+        Ok(top.join(format!("RPMS/x86_64/{THEIRS}-{version}-1.x86_64.rpm")))
     }
 }
 
-/// Whether Cosmian's package is installed, and if so with its library or without it (rpm's
-/// `--excludepath`; with dpkg, always with it: at the path or at the divert target).
+/// Whether Cosmian's package is installed (with its library: at the path, or at the `.ckms`
+/// path while ours is installed).
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Theirs {
+pub enum Theirs {
     No,
     WithLib,
-    WithoutLib,
 }
 
-/// One package manager on one root: `/` with dpkg, or a throw-away folder with rpm.
-struct Machine<'a> {
-    root: &'a Path,
-    deb: bool,
-    tools: &'a Tools,
+/// One package manager on one root: `/` with dpkg, or a throw-away install root with dnf.
+pub struct Machine<'a> {
+    pub root: &'a Path,
+    pub deb: bool,
+    pub tools: &'a Tools,
 }
 
 impl Machine<'_> {
@@ -159,8 +179,8 @@ impl Machine<'_> {
             (false, Theirs::WithLib) => Some(their_lib),
             (false, _) => None,
         };
-        // dpkg keeps their library at the divert target while ours is installed.
-        let expected_diverted = (self.deb && ours && theirs == Theirs::WithLib).then_some(their_lib);
+        // Their library waits at the `.ckms` path while ours is installed.
+        let expected_diverted = (ours && theirs == Theirs::WithLib).then_some(their_lib);
         for (path, expected) in [(LIB, expected_lib), (DIVERTED, expected_diverted)] {
             let file = self.root.join(path);
             let found = file.exists().then(|| sha256_file(&file)).transpose()?;
@@ -198,7 +218,7 @@ impl Machine<'_> {
                 capture(Command::new("dpkg").arg("--verify").args(packages))?
             }
         } else {
-            capture(&mut self.rpm(&["-V", "--nodeps", "-a"]))?
+            self.rpm_verify(ours, theirs)?
         };
         if !verify.trim().is_empty() {
             return Err(format!("the package manager's verification reports:\n{verify}"));
@@ -215,6 +235,34 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// What `rpm -V` reports beyond the expected: nothing for ours; for theirs, nothing, or
+    /// while ours is installed exactly [`THEIRS_VERIFY_BESIDE_OURS`]. Ours is at the path as
+    /// the link to its own file.
+    fn rpm_verify(&self, ours: bool, theirs: Theirs) -> Result<String, String> {
+        let verify = |package: &str| -> Result<String, String> {
+            let out = self.rpm(&["-V", package]).output().map_err(|e| format!("cannot run rpm -V: {e}"))?;
+            Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        };
+        let mut unexpected = String::new();
+        if ours {
+            let link = std::fs::read_link(self.root.join(LIB)).map_err(|e| format!("/{LIB}: {e}"))?;
+            if link != Path::new(LINK_TARGET) {
+                return Err(format!("/{LIB} links to {}, not {LINK_TARGET}", link.display()));
+            }
+            unexpected.push_str(&verify(NAME)?);
+        }
+        if theirs == Theirs::WithLib {
+            let report = verify(THEIRS)?;
+            let expected = if ours { THEIRS_VERIFY_BESIDE_OURS } else { "" };
+            if report.trim() != expected {
+                unexpected.push_str(&format!("rpm -V {THEIRS}, expected {expected:?}:\n{report}"));
+            } else if ours {
+                println!("    rpm -V {NAME}: clean; rpm -V {THEIRS}: {expected}");
+            }
+        }
+        Ok(unexpected)
+    }
+
     /// `rpm --root ROOT ARGS`.
     fn rpm(&self, args: &[&str]) -> Command {
         let mut command = self.tools.command("rpm");
@@ -223,7 +271,7 @@ impl Machine<'_> {
     }
 
     /// Runs `command` (a step of the sequence) and checks the state it must leave.
-    fn step(
+    pub fn step(
         &self,
         what: &str,
         mut command: Command,
@@ -302,60 +350,42 @@ fn deb_both_orders(tools: &Tools, theirs: &LookAlike, our_deb: &Path, ours: &str
     machine.check(false, Theirs::No, hashes)
 }
 
-/// In a throw-away rpm root (`--nodeps`: its empty database provides no glibc): without
-/// `--excludepath` each order is refused with a file conflict; with it, the path is ours and
-/// ckms runs; removing ours and reinstalling ckms brings theirs back; `rpm -V` stays clean.
-fn rpm_both_orders(tools: &Tools, theirs: &LookAlike, our_rpm: &Path, ours: &str) -> Result<(), String> {
-    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let machine = Machine { root: root.path(), deb: false, tools };
-    let hashes = (ours, theirs.lib.as_str());
-    let exclude = format!("--excludepath=/{LIB}");
-    let rpm = |args: &[&str], file: Option<&Path>| {
-        let mut command = machine.rpm(args);
-        command.args(file);
-        command
-    };
-    let refused = |what: &str, file: &Path, owner: &str| -> Result<(), String> {
-        step(what, &format!("rpm -i {}", file.display()));
-        match capture(&mut rpm(&["-i", "--nodeps"], Some(file))) {
-            Err(report)
-                if report.contains(&format!("/{LIB}"))
-                    && report.contains(&format!("conflicts with file from package {owner}")) =>
-            {
-                println!("    refused: file /{LIB} conflicts with file from package {owner}");
-                Ok(())
-            }
-            other => Err(format!("rpm did not refuse the conflicting {}: {other:?}", file.display())),
-        }
-    };
+/// With dnf alone, from the signed repositories over HTTP, in a throw-away install root:
+/// theirs then ours, `dnf upgrade` of ours (revision 2), of theirs (5.28.1), remove ours:
+/// theirs is back, remove theirs; ours then theirs, remove theirs: ours stays and nothing is
+/// kept of theirs, theirs again, remove ours: theirs is back, remove theirs.
+fn dnf_both_orders(fixture: &Fixture, ours: &str) -> Result<(), String> {
     use Theirs::*;
-    let then = |what, command, state| machine.step(what, command, state, hashes);
-    // Both orders end the same way: erase ours, reinstall theirs whole, erase it.
-    let back_to_theirs = || -> Result<(), String> {
-        then("erase ours", rpm(&["-e", "--nodeps", NAME], None), (false, WithoutLib))?;
-        then(
-            "theirs again, whole: theirs is back",
-            rpm(&["-U", "--replacepkgs", "--nodeps"], Some(&theirs.rpm)),
-            (false, WithLib),
-        )?;
-        then("erase theirs", rpm(&["-e", "--nodeps", THEIRS], None), (false, No))
+    let tools = fixture.tools;
+    step("publish revision 1 into a dnf repository; ckms 5.28.0 is in the base one", "rpmsign; createrepo_c");
+    fixture.publish(REPOSITORY, &[&fixture.dist.amd64.rpm], &fixture.key)?;
+    let root = InstallRoot::new(fixture, REPOSITORY, None)?;
+    let path = root.path();
+    let machine = Machine { root: &path, deb: false, tools };
+    let (old, new) = ((ours, fixture.theirs.lib.as_str()), (ours, fixture.theirs_newer.lib.as_str()));
+    let then = |what: &str, args: &[&str], state, hashes| machine.step(what, root.dnf(args), state, hashes);
+    let version = |package: &str, expected: &str| match root.installed(package) {
+        Some(found) if found == expected => Ok(()),
+        other => Err(format!("{package} is {other:?}, not {expected}")),
     };
-    capture(&mut machine.rpm(&["--initdb"]))?;
-    then("theirs first", rpm(&["-i", "--nodeps"], Some(&theirs.rpm)), (false, WithLib))?;
-    refused("then ours, as is", our_rpm, THEIRS)?;
-    then(
-        "theirs again, without its library",
-        rpm(&["-U", "--replacepkgs", "--nodeps", &exclude], Some(&theirs.rpm)),
-        (false, WithoutLib),
-    )?;
-    then("then ours", rpm(&["-i", "--nodeps"], Some(our_rpm)), (true, WithoutLib))?;
-    back_to_theirs()?;
-    then("ours first", rpm(&["-i", "--nodeps"], Some(our_rpm)), (true, No))?;
-    refused("then theirs, as is", &theirs.rpm, NAME)?;
-    then(
-        "then theirs, without its library",
-        rpm(&["-i", "--nodeps", &exclude], Some(&theirs.rpm)),
-        (true, WithoutLib),
-    )?;
-    back_to_theirs()
+
+    then("theirs first: dnf install ckms", &["install", THEIRS], (false, WithLib), old)?;
+    then("then dnf install cosmian-pkcs11: theirs is set aside", &["install", NAME], (true, WithLib), old)?;
+    fixture.publish(REPOSITORY, &[&fixture.newer_rpm], &fixture.key)?;
+    then("dnf upgrade cosmian-pkcs11 (revision 2)", &["upgrade", NAME], (true, WithLib), old)?;
+    version(NAME, "0.1.0-2.x86_64")?;
+    let base = fixture.folder(BASE);
+    super::repository::add(&fixture.theirs_newer.rpm, &base)?;
+    super::repository::dnf::sign_all_and_index(tools, &fixture.key, &base)?;
+    then("dnf upgrade ckms (5.28.1): the new file is set aside", &["upgrade", THEIRS], (true, WithLib), new)?;
+    version(THEIRS, "5.28.1-1.x86_64")?;
+    then("dnf remove cosmian-pkcs11: theirs is back", &["remove", NAME], (false, WithLib), new)?;
+    then("dnf remove ckms", &["remove", THEIRS], (false, No), new)?;
+
+    then("ours first: dnf install cosmian-pkcs11", &["install", NAME], (true, No), new)?;
+    then("then dnf install ckms: set aside", &["install", THEIRS], (true, WithLib), new)?;
+    then("dnf remove ckms: ours stays, nothing of theirs is kept", &["remove", THEIRS], (true, No), new)?;
+    then("dnf install ckms again", &["install", THEIRS], (true, WithLib), new)?;
+    then("dnf remove cosmian-pkcs11: theirs is back", &["remove", NAME], (false, WithLib), new)?;
+    then("dnf remove ckms", &["remove", THEIRS], (false, No), new)
 }

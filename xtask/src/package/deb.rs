@@ -1,11 +1,14 @@
-//! The .deb: `/usr/local/lib/libcosmian_pkcs11.so`, with the copyright, the changelog and the
-//! third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the lintian overrides, and the
+//! The .deb, one per architecture (`amd64`, `arm64`): `/usr/local/lib/libcosmian_pkcs11.so`, with the copyright, the changelog and the
+//! third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the p11-kit module file
+//! (installed, not enabled: `packaging/p11-kit/`), the lintian overrides, and the
 //! maintainer scripts that divert the same file of Cosmian's `ckms` package (`preinst`,
 //! `postrm`; see [`super::coexistence`]), all from `packaging/debian/`. Built with `dpkg-deb`
 //! from a tree whose every mode and timestamp is set (`SOURCE_DATE_EPOCH`), so that it is
 //! byte-reproducible; checked with lintian (every tag, informational and pedantic ones
-//! included, fails but the documented overrides), by building it twice, by its listing and
-//! its maintainer scripts.
+//! included, fails but the documented overrides), by building it twice, by its architecture,
+//! its listing and its maintainer scripts. A packaging revision above the changelog's (a newer
+//! build of the same version, for the upgrade tests) ships the changelog with an entry saying
+//! so ([`super::revision_entry`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,29 +17,40 @@ use super::elf::{self, LinuxLib};
 use super::{capture, packaging_file, render, version, Tools, NAME};
 use crate::step;
 
-use super::{DOC_DIR as DOC, LIB_DIR as LIB};
+use super::{DOC_DIR as DOC, LIB_DIR as LIB, P11KIT_MODULE};
 const OVERRIDES: &str = "usr/share/lintian/overrides/cosmian-pkcs11";
 /// The maintainer scripts, from `packaging/debian/`, executable.
 const SCRIPTS: [&str; 2] = ["preinst", "postrm"];
 
 /// The Debian version: the upstream version and the packaging revision.
-fn deb_version() -> String {
-    format!("{}-1", version())
+fn deb_version(release: u32) -> String {
+    format!("{}-{release}", version())
 }
 
-/// Builds the .deb into `dist`, and checks it.
-pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, dist: &Path) -> Result<PathBuf, String> {
-    check_changelog_version(&packaging_file("debian/changelog")?)?;
-    let deb = dist.join(format!("{NAME}_{}_amd64.deb", deb_version()));
-    step("build the .deb", &format!("dpkg-deb --build ... {}", deb.display()));
-    build(tools, lib, epoch, &deb)?;
+/// Builds the .deb of `lib` (its architecture), packaging revision `release` (`1` for the
+/// release; more for a newer build of the same version), into `dir`, and checks it.
+pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, dir: &Path) -> Result<PathBuf, String> {
+    let changelog = changelog(tools, release, epoch)?;
+    let arch = lib.arch.deb();
+    let deb = dir.join(format!("{NAME}_{}_{arch}.deb", deb_version(release)));
+    step(&format!("build the {arch} .deb"), &format!("dpkg-deb --build ... {}", deb.display()));
+    let build = |deb: &Path| build(tools, lib, epoch, release, &changelog, deb);
+    build(&deb)?;
 
-    super::check_reproducible(&deb, |again| build(tools, lib, epoch, again))?;
+    super::check_reproducible(&deb, build)?;
 
     step("check its contents", &format!("dpkg-deb --field/--contents {}", deb.display()));
-    let depends = capture(tools.command("dpkg-deb").arg("--field").arg(&deb).arg("Depends"))?;
+    let field = |name: &str| capture(tools.command("dpkg-deb").arg("--field").arg(&deb).arg(name));
+    let depends = field("Depends")?;
     if depends.trim() != lib.debian_depends() {
         return Err(format!("Depends is {depends:?}, not {:?}", lib.debian_depends()));
+    }
+    let (architecture, deb_version_field) = (field("Architecture")?, field("Version")?);
+    if architecture.trim() != arch || deb_version_field.trim() != deb_version(release) {
+        return Err(format!(
+            "Architecture {architecture:?} and Version {deb_version_field:?}, not {arch} and {}",
+            deb_version(release)
+        ));
     }
     let listing = capture(tools.command("dpkg-deb").arg("--contents").arg(&deb))?;
     let mut files = payload_files(&listing);
@@ -47,6 +61,7 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, dist: &Path) -
         format!("-rw-r--r-- root/root ./{DOC}/changelog.Debian.gz"),
         format!("-rw-r--r-- root/root ./{DOC}/THIRDPARTY.yml.gz"),
         format!("-rw-r--r-- root/root ./{OVERRIDES}"),
+        format!("-rw-r--r-- root/root ./{P11KIT_MODULE}"),
     ];
     expected.sort();
     if files != expected {
@@ -58,7 +73,12 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, dist: &Path) -
             return Err(format!("the .deb's {script} is not packaging/debian/{script}"));
         }
     }
-    println!("    Depends: {}; maintainer scripts: {}", depends.trim(), SCRIPTS.join(", "));
+    println!(
+        "    Architecture: {arch}; Version: {}; Depends: {}; maintainer scripts: {}",
+        deb_version(release),
+        depends.trim(),
+        SCRIPTS.join(", ")
+    );
 
     step("lint it", &format!("lintian --fail-on error,warning,info,pedantic -I --pedantic {}", deb.display()));
     let out = capture(
@@ -87,16 +107,17 @@ fn payload_files(listing: &str) -> Vec<String> {
 }
 
 /// Stages the tree in a temporary folder and runs `dpkg-deb --build` into `deb`.
-fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, deb: &Path) -> Result<(), String> {
+fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, changelog: &str, deb: &Path) -> Result<(), String> {
     let stage = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = stage.path().join("root");
     let put = |relative: &str, bytes: &[u8]| super::write(&root.join(relative), bytes);
     let library = std::fs::read(&lib.path).map_err(|e| format!("cannot read {}: {e}", lib.path.display()))?;
     put(&format!("{LIB}/{}", elf::FILE), &library)?;
     put(&format!("{DOC}/copyright"), packaging_file("debian/copyright")?.as_bytes())?;
-    put(&format!("{DOC}/changelog.Debian.gz"), &super::gzip(packaging_file("debian/changelog")?.as_bytes())?)?;
+    put(&format!("{DOC}/changelog.Debian.gz"), &super::gzip(changelog.as_bytes())?)?;
     put(&format!("{DOC}/THIRDPARTY.yml.gz"), &super::gzip(super::licenses::read()?.as_bytes())?)?;
-    put(OVERRIDES, packaging_file("debian/lintian-overrides")?.as_bytes())?;
+    put(OVERRIDES, lintian_overrides(release)?.as_bytes())?;
+    put(P11KIT_MODULE, packaging_file("p11-kit/cosmian-pkcs11.module")?.as_bytes())?;
 
     // Installed-Size in KiB, the way dpkg-gencontrol counts: every file rounded up, every
     // folder one.
@@ -114,7 +135,12 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, deb: &Path) -> Result<(), St
     )?;
     let control = render(
         &packaging_file("debian/control")?,
-        &[("DEB_VERSION", &deb_version()), ("INSTALLED_SIZE", &kib.to_string()), ("DEPENDS", &lib.debian_depends())],
+        &[
+            ("DEB_VERSION", &deb_version(release)),
+            ("ARCH", lib.arch.deb()),
+            ("INSTALLED_SIZE", &kib.to_string()),
+            ("DEPENDS", &lib.debian_depends()),
+        ],
     )?;
     put("DEBIAN/control", control.as_bytes())?;
     put("DEBIAN/md5sums", md5sums.as_bytes())?;
@@ -145,13 +171,50 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, deb: &Path) -> Result<(), St
     Ok(())
 }
 
+/// The changelog the package of revision `release` ships: `packaging/debian/changelog`, whose
+/// newest entry must be this version's first revision (`cosmian-pkcs11 (0.1.0-1) ...`), under
+/// an entry for `release` when it is newer.
+pub fn changelog(tools: &Tools, release: u32, epoch: u64) -> Result<String, String> {
+    let changelog = packaging_file("debian/changelog")?;
+    check_changelog_version(&changelog)?;
+    let Some(entry) = super::revision_entry(release) else { return Ok(changelog) };
+    let date = super::utc_date(tools, epoch, "%a, %d %b %Y %H:%M:%S +0000")?;
+    Ok(format!(
+        "{NAME} ({}) unstable; urgency=medium\n\n  * {}\n\n -- {}  {date}\n\n{changelog}",
+        deb_version(release),
+        entry,
+        super::MAINTAINER
+    ))
+}
+
+/// `packaging/debian/lintian-overrides`; for a revision above the first, without the override
+/// of `initial-upload-closes-no-bugs` (and its comment): lintian reports that tag on a
+/// changelog of one entry only, and an override it does not use.
+fn lintian_overrides(release: u32) -> Result<String, String> {
+    let text = packaging_file("debian/lintian-overrides")?;
+    if release == 1 {
+        return Ok(text);
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if line.contains(" initial-upload-closes-no-bugs ") {
+            while kept.last().is_some_and(|line| line.starts_with('#')) {
+                kept.pop();
+            }
+        } else {
+            kept.push(line);
+        }
+    }
+    Ok(kept.iter().map(|line| format!("{line}\n")).collect())
+}
+
 /// The changelog's newest entry must be this version's: `cosmian-pkcs11 (0.1.0-1) ...`.
 fn check_changelog_version(changelog: &str) -> Result<(), String> {
-    let expected = format!("{NAME} ({}) ", deb_version());
+    let expected = format!("{NAME} ({}) ", deb_version(1));
     if changelog.starts_with(&expected) {
         Ok(())
     } else {
-        Err(format!("packaging/debian/changelog does not start with an entry for {}: add one", deb_version()))
+        Err(format!("packaging/debian/changelog does not start with an entry for {}: add one", deb_version(1)))
     }
 }
 
@@ -183,6 +246,17 @@ mod tests {
                        drwxr-xr-x root/root         0 2026-11-25 02:32 ./usr/\n\
                        -rw-r--r-- root/root   3057584 2026-11-25 02:32 ./usr/local/lib/libcosmian_pkcs11.so\n";
         assert_eq!(payload_files(listing), ["-rw-r--r-- root/root ./usr/local/lib/libcosmian_pkcs11.so"]);
+    }
+
+    #[test]
+    fn later_revisions_drop_the_initial_upload_override() {
+        let first = lintian_overrides(1).unwrap();
+        let later = lintian_overrides(2).unwrap();
+        assert!(first.contains(" initial-upload-closes-no-bugs "));
+        assert!(!later.contains("initial-upload") && !later.contains("no ITP bug"));
+        // Only that override and its comment go.
+        assert_eq!(first.lines().count() - 2, later.lines().count());
+        assert!(later.contains(" spelling-error-in-binary ") && later.contains("# A string in a statically"));
     }
 
     #[test]

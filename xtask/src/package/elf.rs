@@ -1,15 +1,16 @@
-//! The Linux release library: built by cargo-zigbuild against glibc 2.28 (RHEL 8, Debian 10
-//! and later), with the release profile (LTO, stripped, `panic = "unwind"`), then checked with
-//! `objdump`: it exports exactly the three PKCS#11 entry points, needs no glibc symbol version
-//! above 2.28, and needs only glibc's libraries, which gives the .deb's `Depends`.
+//! The Linux release libraries, one per [`Arch`] (x86_64 and aarch64): each built by
+//! cargo-zigbuild against glibc 2.28 (RHEL 8, Debian 10 and later), with the release profile
+//! (LTO, stripped, `panic = "unwind"`), then checked: its ELF header names the architecture it
+//! was built for, and `objdump` shows that it exports exactly the three PKCS#11 entry points,
+//! needs no glibc symbol version above 2.28, and needs only glibc's libraries, which gives the
+//! .deb's `Depends`.
 
 use std::path::{Path, PathBuf};
 
 use super::{capture, Tools};
 use crate::step;
 
-/// The Rust target, and cargo-zigbuild's suffix that picks the glibc version to link against.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// cargo-zigbuild's suffix to the Rust target that picks the glibc version to link against.
 const GLIBC_SUFFIX: &str = ".2.28";
 /// The newest glibc symbol version the library may need.
 pub const GLIBC_FLOOR: [u32; 2] = [2, 28];
@@ -18,12 +19,74 @@ pub const EXPORTS: [&str; 3] = ["C_GetFunctionList", "C_GetInterface", "C_GetInt
 /// The file name of the library.
 pub const FILE: &str = "libcosmian_pkcs11.so";
 
-/// The checked release library.
+/// A Linux architecture the release is built for, with its names in each tool's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// The Rust target (cargo-zigbuild adds the glibc version).
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-gnu",
+            Arch::Aarch64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// Debian's architecture name (`Architecture:`, the .deb's file name).
+    pub fn deb(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// RPM's architecture name (`rpmbuild --target`, `%{ARCH}`, the .rpm's file name).
+    pub fn rpm(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The library's file in `target/dist/`: the release attaches both with these names, so
+    /// they differ (x86_64 keeps the installed name).
+    pub fn dist_file(self) -> &'static str {
+        match self {
+            Arch::X86_64 => FILE,
+            Arch::Aarch64 => "libcosmian_pkcs11-aarch64.so",
+        }
+    }
+
+    /// The ELF header's `e_machine` (`EM_X86_64`, `EM_AARCH64`).
+    fn elf_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => 62,
+            Arch::Aarch64 => 183,
+        }
+    }
+
+    /// The dynamic loader glibc installs for the architecture, one of glibc's libraries.
+    fn loader(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ld-linux-x86-64.so.2",
+            Arch::Aarch64 => "ld-linux-aarch64.so.1",
+        }
+    }
+}
+
+/// A checked release library.
 pub struct LinuxLib {
-    /// `target/dist/libcosmian_pkcs11.so`.
+    /// `target/dist/libcosmian_pkcs11.so` ([`Arch::dist_file`]).
     pub path: PathBuf,
     /// The newest glibc symbol version it needs, e.g. `[2, 28]`.
     pub glibc: Vec<u32>,
+    /// The architecture its ELF header names.
+    pub arch: Arch,
 }
 
 impl LinuxLib {
@@ -34,11 +97,12 @@ impl LinuxLib {
     }
 }
 
-/// Builds the library with `cargo zigbuild --release`, copies it into `dist` and checks it.
-pub fn build(tools: &Tools, dist: &Path) -> Result<LinuxLib, String> {
-    let target = format!("{TARGET}{GLIBC_SUFFIX}");
+/// Builds the library for `arch` with `cargo zigbuild --release`, copies it into `dist` and
+/// checks it.
+pub fn build(tools: &Tools, arch: Arch, dist: &Path) -> Result<LinuxLib, String> {
+    let target = format!("{}{GLIBC_SUFFIX}", arch.rust_target());
     step(
-        "build the release library against glibc 2.28",
+        &format!("build the {} release library against glibc 2.28", arch.rpm()),
         &format!("cargo zigbuild --release --target {target} -p cosmian-pkcs11"),
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -51,16 +115,21 @@ pub fn build(tools: &Tools, dist: &Path) -> Result<LinuxLib, String> {
         "-p",
         "cosmian-pkcs11",
     ]))?;
-    let built = crate::target_dir().join(TARGET).join("release").join(FILE);
-    let path = dist.join(FILE);
+    let built = crate::target_dir().join(arch.rust_target()).join("release").join(FILE);
+    let path = dist.join(arch.dist_file());
     std::fs::copy(&built, &path).map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), path.display()))?;
-    check(tools, &path)
+    check(tools, arch, &path)
 }
 
-/// `objdump -T` and `objdump -p` of the library, checked: the three exports, glibc symbol
-/// versions up to [`GLIBC_FLOOR`], and only glibc's libraries needed.
-pub fn check(tools: &Tools, path: &Path) -> Result<LinuxLib, String> {
-    step("check its exports and glibc floor", &format!("objdump -T -p {}", path.display()));
+/// The library checked: an ELF file for `arch` (its header), and by `objdump -T` and
+/// `objdump -p`: the three exports, glibc symbol versions up to [`GLIBC_FLOOR`], and only
+/// glibc's libraries needed.
+pub fn check(tools: &Tools, arch: Arch, path: &Path) -> Result<LinuxLib, String> {
+    step(
+        &format!("check its architecture ({}), exports and glibc floor", arch.rpm()),
+        &format!("ELF header; objdump -T -p {}", path.display()),
+    );
+    check_machine(path, arch)?;
     let symbols = check_exports(path)?;
     let headers = capture(tools.command("objdump").arg("-p").arg(path))?;
     let glibc = glibc_versions(&symbols)
@@ -79,8 +148,10 @@ pub fn check(tools: &Tools, path: &Path) -> Result<LinuxLib, String> {
             too_new.join("\n")
         ));
     }
-    let foreign: Vec<String> =
-        needed_libraries(&headers).into_iter().filter(|lib| !GLIBC_LIBRARIES.contains(&lib.as_str())).collect();
+    let foreign: Vec<String> = needed_libraries(&headers)
+        .into_iter()
+        .filter(|lib| !GLIBC_LIBRARIES.contains(&lib.as_str()) && lib != arch.loader())
+        .collect();
     if !foreign.is_empty() {
         return Err(format!(
             "{} needs {foreign:?}, which glibc does not provide: add them to the packages' \
@@ -88,8 +159,31 @@ pub fn check(tools: &Tools, path: &Path) -> Result<LinuxLib, String> {
             path.display()
         ));
     }
-    println!("    exports {EXPORTS:?}; newest glibc symbol version {glibc:?}");
-    Ok(LinuxLib { path: path.to_owned(), glibc })
+    println!("    ELF machine {}; exports {EXPORTS:?}; newest glibc symbol version {glibc:?}", arch.rpm());
+    Ok(LinuxLib { path: path.to_owned(), glibc, arch })
+}
+
+/// `Err` unless `path` is a 64-bit little-endian ELF shared object for `arch`.
+fn check_machine(path: &Path, arch: Arch) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match elf_machine(&bytes) {
+        Some(machine) if machine == arch.elf_machine() => Ok(()),
+        other => Err(format!(
+            "{} is not a 64-bit little-endian ELF shared object for {} (e_machine {}), but {other:?}",
+            path.display(),
+            arch.rpm(),
+            arch.elf_machine()
+        )),
+    }
+}
+
+/// The `e_machine` of a 64-bit little-endian ELF shared object (`ET_DYN`), `None` for anything
+/// else.
+fn elf_machine(bytes: &[u8]) -> Option<u16> {
+    let header = bytes.get(..20)?;
+    let le16 = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+    // Magic, ELFCLASS64, ELFDATA2LSB, and e_type ET_DYN.
+    (header[..4] == *b"\x7fELF" && header[4] == 2 && header[5] == 1 && le16(16) == 3).then(|| le16(18))
 }
 
 /// `objdump -T` of the library, `Err` unless it exports exactly [`EXPORTS`].
@@ -103,9 +197,9 @@ pub fn check_exports(path: &Path) -> Result<String, String> {
 }
 
 /// The libraries of glibc (package `libc6` on Debian, `glibc` on RPM systems) a Rust cdylib
-/// may need.
-const GLIBC_LIBRARIES: [&str; 7] =
-    ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libutil.so.1", "ld-linux-x86-64.so.2"];
+/// may need, besides the architecture's loader ([`Arch::loader`]).
+const GLIBC_LIBRARIES: [&str; 6] =
+    ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libutil.so.1"];
 
 /// The names of the symbols an `objdump -T` listing defines (every section but `*UND*`),
 /// sorted.
@@ -183,6 +277,33 @@ DYNAMIC SYMBOL TABLE:
     }
 
     #[test]
+    fn each_architecture_has_its_own_names() {
+        let [a, b] = Arch::ALL;
+        assert_eq!((a, b), (Arch::X86_64, Arch::Aarch64));
+        // The release attaches the files of both under their file names: they must differ.
+        for name in [Arch::dist_file, Arch::deb, Arch::rpm, Arch::rust_target, Arch::loader] {
+            assert_ne!(name(a), name(b));
+        }
+        assert_ne!(a.elf_machine(), b.elf_machine());
+    }
+
+    #[test]
+    fn reads_the_elf_machine() {
+        // The first 20 bytes of an x86_64 and of an aarch64 shared object.
+        let mut header = *b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0\x3e\0";
+        assert_eq!(elf_machine(&header), Some(Arch::X86_64.elf_machine()));
+        header[18] = 0xb7;
+        assert_eq!(elf_machine(&header), Some(Arch::Aarch64.elf_machine()));
+        // An executable (ET_EXEC), a 32-bit file, a big-endian one, a truncated one: none.
+        for (at, byte) in [(16, 2), (4, 1), (5, 2)] {
+            let mut other = header;
+            other[at] = byte;
+            assert_eq!(elf_machine(&other), None);
+        }
+        assert_eq!(elf_machine(&header[..19]), None);
+    }
+
+    #[test]
     fn reads_needed_libraries() {
         let headers = "Dynamic Section:\n  NEEDED               libpthread.so.0\n  NEEDED               libc.so.6\n  FLAGS                0x0\n";
         assert_eq!(needed_libraries(headers), ["libpthread.so.0", "libc.so.6"]);
@@ -190,7 +311,7 @@ DYNAMIC SYMBOL TABLE:
 
     #[test]
     fn depends_on_glibc_at_the_needed_version() {
-        let lib = LinuxLib { path: PathBuf::new(), glibc: vec![2, 28] };
+        let lib = LinuxLib { path: PathBuf::new(), glibc: vec![2, 28], arch: Arch::X86_64 };
         assert_eq!(lib.debian_depends(), "libc6 (>= 2.28)");
     }
 }

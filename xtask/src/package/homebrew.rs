@@ -1,54 +1,125 @@
-//! The source tarball and the Homebrew formula. The tarball is `git archive` of `HEAD`,
-//! gzipped without timestamp (reproducible for a commit); the formula
-//! (`packaging/homebrew/Formula/cosmian-pkcs11.rb`, a template) is rendered with the version
-//! and the tarball's SHA-256 into `target/dist/homebrew/Formula/`, tap layout. Checked with
-//! `ruby -c` and `packaging/homebrew/check_formula.rb`: every stanza a release needs, the
-//! caveats, and the formula's `test do` run against the release library; a formula missing a
-//! stanza must fail that check.
+//! The source tarball and the Homebrew tap. The tarball is `git archive` of `HEAD`, gzipped
+//! without timestamp (reproducible for a commit: the Mac and Linux make the same bytes); the tap
+//! is `target/dist/homebrew-tap/`, the layout of the `cosmian/homebrew-tap` repository that
+//! `brew tap cosmian/tap` clones: `Formula/cosmian-pkcs11.rb`, rendered from
+//! `packaging/homebrew/Formula/cosmian-pkcs11.rb` with the version and the tarball's SHA-256,
+//! and its `README.md`.
+//!
+//! Checked here, without Homebrew: `ruby -c`; RuboCop with Homebrew's settings for formulae
+//! (`packaging/homebrew/rubocop.yml`); `packaging/homebrew/check_formula.rb`, which checks the
+//! stanzas and runs the formula's `test do` (OpenSC's pkcs11-tool loads the module) against the
+//! release library. Each check must fail on a formula broken for it. Homebrew itself (`brew
+//! style`, `brew audit`, `brew install`, `brew test`, `brew uninstall`) reads the same files in
+//! the macOS release workflow, which `super::macos::check_workflows` checks.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::elf::LinuxLib;
 use super::{capture, packaging_file, render, sha256_file, version, workspace_root, Tools, NAME};
 use crate::step;
 
-const FORMULA: &str = "homebrew/Formula/cosmian-pkcs11.rb";
+/// The tap's name for `brew tap`: the GitHub repository `cosmian/homebrew-tap`.
+pub const TAP: &str = "cosmian/tap";
+/// The tap's folder in `target/dist/`, named as its repository.
+pub const TAP_DIR: &str = "homebrew-tap";
+/// The formula in the tap, and its template in `packaging/homebrew/`.
+pub const FORMULA: &str = "Formula/cosmian-pkcs11.rb";
 
-/// Makes the tarball and the formula in `dist`, and checks the formula; returns their paths.
-pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let tarball = source_tarball(tools, dist)?;
+/// The rendered tap and the tarball its formula builds from.
+pub struct Tap {
+    pub tarball: PathBuf,
+    pub sha256: String,
+    /// `target/dist/homebrew-tap/Formula/cosmian-pkcs11.rb`.
+    pub formula: PathBuf,
+    /// The formula's text.
+    pub text: String,
+}
+
+/// Makes the source tarball in `dist` and renders the tap next to it (the folder made anew).
+/// Needs only git: the macOS release workflow renders the tap it installs with it.
+pub fn render_tap(dist: &Path) -> Result<Tap, String> {
+    let tarball = source_tarball(dist)?;
     let sha256 = sha256_file(&tarball)?;
-    let formula = dist.join(FORMULA);
-    step("render the Homebrew formula", &formula.display().to_string());
-    let text = render(&packaging_file(FORMULA)?, &[("VERSION", version()), ("SHA256", &sha256)])?;
+    let dir = dist.join(TAP_DIR);
+    step("render the Homebrew tap", &format!("{}/{{{FORMULA},README.md}}", dir.display()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    }
+    let text =
+        render(&packaging_file(&format!("homebrew/{FORMULA}"))?, &[("VERSION", version()), ("SHA256", &sha256)])?;
+    let formula = dir.join(FORMULA);
     super::write(&formula, &text)?;
+    super::write(&dir.join("README.md"), packaging_file("homebrew/tap-README.md")?)?;
+    println!("    brew tap {TAP} {}; brew install {TAP}/{NAME}", dir.display());
+    Ok(Tap { tarball, sha256, formula, text })
+}
 
-    step("check it", &format!("ruby -c; ruby packaging/homebrew/check_formula.rb {} LIB_DIR", formula.display()));
-    capture(tools.command("ruby").arg("-c").arg(&formula))?;
-    // The formula's test loads `lib/libcosmian_pkcs11.so`: the release library, there.
-    let prefix = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let lib_dir = prefix.path().join("lib");
+/// Makes the tarball and the tap in `dist`, and checks the formula; returns the tarball's and
+/// the formula's paths.
+pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let tap = render_tap(dist)?;
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+
+    step("check the formula's syntax and style", "ruby -c; rubocop --config packaging/homebrew/rubocop.yml");
+    capture(tools.command("ruby").arg("-c").arg(&tap.formula))?;
+    rubocop(tools, &tap.formula)?;
+    println!("    no offense with Homebrew's RuboCop settings (RuboCop's cops; Homebrew's own run in brew style, on the Mac)");
+    // A variant keeps the formula's name and folder: the configuration applies to it as to the
+    // formula (an exclusion by path would let both pass).
+    let variant = work.path().join(TAP_DIR).join(FORMULA);
+    super::write(&variant, tap.text.replacen("desc \"", "desc '", 1).replacen("\"\n  homepage", "'\n  homepage", 1))?;
+    must_fail("a single-quoted desc", rubocop(tools, &variant), "Style/StringLiterals")?;
+
+    step(
+        "check the formula's stanzas and run its test do",
+        &format!("ruby packaging/homebrew/check_formula.rb {} LIB_DIR", tap.formula.display()),
+    );
+    // `lib.install` puts the release library in the formula's `lib`: here, a copy of it.
+    let lib_dir = work.path().join("lib");
+    let module = lib_dir.join(super::elf::FILE);
     std::fs::create_dir_all(&lib_dir).map_err(|e| e.to_string())?;
-    std::fs::copy(&lib.path, lib_dir.join(super::elf::FILE)).map_err(|e| e.to_string())?;
-    let out = check_formula(tools, &formula, &lib_dir)?;
+    std::fs::copy(&lib.path, &module).map_err(|e| e.to_string())?;
+    let out = check_formula(tools, &tap.formula, &lib_dir)?;
     let url = format!("{}/releases/download/v{v}/{NAME}-{v}.tar.gz", super::HOMEPAGE, v = version());
-    if !out.contains(&format!("url={url}\n")) || !out.contains(&format!("sha256={sha256}\n")) {
-        return Err(format!("the formula does not name {url} and {sha256}:\n{out}"));
+    for needed in [format!("url={url}\n"), format!("sha256={}\n", tap.sha256), format!("version={}\n", version())] {
+        if !out.contains(&needed) {
+            return Err(format!("check_formula.rb does not report {needed:?} for {}:\n{out}", tap.formula.display()));
+        }
     }
     print!("{}", out.lines().map(|line| format!("    {line}\n")).collect::<String>());
 
     // The stanza check must be able to fail.
-    let incomplete = prefix.path().join("incomplete.rb");
     let without_license: String =
-        text.lines().filter(|l| !l.trim_start().starts_with("license ")).map(|l| format!("{l}\n")).collect();
-    super::write(&incomplete, without_license)?;
-    match check_formula(tools, &incomplete, &lib_dir) {
-        Err(report) if report.contains("no license") => {
-            println!("    and a formula without its license fails the check");
-            Ok((tarball, formula))
+        tap.text.lines().filter(|l| !l.trim_start().starts_with("license ")).map(|l| format!("{l}\n")).collect();
+    super::write(&variant, without_license)?;
+    must_fail("a formula without its license", check_formula(tools, &variant, &lib_dir), "no license")?;
+    // And the test block: another PKCS#11 module that loads and answers (p11-kit's trust
+    // module, Debian's p11-kit-modules) in the library's place.
+    std::fs::copy(p11_kit_trust_module()?, &module).map_err(|e| e.to_string())?;
+    must_fail("p11-kit's module in the library's place", check_formula(tools, &tap.formula, &lib_dir), "to match")?;
+    Ok((tap.tarball, tap.formula))
+}
+
+/// `Ok` if `result` is the error a check gives for `what`, naming `needle`.
+fn must_fail(what: &str, result: Result<String, String>, needle: &str) -> Result<(), String> {
+    match result {
+        Err(report) if report.contains(needle) => {
+            println!("    and {what} fails it ({needle})");
+            Ok(())
         }
-        other => Err(format!("check_formula.rb accepts a formula without license: {other:?}")),
+        other => Err(format!("the check does not refuse {what} with {needle:?}: {other:?}")),
     }
+}
+
+fn rubocop(tools: &Tools, formula: &Path) -> Result<String, String> {
+    capture(
+        tools
+            .command("rubocop")
+            .args(["--no-color", "--format", "emacs", "--config"])
+            .arg(workspace_root().join("packaging/homebrew/rubocop.yml"))
+            .arg(formula),
+    )
 }
 
 fn check_formula(tools: &Tools, formula: &Path, lib_dir: &Path) -> Result<String, String> {
@@ -61,14 +132,28 @@ fn check_formula(tools: &Tools, formula: &Path, lib_dir: &Path) -> Result<String
     )
 }
 
+/// The path of p11-kit's trust module, from `dpkg-query -L p11-kit-modules`.
+fn p11_kit_trust_module() -> Result<PathBuf, String> {
+    let files = capture(Command::new("dpkg-query").args(["-L", "p11-kit-modules"]))?;
+    files
+        .lines()
+        .find(|line| line.ends_with("/pkcs11/p11-kit-trust.so"))
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("p11-kit-modules has no pkcs11/p11-kit-trust.so:\n{files}"))
+}
+
 /// `cosmian-pkcs11-VERSION.tar.gz`: `git archive HEAD` under `cosmian-pkcs11-VERSION/`.
-fn source_tarball(tools: &Tools, dist: &Path) -> Result<PathBuf, String> {
+fn source_tarball(dist: &Path) -> Result<PathBuf, String> {
     let prefix = format!("{NAME}-{}", version());
     let tarball = dist.join(format!("{prefix}.tar.gz"));
     step("make the source tarball", &format!("git archive --prefix={prefix}/ HEAD | gzip > {}", tarball.display()));
-    let head = capture(tools.command("git").args(["rev-parse", "HEAD"]))?;
-    let tar = tools
-        .command("git")
+    let git = || {
+        let mut command = Command::new("git");
+        command.current_dir(workspace_root());
+        command
+    };
+    let head = capture(git().args(["rev-parse", "HEAD"]))?;
+    let tar = git()
         .args(["archive", "--format=tar", &format!("--prefix={prefix}/"), "HEAD"])
         .output()
         .map_err(|e| format!("cannot run git archive: {e}"))?;
@@ -76,7 +161,7 @@ fn source_tarball(tools: &Tools, dist: &Path) -> Result<PathBuf, String> {
         return Err(format!("git archive failed: {}", String::from_utf8_lossy(&tar.stderr)));
     }
     super::write(&tarball, super::gzip(&tar.stdout)?)?;
-    let dirty = capture(tools.command("git").args(["status", "--porcelain", "--untracked-files=no"]))?;
+    let dirty = capture(git().args(["status", "--porcelain", "--untracked-files=no"]))?;
     println!(
         "    from commit {}{}",
         head.trim(),

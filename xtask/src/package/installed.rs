@@ -1,9 +1,10 @@
-//! The .deb as a user installs and uses it, on the test bed (the real KMS, ckms and a
-//! throw-away sshd): `apt-get install ./cosmian-pkcs11_*.deb`, then `ssh -I
-//! /usr/local/lib/libcosmian_pkcs11.so` logs in, an ssh-agent with its DEFAULT provider
-//! allow-list (no `-P`) takes `ssh-add -s /usr/local/lib/libcosmian_pkcs11.so` and logs in,
-//! and refuses the same library from the build folder; `apt-get remove` leaves no file and no
-//! diversion, `apt-get purge` no record in dpkg's database.
+//! The library as a user installed it from the .deb, on the test bed (the real KMS, ckms and a
+//! throw-away sshd): `ssh -I /usr/local/lib/libcosmian_pkcs11.so` logs in, an ssh-agent with
+//! its DEFAULT provider allow-list (no `-P`) takes `ssh-add -s /usr/local/lib/libcosmian_pkcs11.so`
+//! and logs in, and refuses the same library from the build folder ([`logins`]); after
+//! `apt-get remove`, no file and no diversion is left ([`check_removed`]), after `apt-get
+//! purge`, no record in dpkg's database ([`check_purged`]). The repository test
+//! ([`super::repository`]) installs it with `apt-get install cosmian-pkcs11` and calls them.
 //!
 //! It changes the system (root, or sudo), so it runs in `cargo xtask package-test` and
 //! `cargo xtask test` (throw-away CI machines), not in `dist`. Any missing piece fails it.
@@ -13,10 +14,10 @@ use std::process::Command;
 
 use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer, SshAgent, Sshd};
 
-use super::{capture, sha256_file, Dist, NAME};
+use super::{capture, sha256_file, NAME};
 use crate::step;
 
-const INSTALLED: &str = "/usr/local/lib/libcosmian_pkcs11.so";
+pub(super) const INSTALLED: &str = "/usr/local/lib/libcosmian_pkcs11.so";
 const DOC: &str = "/usr/share/doc/cosmian-pkcs11";
 
 /// `program` as root: itself when we are root, else through sudo.
@@ -36,49 +37,32 @@ pub(super) fn package_status(package: &str) -> String {
     capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package])).unwrap_or_default()
 }
 
-pub fn deb_install_login_remove(dist: &Dist) -> Result<(), String> {
-    let installed = Path::new(INSTALLED);
-    if installed.exists() && !package_status(NAME).contains("ok installed") {
+/// `Err` when the library's path holds a file no package owns (`cargo xtask install`?): a
+/// .deb would replace it, and removing the .deb would delete it.
+pub(super) fn check_path_free() -> Result<(), String> {
+    if Path::new(INSTALLED).exists() && !package_status(NAME).contains("ok installed") {
         return Err(format!(
             "{INSTALLED} exists and no package owns it (`cargo xtask install`?): the .deb would \
              replace it, and removing the .deb would delete it. Remove it first."
         ));
     }
-    let dir = dist.deb.parent().expect("the .deb is in a folder");
-    let file = dist.deb.file_name().expect("a file name").to_string_lossy().into_owned();
-    step("install the .deb", &format!("cd {}; apt-get install -y ./{file}", dir.display()));
-    crate::run(
-        as_root("apt-get")?
-            .args(["install", "-y", "--no-install-recommends", &format!("./{file}")])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .current_dir(dir),
-    )?;
-    let result = logins(installed, &dist.lib.path);
-    // Removed, then purged, whatever happened, so that a failed run leaves no package behind.
-    let apt_get = |verb: &str| -> Result<(), String> {
-        step(&format!("{verb} it"), &format!("apt-get {verb} -y {NAME}"));
-        crate::run(as_root("apt-get")?.args([verb, "-y", NAME]).env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    let removed = apt_get("remove").and_then(|()| check_removed());
-    // dpkg keeps the package's record (`config-files`) until it is purged: its postrm has
-    // yet to run for `purge`.
-    let purged = apt_get("purge").and_then(|()| {
-        let status = package_status(NAME);
-        if status.is_empty() || status.ends_with(" not-installed") {
-            println!("    purged: dpkg no longer has it");
-            Ok(())
-        } else {
-            Err(format!("apt-get purge left the package status {status:?}"))
-        }
-    });
-    result?;
-    removed?;
-    purged
+    Ok(())
+}
+
+/// After `apt-get purge`: dpkg no longer has the package (the purge ran its postrm).
+pub(super) fn check_purged() -> Result<(), String> {
+    let status = package_status(NAME);
+    if status.is_empty() || status.ends_with(" not-installed") {
+        println!("    purged: dpkg no longer has it");
+        Ok(())
+    } else {
+        Err(format!("apt-get purge left the package status {status:?}"))
+    }
 }
 
 /// After `apt-get remove`: none of the package's files, and no diversion.
-fn check_removed() -> Result<(), String> {
-    let left: Vec<&str> = [INSTALLED, DOC, "/usr/share/lintian/overrides/cosmian-pkcs11"]
+pub(super) fn check_removed() -> Result<(), String> {
+    let left: Vec<&str> = [INSTALLED, DOC, "/usr/share/lintian/overrides/cosmian-pkcs11", "/usr/share/cosmian-pkcs11"]
         .into_iter()
         .filter(|path| Path::new(path).exists())
         .collect();
@@ -95,8 +79,8 @@ fn check_removed() -> Result<(), String> {
     Ok(())
 }
 
-/// The logins through the installed library.
-fn logins(installed: &Path, built: &Path) -> Result<(), String> {
+/// The logins through the installed library `installed`, which must be `built`.
+pub(super) fn logins(installed: &Path, built: &Path) -> Result<(), String> {
     if sha256_file(installed)? != sha256_file(built)? {
         return Err(format!("{INSTALLED} is not the library that was checked ({})", built.display()));
     }
@@ -154,5 +138,7 @@ fn logins(installed: &Path, built: &Path) -> Result<(), String> {
         return Err(format!("the agent accepted {}, outside its default allow-list", built.display()));
     }
     println!("    and refused the same library from {}", built.parent().unwrap_or(built).display());
-    Ok(())
+
+    let env: Vec<(&str, &Path)> = provider_env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    super::p11kit::check_registration(&env, &pair.private_id)
 }

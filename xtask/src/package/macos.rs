@@ -436,7 +436,8 @@ fn self_signed(tools: &Tools, secrets: &Secrets, profile: &str, prefix: &str) ->
 }
 
 /// The release workflows are valid YAML (PyYAML) and run the xtask; the macOS one on a macOS
-/// runner, on tags, with every secret `dist-macos` reads.
+/// runner, on tags, with every secret `dist-macos` reads, and Homebrew's commands on the
+/// formula ([`check_homebrew_job`]); the Linux one publishes the formula of the tap.
 pub fn check_workflows(tools: &Tools) -> Result<(), String> {
     let dir = workspace_root().join(".github/workflows");
     step("check the release workflows", &format!("python3 -c 'yaml.safe_load' {}/*.yml", dir.display()));
@@ -462,7 +463,9 @@ pub fn check_workflows(tools: &Tools) -> Result<(), String> {
         println!("    {}: valid YAML, runs {}", path.display(), xtask.join("; "));
     }
     let macos = load_yaml(tools, &dir.join("release-macos.yml"))?;
-    check_macos_workflow(&macos)
+    check_macos_workflow(&macos)?;
+    check_homebrew_job(&macos)?;
+    check_publishes(&load_yaml(tools, &dir.join("release-linux.yml"))?, "release-linux.yml", &formula_artifact())
 }
 
 fn load_yaml(tools: &Tools, path: &Path) -> Result<serde_json::Value, String> {
@@ -530,6 +533,98 @@ fn check_macos_workflow(workflow: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Homebrew's commands the macOS release workflow runs on the formula, in this order, each a
+/// line of a `run:` holding all its words: the tap rendered and tapped, `brew style` and
+/// `brew audit --strict`, the build from the tarball made in the job (put in Homebrew's
+/// download cache: the release's URL may not answer yet), `brew test`, `brew uninstall`, and
+/// `brew audit --strict --online` once the release has the tarball.
+fn brew_commands() -> Vec<Vec<String>> {
+    use super::homebrew::TAP;
+    let formula = format!("{TAP}/{NAME}");
+    let words = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    vec![
+        words(&["cargo xtask dist-homebrew"]),
+        words(&["brew tap", TAP]),
+        words(&["brew style", TAP]),
+        words(&["brew audit", "--strict", &formula]),
+        words(&["brew --cache", "--build-from-source", &formula]),
+        words(&["brew install", "--build-from-source", &formula]),
+        words(&["brew test", &formula]),
+        words(&["brew uninstall", &formula]),
+        words(&["brew audit", "--strict", "--online", &formula]),
+    ]
+}
+
+/// A job on a macOS runner of the macOS workflow runs every [`brew_commands`], in order; the
+/// `Err` names the first one missing from the job that has the most.
+fn check_homebrew_job(workflow: &serde_json::Value) -> Result<(), String> {
+    let commands = brew_commands();
+    let mut best: Option<(usize, &str)> = None;
+    for (name, job) in workflow["jobs"].as_object().into_iter().flatten() {
+        if !job["runs-on"].as_str().unwrap_or_default().starts_with("macos") {
+            continue;
+        }
+        let lines: Vec<&str> = job["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|step| step["run"].as_str())
+            .flat_map(str::lines)
+            .collect();
+        let mut next = 0;
+        let found = commands
+            .iter()
+            .take_while(|words| match lines[next..].iter().position(|l| words.iter().all(|w| l.contains(w.as_str()))) {
+                Some(at) => {
+                    next += at + 1;
+                    true
+                }
+                None => false,
+            })
+            .count();
+        if found == commands.len() {
+            println!(
+                "    release-macos.yml: the {name} job runs, in order: {}",
+                commands.iter().map(|w| w.join(" ")).collect::<Vec<_>>().join("; ")
+            );
+            return Ok(());
+        }
+        if best.is_none_or(|(most, _)| found > most) {
+            best = Some((found, name));
+        }
+    }
+    Err(match best {
+        None => "release-macos.yml has no job on a macOS runner for Homebrew".into(),
+        Some((found, job)) => format!(
+            "release-macos.yml: the {job} job does not run `{}` (a line with all these words) after `{}`",
+            commands[found].join(" "),
+            if found == 0 { "its start".into() } else { commands[found - 1].join(" ") }
+        ),
+    })
+}
+
+/// `target/dist/homebrew-tap/Formula/cosmian-pkcs11.rb`, as a workflow names it.
+fn formula_artifact() -> String {
+    format!("target/dist/{}/{}", super::homebrew::TAP_DIR, super::homebrew::FORMULA)
+}
+
+/// A step of `workflow` attaches `artifact` to the release (a line of its `with: files:`).
+fn check_publishes(workflow: &serde_json::Value, name: &str, artifact: &str) -> Result<(), String> {
+    let published = workflow["jobs"]
+        .as_object()
+        .into_iter()
+        .flat_map(|jobs| jobs.values())
+        .flat_map(|job| job["steps"].as_array().into_iter().flatten())
+        .filter_map(|step| step["with"]["files"].as_str())
+        .flat_map(str::lines)
+        .any(|line| line.trim() == artifact);
+    if !published {
+        return Err(format!("{name} does not publish {artifact}"));
+    }
+    println!("    {name}: publishes {artifact}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +675,72 @@ mod tests {
         workflow["jobs"]["release"]["runs-on"] = "ubuntu-latest".into();
         assert!(check_macos_workflow(&workflow).is_err());
         assert!(check_macos_workflow(&serde_json::json!({"on": {"push": {"branches": ["main"]}}})).is_err());
+    }
+
+    /// A job that runs `lines`, one step each, on `runner`.
+    fn job(runner: &str, lines: &[&str]) -> serde_json::Value {
+        let steps: Vec<_> = lines.iter().map(|line| serde_json::json!({"run": line})).collect();
+        serde_json::json!({"runs-on": runner, "steps": steps})
+    }
+
+    #[test]
+    fn the_homebrew_job_check_needs_every_brew_command_in_order() {
+        let lines = [
+            "cargo xtask dist-homebrew",
+            "git init -q -b main\nbrew tap cosmian/tap \"$PWD\"",
+            "brew style cosmian/tap\nbrew audit --strict cosmian/tap/cosmian-pkcs11",
+            "cache=\"$(brew --cache --build-from-source cosmian/tap/cosmian-pkcs11)\"",
+            "brew install --build-from-source --include-test cosmian/tap/cosmian-pkcs11",
+            "brew test --verbose cosmian/tap/cosmian-pkcs11",
+            "brew uninstall cosmian/tap/cosmian-pkcs11",
+            "brew audit --strict --online cosmian/tap/cosmian-pkcs11",
+        ];
+        let workflow = |jobs: serde_json::Value| serde_json::json!({"jobs": jobs});
+        check_homebrew_job(&workflow(serde_json::json!({"homebrew": job("macos-14", &lines)}))).unwrap();
+
+        // Without brew test, the check fails and says so.
+        let without_test: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("brew test")).collect();
+        let err =
+            check_homebrew_job(&workflow(serde_json::json!({"homebrew": job("macos-14", &without_test)}))).unwrap_err();
+        assert!(err.contains("`brew test cosmian/tap/cosmian-pkcs11`"), "{err}");
+        // The test before the install does not count.
+        let mut swapped = lines.to_vec();
+        swapped.swap(4, 5);
+        let err =
+            check_homebrew_job(&workflow(serde_json::json!({"homebrew": job("macos-14", &swapped)}))).unwrap_err();
+        assert!(err.contains("brew test"), "{err}");
+        // An install from the release's URL (no tarball of the job in the cache) does not count.
+        let uncached: Vec<&str> = lines.iter().copied().filter(|l| !l.contains("--cache")).collect();
+        let err =
+            check_homebrew_job(&workflow(serde_json::json!({"homebrew": job("macos-14", &uncached)}))).unwrap_err();
+        assert!(err.contains("brew --cache"), "{err}");
+        // An audit without --strict does not count.
+        let lax: Vec<String> = lines.iter().map(|l| l.replace("audit --strict cosmian", "audit cosmian")).collect();
+        let lax: Vec<&str> = lax.iter().map(String::as_str).collect();
+        let err = check_homebrew_job(&workflow(serde_json::json!({"homebrew": job("macos-14", &lax)}))).unwrap_err();
+        assert!(err.contains("brew audit --strict cosmian/tap/cosmian-pkcs11"), "{err}");
+        // Nor do the commands on a Linux runner, nor split between two jobs.
+        let err =
+            check_homebrew_job(&workflow(serde_json::json!({"homebrew": job("ubuntu-24.04", &lines)}))).unwrap_err();
+        assert!(err.contains("no job on a macOS runner"), "{err}");
+        let split = serde_json::json!({"a": job("macos-14", &lines[..5]), "b": job("macos-14", &lines[5..])});
+        assert!(check_homebrew_job(&workflow(split)).is_err());
+    }
+
+    #[test]
+    fn the_linux_workflow_must_publish_the_formula() {
+        let formula = formula_artifact();
+        assert_eq!(formula, "target/dist/homebrew-tap/Formula/cosmian-pkcs11.rb");
+        let publish = |files: &str| {
+            serde_json::json!({"jobs": {"dist": {"steps": [
+                {"run": "cargo xtask dist"},
+                {"uses": "softprops/action-gh-release@v2", "with": {"files": files}},
+            ]}}})
+        };
+        let files = format!("target/dist/libcosmian_pkcs11.so\n{formula}\ntarget/dist/SHA256SUMS-linux\n");
+        check_publishes(&publish(&files), "release-linux.yml", &formula).unwrap();
+        let old = "target/dist/homebrew/Formula/cosmian-pkcs11.rb\n";
+        let err = check_publishes(&publish(old), "release-linux.yml", &formula).unwrap_err();
+        assert!(err.contains("does not publish target/dist/homebrew-tap/Formula/cosmian-pkcs11.rb"), "{err}");
     }
 }
