@@ -118,6 +118,14 @@ impl Provider {
         }
     }
 
+    /// The provider's end (C_Finalize, or the library unloaded without it): the token's
+    /// background work ends, waited for at most the request timeout when `wait`, else
+    /// interrupted at once. No thread of the provider is left.
+    pub(crate) fn end_background_work(&self, wait: bool) {
+        let patience = if wait { self.token.settings.request_timeout } else { std::time::Duration::ZERO };
+        self.token.end_background_work(patience);
+    }
+
     /// Whether the token requires C_Login (PIN mode): `CKF_LOGIN_REQUIRED`.
     pub(crate) fn login_required(&self) -> bool {
         self.pin_mode

@@ -1,11 +1,18 @@
 //! fork(2) under a loaded module, as a PKCS#11 application may do it: the parent initializes
 //! and signs (key list loaded, a kept-alive connection open), forks; the child finds the
 //! module not initialized, calls C_Initialize as the specification asks, and signs with its own
-//! connection; the parent goes on signing with its own. Raw C calls, real KMS.
+//! connection; the parent goes on signing with its own. And the same with the parent's key
+//! list answered from the disk cache, its confirmation by the KMS in flight on the module's
+//! thread when the process forks. Raw C calls, real KMS. The tests take turns: one module.
 
+use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use cosmian_pkcs11_testbed::{function_list, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{
+    function_list, provider_lib, ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KeyKind, KeyPair, KmsServer,
+};
 use cryptoki_sys::*;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
@@ -57,6 +64,66 @@ fn sign_once(
     verifier.verify_prehash(&digest, &signature).map_err(|e| format!("the signature does not verify: {e}"))
 }
 
+/// One test at a time: they share the module and the environment.
+fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The module's log file: one for the process (its logger is set up once, at its first line).
+fn log_file() -> PathBuf {
+    static LOGS: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let logs = LOGS.get_or_init(|| tempfile::tempdir().unwrap());
+    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", logs.path());
+    std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
+    logs.path().join("cosmian-pkcs11.log")
+}
+
+/// Forks; the child runs `child` (with the module as the parent left it) and `_exit`s with 0
+/// when it returns `Ok`; the parent waits (at most 60 s) and panics, with the provider's log,
+/// if the child failed.
+fn in_a_forked_child(child: impl FnOnce() -> Result<(), String>, log: &Path) {
+    let mark = std::fs::read_to_string(log).map_or(0, |l| l.len());
+    // SAFETY: the child only calls the module and _exits; it never returns into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
+        let code = match outcome {
+            Ok(Ok(())) => 0,
+            Ok(Err(why)) => {
+                eprintln!("fork child: {why}");
+                1
+            }
+            Err(_) => 2,
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+        if Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the child still runs after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(log).map(|l| l[mark..].to_owned()).unwrap_or_default();
+    assert!(libc::WIFEXITED(status), "the child died: wait status {status:#x}; provider log:\n{log}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "the child failed (see its stderr above); provider log:\n{log}");
+    assert!(log.contains("initializing again in a forked child"), "{log}");
+}
+
+/// A KMS with one P-256 key pair tagged `ssh-auth` (made by ckms), and its verifier.
+fn kms_with_a_key() -> (KmsServer, KeyPair, p256::ecdsa::VerifyingKey) {
+    let kms = KmsServer::start();
+    let ckms = Ckms::new(&kms);
+    let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
+    let verifier =
+        p256::ecdsa::VerifyingKey::from_public_key_pem(&ckms.export_public_pkcs8_pem(&pair.public_id)).unwrap();
+    (kms, pair, verifier)
+}
+
 /// The child's side; `Err` says what went wrong.
 fn child(f: &CK_FUNCTION_LIST, id: &str, verifier: &p256::ecdsa::VerifyingKey) -> Result<(), String> {
     let mut slots: CK_ULONG = 0;
@@ -78,41 +145,17 @@ fn child(f: &CK_FUNCTION_LIST, id: &str, verifier: &p256::ecdsa::VerifyingKey) -
 
 #[test]
 fn a_forked_child_initializes_again_and_signs() {
-    let kms = KmsServer::start();
-    let ckms = Ckms::new(&kms);
-    let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
-    let verifier =
-        p256::ecdsa::VerifyingKey::from_public_key_pem(&ckms.export_public_pkcs8_pem(&pair.public_id)).unwrap();
+    let _turn = turn();
+    let (kms, pair, verifier) = kms_with_a_key();
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
+    let log = log_file();
 
     let f = function_list();
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
     sign_once(f, &pair.private_id, b"signed in the parent before fork", &verifier).unwrap();
 
-    // SAFETY: the child only calls the module and _exits; it never returns into the harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(f, &pair.private_id, &verifier)));
-        let code = match outcome {
-            Ok(Ok(())) => 0,
-            Ok(Err(why)) => {
-                eprintln!("fork child: {why}");
-                1
-            }
-            Err(_) => 2,
-        };
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "the child died: wait status {status:#x}");
-    let log = std::fs::read_to_string(dir.path().join("logs").join("cosmian-pkcs11.log")).unwrap_or_default();
-    assert_eq!(libc::WEXITSTATUS(status), 0, "the child failed (see its stderr above); provider log:\n{log}");
-    assert!(log.contains("initializing again in a forked child"), "{log}");
+    in_a_forked_child(|| child(f, &pair.private_id, &verifier), &log);
 
     // The parent's module, key list and connection are untouched by the child's.
     sign_once(f, &pair.private_id, b"signed in the parent after fork", &verifier).unwrap();
@@ -124,4 +167,56 @@ fn a_forked_child_initializes_again_and_signs() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(signs(), 4);
+}
+
+/// The parent lists the keys from a warm disk cache, the KMS 200 ms away: the confirmation of
+/// the list runs on the module's thread, over the parent's connection, and has not been
+/// answered when the process forks. The child never touches either: it initializes again and
+/// signs over a connection of its own (the relay sees two), its own confirmation included; the
+/// parent's signature then waits for its own confirmation and signs.
+#[test]
+fn a_fork_while_the_key_list_is_being_confirmed() {
+    let _turn = turn();
+    let (kms, pair, verifier) = kms_with_a_key();
+    let relay = DelayRelay::start(kms.port(), Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_file();
+    let env = [
+        ("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &format!("http://127.0.0.1:{}", relay.port()), "")),
+        ("XDG_CACHE_HOME", dir.path().join("cache")),
+        ("COSMIAN_PKCS11_LOGGING_FOLDER", log.parent().unwrap().to_owned()),
+    ];
+    let mark = std::fs::read_to_string(&log).map_or(0, |l| l.len());
+    // Another process lists first: the disk cache holds the key and its list.
+    let out = ssh_keygen_d(&provider_lib()).envs(env.iter().cloned()).output().unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty(), "{out:?}");
+    for (key, value) in &env {
+        std::env::set_var(key, value);
+    }
+    relay.reset();
+
+    let f = function_list();
+    assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
+    let mut session: CK_SESSION_HANDLE = 0;
+    assert_eq!(call!(f, C_OpenSession(1, CKF_SERIAL_SESSION, null_mut(), None, &mut session)), CKR_OK);
+    assert_eq!(call!(f, C_FindObjectsInit(session, null_mut(), 0)), CKR_OK);
+    let (mut objects, mut found) = ([0 as CK_OBJECT_HANDLE; 4], 0);
+    assert_eq!(call!(f, C_FindObjects(session, objects.as_mut_ptr(), 4, &mut found)), CKR_OK);
+    assert_eq!(call!(f, C_FindObjectsFinal(session)), CKR_OK);
+    assert_eq!(found, 2, "the key pair, answered from the disk cache");
+    assert_eq!(relay.round_trips().exchanges, 0, "the confirmation is still in flight");
+    in_a_forked_child(|| child(f, &pair.private_id, &verifier), &log);
+
+    sign_once(f, &pair.private_id, b"signed in the parent after fork", &verifier).unwrap();
+    assert_eq!(call!(f, C_CloseSession(session)), CKR_OK);
+    assert_eq!(call!(f, C_Finalize(null_mut())), CKR_OK);
+    assert_eq!(relay.round_trips().connections, 2, "the parent's connection and the child's own");
+    let signs = || kms.audit_events().iter().filter(|e| e.operation == "Sign" && e.failure.is_none()).count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while signs() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(signs(), 3, "child, child, parent");
+    let log = std::fs::read_to_string(&log).unwrap()[mark..].to_owned();
+    assert!(log.contains("key list answered from the disk cache"), "{log}");
 }

@@ -220,10 +220,12 @@ fn enumeration_is_two_round_trips_on_one_connection_for_1_10_and_100_keys_then_o
     assert_eq!(proxy.requests(), ENUMERATION, "no disk cache");
 }
 
-/// A key revoked after its public key was cached is not offered: the Locate asks for active
-/// keys only, whatever the cache holds.
+/// A key revoked after its public key was cached: the next process answers its listing from
+/// the disk cache's key list (so it still shows the key) while the Locate, which asks for
+/// active keys only, confirms it; that Locate drops the key from the cache, and the process
+/// after offers the other key alone. One request each, the Locate (C_Finalize waits for it).
 #[test]
-fn a_revoked_key_is_not_offered_from_the_disk_cache() {
+fn a_revoked_key_is_dropped_by_the_next_listing_and_not_offered_after() {
     let _turn = serial();
     let bed = bed();
     let (lines, proxy, _) = keygen_d(REVOKED);
@@ -231,6 +233,11 @@ fn a_revoked_key_is_not_offered_from_the_disk_cache() {
     let [kept, revoked] = &bed.keys[REVOKED][..] else { panic!("two keys") };
     let out = Ckms::new(&bed.kms).run(&["ec", "keys", "revoke", "-k", &revoked.private_id, "test"]);
     assert!(out.status.success(), "{}", text(&out));
+    proxy.reset();
+    let (lines, dir) = keygen_d_via(&proxy, REVOKED, &[]);
+    assert_eq!(lines.len(), 2, "answered from the disk cache: {lines:?}");
+    assert!(provider_log(&dir).contains("key list answered from the disk cache"), "{}", provider_log(&dir));
+    assert_eq!(proxy.requests(), WARM_ENUMERATION, "the Locate that confirms the list");
     proxy.reset();
     let (lines, _) = keygen_d_via(&proxy, REVOKED, &[]);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -486,7 +493,10 @@ fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
     assert_eq!(requests_since(http), ENUMERATION, "cold: a new configuration folder");
     let empty = dir.join("no-roots.pem");
     std::fs::write(&empty, "").unwrap();
-    let (lines, (http, _)) = keygen_d(&env, &[("SSL_CERT_FILE", empty.to_str().unwrap())]);
+    // Nothing in the disk cache (a warm one would be listed, never signed with): nothing listed.
+    let cold = dir.join("cold-cache");
+    let (lines, (http, _)) =
+        keygen_d(&env, &[("SSL_CERT_FILE", empty.to_str().unwrap()), ("XDG_CACHE_HOME", cold.to_str().unwrap())]);
     assert!(lines.is_empty(), "trusted by nobody: refused");
     assert_eq!((requests_since(http).len(), proxy.connections()), (0, 2), "no request; verified_cert, then all roots");
     // Both test CAs have the same name: rustls says BadSignature rather than UnknownIssuer.

@@ -2,6 +2,16 @@
 //! valgrind's memcheck over repeated load / initialize / enumerate / sign / finalize / unload
 //! cycles finds no memory definitely lost. Against a real KMS.
 //!
+//! With background work in flight too: the key list answered from the disk cache while the
+//! module's thread has the KMS (200 ms away, behind a relay) confirm it, then C_Finalize at
+//! once (the thread is gone when it returns), or dlclose without C_Finalize, as
+//! ssh-pkcs11-helper unloads: glibc keeps a library mapped while thread-local destructors of
+//! its code are pending (the caller's thread has some), so the thread ends on its own, within
+//! the listing's bound, and at the process's exit the library's destructor interrupts it and
+//! joins it (the valgrind run ends that way: its log says so). Valgrind finds nothing lost.
+//! With `CKF_LIBRARY_CANT_CREATE_OS_THREADS` the module lists and signs without ever starting a
+//! thread.
+//!
 //! A plain `main` (`harness = false` in Cargo.toml): no test-harness threads come and go while
 //! the threads are counted. The valgrind run is this same executable, started again with
 //! `COSMIAN_PKCS11_UNLOAD_CYCLES=N`, which only runs the cycles.
@@ -9,13 +19,17 @@
 use std::path::Path;
 use std::process::Command;
 use std::ptr::null_mut;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, DelayRelay, KeyKind, KmsServer, RELAY_THREAD};
 use cryptoki_sys::*;
 
 /// In the child: how many cycles to run.
 const CYCLES_ENV: &str = "COSMIAN_PKCS11_UNLOAD_CYCLES";
+/// In the child: the configuration that reaches the KMS through the slow relay.
+const RELAYED_CONFIG_ENV: &str = "COSMIAN_PKCS11_UNLOAD_RELAYED_CONFIG";
+/// The name of the module's thread (see `token::THREAD_NAME`).
+const MODULE_THREAD: &str = "cosmian-pkcs11";
 /// Cycles under valgrind: enough to see a leak per cycle, few enough to stay short in CI.
 const CYCLES: usize = 4;
 
@@ -29,26 +43,71 @@ fn ok(what: &str, rv: CK_RV) {
     assert_eq!(rv, CKR_OK, "{what}: 0x{rv:X}");
 }
 
-/// The names of the threads of this process.
+/// The names of the threads of this process, the relay's (the test's own) left out.
 fn threads() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
         .expect("/proc/self/task")
         .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap_or_default().trim().to_owned())
+        .filter(|name| name != RELAY_THREAD)
         .collect();
     names.sort();
     names
 }
 
-/// Loads the module, initializes it, lists every object and its label, signs once with each
-/// private key, finalizes; returns the library still loaded, for the caller to unload.
-fn cycle(lib: &Path) -> libloading::Library {
+/// The threads of this process named as the module names its own.
+fn module_threads() -> usize {
+    threads().iter().filter(|name| *name == MODULE_THREAD).count()
+}
+
+/// Polls `done` every 10 ms for at most `patience`: how long it took, or `None`.
+fn within(patience: Duration, done: impl Fn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > patience {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether the library is mapped in this process.
+fn mapped(lib: &Path) -> bool {
+    let lib = lib.canonicalize().unwrap_or(lib.to_owned());
+    std::fs::read_to_string("/proc/self/maps").unwrap().contains(lib.to_str().unwrap())
+}
+
+/// Loads the module and initializes it (with `flags`, if any): the library, to unload, and
+/// its function list, valid while the library is loaded.
+fn load(lib: &Path, flags: Option<CK_FLAGS>) -> (libloading::Library, &'static CK_FUNCTION_LIST) {
     let library = unsafe { libloading::Library::new(lib) }.unwrap();
     let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
         unsafe { library.get(b"C_GetFunctionList") }.unwrap();
     let mut list: *mut CK_FUNCTION_LIST = null_mut();
     ok("C_GetFunctionList", unsafe { get_list(&mut list) });
     let f = unsafe { &*list };
-    ok("C_Initialize", call!(f, C_Initialize(null_mut())));
+    match flags {
+        None => ok("C_Initialize", call!(f, C_Initialize(null_mut()))),
+        Some(flags) => {
+            let mut args = CK_C_INITIALIZE_ARGS {
+                CreateMutex: None,
+                DestroyMutex: None,
+                LockMutex: None,
+                UnlockMutex: None,
+                flags,
+                pReserved: null_mut(),
+            };
+            ok("C_Initialize", call!(f, C_Initialize((&mut args as *mut CK_C_INITIALIZE_ARGS).cast())));
+        }
+    }
+    (library, f)
+}
+
+/// Opens a session and lists every object (the key list loads, or is answered from the disk
+/// cache while the module confirms it): the session and the objects.
+fn list(f: &CK_FUNCTION_LIST) -> (CK_SESSION_HANDLE, Vec<CK_OBJECT_HANDLE>) {
     let mut slot: CK_SLOT_ID = 0;
     let mut count: CK_ULONG = 1;
     ok("C_GetSlotList", call!(f, C_GetSlotList(1, &mut slot, &mut count)));
@@ -56,15 +115,29 @@ fn cycle(lib: &Path) -> libloading::Library {
     ok("C_GetTokenInfo", call!(f, C_GetTokenInfo(slot, &mut token)));
     let mut session: CK_SESSION_HANDLE = 0;
     ok("C_OpenSession", call!(f, C_OpenSession(slot, CKF_SERIAL_SESSION, null_mut(), None, &mut session)));
-
     ok("C_FindObjectsInit", call!(f, C_FindObjectsInit(session, null_mut(), 0)));
     let mut objects = [0 as CK_OBJECT_HANDLE; 16];
     let mut found: CK_ULONG = 0;
     ok("C_FindObjects", call!(f, C_FindObjects(session, objects.as_mut_ptr(), 16, &mut found)));
     ok("C_FindObjectsFinal", call!(f, C_FindObjectsFinal(session)));
     assert_eq!(found, 2, "one key pair: two objects");
+    (session, objects[..found as usize].to_vec())
+}
+
+/// Loads the module, initializes it, lists every object and its label, signs once with each
+/// private key, finalizes; returns the library still loaded, for the caller to unload.
+fn cycle(lib: &Path) -> libloading::Library {
+    let (library, f) = load(lib, None);
+    sign_with_each(f);
+    ok("C_Finalize", call!(f, C_Finalize(null_mut())));
+    library
+}
+
+/// Lists every object and its label, signs once with each private key, closes the session.
+fn sign_with_each(f: &CK_FUNCTION_LIST) {
+    let (session, objects) = list(f);
     let mut signed = 0;
-    for &object in &objects[..found as usize] {
+    for &object in &objects {
         let mut class: CK_OBJECT_CLASS = 0;
         let mut label = [0u8; 256];
         let mut template = [
@@ -85,8 +158,32 @@ fn cycle(lib: &Path) -> libloading::Library {
     }
     assert_eq!(signed, 1);
     ok("C_CloseSession", call!(f, C_CloseSession(session)));
-    ok("C_Finalize", call!(f, C_Finalize(null_mut())));
-    library
+}
+
+/// What a cycle with background work in flight saw.
+struct InFlight {
+    /// The module's thread ran after the listing (it names itself a moment after it starts).
+    running: bool,
+    /// The module's threads when C_Finalize returned, if it was called.
+    after_finalize: Option<usize>,
+    /// The module's threads, and whether the library was still mapped, right after dlclose.
+    after_dlclose: (usize, bool),
+}
+
+/// Loads the module (the configuration in the environment aims at the slow relay, and the disk
+/// cache holds the key list), initializes it and lists the keys: the list is answered from the
+/// disk cache and the module's thread confirms it. Then at once C_Finalize and dlclose
+/// (`finalize`), or dlclose alone.
+fn cycle_in_flight(lib: &Path, finalize: bool) -> InFlight {
+    let (library, f) = load(lib, None);
+    list(f);
+    let running = within(Duration::from_millis(300), || module_threads() == 1).is_some();
+    let after_finalize = finalize.then(|| {
+        ok("C_Finalize", call!(f, C_Finalize(null_mut())));
+        module_threads()
+    });
+    drop(library);
+    InFlight { running, after_finalize, after_dlclose: (module_threads(), mapped(lib)) }
 }
 
 fn main() {
@@ -94,6 +191,12 @@ fn main() {
     if let Ok(cycles) = std::env::var(CYCLES_ENV) {
         for _ in 0..cycles.parse::<usize>().unwrap() {
             drop(cycle(&lib));
+        }
+        if let Ok(relayed) = std::env::var(RELAYED_CONFIG_ENV) {
+            std::env::set_var("COSMIAN_KMS_CLI_CONF", relayed);
+            for finalize in [true, false] {
+                cycle_in_flight(&lib, finalize);
+            }
         }
         return;
     }
@@ -108,9 +211,11 @@ fn main() {
     ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
     let dir = kms.dir().join("client");
     std::fs::create_dir_all(&dir).unwrap();
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(&dir, &kms.url(), ""));
+    let direct = write_provider_config(&dir, &kms.url(), "");
+    std::env::set_var("COSMIAN_KMS_CLI_CONF", &direct);
     std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"));
     std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
+    std::env::set_var("XDG_CACHE_HOME", dir.join("cache"));
 
     // ---- no thread left behind ----------------------------------------------------------
     let before = threads();
@@ -125,6 +230,53 @@ fn main() {
         after.len()
     );
 
+    // ---- without threads: CKF_LIBRARY_CANT_CREATE_OS_THREADS --------------------------------
+    // The disk cache is warm (the cycle above): with threads allowed, the listing would start
+    // the module's thread. With the flag, it is made in this thread, and no thread ever starts.
+    let relay = DelayRelay::start(kms.port(), Duration::from_millis(200));
+    std::fs::create_dir_all(dir.join("relayed")).unwrap();
+    let relayed = write_provider_config(&dir.join("relayed"), &format!("http://127.0.0.1:{}", relay.port()), "");
+    std::env::set_var("COSMIAN_KMS_CLI_CONF", &relayed);
+    drop(cycle(&lib)); // The relay's URL has a disk cache of its own: warm it.
+
+    let (library, f) = load(&lib, Some(CKF_LIBRARY_CANT_CREATE_OS_THREADS | CKF_OS_LOCKING_OK));
+    let started = Instant::now();
+    list(f);
+    let listing = started.elapsed();
+    let threads_listing = module_threads();
+    sign_with_each(f);
+    let threads_signing = module_threads();
+    ok("C_Finalize", call!(f, C_Finalize(null_mut())));
+    drop(library);
+    println!(
+        "unload: without threads, the listing took {listing:?} (the KMS 400 ms away), module threads while listing \
+         {threads_listing}, after signing {threads_signing}"
+    );
+
+    // ---- background work in flight ---------------------------------------------------------
+    let mut in_flight = Vec::new();
+    for finalize in [true, false] {
+        let seen = cycle_in_flight(&lib, finalize);
+        let ended = within(Duration::from_secs(10), || module_threads() == 0);
+        let settled = threads();
+        println!(
+            "unload: {} with the key list's confirmation in flight (its thread running: {}): module threads \
+             after C_Finalize {:?}, after dlclose {} (library still mapped: {}), none after {ended:?}; threads {} \
+             (before loading {})",
+            if finalize { "C_Finalize then dlclose" } else { "dlclose without C_Finalize" },
+            seen.running,
+            seen.after_finalize,
+            seen.after_dlclose.0,
+            seen.after_dlclose.1,
+            settled.len(),
+            before.len()
+        );
+        in_flight.push((finalize, seen, ended, settled));
+    }
+    std::env::set_var("COSMIAN_KMS_CLI_CONF", &direct);
+    let log_path = dir.join("logs").join("cosmian-pkcs11.log");
+    let log_mark = std::fs::read_to_string(&log_path).map_or(0, |l| l.len());
+
     // ---- valgrind memcheck over repeated cycles -------------------------------------------
     let report = dir.join("valgrind.log");
     let started = Instant::now();
@@ -138,6 +290,7 @@ fn main() {
         .arg(format!("--log-file={}", report.display()))
         .arg(std::env::current_exe().unwrap())
         .env(CYCLES_ENV, CYCLES.to_string())
+        .env(RELAYED_CONFIG_ENV, &relayed)
         // Under valgrind the executable's own path is valgrind's: name the library.
         .env("COSMIAN_PKCS11_LIB", &lib)
         .status()
@@ -161,5 +314,29 @@ fn main() {
     assert!(status.success(), "valgrind reported errors ({status}):\n{log}");
     assert_eq!(loaded, before, "the module keeps threads after C_Finalize");
     assert_eq!(after, before, "the module left threads behind after dlclose");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let (before_valgrind, valgrind_run) = log.split_at(log_mark);
+    assert!(
+        valgrind_run.contains("key list confirmation interrupted: the provider is finalizing"),
+        "the valgrind run ended with the confirmation in flight: the library's destructor interrupts it:\n{valgrind_run}"
+    );
+    assert!(listing >= Duration::from_millis(800), "without threads the listing waits for the KMS: {listing:?}");
+    assert_eq!(
+        (threads_listing, threads_signing),
+        (0, 0),
+        "a thread started despite CKF_LIBRARY_CANT_CREATE_OS_THREADS"
+    );
+    for (finalize, seen, ended, settled) in in_flight {
+        let how = if finalize { "C_Finalize then dlclose" } else { "dlclose without C_Finalize" };
+        assert!(seen.running, "{how}: the confirmation was not in flight: the check proves nothing\n{before_valgrind}");
+        if finalize {
+            assert_eq!(seen.after_finalize, Some(0), "{how}: the module's thread outlived C_Finalize");
+        }
+        if !seen.after_dlclose.1 {
+            assert_eq!(seen.after_dlclose.0, 0, "{how}: the library is unmapped, its thread still runs");
+        }
+        assert!(ended.is_some(), "{how}: the module's thread still runs 10 s later\n{before_valgrind}");
+        assert_eq!(settled, before, "{how}: threads left behind");
+    }
     println!("test result: ok. 1 passed");
 }

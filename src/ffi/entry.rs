@@ -188,8 +188,11 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
             if p.pid == std::process::id() {
                 return Err(Error::new(CKR_CRYPTOKI_ALREADY_INITIALIZED, "already initialized"));
             }
-            // A forked child starts afresh; the parent's connection is left to the parent.
+            // A forked child starts afresh. The parent's provider is left to the parent, never
+            // dropped here: its connection is the parent's, and its background thread was not
+            // copied by fork (joining it would wait forever).
             tracing::debug!(parent = p.pid, "initializing again in a forked child");
+            std::mem::forget(state.take());
         }
         *state = Some(Arc::new(Provider::from_environment(may_create_threads)));
         Ok(())
@@ -204,9 +207,37 @@ pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void)
         if !pReserved.is_null() {
             return Err(bad_args("pReserved must be NULL"));
         }
-        PROVIDER.write().unwrap_or_else(|p| p.into_inner()).take();
+        let finished = PROVIDER.write().unwrap_or_else(|p| p.into_inner()).take();
+        // Outside the lock: a call still running in another thread finishes meanwhile.
+        if let Some(p) = finished {
+            p.end_background_work(true);
+        }
         Ok(())
     })
+}
+
+/// Run when the library is unloaded (`dlclose`: ssh-pkcs11-helper unloads without
+/// C_Finalize) or the process exits, with the provider still initialized in this process: its
+/// background work is interrupted and its thread joined, so that no thread runs the library's
+/// code once it is unmapped. Skipped when another thread holds the provider's lock, or the
+/// provider is a forked parent's.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".fini_array"]
+static AT_UNLOAD: extern "C" fn() = at_unload;
+
+#[cfg(target_os = "linux")]
+extern "C" fn at_unload() {
+    let _ = catch_unwind(|| {
+        let Ok(mut state) = PROVIDER.try_write() else { return };
+        if state.as_ref().is_some_and(|p| p.pid == std::process::id()) {
+            let finished = state.take();
+            drop(state);
+            if let Some(p) = finished {
+                p.end_background_work(false);
+            }
+        }
+    });
 }
 
 /// # Safety

@@ -6,6 +6,10 @@
 //!
 //! The TCP connection is [`super::transport`]'s: see there why it acknowledges at once.
 //!
+//! Shutting down ([`KmsClient::shutdown`], when the provider finalizes with a request in
+//! flight on another thread): every connection is closed at once, which interrupts that request,
+//! and no request is sent afterwards.
+//!
 //! Redirects are never followed (a KMIP endpoint never redirects, and following one would
 //! carry the credentials elsewhere): a 3xx answer is an error that names its `Location`.
 //!
@@ -20,12 +24,13 @@
 //! hands, and the time budget is spent. A retry always opens a new connection: after one
 //! pooled connection turned out dead, the others are suspect too.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::resolver::CachingResolver;
 use super::transport::Route;
-use super::ttlv::Ttlv;
+use super::ttlv::{ReadError, Ttlv};
 use zeroize::Zeroizing;
 
 use crate::config::{KmsConfig, Secret, Settings};
@@ -143,6 +148,10 @@ pub(crate) struct KmsClient {
     access_token: RwLock<Option<Secret>>,
     /// The budget of one call, retries included.
     request_timeout: Duration,
+    /// Set by [`KmsClient::shutdown`]: no request is sent any more.
+    shut_down: AtomicBool,
+    /// See [`KmsClient::identity`].
+    identity: String,
 }
 
 impl KmsClient {
@@ -153,6 +162,7 @@ impl KmsClient {
         let agent = agent(tls.clone(), settings.connect_timeout, settings.request_timeout, &resolver, &route);
         Ok(Self {
             agent: RwLock::new(agent),
+            identity: identity(config, &route),
             route,
             deferred_tls: Mutex::new(deferred.then_some(tls)),
             resolver,
@@ -161,7 +171,28 @@ impl KmsClient {
             headers: config.custom_headers.clone(),
             access_token: RwLock::new(config.access_token.clone()),
             request_timeout: settings.request_timeout,
+            shut_down: AtomicBool::new(false),
         })
+    }
+
+    /// A digest (SHA-256, hex) of what decides which server answers and as whom: the
+    /// configuration with its secrets (another token is another identity) and the route (a
+    /// proxy). The disk cache reuses a key list only for the identity the KMS gave it to.
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Closes every connection, interrupting the requests in flight (they fail at once), and
+    /// refuses any request from now on: for the provider's end, when a request of another
+    /// thread must not outlive it.
+    pub(crate) fn shutdown(&self) {
+        self.shut_down.store(true, Ordering::SeqCst);
+        self.agent.read().unwrap_or_else(|p| p.into_inner()).clone().shutdown();
+    }
+
+    /// Whether [`KmsClient::shutdown`] was called.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
     }
 
     /// Replaces an agent that trusts `verified_cert` alone by one that trusts the system's roots
@@ -191,12 +222,23 @@ impl KmsClient {
     pub(crate) fn call_as(&self, operation: &Ttlv, token: Option<&Secret>) -> Result<Ttlv, KmsError> {
         let policy = RetryPolicy::for_operations(std::iter::once(operation.tag.as_str()));
         let cap = answer_cap(std::iter::once(operation.tag.as_str()));
-        self.post("/kmip/2_1", &operation.tag, operation, policy, cap, token)
+        self.post("/kmip/2_1", &operation.tag, operation, policy, cap, token, None)
     }
 
     /// Sends several operations in one `RequestMessage` to `/kmip`; one result per operation,
     /// in order. `Err` only when the message as a whole failed.
     pub(crate) fn batch(&self, operations: Vec<Ttlv>) -> Result<Vec<Result<Ttlv, KmsError>>, KmsError> {
+        self.batch_each(operations, |_, result| result)
+    }
+
+    /// [`KmsClient::batch`], each result handed to `each` (with its operation's index) as soon as
+    /// it is decoded, and only what `each` makes of it kept: an answer of many items (1,000
+    /// Exports) is never held whole.
+    pub(crate) fn batch_each<T>(
+        &self,
+        operations: Vec<Ttlv>,
+        each: impl FnMut(usize, Result<Ttlv, KmsError>) -> T,
+    ) -> Result<Vec<T>, KmsError> {
         let count = operations.len();
         let label = batch_label(operations.iter().map(|op| op.tag.as_str()));
         let policy = RetryPolicy::for_operations(operations.iter().map(|op| op.tag.as_str()));
@@ -216,16 +258,20 @@ impl KmsClient {
             let payload = Ttlv::structure("RequestPayload", op.children().to_vec());
             message.push(Ttlv::structure("BatchItem", vec![Ttlv::enumeration("Operation", &name), payload]));
         }
-        let answer = self.post("/kmip", &label, &Ttlv::structure("RequestMessage", message), policy, cap, None)?;
-        let items: Vec<_> = answer.children_tagged("BatchItem").collect();
-        if items.len() != count {
-            return Err(KmsError::Malformed(format!("{} batch items answered for {count}", items.len())));
+        let mut results = Results { each, kept: Vec::with_capacity(count) };
+        let request = Ttlv::structure("RequestMessage", message);
+        self.post("/kmip", &label, &request, policy, cap, None, Some(&mut results))?;
+        if results.kept.len() != count {
+            return Err(KmsError::Malformed(format!("{} batch items answered for {count}", results.kept.len())));
         }
-        Ok(items.into_iter().map(batch_item_result).collect())
+        Ok(results.kept)
     }
 
     /// Sends `body`, again as `policy` allows, all within `request_timeout`; an answer over
     /// `cap` bytes is refused. `token`, if given, is the bearer token instead of the client's.
+    /// `items`, if given, receives the answer's `BatchItem`s as they are decoded (they are not
+    /// in the answer returned).
+    #[allow(clippy::too_many_arguments)]
     fn post(
         &self,
         path: &str,
@@ -234,18 +280,26 @@ impl KmsClient {
         policy: RetryPolicy,
         cap: u64,
         token: Option<&Secret>,
+        mut items: Option<&mut dyn ItemSink>,
     ) -> Result<Ttlv, KmsError> {
         let json = body.to_json();
         let started = Instant::now();
         let mut attempt = 1;
         loop {
+            if self.is_shut_down() {
+                return Err(KmsError::Unreachable(format!("{label}: not sent, the provider is finalizing")));
+            }
             let attempt_started = Instant::now();
             let system_roots_deferred = self.deferred_tls.lock().unwrap_or_else(|p| p.into_inner()).is_some();
             let budget = self.request_timeout.saturating_sub(started.elapsed());
             let result = if budget.is_zero() {
                 Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
             } else {
-                self.post_once(path, &json, budget, attempt > 1, cap, token)
+                if let Some(items) = items.as_mut() {
+                    items.restart();
+                }
+                let items = items.as_mut().map(|items| &mut **items as &mut dyn ItemSink);
+                self.post_once(path, &json, budget, attempt > 1, cap, token, items)
             };
             let elapsed_ms = attempt_started.elapsed().as_millis();
             let error = match result {
@@ -264,7 +318,9 @@ impl KmsClient {
             if matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_)) {
                 self.resolver.forget();
             }
-            let pause = policy.pause(attempt, &error).filter(|pause| started.elapsed() + *pause < self.request_timeout);
+            let pause = policy
+                .pause(attempt, &error)
+                .filter(|pause| started.elapsed() + *pause < self.request_timeout && !self.is_shut_down());
             let Some(pause) = pause else {
                 return Err(with_context(error, label, attempt, started.elapsed()));
             };
@@ -275,7 +331,9 @@ impl KmsClient {
     }
 
     /// One HTTP exchange, within `timeout`; on a new connection if `fresh`; an answer over `cap`
-    /// bytes is refused before it is parsed; `token` (else the client's) as the bearer token.
+    /// bytes is refused (decoding stops there); `token` (else the client's) as the bearer token;
+    /// the answer's `BatchItem`s to `items`, if given.
+    #[allow(clippy::too_many_arguments)]
     fn post_once(
         &self,
         path: &str,
@@ -284,6 +342,7 @@ impl KmsClient {
         fresh: bool,
         cap: u64,
         token: Option<&Secret>,
+        mut items: Option<&mut dyn ItemSink>,
     ) -> Result<Ttlv, KmsError> {
         let agent = self.agent.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut request = agent
@@ -317,19 +376,61 @@ impl KmsClient {
                 format!("the KMS redirects to {location}: not followed; set server_url to the KMS's own address"),
             ));
         }
-        let bytes = response.body_mut().with_config().limit(cap).read_to_vec().map_err(|e| match e {
+        let too_large = |e: ureq::Error| match e {
             ureq::Error::BodyExceedsLimit(_) => {
                 KmsError::Malformed(format!("answer larger than {cap} bytes: refused unread"))
             }
             e => transport_error(e, true),
-        })?;
+        };
+        let body = response.body_mut().with_config().limit(cap);
+        if status == 200 {
+            // Decoded as it arrives: a large answer is never held whole, as text or as a tree.
+            let streaming = items.is_some();
+            let mut each = |item: Ttlv| {
+                if let Some(items) = items.as_mut() {
+                    items.item(item);
+                }
+            };
+            let sink: Option<&mut dyn FnMut(Ttlv)> = if streaming { Some(&mut each) } else { None };
+            return Ttlv::from_reader(body.reader(), sink).map_err(|e| match e {
+                ReadError::Io(e) => too_large(ureq::Error::from(e)),
+                ReadError::Decode(e) => KmsError::Malformed(format!("not KMIP JSON-TTLV: {e}")),
+            });
+        }
+        let bytes = body.read_to_vec().map_err(too_large)?;
         match status {
-            200 => Ttlv::from_json(&bytes).map_err(|e| KmsError::Malformed(format!("not KMIP JSON-TTLV: {e}"))),
             401 | 403 => Err(KmsError::Unauthorized(format!("HTTP {status}"))),
             422 => Err(KmsError::Refused(snippet(&bytes))),
             _ => Err(KmsError::Status(status, snippet(&bytes))),
         }
     }
+}
+
+/// See [`KmsClient::identity`]. The digest of the secrets is kept in the user's private cache
+/// file only; it tells nothing that file's readers (the user, root) cannot read in the
+/// configuration or the user's credential store.
+fn identity(config: &KmsConfig, route: &Route) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    // Debug shows every setting but the secrets, which follow; and whether the proxy the
+    // environment names is bypassed for the KMS (`NO_PROXY`).
+    let uri: Option<ureq::http::Uri> = config.server_url.parse().ok();
+    let bypassed = route.ureq_proxy().zip(uri).map(|(proxy, uri)| proxy.is_no_proxy(&uri));
+    digest.update(format!("{config:?}\n{route:?}\n{bypassed:?}\n"));
+    let proxy_secret = config.proxy.as_ref().and_then(|p| match &p.auth {
+        Some(crate::config::ProxyAuth::Basic { password, .. }) => password.as_ref(),
+        Some(crate::config::ProxyAuth::Header(header)) => Some(header),
+        None => None,
+    });
+    let pkcs12_password = match &config.client_certificate {
+        Some(crate::config::ClientCertificate::Pkcs12 { password, .. }) => password.as_ref(),
+        _ => None,
+    };
+    for secret in [config.access_token.as_ref(), proxy_secret, pkcs12_password] {
+        digest.update(secret.map_or("-", Secret::expose));
+        digest.update([0]);
+    }
+    hex::encode(digest.finalize())
 }
 
 /// The `Authorization` header's value for this token, in a buffer sized once (so no reallocation
@@ -438,17 +539,37 @@ fn batch_label<'a>(operations: impl Iterator<Item = &'a str>) -> String {
     format!("RequestMessage[{}]", runs.join(", "))
 }
 
+/// Receives the `BatchItem`s of an answer as they are decoded; `restart`: a new attempt begins.
+trait ItemSink {
+    fn restart(&mut self);
+    fn item(&mut self, item: Ttlv);
+}
+
+/// What [`KmsClient::batch_each`] keeps: `each`'s result for every item.
+struct Results<F, T> {
+    each: F,
+    kept: Vec<T>,
+}
+
+impl<F: FnMut(usize, Result<Ttlv, KmsError>) -> T, T> ItemSink for Results<F, T> {
+    fn restart(&mut self) {
+        self.kept.clear();
+    }
+    fn item(&mut self, item: Ttlv) {
+        let result = (self.each)(self.kept.len(), batch_item_result(item));
+        self.kept.push(result);
+    }
+}
+
 /// One `BatchItem` of a `ResponseMessage`.
-fn batch_item_result(item: &Ttlv) -> Result<Ttlv, KmsError> {
+fn batch_item_result(item: Ttlv) -> Result<Ttlv, KmsError> {
     let status = item.child("ResultStatus").and_then(Ttlv::as_text).unwrap_or("");
     if status != "Success" {
         let reason = item.child("ResultReason").and_then(Ttlv::as_text).unwrap_or("?");
         let message = item.child("ResultMessage").and_then(Ttlv::as_text).unwrap_or("");
         return Err(KmsError::Refused(format!("{status} {reason}: {}", snippet(message.as_bytes()))));
     }
-    item.child("ResponsePayload")
-        .cloned()
-        .ok_or_else(|| KmsError::Malformed("batch item without ResponsePayload".into()))
+    item.into_child("ResponsePayload").ok_or_else(|| KmsError::Malformed("batch item without ResponsePayload".into()))
 }
 
 #[cfg(test)]
@@ -525,6 +646,24 @@ mod tests {
         assert_eq!(answer_cap(["Locate", "Locate"].into_iter()), (2 << 20) + (16 << 10));
         assert_eq!(answer_cap(std::iter::repeat_n("Export", 1000)), 1000 * (16 << 10) + (16 << 10));
         assert_eq!(answer_cap(["Query"].into_iter()), (1 << 20) + (16 << 10));
+    }
+
+    #[test]
+    fn the_identity_changes_with_any_setting_secrets_included() {
+        let settings = Settings::from_lookup(|_| None, &mut Vec::new());
+        let config = |token: Option<&str>, url: &str| {
+            let text = format!("[http_config]\nserver_url = \"{url}\"\n");
+            let mut config = KmsConfig::parse(&text, std::path::Path::new("/c/kms.toml")).unwrap().0;
+            config.access_token = token.map(Secret::new);
+            KmsClient::new(&config, &settings).unwrap().identity().to_owned()
+        };
+        let first = config(Some("t1"), "http://127.0.0.1:1");
+        assert_eq!(first, config(Some("t1"), "http://127.0.0.1:1"));
+        assert_eq!(first.len(), 64);
+        assert!(!first.contains("t1"));
+        assert_ne!(first, config(Some("t2"), "http://127.0.0.1:1"), "another token");
+        assert_ne!(first, config(None, "http://127.0.0.1:1"));
+        assert_ne!(first, config(Some("t1"), "http://127.0.0.1:2"));
     }
 
     #[test]

@@ -252,12 +252,12 @@ pub(crate) fn export_public_keys(
                 )
             })
             .collect();
-        let answers = client.batch(requests)?;
-        keys.extend(
-            ids.iter()
-                .zip(answers)
-                .map(|(id, answer)| answer.and_then(|a| read_exported_public_key(id, vendor_id, &a))),
-        );
+        // Each Export answer read into its key as soon as it is decoded, and dropped.
+        let answers = client.batch_each(requests, |i, answer| {
+            let id = ids.get(i).map_or("", String::as_str);
+            answer.and_then(|a| read_exported_public_key(id, vendor_id, &a))
+        })?;
+        keys.extend(answers);
     }
     Ok(keys)
 }

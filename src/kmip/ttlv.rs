@@ -4,6 +4,7 @@
 //! omit `type` and hold an array of items. The server parses by position, so the encoder
 //! writes the keys in that order explicitly rather than trusting a map's ordering.
 
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value as Json;
 
@@ -77,6 +78,14 @@ impl Ttlv {
         self.children().iter().find(|c| c.tag == tag)
     }
 
+    /// The first direct child with this tag, taken out of the structure.
+    pub(crate) fn into_child(self, tag: &str) -> Option<Ttlv> {
+        match self.value {
+            Value::Structure(items) => items.into_iter().find(|c| c.tag == tag),
+            _ => None,
+        }
+    }
+
     /// All direct children with this tag.
     pub fn children_tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Ttlv> + 'a {
         self.children().iter().filter(move |c| c.tag == tag)
@@ -119,66 +128,244 @@ impl Ttlv {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Decodes JSON text.
+    /// Decodes JSON text (the provider decodes answers as they arrive: [`Ttlv::from_reader`]).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn from_json(text: &[u8]) -> Result<Self, DecodeError> {
-        let json: Json = serde_json::from_slice(text).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
-        Self::from_value(&json, 0)
+        let mut json = serde_json::Deserializer::from_slice(text);
+        let item =
+            Item { depth: 0, batch_items: None }.deserialize(&mut json).and_then(|item| json.end().map(|()| item));
+        item.map_err(decode_error)
     }
 
-    fn from_value(json: &Json, depth: usize) -> Result<Self, DecodeError> {
-        if depth > MAX_DEPTH {
-            return Err(DecodeError("nested too deeply".into()));
+    /// Decodes the JSON `reader` gives, as it comes: neither the text nor a JSON tree is kept
+    /// (an answer of 1,000 Exports is several megabytes of text), only the items. With
+    /// `batch_items`, each `BatchItem` of the answer's top structure goes there as soon as it is
+    /// decoded, and is left out of the answer returned: only one is ever held.
+    pub(crate) fn from_reader(
+        reader: impl std::io::Read,
+        batch_items: Option<&mut dyn FnMut(Ttlv)>,
+    ) -> Result<Self, ReadError> {
+        let mut json = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(64 << 10, reader));
+        let item = Item { depth: 0, batch_items }.deserialize(&mut json).and_then(|item| json.end().map(|()| item));
+        item.map_err(|e| if e.is_io() { ReadError::Io(e.into()) } else { ReadError::Decode(decode_error(e)) })
+    }
+}
+
+/// Why [`Ttlv::from_reader`] failed.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// Reading failed (the connection, a timeout, a size cap).
+    Io(std::io::Error),
+    Decode(DecodeError),
+}
+
+fn decode_error(e: serde_json::Error) -> DecodeError {
+    if e.is_data() {
+        DecodeError(e.to_string())
+    } else {
+        DecodeError(format!("not JSON: {e}"))
+    }
+}
+
+/// Decodes one item, `depth` structures deep, straight from the JSON parser; its children
+/// tagged `BatchItem` to `batch_items`, if given.
+struct Item<'a> {
+    depth: usize,
+    batch_items: Option<&'a mut dyn FnMut(Ttlv)>,
+}
+
+impl<'de> DeserializeSeed<'de> for Item<'_> {
+    type Value = Ttlv;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Ttlv, D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(D::Error::custom("nested too deeply"));
         }
-        let obj = json.as_object().ok_or_else(|| DecodeError("an item is not an object".into()))?;
-        let tag =
-            obj.get("tag").and_then(Json::as_str).ok_or_else(|| DecodeError("an item has no tag".into()))?.to_owned();
-        let raw = obj.get("value").ok_or_else(|| DecodeError(format!("{tag} has no value")))?;
-        let bad = |what: &str| DecodeError(format!("{tag}: {what}"));
-        let value = match obj.get("type").and_then(Json::as_str).unwrap_or("Structure") {
-            "Structure" => Value::Structure(
-                raw.as_array()
-                    .ok_or_else(|| bad("structure value is not an array"))?
-                    .iter()
-                    .map(|item| Self::from_value(item, depth + 1))
-                    .collect::<Result<_, _>>()?,
-            ),
-            "Integer" => Value::Integer(json_int(raw).ok_or_else(|| bad("bad Integer"))?),
-            "LongInteger" => Value::LongInteger(json_int(raw).ok_or_else(|| bad("bad LongInteger"))?),
-            "Interval" => {
-                Value::Interval(json_int(raw).and_then(|i| u64::try_from(i).ok()).ok_or_else(|| bad("bad Interval"))?)
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Item<'_> {
+    type Value = Ttlv;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an item (an object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Ttlv, A::Error> {
+        let (mut tag, mut kind, mut raw) = (None, None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Tag => tag = Some(map.next_value_seed(Raw { items: None, batch_items: None })?),
+                Key::Type => kind = Some(map.next_value_seed(Raw { items: None, batch_items: None })?),
+                Key::Value => {
+                    let raw_value = Raw { items: Some(self.depth + 1), batch_items: self.batch_items.take() };
+                    raw = Some(map.next_value_seed(raw_value)?);
+                }
+                Key::Other => drop(map.next_value::<IgnoredAny>()?),
             }
-            "BigInteger" => Value::BigInteger(
-                raw.as_str()
-                    .and_then(|s| s.strip_prefix("0x"))
-                    .and_then(|h| hex::decode(h).ok())
-                    .ok_or_else(|| bad("bad BigInteger"))?,
-            ),
-            "Enumeration" => Value::Enumeration(match raw {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                _ => return Err(bad("bad Enumeration")),
-            }),
-            "Boolean" => Value::Boolean(raw.as_bool().ok_or_else(|| bad("bad Boolean"))?),
-            "TextString" => Value::TextString(raw.as_str().ok_or_else(|| bad("bad TextString"))?.to_owned()),
-            "ByteString" => {
-                Value::ByteString(raw.as_str().and_then(|h| hex::decode(h).ok()).ok_or_else(|| bad("bad ByteString"))?)
-            }
-            "DateTime" => Value::DateTime(match raw {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                _ => return Err(bad("bad DateTime")),
-            }),
-            other => return Err(bad(&format!("unknown type {other:?}"))),
+        }
+        let Some(Scalar::Text(tag)) = tag else { return Err(A::Error::custom("an item has no tag")) };
+        let raw = raw.ok_or_else(|| A::Error::custom(format!("{tag} has no value")))?;
+        let kind = match kind {
+            Some(Scalar::Text(kind)) => kind,
+            _ => "Structure".to_owned(),
         };
+        let value = value(&tag, &kind, raw).map_err(A::Error::custom)?;
         Ok(Ttlv { tag, value })
     }
 }
 
+/// A key of an item.
+enum Key {
+    Tag,
+    Type,
+    Value,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "tag" => Key::Tag,
+                    "type" => Key::Type,
+                    "value" => Key::Value,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// A JSON value as an item holds it: its items (an array, decoded `depth` deep when `items` is
+/// set, else skipped) or a scalar.
+enum Scalar {
+    Items(Vec<Ttlv>),
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+    /// An object, null, or an array not decoded.
+    Other,
+}
+
+/// Decodes a [`Scalar`]; arrays as items `items` deep, or skipped when `None`, their items
+/// tagged `BatchItem` to `batch_items`, if given.
+struct Raw<'a> {
+    items: Option<usize>,
+    batch_items: Option<&'a mut dyn FnMut(Ttlv)>,
+}
+
+impl<'de> DeserializeSeed<'de> for Raw<'_> {
+    type Value = Scalar;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Scalar, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Raw<'_> {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Scalar, A::Error> {
+        let Some(depth) = self.items else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(Scalar::Other);
+        };
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Item { depth, batch_items: None })? {
+            match self.batch_items.as_deref_mut() {
+                Some(batch_items) if item.tag == "BatchItem" => batch_items(item),
+                _ => items.push(item),
+            }
+        }
+        // No room left to grow: a thousand Export answers are 70,000 items.
+        items.shrink_to_fit();
+        Ok(Scalar::Items(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Scalar::Other, Scalar::Number))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+}
+
+/// The value of the item `tag` of type `kind`, from its JSON value.
+fn value(tag: &str, kind: &str, raw: Scalar) -> Result<Value, String> {
+    let bad = |what: &str| format!("{tag}: {what}");
+    let text = |raw: Scalar| match raw {
+        Scalar::Text(s) => Some(s),
+        _ => None,
+    };
+    let text_or_number = |raw: Scalar| match raw {
+        Scalar::Text(s) => Some(s),
+        Scalar::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    Ok(match kind {
+        "Structure" => match raw {
+            Scalar::Items(items) => Value::Structure(items),
+            _ => return Err(bad("structure value is not an array")),
+        },
+        "Integer" => Value::Integer(json_int(&raw).ok_or_else(|| bad("bad Integer"))?),
+        "LongInteger" => Value::LongInteger(json_int(&raw).ok_or_else(|| bad("bad LongInteger"))?),
+        "Interval" => {
+            Value::Interval(json_int(&raw).and_then(|i| u64::try_from(i).ok()).ok_or_else(|| bad("bad Interval"))?)
+        }
+        "BigInteger" => Value::BigInteger(
+            text(raw)
+                .and_then(|s| s.strip_prefix("0x").and_then(|h| hex::decode(h).ok()))
+                .ok_or_else(|| bad("bad BigInteger"))?,
+        ),
+        "Enumeration" => Value::Enumeration(text_or_number(raw).ok_or_else(|| bad("bad Enumeration"))?),
+        "Boolean" => match raw {
+            Scalar::Bool(b) => Value::Boolean(b),
+            _ => return Err(bad("bad Boolean")),
+        },
+        "TextString" => Value::TextString(text(raw).ok_or_else(|| bad("bad TextString"))?),
+        "ByteString" => {
+            Value::ByteString(text(raw).and_then(|h| hex::decode(h).ok()).ok_or_else(|| bad("bad ByteString"))?)
+        }
+        "DateTime" => Value::DateTime(text_or_number(raw).ok_or_else(|| bad("bad DateTime"))?),
+        other => return Err(bad(&format!("unknown type {other:?}"))),
+    })
+}
+
 /// An integer given as a JSON number or as a `0x` hex string (LongInteger's form).
-fn json_int(raw: &Json) -> Option<i64> {
+fn json_int(raw: &Scalar) -> Option<i64> {
     match raw {
-        Json::Number(n) => n.as_i64(),
-        Json::String(s) => {
+        Scalar::Number(n) => n.as_i64(),
+        Scalar::Text(s) => {
             let hex = s.strip_prefix("0x")?;
             u64::from_str_radix(hex, 16).ok().map(|u| u as i64)
         }
@@ -273,6 +460,13 @@ mod tests {
             ],
         );
         assert_eq!(Ttlv::from_json(t.to_json().as_bytes()).unwrap(), t);
+        assert_eq!(Ttlv::from_reader(t.to_json().as_bytes(), None).unwrap(), t);
+        // Keys in any order, unknown keys skipped, numbers for enumerations and dates kept as text.
+        let reordered = br#"{"value":[{"x":[1,{"a":null}],"value":3,"type":"Enumeration","tag":"E"},
+            {"tag":"D","value":1700000000,"type":"DateTime"}],"tag":"S"}"#;
+        let t = Ttlv::from_json(reordered).unwrap();
+        assert_eq!(t.child("E").and_then(Ttlv::as_text), Some("3"));
+        assert_eq!(t.child("D").and_then(Ttlv::as_text), Some("1700000000"));
     }
 
     #[test]
@@ -285,6 +479,36 @@ mod tests {
         let ids: Vec<_> = t.children_tagged("UniqueIdentifier").filter_map(Ttlv::as_text).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(t.find("UniqueIdentifier").and_then(Ttlv::as_text), Some("a"));
+    }
+
+    #[test]
+    fn a_read_answer_hands_its_batch_items_over_one_by_one() {
+        let item = |n: i64| Ttlv::structure("BatchItem", vec![Ttlv::integer("N", n)]);
+        let message =
+            Ttlv::structure("ResponseMessage", vec![Ttlv::structure("ResponseHeader", vec![]), item(1), item(2)]);
+        let json = message.to_json();
+        assert_eq!(Ttlv::from_reader(json.as_bytes(), None).unwrap(), message, "all of it without a taker");
+        let mut taken = Vec::new();
+        let rest = Ttlv::from_reader(json.as_bytes(), Some(&mut |item| taken.push(item))).unwrap();
+        assert_eq!(taken, [item(1), item(2)]);
+        assert_eq!(rest, Ttlv::structure("ResponseMessage", vec![Ttlv::structure("ResponseHeader", vec![])]));
+        // What the reader fails with comes back as such; bad JSON-TTLV as a decoding error.
+        struct Failing<'a>(&'a [u8]);
+        impl std::io::Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut"));
+                }
+                let n = buf.len().min(self.0.len()).min(7);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let cut = Ttlv::from_reader(Failing(&json.as_bytes()[..40]), None).unwrap_err();
+        assert!(matches!(cut, ReadError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset));
+        let bad = Ttlv::from_reader(&br#"{"tag":"X","type":"Integer","value":"nope"}"#[..], None).unwrap_err();
+        assert!(matches!(&bad, ReadError::Decode(e) if e.0.contains("X: bad Integer")), "{bad:?}");
     }
 
     #[test]

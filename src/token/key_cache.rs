@@ -16,13 +16,20 @@
 //! (`Token::load`). An entry whose private key the KMS refused to sign with is dropped
 //! ([`KeyCache::forget`]).
 //!
+//! The file also keeps, per selection tag, the last key list the KMS gave (its public ids,
+//! when, and to which client identity: `KmsClient::identity`, a digest of the configuration
+//! and its credentials): while it is younger than the in-memory key list's lifetime
+//! (`COSMIAN_PKCS11_KEY_CACHE_SECONDS`) and the identity is the same, a process may answer its
+//! first search from it without waiting for the KMS, and confirms it in the background
+//! (`Token::find`). Keys the KMS no longer lists are dropped from the file when it says so.
+//!
 //! One JSON file per KMS URL in the user's cache folder (`~/.cache/cosmian-pkcs11/keys`,
 //! `~/Library/Caches/cosmian-pkcs11/keys`), written whole to a temporary file then renamed
 //! (concurrent processes: the last writer wins, nobody reads half a file), folder 0700 and file
 //! 0600. Files not written to for `max_age` are removed. Any trouble reading or writing only
 //! costs the Exports: it is logged and the KMS answers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +53,42 @@ pub(crate) struct KeyCache {
 struct CacheFile {
     server_url: String,
     keys: Vec<Entry>,
+    /// The last key list the KMS gave, per selection tag (files written before it: none).
+    #[serde(default)]
+    listings: BTreeMap<String, Listing>,
+}
+
+/// A key list the KMS gave for one tag.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct Listing {
+    /// The public ids of the keys listed, in the KMS's order.
+    public_ids: Vec<String>,
+    /// When, seconds since the Unix epoch.
+    listed_at: u64,
+    /// To which client identity (`KmsClient::identity`).
+    identity: String,
+}
+
+/// What the cache held when read: its fresh keys by public id, and the key lists.
+#[derive(Default)]
+pub(crate) struct Cached {
+    pub keys: HashMap<String, RemoteKey>,
+    listings: BTreeMap<String, Listing>,
+}
+
+impl Cached {
+    /// The key list the KMS gave for `tag` to `identity` less than `fresh_for` ago (and not
+    /// later than now), if it lists a key and every key of it is cached: the public keys, in the
+    /// KMS's order.
+    pub(crate) fn listing(&self, tag: &str, identity: &str, fresh_for: Duration) -> Option<Vec<RemoteKey>> {
+        let listing = self.listings.get(tag)?;
+        let now = now();
+        let fresh = listing.listed_at <= now && now - listing.listed_at < fresh_for.as_secs();
+        if !fresh || listing.identity != identity || listing.public_ids.is_empty() {
+            return None;
+        }
+        listing.public_ids.iter().map(|id| self.keys.get(id).cloned()).collect()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -83,10 +126,11 @@ impl KeyCache {
         &self.file
     }
 
-    /// The keys exported less than `max_age` ago, by public id. Empty when the file is
-    /// missing, unreadable, for another KMS or not understood.
-    pub(crate) fn load(&self) -> HashMap<String, RemoteKey> {
-        self.read()
+    /// The keys exported less than `max_age` ago, by public id, and the key lists. Empty when
+    /// the file is missing, unreadable, for another KMS or not understood.
+    pub(crate) fn load(&self) -> Cached {
+        let content = self.read();
+        let keys = content
             .keys
             .into_iter()
             .filter(|e| self.fresh(e, now()))
@@ -96,7 +140,8 @@ impl KeyCache {
                     RemoteKey { public_id: e.public_id, private_id: e.private_id, spki, name: e.name, tags: e.tags };
                 Some((key.public_id.clone(), key))
             })
-            .collect()
+            .collect();
+        Cached { keys, listings: content.listings }
     }
 
     /// Whether `entry` was exported less than `max_age` before `now`, and not after it.
@@ -104,33 +149,58 @@ impl KeyCache {
         entry.exported_at > now.saturating_sub(self.max_age.as_secs()) && entry.exported_at <= now
     }
 
-    /// Drops the entries of the private key `private_id` (the KMS refused to sign with it).
+    /// Drops the entries of the private key `private_id` (the KMS refused to sign with it), and
+    /// their ids from the key lists.
     pub(crate) fn forget(&self, private_id: &str) {
         let mut content = self.read();
-        let before = content.keys.len();
+        let forgotten: Vec<String> =
+            content.keys.iter().filter(|e| e.private_id == private_id).map(|e| e.public_id.clone()).collect();
+        if forgotten.is_empty() {
+            return;
+        }
         content.keys.retain(|e| e.private_id != private_id);
-        if content.keys.len() < before {
-            if let Err(e) = self.write(&content) {
-                tracing::warn!(file = %self.file.display(), "cannot drop a refused key from the public-key cache: {e}");
-            }
+        for listing in content.listings.values_mut() {
+            listing.public_ids.retain(|id| !forgotten.contains(id));
+        }
+        if let Err(e) = self.write(&content) {
+            tracing::warn!(file = %self.file.display(), "cannot drop a refused key from the public-key cache: {e}");
         }
     }
 
-    /// Adds keys just exported (replacing older entries of the same ids), drops expired entries
-    /// and files, writes the file.
-    pub(crate) fn store(&self, exported: &[RemoteKey]) {
-        if exported.is_empty() {
+    /// Records a listing of `tag` for `identity` that found `listed` (public ids, in the KMS's
+    /// order) and exported `exported`: the keys just exported (replacing older entries of the
+    /// same ids), the key list of `tag`, and without their entries the keys `before` listed for
+    /// `tag` and the KMS no longer does; expired entries and files dropped. Writes the file only
+    /// when that changes something, or when the key list is older than half of `fresh_for` (so
+    /// that it stays fresh while in use).
+    pub(crate) fn update(
+        &self,
+        before: &Cached,
+        listing: (&str, &str),
+        listed: &[String],
+        exported: &[RemoteKey],
+        fresh_for: Duration,
+    ) {
+        let (tag, identity) = listing;
+        let now = now();
+        let known = before.listings.get(tag);
+        let unchanged = known.is_some_and(|l| {
+            l.public_ids == listed
+                && l.identity == identity
+                && l.listed_at <= now
+                && now - l.listed_at < fresh_for.as_secs() / 2
+        });
+        if exported.is_empty() && unchanged {
             return;
         }
-        let now = now();
+        let gone: Vec<&String> =
+            known.into_iter().flat_map(|l| &l.public_ids).filter(|id| !listed.contains(id)).collect();
+        let mut content = self.read();
         let fresh: HashMap<&str, &RemoteKey> = exported.iter().map(|k| (k.public_id.as_str(), k)).collect();
-        let mut keys: Vec<Entry> = self
-            .read()
-            .keys
-            .into_iter()
-            .filter(|e| self.fresh(e, now) && !fresh.contains_key(e.public_id.as_str()))
-            .collect();
-        keys.extend(exported.iter().map(|k| Entry {
+        content.keys.retain(|e| {
+            self.fresh(e, now) && !fresh.contains_key(e.public_id.as_str()) && !gone.contains(&&e.public_id)
+        });
+        content.keys.extend(exported.iter().map(|k| Entry {
             public_id: k.public_id.clone(),
             private_id: k.private_id.clone(),
             spki: hex::encode_upper(&k.spki),
@@ -138,12 +208,23 @@ impl KeyCache {
             tags: k.tags.clone(),
             exported_at: now,
         }));
-        let count = keys.len();
-        match self.write(&CacheFile { server_url: self.server_url.clone(), keys }) {
-            Ok(()) => tracing::debug!(file = %self.file.display(), keys = count, "public keys cached"),
+        let listing = Listing { public_ids: listed.to_vec(), listed_at: now, identity: identity.to_owned() };
+        content.listings.insert(tag.to_owned(), listing);
+        content.server_url.clone_from(&self.server_url);
+        let count = content.keys.len();
+        match self.write(&content) {
+            Ok(()) => {
+                tracing::debug!(file = %self.file.display(), keys = count, dropped = gone.len(), "public keys cached")
+            }
             Err(e) => tracing::warn!(file = %self.file.display(), "cannot cache the public keys: {e}"),
         }
         self.remove_old_files();
+    }
+
+    /// Adds exported keys, as a listing that exported them does (tests of the file's rules).
+    #[cfg(test)]
+    fn store(&self, exported: &[RemoteKey]) {
+        self.update(&Cached::default(), ("test", "id"), &[], exported, Duration::ZERO);
     }
 
     fn read(&self) -> CacheFile {
@@ -225,12 +306,12 @@ mod tests {
     fn stored_keys_come_back_and_merge_with_later_ones() {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path());
-        assert!(cache.load().is_empty(), "no file yet");
+        assert!(cache.load().keys.is_empty(), "no file yet");
         cache.store(&[key("a"), key("b")]);
         let mut renamed = key("b");
         renamed.name = Some("renamed".into());
         cache.store(&[renamed.clone(), key("c")]);
-        let loaded = cache.load();
+        let loaded = cache.load().keys;
         assert_eq!(loaded.len(), 3);
         assert_eq!(loaded["a_pk"], key("a"));
         assert_eq!(loaded["b_pk"], renamed);
@@ -268,9 +349,10 @@ mod tests {
             .write(&CacheFile {
                 server_url: cache.server_url.clone(),
                 keys: vec![entry("old", old), entry("new", now())],
+                ..CacheFile::default()
             })
             .unwrap();
-        assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["new_pk"]);
+        assert_eq!(cache.load().keys.into_keys().collect::<Vec<_>>(), ["new_pk"]);
         cache.store(&[key("c")]);
         assert_eq!(cache.read().keys.len(), 2, "the expired entry was dropped");
     }
@@ -282,19 +364,19 @@ mod tests {
         for content in ["", "{not json", r#"{"server_url":"https://other:9998","keys":[]}"#, "[1,2]"] {
             std::fs::create_dir_all(cache.file().parent().unwrap()).unwrap();
             std::fs::write(cache.file(), content).unwrap();
-            assert!(cache.load().is_empty(), "{content:?}");
+            assert!(cache.load().keys.is_empty(), "{content:?}");
         }
         let other = KeyCache::new(dir.path().join("keys"), "https://other:9998", Duration::from_secs(60)).unwrap();
         other.store(&[key("x")]);
         std::fs::copy(other.file(), cache.file()).unwrap();
-        assert!(cache.load().is_empty(), "another KMS's keys are not this one's");
+        assert!(cache.load().keys.is_empty(), "another KMS's keys are not this one's");
         cache.store(&[key("a")]);
-        assert_eq!(cache.load().len(), 1);
+        assert_eq!(cache.load().keys.len(), 1);
         // An entry with a bad hex key is skipped, not fatal.
         let mut text = std::fs::read_to_string(cache.file()).unwrap();
         text = text.replace("\"3003010203\"", "\"zz\"");
         std::fs::write(cache.file(), text).unwrap();
-        assert!(cache.load().is_empty());
+        assert!(cache.load().keys.is_empty());
     }
 
     #[test]
@@ -304,7 +386,7 @@ mod tests {
         std::fs::write(&blocker, "").unwrap();
         let cache = KeyCache::new(blocker.join("keys"), "http://k", Duration::from_secs(60)).unwrap();
         cache.store(&[key("a")]);
-        assert!(cache.load().is_empty());
+        assert!(cache.load().keys.is_empty());
     }
 
     #[test]
@@ -331,7 +413,7 @@ mod tests {
         content.keys.push(Entry { exported_at: now() + 3600, ..content.keys[0].clone() });
         content.keys[1].public_id = "future_pk".into();
         cache.write(&content).unwrap();
-        assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["a_pk"]);
+        assert_eq!(cache.load().keys.into_keys().collect::<Vec<_>>(), ["a_pk"]);
         cache.store(&[key("b")]);
         assert!(cache.read().keys.iter().all(|e| e.public_id != "future_pk"), "not kept either");
     }
@@ -349,11 +431,11 @@ mod tests {
         for bad in [0o620, 0o602] {
             cache.store(&[key("a")]);
             chmod(cache.file(), bad);
-            assert!(cache.load().is_empty(), "file mode {bad:o}");
+            assert!(cache.load().keys.is_empty(), "file mode {bad:o}");
             cache.store(&[key("b")]);
             assert_eq!(mode(cache.file()), 0o600);
             assert_eq!(
-                cache.load().into_keys().collect::<Vec<_>>(),
+                cache.load().keys.into_keys().collect::<Vec<_>>(),
                 ["b_pk"],
                 "file mode {bad:o}: its entries were not kept"
             );
@@ -361,18 +443,18 @@ mod tests {
         // A folder others can write: neither read nor written.
         for bad in [0o770, 0o703] {
             chmod(&folder, bad);
-            assert!(cache.load().is_empty(), "folder mode {bad:o}");
+            assert!(cache.load().keys.is_empty(), "folder mode {bad:o}");
             let before = std::fs::read(cache.file()).unwrap();
             cache.store(&[key("c")]);
             assert_eq!(std::fs::read(cache.file()).unwrap(), before, "folder mode {bad:o}: not written");
             chmod(&folder, 0o700);
-            assert_eq!(cache.load().len(), 1);
+            assert_eq!(cache.load().keys.len(), 1);
         }
         // A cache folder that is a symbolic link (to a folder of ours) is not followed.
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&folder, &link).unwrap();
         let linked = KeyCache::new(link, "https://kms.example.com:9998", Duration::from_secs(3600)).unwrap();
-        assert!(linked.load().is_empty());
+        assert!(linked.load().keys.is_empty());
     }
 
     #[test]
@@ -385,7 +467,7 @@ mod tests {
         if ours == 0 {
             // Root can give the file away.
             std::os::unix::fs::chown(cache.file(), Some(4242), None).unwrap();
-            assert!(cache.load().is_empty());
+            assert!(cache.load().keys.is_empty());
         } else {
             let root_owned = Path::new("/etc/passwd");
             let error = check_private(root_owned, &std::fs::metadata(root_owned).unwrap()).unwrap_err();
@@ -399,7 +481,73 @@ mod tests {
         let cache = cache(dir.path());
         cache.store(&[key("a"), key("b")]);
         cache.forget("a");
-        assert_eq!(cache.load().into_keys().collect::<Vec<_>>(), ["b_pk"]);
+        assert_eq!(cache.load().keys.into_keys().collect::<Vec<_>>(), ["b_pk"]);
+    }
+
+    #[test]
+    fn the_key_list_of_a_tag_is_served_while_fresh_and_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let fresh_for = Duration::from_secs(300);
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        cache.update(&Cached::default(), ("ssh-auth", "me"), &ids(&["b_pk", "a_pk"]), &[key("a"), key("b")], fresh_for);
+        let cached = cache.load();
+        assert_eq!(cached.listing("ssh-auth", "me", fresh_for), Some(vec![key("b"), key("a")]), "in the KMS's order");
+        assert_eq!(cached.listing("other-tag", "me", fresh_for), None);
+        assert_eq!(cached.listing("ssh-auth", "me", Duration::ZERO), None, "not fresh");
+        assert_eq!(cached.listing("ssh-auth", "another client", fresh_for), None, "given to another identity");
+        // A key list naming a key the cache does not hold is not served.
+        cache.forget("a");
+        assert_eq!(
+            cache.load().listing("ssh-auth", "me", fresh_for),
+            Some(vec![key("b")]),
+            "forgotten from the list too"
+        );
+        let mut content = cache.read();
+        content.listings.get_mut("ssh-auth").unwrap().public_ids.push("missing_pk".into());
+        cache.write(&content).unwrap();
+        assert_eq!(cache.load().listing("ssh-auth", "me", fresh_for), None);
+        // Nor one dated in the future, nor an empty one.
+        let mut content = cache.read();
+        content.listings.insert(
+            "later".into(),
+            Listing { public_ids: ids(&["b_pk"]), listed_at: now() + 60, identity: "me".into() },
+        );
+        content
+            .listings
+            .insert("empty".into(), Listing { public_ids: vec![], listed_at: now(), identity: "me".into() });
+        cache.write(&content).unwrap();
+        assert_eq!(cache.load().listing("later", "me", fresh_for), None);
+        assert_eq!(cache.load().listing("empty", "me", fresh_for), None);
+    }
+
+    #[test]
+    fn keys_the_kms_no_longer_lists_are_dropped_and_an_unchanged_list_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let fresh_for = Duration::from_secs(300);
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        cache.update(&Cached::default(), ("t", "me"), &ids(&["a_pk", "b_pk"]), &[key("a"), key("b")], fresh_for);
+        cache.update(&Cached::default(), ("u", "me"), &ids(&["c_pk"]), &[key("c")], fresh_for);
+        let inode = || std::fs::metadata(cache.file()).unwrap().ino();
+        let written = inode();
+        cache.update(&cache.load(), ("t", "me"), &ids(&["a_pk", "b_pk"]), &[], fresh_for);
+        assert_eq!(inode(), written, "nothing new: not written");
+        cache.update(&cache.load(), ("t", "me"), &ids(&["a_pk"]), &[], fresh_for);
+        let cached = cache.load();
+        let mut kept: Vec<_> = cached.keys.keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["a_pk", "c_pk"], "b is no longer listed: dropped; c, of another tag, kept");
+        assert_eq!(cached.listing("t", "me", fresh_for), Some(vec![key("a")]));
+        // An old list is written again when confirmed, so that it stays fresh while in use.
+        let mut content = cache.read();
+        content.listings.get_mut("t").unwrap().listed_at = now() - 200;
+        cache.write(&content).unwrap();
+        let written = inode();
+        cache.update(&cache.load(), ("t", "me"), &ids(&["a_pk"]), &[], fresh_for);
+        assert_ne!(inode(), written);
+        assert!(cache.read().listings["t"].listed_at >= now() - 1);
     }
 
     #[test]

@@ -1,13 +1,23 @@
 //! The one token: the tagged key pairs of the configured KMS, kept in memory with stable
 //! object handles, refreshed from the KMS when the list has aged (public keys already seen
 //! come from the disk cache, `key_cache`), and the signing call.
+//!
+//! A process's first listing may be answered at once from the key list the disk cache keeps
+//! (when that list is younger than the in-memory list's lifetime) while a thread of its own
+//! ([`Confirmation`]) connects to the KMS and lists the keys as a search would: the connection
+//! and the Locate then overlap with what the caller does next (ssh: its own connection and key
+//! exchange). No key of such a list is signed with before the KMS confirmed it: `sign` waits
+//! for the confirmation, and a key the KMS no longer lists is refused (and dropped from the
+//! disk cache). Never when the caller forbade threads: the listing is then made in its thread.
 
 pub(crate) mod key_cache;
 mod kms_errors;
 pub(crate) mod objects;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
@@ -19,6 +29,7 @@ use crate::kmip::client::KmsError;
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
 use crate::kmip::KmsClient;
 use crate::lock;
+use key_cache::Cached;
 pub(crate) use key_cache::KeyCache;
 pub(crate) use objects::{Attr, KeyPair, ObjectClass};
 
@@ -27,6 +38,9 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Listing the keys starts no request after this many request timeouts.
 const LIST_DEADLINE_TIMEOUTS: u32 = 3;
+
+/// The name of the confirmation's thread (what `/proc/<pid>/task/*/comm` shows).
+pub(crate) const THREAD_NAME: &str = "cosmian-pkcs11";
 
 /// The connection to the KMS, when the configuration allowed one.
 pub(crate) struct Kms {
@@ -45,6 +59,8 @@ pub(crate) struct KeyStore {
     next_handle: CK_OBJECT_HANDLE,
     /// When the list was last loaded (or last failed to load), and whether that worked.
     loaded: Option<(Instant, bool)>,
+    /// The list came from the disk cache and the KMS has not confirmed it yet.
+    unconfirmed: bool,
 }
 
 impl KeyStore {
@@ -67,6 +83,30 @@ impl KeyStore {
 
     pub(crate) fn object(&self, handle: CK_OBJECT_HANDLE) -> Option<(Arc<KeyPair>, ObjectClass)> {
         self.objects.get(&handle).cloned()
+    }
+
+    /// Whether the list holds this very key: the same private key, public id and public key.
+    fn holds(&self, key: &KeyPair) -> bool {
+        self.handles
+            .get(&(key.private_id.clone(), ObjectClass::PrivateKey))
+            .and_then(|handle| self.objects.get(handle))
+            .is_some_and(|(held, _)| held.public_id == key.public_id && held.public_key == key.public_key)
+    }
+
+    /// The result of a listing: the new list, or the failure noted (the list stays).
+    fn publish(&mut self, result: std::result::Result<Vec<KeyPair>, String>, tag: &str) {
+        match result {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), tag = %tag, "key list loaded from the KMS");
+                self.replace(keys);
+                self.loaded = Some((Instant::now(), true));
+                self.unconfirmed = false;
+            }
+            Err(e) => {
+                tracing::error!("cannot list the keys of the KMS: {e}");
+                self.loaded = Some((Instant::now(), false));
+            }
+        }
     }
 
     /// Handles of the objects matching `template`, public keys first, in handle order.
@@ -101,31 +141,85 @@ impl KeyStore {
 
 pub(crate) struct Token {
     pub settings: Settings,
-    kms: std::result::Result<Kms, String>,
-    store: Mutex<KeyStore>,
+    kms: std::result::Result<Arc<Kms>, String>,
+    /// Shared with the confirmation's thread, which replaces the list when the KMS answers.
+    store: Arc<Mutex<KeyStore>>,
     /// Held while loading, so that concurrent searches load once.
     loading: Mutex<()>,
+    /// The confirmation of a key list answered from the disk cache, while it runs.
+    confirmation: Confirmation,
+    /// Set by the first listing: only it may be answered from the disk cache.
+    listed: AtomicBool,
+}
+
+/// The KMS's confirmation of a key list answered from the disk cache: one thread, which lists
+/// the keys as a search would, replaces the list with the KMS's, and says it is done.
+#[derive(Default)]
+struct Confirmation {
+    thread: Mutex<Option<JoinHandle<()>>>,
+    done: Arc<Done>,
+}
+
+/// A flag set once, and waited for.
+#[derive(Default)]
+struct Done {
+    flag: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Done {
+    fn set(&self) {
+        *lock(&self.flag) = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `patience` for the flag; whether it is set.
+    fn wait(&self, patience: Duration) -> bool {
+        let flag = lock(&self.flag);
+        let waited = self.changed.wait_timeout_while(flag, patience, |done| !*done);
+        let (flag, _) = waited.unwrap_or_else(|poisoned| poisoned.into_inner());
+        *flag
+    }
+}
+
+/// Sets its [`Done`] when dropped: a confirmation that panicked still wakes who waits for it.
+struct SetOnDrop(Arc<Done>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
+    }
 }
 
 impl Token {
     /// `kms` is the configured KMS, or why there is none (the token then holds no keys).
     pub(crate) fn new(settings: Settings, kms: std::result::Result<Kms, String>) -> Self {
-        Self { settings, kms, store: Mutex::default(), loading: Mutex::new(()) }
+        Self {
+            settings,
+            kms: kms.map(Arc::new),
+            store: Arc::default(),
+            loading: Mutex::new(()),
+            confirmation: Confirmation::default(),
+            listed: AtomicBool::new(false),
+        }
     }
 
     /// A token holding these keys and no KMS, for unit tests.
     #[cfg(test)]
     pub(crate) fn with_keys(keys: Vec<KeyPair>) -> Self {
-        let mut store = KeyStore::default();
+        let settings = Settings::from_lookup(|_| None, &mut Vec::new());
+        let token = Self::new(settings, Err("no KMS in unit tests".into()));
+        let mut store = lock(&token.store);
         store.replace(keys);
         store.loaded = Some((Instant::now(), true));
-        let settings = Settings::from_lookup(|_| None, &mut Vec::new());
-        Self { settings, kms: Err("no KMS in unit tests".into()), store: Mutex::new(store), loading: Mutex::new(()) }
+        drop(store);
+        token.listed.store(true, Ordering::SeqCst);
+        token
     }
 
     /// The configured KMS, if any (PIN mode: C_Login sets the client's access token).
     pub(crate) fn kms(&self) -> Option<&Kms> {
-        self.kms.as_ref().ok()
+        self.kms.as_deref().ok()
     }
 
     /// The KMS's address, for the token label; None when not configured.
@@ -146,68 +240,124 @@ impl Token {
         if lock(&self.store).needs_load(template, ttl) {
             let _loading = lock(&self.loading);
             // Another thread may have loaded while this one waited.
-            if lock(&self.store).needs_load(template, ttl) {
-                let result = self.load();
-                let mut store = lock(&self.store);
-                match result {
-                    Ok(keys) => {
-                        tracing::info!(keys = keys.len(), tag = %self.settings.key_tag, "key list loaded from the KMS");
-                        store.replace(keys);
-                        store.loaded = Some((Instant::now(), true));
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot list the keys of the KMS: {e}");
-                        store.loaded = Some((Instant::now(), false));
-                    }
-                }
+            if lock(&self.store).needs_load(template, ttl) && !self.answer_from_disk_cache() {
+                self.load_now();
             }
         }
         lock(&self.store).find(template)
     }
 
-    /// Lists the tagged, active key pairs: one batched Locate of the public and the private
-    /// keys (paged), then batched Exports (one message per 1,000) of the public keys the disk
-    /// cache does not hold or the KMS did not confirm (none, usually: no request). All within
-    /// [`LIST_DEADLINE_TIMEOUTS`] request timeouts, no request started after that.
-    fn load(&self) -> std::result::Result<Vec<KeyPair>, String> {
-        let kms = self.kms.as_ref().map_err(|e| format!("no KMS configured: {e}"))?;
-        let vendor = &kms.config.vendor_id;
+    /// Lists the keys from the KMS in this thread and replaces the list. The caller holds
+    /// `loading`.
+    fn load_now(&self) {
+        self.listed.store(true, Ordering::SeqCst);
+        let result = match &self.kms {
+            Ok(kms) => load(kms, &self.settings, None),
+            Err(e) => Err(format!("no KMS configured: {e}")),
+        };
+        lock(&self.store).publish(result, &self.settings.key_tag);
+    }
+
+    /// The process's first listing, when threads are allowed (and not in PIN mode) and the disk
+    /// cache holds a key list of the tag the KMS gave to this very configuration (same
+    /// credentials, same route) less than `COSMIAN_PKCS11_KEY_CACHE_SECONDS` ago: answered from
+    /// it, while a thread of its own asks the KMS. Whether it was. The caller holds `loading`.
+    fn answer_from_disk_cache(&self) -> bool {
+        if self.listed.swap(true, Ordering::SeqCst) || !self.settings.may_create_threads {
+            return false;
+        }
+        // PIN mode: the PIN is the credential, checked by a request of its own anyway.
+        let Some(kms) = self.kms.as_ref().ok().filter(|kms| !kms.config.use_pin_as_access_token) else {
+            return false;
+        };
         let tag = &self.settings.key_tag;
-        let deadline = Instant::now() + self.settings.request_timeout * LIST_DEADLINE_TIMEOUTS;
-        let (ids, private_ids) =
-            operations::locate_key_pairs(&kms.client, vendor, tag, deadline).map_err(|e| e.to_string())?;
-        let cached = kms.key_cache.as_ref().map(KeyCache::load).unwrap_or_default();
-        let mut known = confirmed(cached, &ids, &private_ids);
-        let missing: Vec<String> = ids.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
-        let exported =
-            operations::export_public_keys(&kms.client, vendor, &missing, deadline).map_err(|e| e.to_string())?;
-        let mut to_cache = Vec::new();
-        for (id, result) in missing.iter().zip(exported) {
-            match result.map_err(|e| e.to_string()).and_then(|remote| key_pair(&remote, tag).map(|_| remote)) {
-                Ok(remote) => {
-                    to_cache.push(remote.clone());
-                    known.insert(id.clone(), remote);
+        let Some(disk) = kms.key_cache.as_ref().map(KeyCache::load) else { return false };
+        let Some(listed) = disk.listing(tag, kms.client.identity(), self.settings.key_cache_ttl) else { return false };
+        let keys: Vec<KeyPair> = listed.iter().filter_map(|remote| key_pair(remote, tag).ok()).collect();
+        if keys.len() < listed.len() {
+            return false;
+        }
+        let count = keys.len();
+        {
+            let mut store = lock(&self.store);
+            store.replace(keys);
+            store.loaded = Some((Instant::now(), true));
+            store.unconfirmed = true;
+        }
+        let (kms, store, settings, done) =
+            (kms.clone(), self.store.clone(), self.settings.clone(), self.confirmation.done.clone());
+        let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
+            let _done = SetOnDrop(done);
+            tracing::dispatcher::with_default(crate::platform::logging::dispatch(), || {
+                let result = load(&kms, &settings, Some(disk));
+                if result.is_err() && kms.client.is_shut_down() {
+                    tracing::debug!("key list confirmation interrupted: the provider is finalizing");
+                    return;
                 }
-                Err(e) => tracing::warn!(key = %id, "skipping key: {e}"),
+                lock(&store).publish(result, &settings.key_tag);
+            });
+        });
+        match spawned {
+            Ok(thread) => {
+                *lock(&self.confirmation.thread) = Some(thread);
+                tracing::info!(keys = count, tag = %tag, "key list answered from the disk cache; the KMS confirms it meanwhile");
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot start a thread ({e}): the key list is asked of the KMS now");
+                false
             }
         }
-        tracing::debug!(
-            located = ids.len(),
-            from_disk_cache = ids.len() - missing.len(),
-            exported = to_cache.len(),
-            "key list"
-        );
-        if let Some(cache) = &kms.key_cache {
-            cache.store(&to_cache);
+    }
+
+    /// Ends the confirmation, if one runs: waits for it at most `patience`, then interrupts its
+    /// requests (`KmsClient::shutdown`, which no request of this token survives) and waits for
+    /// its thread to end (a connection being made takes at most the connection timeout).
+    pub(crate) fn end_background_work(&self, patience: Duration) {
+        let Some(thread) = lock(&self.confirmation.thread).take() else { return };
+        if !self.confirmation.done.wait(patience) {
+            if let Ok(kms) = &self.kms {
+                kms.client.shutdown();
+            }
         }
-        let keys = ids
-            .iter()
-            .filter_map(|id| known.remove(id))
-            .filter_map(|remote| {
-                key_pair(&remote, tag).map_err(|e| tracing::warn!(key = %remote.public_id, "skipping key: {e}")).ok()
-            })
-            .collect();
-        Ok(keys)
+        let _ = thread.join();
+    }
+
+    /// Before a signature: the key list must be the KMS's. One answered from the disk cache is
+    /// waited for while the KMS confirms it (at most as long as a listing may take); if that
+    /// failed, it is confirmed now in this thread, unless it failed less than
+    /// [`RETRY_AFTER_FAILURE`] ago (a KMS that is down fails the signature at once, and ssh goes
+    /// on; an ssh-agent signing later tries again). The key must then be in it as it was listed.
+    fn check_confirmed(&self, key: &KeyPair) -> Result<()> {
+        if lock(&self.store).unconfirmed {
+            let started = Instant::now();
+            self.confirmation.done.wait(self.settings.request_timeout * (LIST_DEADLINE_TIMEOUTS + 1));
+            let failed_lately =
+                |store: &KeyStore| store.loaded.is_some_and(|(at, ok)| !ok && at.elapsed() < RETRY_AFTER_FAILURE);
+            if lock(&self.store).unconfirmed {
+                let _loading = lock(&self.loading);
+                let store = lock(&self.store);
+                if store.unconfirmed && !failed_lately(&store) {
+                    drop(store);
+                    self.load_now();
+                }
+            }
+            tracing::debug!(waited_ms = started.elapsed().as_millis(), "signature: the key list confirmed");
+        }
+        let store = lock(&self.store);
+        if store.unconfirmed {
+            return Err(Error::new(
+                CKR_DEVICE_ERROR,
+                "the KMS could not confirm the key list answered from the disk cache: nothing signed",
+            ));
+        }
+        if !store.holds(key) {
+            return Err(Error::new(
+                CKR_FUNCTION_FAILED,
+                format!("key {} is not among the keys the KMS lists now: not signed", key.private_id),
+            ));
+        }
+        Ok(())
     }
 
     /// PIN mode: checks `pin` as the KMS access token on a request of its own (one Locate; no
@@ -241,6 +391,7 @@ impl Token {
     /// key), the key's disk cache entry is dropped and the next search lists the keys again.
     pub(crate) fn sign(&self, key: &KeyPair, request: &SignRequest) -> Result<Vec<u8>> {
         let kms = self.kms.as_ref().map_err(|e| Error::new(CKR_DEVICE_ERROR, format!("no KMS configured: {e}")))?;
+        self.check_confirmed(key)?;
         let signed = operations::sign(&kms.client, &key.private_id, request);
         if let Err(KmsError::Refused(_)) = &signed {
             if let Some(cache) = &kms.key_cache {
@@ -250,6 +401,58 @@ impl Token {
         }
         signed.map_err(Error::from)
     }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.end_background_work(Duration::ZERO);
+    }
+}
+
+/// Lists the tagged, active key pairs: one batched Locate of the public and the private keys
+/// (paged), then batched Exports (one message per 1,000) of the public keys the disk cache does
+/// not hold or the KMS did not confirm (none, usually: no request); records the list in the
+/// disk cache (`disk`: what was read of it already, if anything). All within
+/// [`LIST_DEADLINE_TIMEOUTS`] request timeouts, no request started after that.
+fn load(kms: &Kms, settings: &Settings, disk: Option<Cached>) -> std::result::Result<Vec<KeyPair>, String> {
+    let vendor = &kms.config.vendor_id;
+    let tag = &settings.key_tag;
+    let deadline = Instant::now() + settings.request_timeout * LIST_DEADLINE_TIMEOUTS;
+    let (ids, private_ids) =
+        operations::locate_key_pairs(&kms.client, vendor, tag, deadline).map_err(|e| e.to_string())?;
+    let mut cached = disk.or_else(|| kms.key_cache.as_ref().map(KeyCache::load)).unwrap_or_default();
+    let mut known = confirmed(std::mem::take(&mut cached.keys), &ids, &private_ids);
+    let missing: Vec<String> = ids.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
+    let exported =
+        operations::export_public_keys(&kms.client, vendor, &missing, deadline).map_err(|e| e.to_string())?;
+    let mut to_cache = Vec::new();
+    for (id, result) in missing.iter().zip(exported) {
+        match result.map_err(|e| e.to_string()).and_then(|remote| key_pair(&remote, tag).map(|_| remote)) {
+            Ok(remote) => {
+                to_cache.push(remote.clone());
+                known.insert(id.clone(), remote);
+            }
+            Err(e) => tracing::warn!(key = %id, "skipping key: {e}"),
+        }
+    }
+    tracing::debug!(
+        located = ids.len(),
+        from_disk_cache = ids.len() - missing.len(),
+        exported = to_cache.len(),
+        "key list"
+    );
+    let keys: Vec<KeyPair> = ids
+        .iter()
+        .filter_map(|id| known.remove(id))
+        .filter_map(|remote| {
+            key_pair(&remote, tag).map_err(|e| tracing::warn!(key = %remote.public_id, "skipping key: {e}")).ok()
+        })
+        .collect();
+    if let Some(cache) = &kms.key_cache {
+        let listed: Vec<String> = keys.iter().map(|k| k.public_id.clone()).collect();
+        cache.update(&cached, (tag, kms.client.identity()), &listed, &to_cache, settings.key_cache_ttl);
+    }
+    Ok(keys)
 }
 
 /// The cached public keys the KMS confirmed in the Locate just made: their public id is among
@@ -381,6 +584,47 @@ mod tests {
         let mut kept: Vec<_> = confirmed(cached, &public, &private).into_keys().collect();
         kept.sort();
         assert_eq!(kept, ["a_pk", "imported"]);
+    }
+
+    #[test]
+    fn a_key_is_signed_with_only_as_the_confirmed_list_holds_it() {
+        let token = Token::with_keys(vec![p256_pair()]);
+        let key = p256_pair();
+        token.check_confirmed(&key).unwrap();
+        let mut other_material = key.clone();
+        other_material.public_key = rsa_pair().public_key;
+        assert_eq!(token.check_confirmed(&other_material).unwrap_err().rv, CKR_FUNCTION_FAILED);
+        let mut other_public_id = key.clone();
+        other_public_id.public_id = "planted_pk".into();
+        assert_eq!(token.check_confirmed(&other_public_id).unwrap_err().rv, CKR_FUNCTION_FAILED);
+        assert_eq!(token.check_confirmed(&rsa_pair()).unwrap_err().rv, CKR_FUNCTION_FAILED, "not listed");
+        // A list answered from the disk cache whose confirmation ended without confirming it:
+        // confirmed now, which fails here (no KMS); nothing signed. Right after that failure,
+        // not tried again.
+        lock(&token.store).unconfirmed = true;
+        token.confirmation.done.set();
+        assert_eq!(token.check_confirmed(&key).unwrap_err().rv, CKR_DEVICE_ERROR);
+        let failed_at = lock(&token.store).loaded.expect("the failed attempt noted");
+        assert!(!failed_at.1);
+        assert_eq!(token.check_confirmed(&key).unwrap_err().rv, CKR_DEVICE_ERROR);
+        assert_eq!(lock(&token.store).loaded, Some(failed_at), "not tried again within 5 s");
+    }
+
+    #[test]
+    fn a_signature_waits_for_the_confirmation_in_flight() {
+        let token = Arc::new(Token::with_keys(vec![p256_pair()]));
+        lock(&token.store).unconfirmed = true;
+        let confirming = token.clone();
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            lock(&confirming.store).publish(Ok(vec![p256_pair()]), "t");
+            confirming.confirmation.done.set();
+        });
+        token.check_confirmed(&p256_pair()).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        thread.join().unwrap();
+        assert!(!Done::default().wait(Duration::from_millis(10)), "a flag nobody sets times out");
     }
 
     #[test]

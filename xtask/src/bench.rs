@@ -20,7 +20,11 @@
 //! - P5 ([`signing`]): signatures per second with 1 and 4 threads versus the raw client, same
 //!   concurrency;
 //! - P6 ([`startup`]): what TLS costs a process, `ssh-keygen -D` with the disk cache warm over
-//!   TLS against over HTTP: wall time and CPU time.
+//!   TLS against over HTTP: wall time and CPU time;
+//! - R ([`remote`], `remote`): the KMS (over TLS) and sshd as far away as a chosen one-way
+//!   delay (`--delay-ms`, 0 and 25 by default), behind relays that count the KMS round trips of
+//!   `ssh-keygen -D`, `ssh -I` and the agent path, and the time a login adds over a local key
+//!   file; the largest resident set of `ssh-keygen -D` listing N keys (`--keys`, 1,000).
 //!
 //! This module holds what the parts share: [`run`], the [`Bench`] set-up (the KMS, its keys,
 //! the provider loaded, the raw client), the key types, and the figures' helpers.
@@ -34,6 +38,7 @@
 mod enumeration;
 mod logins;
 mod raw;
+mod remote;
 mod signing;
 mod startup;
 
@@ -141,21 +146,29 @@ struct Bench {
     raw: RawKmip,
 }
 
-/// Runs the benchmark, or the parts named (`p1` ... `p6`), over TLS, `--http` or `--both`,
-/// and prints its report.
+/// Runs the benchmark, or the parts named (`p1` ... `p6`, `remote`), over TLS, `--http` or
+/// `--both` (the remote part is over TLS), and prints its report.
 pub fn run(args: &[String]) -> Result<(), String> {
-    const PARTS: [&str; 6] = ["p1", "p2", "p3", "p4", "p5", "p6"];
+    const PARTS: [&str; 7] = ["p1", "p2", "p3", "p4", "p5", "p6", "remote"];
     let mut transports = vec![Transport::Tls];
     let mut parts = Vec::new();
-    for arg in args.iter().map(|a| a.to_lowercase()) {
+    let mut remote = remote::Remote::default();
+    let mut args_left = args.iter().map(|a| a.to_lowercase());
+    while let Some(arg) = args_left.next() {
+        let mut number = |what: &str| {
+            let value = args_left.next().unwrap_or_default();
+            value.parse::<u64>().map_err(|_| format!("bench: {what} takes a number, not {value:?}"))
+        };
         match arg.as_str() {
             "--http" => transports = vec![Transport::Http],
             "--tls" => transports = vec![Transport::Tls],
             "--both" => transports = vec![Transport::Http, Transport::Tls],
+            "--delay-ms" => remote.delays = vec![0, number("--delay-ms")?],
+            "--keys" => remote.keys = number("--keys")? as usize,
             part if PARTS.contains(&part) => parts.push(arg),
             _ => {
                 return Err(format!(
-                    "bench: unknown argument {arg} (parts: {}; --http, --tls, --both)",
+                    "bench: unknown argument {arg} (parts: {}; --http, --tls, --both; remote: --delay-ms MS, --keys N)",
                     PARTS.join(" ")
                 ))
             }
@@ -181,7 +194,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let machine = machine();
     println!("{machine}");
 
-    let mut bench = Bench::new(lib, wanted("p3"))?;
+    let mut bench = Bench::new(lib, wanted("p3"), wanted("remote").then_some(remote.keys))?;
     let mut targets = Vec::new();
     for transport in transports {
         bench.serve(transport)?;
@@ -207,6 +220,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     if wanted("p6") {
         startup::p6_startup(&bench, &mut targets)?;
+    }
+    if wanted("remote") {
+        if bench.transport != Transport::Tls {
+            bench.serve(Transport::Tls)?;
+        }
+        bench.remote(&remote, &mut targets)?;
     }
 
     println!("\nTargets (load average at the end: {})", load_average());
@@ -264,9 +283,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Bench {
-    /// A KMS over HTTP with the signing keys (made by ckms) and, for P3, the tagged key pairs
-    /// of every size ([`enumeration::create_key_pairs`]); the test CA.
-    fn new(lib: PathBuf, enumeration: bool) -> Result<Self, String> {
+    /// A KMS over HTTP with the signing keys (made by ckms), for P3 the tagged key pairs of
+    /// every size ([`enumeration::create_key_pairs`]), for the remote part the keys whose
+    /// listing's memory it measures ([`remote::create_key_pairs`]); the test CA.
+    fn new(lib: PathBuf, enumeration: bool, remote_keys: Option<usize>) -> Result<Self, String> {
         let kms = KmsServer::start();
         let dir = kms.dir().join("bench");
         std::fs::create_dir_all(&dir).map_err(failed("create the bench folder"))?;
@@ -275,6 +295,9 @@ impl Bench {
         let signing_keys = KEY_TYPES.iter().map(|k| ckms.create_key_pair(k.kind, &[SIGNING_TAG, k.tag])).collect();
         if enumeration {
             enumeration::create_key_pairs(&kms);
+        }
+        if let Some(count) = remote_keys {
+            remote::create_key_pairs(&kms, count);
         }
         settled_audit_events(&kms); // The server logs the creations behind its answers.
         let ca = TestCa::new();

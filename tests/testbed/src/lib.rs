@@ -8,6 +8,8 @@
 //!   [`create_p256_key_pairs`] for many keys in one request.
 //! - [`TestCa`]: a test CA and a server certificate for a KMS started with TLS.
 //! - [`CountingProxy`]: counts the connections and HTTP requests a client makes to the KMS.
+//! - [`DelayRelay`]: puts a chosen distance (one-way delay) between a client and a server on
+//!   loopback, and counts the round trips the client pays.
 //! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
 //!   `sshd`, with a scrubbed environment; [`OpenSsh`]: Debian's 9.2 or the current release.
 //! - [`function_list`], [`cryptoki_session`]: the provider loaded in the test's own process.
@@ -25,6 +27,7 @@ mod kms;
 mod pki;
 mod process;
 mod proxy;
+mod relay;
 mod ssh;
 mod zeroed;
 
@@ -40,6 +43,7 @@ pub use kmip::{copy_key_pairs, create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
 pub use pki::{TestCa, X509Version};
 pub use proxy::CountingProxy;
+pub use relay::{DelayRelay, RoundTrips, THREAD_NAME as RELAY_THREAD};
 pub use ssh::{current_user, ssh_command, ssh_keygen_d, OpenSsh, SshAgent, SshCommand, Sshd};
 pub use zeroed::CallZeroed;
 

@@ -2,7 +2,7 @@
 //! of the same type, same sshd, interleaved; P4, the requests of one login (KMS log, a proxy
 //! on the wire, KMS audit log), the disk cache of public keys cold then warm.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use cosmian_pkcs11_testbed::{
     settled_audit_events, ssh_command, ssh_keygen_d, CountingProxy, KeyKind, SshCommand, Sshd,
 };
 
-use super::{failed, median, ms, operation_counts, Bench, Targets, KEY_TYPES, SIGNING_TAG};
+use super::{failed, median, ms, operation_counts, Bench, KeyType, Targets, KEY_TYPES, SIGNING_TAG};
 
 /// P2: logins per key type and side.
 const LOGINS: usize = 10;
@@ -20,27 +20,11 @@ impl Bench {
         println!("\nP2  ssh login: `ssh -I provider` (its key alone offered) vs `ssh -i local key file` of the");
         println!("    same type, same sshd, logins interleaved, median wall time of `ssh ... true` (ms)");
         println!("    {:<10} {:>7} {:>10} {:>10} {:>7}   target", "key", "logins", "ssh -I", "ssh -i", "ratio");
-        let local_dir = self.dir.join("local-keys");
-        std::fs::create_dir_all(&local_dir).map_err(failed("create a folder"))?;
         let mut authorized = self.offered(&self.config, SIGNING_TAG)?;
         let mut local_keys = Vec::new();
         for key_type in KEY_TYPES.iter().filter(|k| k.ssh_keygen.is_some()) {
-            let file = local_dir.join(key_type.tag);
-            if !file.exists() {
-                // Made once: the pass over the other transport logs in with the same file.
-                let made = Command::new("ssh-keygen")
-                    .args(key_type.ssh_keygen.unwrap_or_default())
-                    .args(["-q", "-N", "", "-f"])
-                    .arg(&file)
-                    .output()
-                    .map_err(failed("ssh-keygen"))?;
-                made.status
-                    .success()
-                    .then_some(())
-                    .ok_or_else(|| format!("ssh-keygen: {}", String::from_utf8_lossy(&made.stderr)))?;
-            }
-            authorized
-                .push_str(&std::fs::read_to_string(file.with_extension("pub")).map_err(failed("read a public key"))?);
+            let (file, public) = self.local_key(key_type)?;
+            authorized.push_str(&public);
             local_keys.push((key_type, file));
         }
         let sshd = Sshd::start(&authorized, "");
@@ -114,8 +98,30 @@ impl Bench {
         Ok(())
     }
 
+    /// A local key file of `key_type` (made once: every pass logs in with the same file) and
+    /// its `authorized_keys` line.
+    pub(super) fn local_key(&self, key_type: &KeyType) -> Result<(PathBuf, String), String> {
+        let local_dir = self.dir.join("local-keys");
+        std::fs::create_dir_all(&local_dir).map_err(failed("create a folder"))?;
+        let file = local_dir.join(key_type.tag);
+        if !file.exists() {
+            let made = Command::new("ssh-keygen")
+                .args(key_type.ssh_keygen.unwrap_or_default())
+                .args(["-q", "-N", "", "-f"])
+                .arg(&file)
+                .output()
+                .map_err(failed("ssh-keygen"))?;
+            made.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("ssh-keygen: {}", String::from_utf8_lossy(&made.stderr)))?;
+        }
+        let public = std::fs::read_to_string(file.with_extension("pub")).map_err(failed("read a public key"))?;
+        Ok((file, public))
+    }
+
     /// The `authorized_keys` lines `ssh-keygen -D` prints with this configuration and tag.
-    fn offered(&self, config: &Path, tag: &str) -> Result<String, String> {
+    pub(super) fn offered(&self, config: &Path, tag: &str) -> Result<String, String> {
         let out =
             ssh_keygen_d(&self.lib).envs(self.provider_env(config, tag)).output().map_err(failed("ssh-keygen -D"))?;
         let lines = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -126,7 +132,7 @@ impl Bench {
 }
 
 /// Runs a login (`ssh ... true`); its wall time in ms.
-fn timed_login(ssh: SshCommand) -> Result<f64, String> {
+pub(super) fn timed_login(ssh: SshCommand) -> Result<f64, String> {
     let started = Instant::now();
     let out = ssh.run("true");
     let elapsed = ms(started.elapsed());
