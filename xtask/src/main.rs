@@ -38,7 +38,9 @@ commands:
   kms-start  start a local KMS and print the environment to use it; Enter stops it
   bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
              requests, throughput (release build; prints figures, takes a few minutes);
-             bench p1 p3 ...: only those parts; over TLS, or --http, or --both
+             bench p1 p3 ...: only those parts; over TLS, or --http, or --both;
+             bench remote [--delay-ms 25] [--keys 1000]: the KMS and sshd behind delaying
+             relays, KMS round trips per action, time added to a login, peak memory
   dist       build and check the Linux release artifacts into target/dist: for x86_64 and
              aarch64 the .so (glibc 2.28), .deb and .rpm; the source tarball, the Homebrew tap;
              the signed apt and dnf repositories (COSMIAN_PKCS11_REPO_URL,
