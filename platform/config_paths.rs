@@ -34,6 +34,24 @@ pub fn key_cache_folder() -> Option<PathBuf> {
     dirs::cache_dir().map(|d| d.join("cosmian-pkcs11").join("keys"))
 }
 
+/// Where `cosmian-ssh-agent` listens by default: `$XDG_RUNTIME_DIR/cosmian-ssh-agent/socket`
+/// on Linux (systemd's socket unit uses the same path), `~/Library/Caches/cosmian-ssh-agent/socket`
+/// on macOS (short enough for a socket address, no space to quote in `IdentityAgent`).
+pub fn agent_socket() -> Option<PathBuf> {
+    #[cfg(target_os = "macos")]
+    let folder = dirs::home_dir().map(|h| h.join("Library/Caches/cosmian-ssh-agent"));
+    #[cfg(not(target_os = "macos"))]
+    let folder = dirs::runtime_dir().map(|d| d.join("cosmian-ssh-agent"));
+    folder.map(|f| f.join("socket"))
+}
+
+/// Where `cosmian-ssh-agent` looks for the OpenSSH certificates (`*-cert.pub`) of the KMS keys:
+/// `~/.config/cosmian-pkcs11/certificates` on Linux, `~/Library/Application
+/// Support/cosmian-pkcs11/certificates` on macOS.
+pub fn certificates_folder() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("cosmian-pkcs11").join("certificates"))
+}
+
 /// The configuration file to use, if any.
 pub fn find() -> Option<PathBuf> {
     let chosen = choose(|k| std::env::var_os(k).map(PathBuf::from), dirs::home_dir().as_deref(), |p| p.is_file());

@@ -24,7 +24,7 @@ log() { printf '[test-bed] %s\n' "$*" >&2; }
 # counts the threads a client's process creates.
 "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" openssh-client openssh-server opensc libssl-dev pkg-config \
   keyutils gnome-keyring libsecret-tools dbus openssl gnutls-bin libengine-pkcs11-openssl libnss3-tools p11-kit \
-  strace
+  strace postgresql haproxy
 
 # The KMS crypto crate's build script tries to download OpenSSL first; pointing OPENSSL_DIR at
 # the system OpenSSL (laid out the way it checks) skips that.

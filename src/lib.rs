@@ -11,7 +11,8 @@
 //! - [`config`]: configuration file and environment;
 //! - `platform` (the `cosmian-pkcs11-platform` crate, `platform/`): what differs per OS,
 //!   config paths, credential stores, logging, private files;
-//! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes).
+//! - [`asn1`]: DER in and out (SPKI, ECDSA signatures, DigestInfo, EC attributes);
+//! - [`agent`]: `cosmian-ssh-agent`, and [`diagnosis`] its `check` command.
 
 // Unsafe code (src/ffi, and setsockopt in src/kmip/transport.rs): each operation in an `unsafe`
 // block of its own, with a `// SAFETY:` comment saying why it is sound, inside `unsafe fn`s too.
@@ -26,8 +27,10 @@
 #[cfg(panic = "abort")]
 compile_error!("cosmian-pkcs11 must be built with panic = \"unwind\": a panic must become CKR_GENERAL_ERROR, not abort the PKCS#11 client");
 
+pub mod agent;
 mod asn1;
 mod config;
+mod diagnosis;
 mod error;
 mod ffi;
 mod kmip;
@@ -43,6 +46,7 @@ use cosmian_pkcs11_platform as platform;
 /// the C ABI is the provider's only interface.
 #[cfg(feature = "internals")]
 pub mod internals {
+    pub use crate::agent::read_message as read_agent_message;
     pub use crate::asn1::{ecdsa_der_to_raw, parse_digest_info, Curve, PublicKey};
     pub use crate::config::KmsConfig;
     pub use crate::kmip::ttlv::Ttlv;

@@ -1,7 +1,7 @@
 # Checks the Homebrew formula without Homebrew (which the Linux build machines lack), for
 # `cargo xtask dist`:
 #
-#   ruby check_formula.rb FORMULA.rb LIB_DIR
+#   ruby check_formula.rb FORMULA.rb LIB_DIR BIN_DIR
 #
 # Loads the formula with a stand-in for the parts of Homebrew's DSL it uses and fails unless:
 # - it has every stanza a release needs (desc, homepage, url, sha256, license, livecheck, the
@@ -14,7 +14,7 @@
 # - its `test do`, run as `brew test` runs it (in an empty temporary folder that is also HOME,
 #   with Minitest's assertions), passes against the module in LIB_DIR (where `lib.install` puts
 #   it) and loads it with pkcs11-tool: Debian's (package opensc) stands in for the `opensc`
-#   formula's.
+#   formula's; on Linux, it also runs the agent in BIN_DIR (where `bin.install` puts it).
 # Prints `url=`, `sha256=` and `version=` for the caller to compare, and the commands the test
 # ran. The real Homebrew (`brew style`, `brew audit`, `brew install`, `brew test`) reads the
 # formula in the macOS release workflow.
@@ -28,12 +28,14 @@ HOMEBREW_CELLAR = (HOMEBREW_PREFIX/"Cellar").freeze
 # The stanzas in the order Homebrew's ComponentsOrder rule wants them (of those this formula has).
 ORDER = [:desc, :homepage, :url, :sha256, :license, :livecheck, :depends_on, :install, :caveats, :test].freeze
 
-# Homebrew's `OS.mac?`, switchable: the caveats are checked as a Mac and as Linux show them.
+# Homebrew's `OS.mac?` and `OS.linux?`, switchable: the caveats are checked as a Mac and as
+# Linux show them.
 module OS
   class << self
     attr_writer :mac
 
     def mac? = @mac
+    def linux? = !@mac
   end
 end
 
@@ -105,16 +107,18 @@ class Formula
     end
   end
 
-  attr_reader :lib, :testpath, :commands
+  attr_reader :lib, :bin, :testpath, :commands
 
-  def initialize(lib, testpath = nil)
+  def initialize(lib, bin, testpath = nil)
     @lib = Pathname(lib)
+    @bin = Pathname(bin)
     @testpath = testpath && Pathname(testpath)
     @assertions = 0
     @commands = []
   end
 
   def opt_lib = lib
+  def opt_bin = bin
 
   def version = StandInVersion.new(self.class.stanzas[:url][/-(\d+(?:\.\d+)+)\.tar\.gz\z/, 1].to_s)
 
@@ -136,8 +140,8 @@ def fail!(message)
   exit 1
 end
 
-formula_path, lib_dir = ARGV
-fail!("usage: ruby check_formula.rb FORMULA.rb LIB_DIR") unless formula_path && lib_dir
+formula_path, lib_dir, bin_dir = ARGV
+fail!("usage: ruby check_formula.rb FORMULA.rb LIB_DIR BIN_DIR") unless formula_path && lib_dir && bin_dir
 load File.expand_path(formula_path)
 fail!("defines #{Formula.formulae.size} formulae, not one") unless Formula.formulae.size == 1
 klass = Formula.formulae.first
@@ -176,8 +180,11 @@ lines.each_cons(2) do |(first, first_line), (second, second_line)|
   fail!("#{second} (line #{second_line}) comes before #{first} (line #{first_line})") if second_line < first_line
 end
 
-formula = klass.new(lib_dir)
-{ false => [], true => ["/usr/bin/ssh", "brew install openssh", "#{HOMEBREW_PREFIX}/bin/ssh"] }.each do |mac, extra|
+formula = klass.new(lib_dir, bin_dir)
+{
+  false => ["cosmian-ssh-agent -s"],
+  true  => ["/usr/bin/ssh", "brew install openssh", "#{HOMEBREW_PREFIX}/bin/ssh"],
+}.each do |mac, extra|
   OS.mac = mac
   caveats = formula.caveats
   (["ssh -I", "ssh-agent -P", "ssh-add -s"] + extra).each do |needed|
@@ -185,8 +192,9 @@ formula = klass.new(lib_dir)
   end
 end
 
+OS.mac = RUBY_PLATFORM.include?("darwin")
 Dir.mktmpdir("#{name}-test") do |testpath|
-  formula = klass.new(lib_dir, testpath)
+  formula = klass.new(lib_dir, bin_dir, testpath)
   home = ENV.fetch("HOME", nil)
   begin
     ENV["HOME"] = testpath
@@ -200,9 +208,13 @@ Dir.mktmpdir("#{name}-test") do |testpath|
   unless formula.commands.any? { |cmd| cmd.match?(%r{/pkcs11-tool --module #{Regexp.escape(module_path.to_s)} }) }
     fail!("test do does not load #{module_path} with pkcs11-tool: it ran #{formula.commands}")
   end
+  agent = formula.bin/"cosmian-ssh-agent"
+  if OS.linux? && formula.commands.none? { |cmd| cmd.start_with?("#{agent} ") }
+    fail!("test do does not run #{agent}: it ran #{formula.commands}")
+  end
   puts "url=#{stanzas[:url]}"
   puts "sha256=#{stanzas[:sha256]}"
   puts "version=#{formula.version}"
-  puts "test do: passed against #{module_path}, running:"
+  puts "test do: passed against #{module_path}#{OS.linux? ? " and #{agent}" : ""}, running:"
   formula.commands.each { |cmd| puts "  #{cmd}" }
 end

@@ -56,6 +56,9 @@ fn answer_cap<'a>(operations: impl Iterator<Item = &'a str>) -> u64 {
 /// The pauses before the second and third attempts of a read-only request.
 const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(300)];
 
+/// How long an idle connection is kept for reuse: under the 120 s after which the KMS closes it.
+const POOL_IDLE: Duration = Duration::from_secs(110);
+
 /// KMIP operations that change nothing on the KMS: safe to send twice.
 const READ_ONLY_OPERATIONS: [&str; 7] =
     ["Locate", "Get", "Export", "GetAttributes", "GetAttributeList", "Query", "DiscoverVersions"];
@@ -458,6 +461,11 @@ fn agent(
         .timeout_connect(Some(connect_timeout))
         .timeout_global(Some(request_timeout))
         .max_idle_connections_per_host(4)
+        // KMS 5.28 closes a connection idle for 120 s (docs/kms-wire.md); ureq's default, 15 s,
+        // would drop it first, and a long-lived process (ssh-agent's helper, cosmian-ssh-agent)
+        // would pay TCP and TLS again for a login a minute after the last. One closed sooner
+        // (a balancer) is noticed before reuse (`transport`'s check) and replaced.
+        .max_idle_age(POOL_IDLE)
         .user_agent(concat!("cosmian-pkcs11/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls)
         // `proxy_params` (ckms's), else the environment's proxy: see `kmip::transport`.

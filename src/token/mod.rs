@@ -222,6 +222,11 @@ impl Token {
         self.kms.as_deref().ok()
     }
 
+    /// Why there is no KMS (no configuration file, a broken one...), if there is none.
+    pub(crate) fn configuration_error(&self) -> Option<&str> {
+        self.kms.as_ref().err().map(String::as_str)
+    }
+
     /// The KMS's address, for the token label; None when not configured.
     pub(crate) fn server_url(&self) -> Option<&str> {
         self.kms.as_ref().ok().map(|k| k.config.server_url.as_str())
@@ -453,6 +458,12 @@ fn load(kms: &Kms, settings: &Settings, disk: Option<Cached>) -> std::result::Re
         cache.update(&cached, (tag, kms.client.identity()), &listed, &to_cache, settings.key_cache_ttl);
     }
     Ok(keys)
+}
+
+/// The tagged, active key pairs, straight from the KMS (the diagnosis: `kms` without a disk
+/// cache reads and writes none).
+pub(crate) fn list_keys(kms: &Kms, settings: &Settings) -> std::result::Result<Vec<KeyPair>, String> {
+    load(kms, settings, None)
 }
 
 /// The cached public keys the KMS confirmed in the Locate just made: their public id is among

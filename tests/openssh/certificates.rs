@@ -14,7 +14,7 @@ use crate::{
 
 /// `ssh-keygen -s ca.pub -D lib -I id -n principals -V validity -z serial [-h] key.pub`, the
 /// CA's private key used through the provider; returns the certificate (`key-cert.pub`).
-fn sign(openssh: &OpenSsh, bed: &Bed, dir: &Path, key_pub: &Path, args: &[&str]) -> PathBuf {
+pub(crate) fn sign(openssh: &OpenSsh, bed: &Bed, dir: &Path, key_pub: &Path, args: &[&str]) -> PathBuf {
     let ca_pub = bed.ca(openssh).write_pub(&dir.join("ca.pub"));
     let out = openssh
         .command("ssh-keygen")
@@ -43,7 +43,7 @@ fn local_key(openssh: &OpenSsh, dir: &Path, name: &str, kind: &str) -> PathBuf {
 
 /// The files and sshd settings of a host that trusts the CA for its users: no
 /// `authorized_keys`, `TrustedUserCAKeys`, and a KRL revoking serial 13 of that CA.
-fn trusting_sshd(openssh: &'static OpenSsh, bed: &Bed, dir: &Path, extra: &str) -> Sshd {
+pub(crate) fn trusting_sshd(openssh: &'static OpenSsh, bed: &Bed, dir: &Path, extra: &str) -> Sshd {
     let ca_pub = bed.ca(openssh).write_pub(&dir.join("ca.pub"));
     let (spec, krl) = (dir.join("revoked.txt"), dir.join("revoked.krl"));
     std::fs::write(&spec, "serial: 13\n").unwrap();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
     free_port, output_text as text, provider_lib, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KmsServer,
-    OpenSsh, Sshd,
+    OpenSsh, SshCommand, Sshd,
 };
 
 use crate::{
@@ -125,15 +125,20 @@ pub fn identities_only_with_the_public_key_file(openssh: &'static OpenSsh) {
 }
 
 pub fn rsa_signs_with_sha512_sha256_and_sha1(openssh: &'static OpenSsh) {
+    rsa_logs_in_with_each_algorithm(openssh, |sshd, algorithm| {
+        ssh_with_provider(sshd, &case_dir(openssh, &format!("rsa-{algorithm}")))
+    });
+}
+
+/// An RSA-2048 key logs in with `rsa-sha2-512`, `rsa-sha2-256` and `ssh-rsa` (sshd logs the
+/// algorithm), through the `ssh` that `login` makes for an sshd and an algorithm.
+pub(crate) fn rsa_logs_in_with_each_algorithm(openssh: &'static OpenSsh, login: impl Fn(&Sshd, &str) -> SshCommand) {
     let (bed, _kms) = using_kms();
     let sshd =
         Sshd::start_on(openssh, &bed.keys["rsa2048"].line, &format!("PubkeyAcceptedAlgorithms +ssh-rsa\n{MANY_KEYS}"));
     for algorithm in ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] {
-        let logs = case_dir(openssh, &format!("rsa-{algorithm}"));
-        let out = ssh_with_provider(&sshd, &logs)
-            .opt("-o")
-            .opt(format!("PubkeyAcceptedAlgorithms={algorithm}"))
-            .run("echo rsa");
+        let out =
+            login(&sshd, algorithm).opt("-o").opt(format!("PubkeyAcceptedAlgorithms={algorithm}")).run("echo rsa");
         assert_logged_in(&out, &sshd, "rsa", "RSA");
         assert!(sshd.log().contains(&format!("pkalg {algorithm}")), "sshd did not see {algorithm}:\n{}", sshd.log());
     }

@@ -8,12 +8,14 @@
 //! - `certificates`: an SSH CA whose key lives in the KMS signs user and host certificates;
 //!   a KMS key logs in with its certificate.
 //! - `signing`: `ssh-keygen -Y sign` and git commits signed with agent-held KMS keys.
+//! - `cosmian_agent`: the project's own `cosmian-ssh-agent`, through the agent protocol only.
 //!
 //! [`suite!`] runs every case once per OpenSSH (modules `debian12` and `current`). What a
 //! release cannot do (Ed25519 from a provider before 10.1, `ssh-add -s lib cert` before 9.6) is
 //! asserted as such, never skipped.
 
 mod certificates;
+mod cosmian_agent;
 mod logins;
 mod signing;
 
@@ -61,6 +63,12 @@ suite! {
     certificates::a_kms_key_logs_in_with_its_certificate,
     signing::ssh_keygen_y_signs_with_every_agent_held_key_type,
     signing::git_commits_signed_with_an_agent_held_kms_key_verify,
+    cosmian_agent::ssh_add_lists_what_ssh_keygen_d_prints,
+    cosmian_agent::every_key_type_logs_in_through_the_agent,
+    cosmian_agent::rsa_signs_with_each_algorithm_the_client_asks_for,
+    cosmian_agent::a_certificate_in_the_folder_logs_in,
+    cosmian_agent::ssh_keygen_y_signs_through_the_agent,
+    cosmian_agent::a_forwarded_agent_signs_a_second_login,
 }
 
 /// The two releases are what the suite's names say.

@@ -9,17 +9,17 @@ use cosmian_pkcs11_testbed::{clean_command, output_text as text, OpenSsh};
 
 use crate::{agent_with_provider, case_dir, using_kms, Key};
 
-const SIGNER: &str = "tester@example.com";
+pub(crate) const SIGNER: &str = "tester@example.com";
 
 /// An allowed signers file trusting `key` as [`SIGNER`].
-fn allowed_signers(dir: &Path, key: &Key) -> std::path::PathBuf {
+pub(crate) fn allowed_signers(dir: &Path, key: &Key) -> std::path::PathBuf {
     let file = dir.join("allowed_signers");
     std::fs::write(&file, format!("{SIGNER} {}\n", key.line)).unwrap();
     file
 }
 
 /// `ssh-keygen -Y verify` of `message` against its signature, as [`SIGNER`].
-fn verify(openssh: &OpenSsh, allowed: &Path, signature: &Path, message: &[u8]) -> Output {
+pub(crate) fn verify(openssh: &OpenSsh, allowed: &Path, signature: &Path, message: &[u8]) -> Output {
     use std::io::Write;
     let mut child = openssh
         .command("ssh-keygen")

@@ -17,7 +17,8 @@ use std::time::Instant;
 use cosmian_pkcs11_testbed as testbed;
 
 /// The targets, in `fuzz/Cargo.toml`.
-const TARGETS: [&str; 6] = ["ttlv_from_json", "spki", "ecdsa_der", "digest_info", "config", "dbus_reply"];
+const TARGETS: [&str; 7] =
+    ["ttlv_from_json", "spki", "ecdsa_der", "digest_info", "config", "dbus_reply", "agent_message"];
 
 /// Seconds per target when none are given.
 pub const DEFAULT_SECONDS: u64 = 20;

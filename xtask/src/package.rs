@@ -1,7 +1,8 @@
 //! The release artifacts users install, built and checked as users get them.
 //!
 //! - `cargo xtask dist`: the Linux artifacts into `target/dist/` (for x86_64 and aarch64 each
-//!   the glibc 2.28 `.so`, the `.deb` and the `.rpm`; the source tarball and the Homebrew tap,
+//!   the glibc 2.28 `.so` and `cosmian-ssh-agent`, the `.deb` and the `.rpm` that install both
+//!   with the agent's systemd user units ([`agent`]); the source tarball and the Homebrew tap,
 //!   [`homebrew`]), each checked right after it is built (see the submodules), and the signed
 //!   apt and dnf repositories of those packages ([`repository`]).
 //! - `cargo xtask dist-macos` (on macOS): the universal `.dylib`, signed and notarized, and a
@@ -18,6 +19,7 @@
 //! This module holds what they share: the tools (installed by
 //! `scripts/install-packaging-tools.sh`), the version, the folders, templates.
 
+mod agent;
 mod arm64;
 mod coexistence;
 mod deb;
@@ -46,6 +48,12 @@ pub const NAME: &str = "cosmian-pkcs11";
 /// Where the packages put the library and their documents, relative to `/`.
 pub const LIB_DIR: &str = "usr/local/lib";
 pub const DOC_DIR: &str = "usr/share/doc/cosmian-pkcs11";
+/// Where the packages put the agent program ([`elf::AGENT`]), relative to `/`.
+pub const BIN_DIR: &str = "usr/local/bin";
+/// The systemd user units of the agent (`packaging/systemd/`), installed, not enabled: the
+/// socket (what users enable) and the service it starts.
+pub const USER_UNIT_DIR: &str = "usr/lib/systemd/user";
+pub const UNITS: [&str; 2] = ["cosmian-ssh-agent.socket", "cosmian-ssh-agent.service"];
 /// The p11-kit module file, installed, not enabled (`packaging/p11-kit/`, [`p11kit`]).
 pub const P11KIT_MODULE: &str = "usr/share/cosmian-pkcs11/cosmian-pkcs11.module";
 /// The project's home, for the formula and the packages.
@@ -128,6 +136,74 @@ impl Tools {
     pub fn python_path(&self) -> PathBuf {
         self.venv_bin.join("python")
     }
+}
+
+/// The build machine's folders that end up in compiled code (panic locations, C's `__FILE__`)
+/// and what the release builds write instead: the workspace becomes `/cosmian-pkcs11`, cargo's
+/// home (the registry's sources) `/cargo`. Checked by [`check_no_build_paths`].
+pub struct BuildPaths {
+    root: PathBuf,
+    cargo_home: PathBuf,
+}
+
+impl BuildPaths {
+    pub fn get() -> Result<BuildPaths, String> {
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| home().map(|home| home.join(".cargo")))
+            .ok_or("no CARGO_HOME and no HOME")?;
+        Ok(BuildPaths { root: workspace_root(), cargo_home })
+    }
+
+    /// For rustc (`CARGO_TARGET_<TRIPLE>_RUSTFLAGS`).
+    pub fn rustflags(&self) -> String {
+        format!(
+            "--remap-path-prefix={}=/cosmian-pkcs11 --remap-path-prefix={}=/cargo",
+            self.root.display(),
+            self.cargo_home.display()
+        )
+    }
+
+    /// For C compilers (`CFLAGS_<triple>`, or a compiler wrapper's arguments); `quote` wraps
+    /// each path (`'` for a shell script, nothing for an environment variable).
+    pub fn cflags_quoted(&self, quote: &str) -> String {
+        format!(
+            "-ffile-prefix-map={quote}{}{quote}=/cosmian-pkcs11 -ffile-prefix-map={quote}{}{quote}=/cargo",
+            self.root.display(),
+            self.cargo_home.display()
+        )
+    }
+
+    /// [`BuildPaths::cflags_quoted`] unquoted.
+    pub fn cflags(&self) -> String {
+        self.cflags_quoted("")
+    }
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// No path of this machine inside the file: the workspace, the home folder (cargo's registry,
+/// zig's cache), the temporary folder.
+pub fn check_no_build_paths(file: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut paths = vec![workspace_root(), std::env::temp_dir()];
+    paths.extend(home());
+    for path in paths {
+        let needle = path.to_string_lossy().into_owned();
+        if needle.len() > 1 {
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+                let end = (at + 120).min(bytes.len());
+                return Err(format!(
+                    "{} holds a path of the build machine: {}",
+                    file.display(),
+                    String::from_utf8_lossy(&bytes[at..end])
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs a command to completion and returns its stdout; `Err` with its stderr when it fails.
@@ -219,7 +295,7 @@ pub fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), String> {
 
 /// One architecture's Linux artifacts, built and checked.
 pub struct Packages {
-    /// The release library (its architecture, glibc 2.28 floor, three exports).
+    /// The release library (its architecture, glibc 2.28 floor, three exports) and agent.
     pub lib: elf::LinuxLib,
     pub deb: PathBuf,
     pub rpm: PathBuf,
@@ -227,9 +303,10 @@ pub struct Packages {
 
 /// The Linux artifacts of both architectures, in `target/dist/`.
 pub struct Dist {
-    /// x86_64: `libcosmian_pkcs11.so`, the `_amd64.deb`, the `.x86_64.rpm`.
+    /// x86_64: `libcosmian_pkcs11.so`, `cosmian-ssh-agent`, the `_amd64.deb`, the `.x86_64.rpm`.
     pub amd64: Packages,
-    /// aarch64: `libcosmian_pkcs11-aarch64.so`, the `_arm64.deb`, the `.aarch64.rpm`.
+    /// aarch64: `libcosmian_pkcs11-aarch64.so`, `cosmian-ssh-agent-aarch64`, the `_arm64.deb`,
+    /// the `.aarch64.rpm`.
     pub arm64: Packages,
 }
 
@@ -251,7 +328,7 @@ pub fn dist() -> Result<Dist, String> {
     let (tarball, formula) = homebrew::build_and_check(tools, &amd64.lib, &dist)?;
     let mut artifacts: Vec<&Path> = Vec::new();
     for packages in [&amd64, &arm64] {
-        artifacts.extend([packages.lib.path.as_path(), &packages.deb, &packages.rpm]);
+        artifacts.extend([packages.lib.path.as_path(), &packages.lib.agent, &packages.deb, &packages.rpm]);
     }
     artifacts.extend([tarball.as_path(), &formula]);
     write_checksums(&dist, "SHA256SUMS-linux", &artifacts)?;
@@ -317,18 +394,20 @@ pub fn test() -> Result<(), String> {
 }
 
 /// `cargo xtask install --prefix` into a temporary folder gives the release library,
-/// executable, with the three PKCS#11 exports (`objdump -T`).
+/// executable, with the three PKCS#11 exports (`objdump -T`), and the agent, which runs.
 fn check_install() -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let prefix = tempfile::tempdir().map_err(|e| e.to_string())?;
     let installed = crate::install::build_and_copy(prefix.path())?;
-    let mode = std::fs::metadata(&installed).map_err(|e| e.to_string())?.permissions().mode();
-    if mode & 0o777 != 0o755 {
-        return Err(format!("{} has mode {:o}, not 755", installed.display(), mode & 0o777));
+    for path in [&installed.lib, &installed.agent] {
+        let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
+        if mode & 0o777 != 0o755 {
+            return Err(format!("{} has mode {:o}, not 755", path.display(), mode & 0o777));
+        }
     }
-    elf::check_exports(&installed)?;
-    println!("    {} (mode 755, the three exports)", installed.display());
-    Ok(())
+    elf::check_exports(&installed.lib)?;
+    println!("    {} (mode 755, the three exports)", installed.lib.display());
+    agent::check_version(Command::new(&installed.agent))
 }
 
 #[cfg(test)]

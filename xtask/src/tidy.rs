@@ -5,7 +5,12 @@
 //!   `--all-features` turns on the provider's `internals`, under which `unreachable_pub` is
 //!   checked (everything `pub` that `internals` does not re-export should be `pub(crate)`).
 //!
+//! - the documentation against the code and itself ([`docs`]): settings, environment variables,
+//!   links.
+//!
 //! Every check runs even when one fails, so that one run shows everything to fix.
+
+mod docs;
 
 use crate::cargo;
 
@@ -21,7 +26,9 @@ const CHECKS: [(&str, &[&str]); 3] = [
 
 /// `cargo xtask tidy`: `Err` naming every check that failed.
 pub fn run() -> Result<(), String> {
-    let failed: Vec<String> = CHECKS.iter().filter_map(|(what, args)| cargo(what, args).err()).collect();
+    let mut failed: Vec<String> = CHECKS.iter().filter_map(|(what, args)| cargo(what, args).err()).collect();
+    crate::step("check the documentation", "settings and variables against the code, links");
+    failed.extend(docs::check().err());
     if failed.is_empty() {
         Ok(())
     } else {

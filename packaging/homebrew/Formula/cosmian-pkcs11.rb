@@ -16,8 +16,12 @@ class CosmianPkcs11 < Formula
   depends_on "opensc" => :test
 
   def install
-    system "cargo", "build", "--release", "--locked", "--package", "cosmian-pkcs11", "--lib"
+    # On Linux, the agent program too (macOS's comes with its launchd service).
+    targets = ["--lib"]
+    targets += ["--bin", "cosmian-ssh-agent"] if OS.linux?
+    system "cargo", "build", "--release", "--locked", "--package", "cosmian-pkcs11", *targets
     lib.install "target/release/#{shared_library("libcosmian_pkcs11")}"
+    bin.install "target/release/cosmian-ssh-agent" if OS.linux?
   end
 
   def caveats
@@ -34,6 +38,13 @@ class CosmianPkcs11 < Formula
 
       The module reads the ckms configuration: ~/.cosmian/kms.toml.
     EOS
+    if OS.linux?
+      text += <<~EOS
+
+        cosmian-ssh-agent serves the same keys to any ssh client, no provider to load:
+          eval "$(#{opt_bin}/cosmian-ssh-agent -s)"
+      EOS
+    end
     if OS.mac?
       text += <<~EOS
 
@@ -72,5 +83,7 @@ class CosmianPkcs11 < Formula
 
     slots = shell_output("#{pkcs11_tool} --module #{provider} --list-slots")
     assert_match(/token label\s*: Cosmian KMS 127\.0\.0\.1:9\s*$/, slots)
+
+    assert_match version.to_s, shell_output("#{bin}/cosmian-ssh-agent --version") if OS.linux?
   end
 end

@@ -77,8 +77,14 @@ impl Ckms {
     /// A client of `kms` with more `[http_config]` lines (`access_token = "..."`,
     /// `accept_invalid_certs = true`, client certificates...).
     pub fn with_http_config(kms: &KmsServer, extra_http_config_lines: &str) -> Ckms {
+        Self::at_url(&kms.url(), extra_http_config_lines)
+    }
+
+    /// A client of the KMS at `server_url` (a balancer in front of several servers...), with
+    /// more `[http_config]` lines.
+    pub fn at_url(server_url: &str, extra_http_config_lines: &str) -> Ckms {
         let dir = temp_dir("ckms-");
-        let config = write_provider_config(dir.path(), &kms.url(), extra_http_config_lines);
+        let config = write_provider_config(dir.path(), server_url, extra_http_config_lines);
         Ckms { dir, config }
     }
 

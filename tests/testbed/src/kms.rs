@@ -55,7 +55,8 @@ impl KmsServer {
         Self::start_with_args(&[])
     }
 
-    /// Same as [`KmsServer::start`], with more server arguments (TLS, authentication...).
+    /// Same as [`KmsServer::start`], with more server arguments (TLS, authentication, another
+    /// database: `--database-type` replaces the SQLite one).
     /// With `--tls-cert-file` or `--tls-p12-file`, [`KmsServer::url`] is `https://`.
     ///
     /// # Panics
@@ -168,11 +169,9 @@ impl KmsServer {
         let mut command = Command::new(&binaries().kms_server);
         command
             .current_dir(dir) // The server reads a `.env` file from its working directory.
-            .args(["--database-type", "sqlite", "--hostname", "127.0.0.1"])
+            .args(["--hostname", "127.0.0.1"])
             .arg("--port")
             .arg(self.port.to_string())
-            .arg("--sqlite-path")
-            .arg(dir.join("sqlite-data"))
             .arg("--root-data-path")
             .arg(dir.join("data"))
             .arg("--tmp-path")
@@ -184,6 +183,11 @@ impl KmsServer {
             .env("RUST_LOG", "info,kmip=debug")
             .stdout(stdout)
             .stderr(stderr);
+        // A database the caller names (`--database-type postgresql --database-url ...`) replaces
+        // the server's own SQLite.
+        if !self.extra_args.iter().any(|a| a.starts_with("--database-type")) {
+            command.args(["--database-type", "sqlite", "--sqlite-path"]).arg(dir.join("sqlite-data"));
+        }
         // Every server option also has an environment variable: none may leak in.
         scrub_env(&mut command, &["KMS_", "COSMIAN_", "UI_OIDC_"]);
         let mut daemon = Daemon::spawn("the KMS server", command);

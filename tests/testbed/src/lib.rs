@@ -12,6 +12,8 @@
 //!   loopback, and counts the round trips the client pays.
 //! - [`Sshd`], [`ssh_command`], [`SshAgent`], [`ssh_keygen_d`]: OpenSSH, on a throw-away
 //!   `sshd`, with a scrubbed environment; [`OpenSsh`]: Debian's 9.2 or the current release.
+//! - [`CosmianAgent`]: the project's own `cosmian-ssh-agent`, in the foreground.
+//! - [`Postgres`], [`Haproxy`]: a KMS cluster, KMS servers on one PostgreSQL behind haproxy.
 //! - [`function_list`], [`cryptoki_session`]: the provider loaded in the test's own process.
 //! - [`CallZeroed`]: a C function called with zeroed arguments, for the C ABI tests.
 //! - This module: free ports, where the provider library is, and its configuration file.
@@ -19,9 +21,11 @@
 //! Every child process is killed when its owner is dropped, and cannot outlive the test
 //! process (see the `process` module).
 
+mod agent;
 mod binaries;
 mod ckms;
 mod client;
+mod cluster;
 mod kmip;
 mod kms;
 mod pki;
@@ -36,9 +40,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use agent::CosmianAgent;
 pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
 pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
 pub use client::{cryptoki_session, function_list};
+pub use cluster::{Haproxy, HaproxySession, Postgres};
 pub use kmip::{copy_key_pairs, create_p256_key_pairs, settled_audit_events};
 pub use kms::{AuditEvent, KmsServer};
 pub use pki::{TestCa, X509Version};

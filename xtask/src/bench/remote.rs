@@ -2,7 +2,8 @@
 //! the same one-way delay, as for a user whose KMS is in another zone or region and whose
 //! server is as far. For each delay: the KMS round trips (counted by the relay: new
 //! connections plus exchanges) of `ssh-keygen -D` cold and warm, of a warm `ssh -I` login, of
-//! `ssh-add -s` and of a login through OpenSSH's ssh-agent; and the time an `ssh -I` login and
+//! `ssh-add -s`, of a login through OpenSSH's ssh-agent and through `cosmian-ssh-agent` (its
+//! first login after it started, `ssh-add -L`, then warm logins); and the time an `ssh -I` login and
 //! an agent login take over a login with a local key file of the same type, in ms and in round
 //! trips. Then the largest resident set of `ssh-keygen -D` listing one key and N keys, cold and
 //! warm, as GNU time (`/usr/bin/time -f %M`, Debian's `time`) reports it: a child of this
@@ -14,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, ssh_command, ssh_keygen_d, write_provider_config, DelayRelay, KmsServer, OpenSsh,
-    RoundTrips, SshAgent, SshCommand, Sshd,
+    create_p256_key_pairs, ssh_command, ssh_keygen_d, write_provider_config, CosmianAgent, DelayRelay, KmsServer,
+    OpenSsh, RoundTrips, SshAgent, SshCommand, Sshd,
 };
 
 use super::logins::timed_login;
@@ -42,6 +43,11 @@ impl Default for Remote {
 /// For [`Bench::new`] (over HTTP, before TLS): the `count` P-256 key pairs tagged [`MANY_TAG`].
 pub(super) fn create_key_pairs(kms: &KmsServer, count: usize) {
     create_p256_key_pairs(kms, count, &[MANY_TAG]);
+}
+
+/// `cosmian-ssh-agent`, built by cargo beside the provider library.
+fn agent_program(lib: &Path) -> std::path::PathBuf {
+    lib.with_file_name("cosmian-ssh-agent")
 }
 
 /// Round trips of several runs: the median total, and the distinct `connections + exchanges`.
@@ -122,24 +128,43 @@ impl Bench {
         println!("    {:<34} {} {wall:>10.1}", "ssh-add -s (the helper lists, warm)", round_trips(rt, &kinds));
         let via_agent = || far().env("SSH_AUTH_SOCK", agent.sock());
 
+        // cosmian-ssh-agent, started now: its first login, then `ssh-add -L` (warm).
+        let ours = CosmianAgent::start(&agent_program(&self.lib), env.clone(), &[]);
+        let via_ours = || far().env("SSH_AUTH_SOCK", ours.sock());
+        kms_relay.reset();
+        let wall = timed_login(via_ours())?;
+        let (rt, kinds) = summary(&[kms_relay.round_trips()]);
+        println!("    {:<34} {} {wall:>10.1}", "cosmian-ssh-agent, first login", round_trips(rt, &kinds));
+        kms_relay.reset();
+        let started = Instant::now();
+        let listed = ours.command(OpenSsh::debian(), "ssh-add").arg("-L").output().map_err(failed("ssh-add -L"))?;
+        let wall = ms(started.elapsed());
+        if !listed.status.success() {
+            return Err(format!("ssh-add -L: {}{}", String::from_utf8_lossy(&listed.stderr), ours.log()));
+        }
+        let (rt, kinds) = summary(&[kms_relay.round_trips()]);
+        println!("    {:<34} {} {wall:>10.1}", "cosmian-ssh-agent, ssh-add -L", round_trips(rt, &kinds));
+
         // One of each first: the page cache, sshd, the agent's connection.
-        let kinds: [(&str, &dyn Fn() -> SshCommand); 3] =
-            [("ssh -I", &via_provider), ("agent", &via_agent), ("ssh -i", &local)];
+        let kinds: [(&str, &dyn Fn() -> SshCommand); 4] =
+            [("ssh -I", &via_provider), ("agent", &via_agent), ("ours", &via_ours), ("ssh -i", &local)];
         for (_, login) in &kinds {
             timed_login(login())?;
         }
-        let mut times = [Vec::new(), Vec::new(), Vec::new()];
-        let mut trips = [Vec::new(), Vec::new(), Vec::new()];
+        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut trips = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for i in 0..LOGINS {
-            for k in 0..3 {
-                let k = (k + i) % 3;
+            for k in 0..kinds.len() {
+                let k = (k + i) % kinds.len();
                 kms_relay.reset();
                 times[k].push(timed_login(kinds[k].1())?);
                 trips[k].push(kms_relay.round_trips());
             }
         }
-        let local_ms = median(&mut times[2]);
-        for (k, what) in [(0, "ssh -I login, warm"), (1, "login through ssh-agent")] {
+        let local_ms = median(&mut times[3]);
+        for (k, what) in
+            [(0, "ssh -I login, warm"), (1, "login through ssh-agent"), (2, "login through cosmian-ssh-agent")]
+        {
             let wall = median(&mut times[k]);
             let (rt, kinds) = summary(&trips[k]);
             let over = wall - local_ms;
@@ -165,8 +190,9 @@ impl Bench {
                     over_rt <= 1.5,
                 ));
             } else {
+                let agent = if k == 1 { "ssh-agent + provider" } else { "cosmian-ssh-agent" };
                 targets.push((
-                    format!("R agent login, KMS round trips, {one_way_ms} ms"),
+                    format!("R {agent} login, KMS round trips, {one_way_ms} ms"),
                     format!("{rt} (= 1)"),
                     rt <= 1.0,
                 ));

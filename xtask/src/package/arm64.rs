@@ -3,6 +3,8 @@
 //! loads the library unpacked from the arm64 .deb (`dpkg-deb -x`: the packaged file is the one
 //! run) and lists the key the test bed's real KMS holds, which must be the public key ckms
 //! exports. The same client refuses the x86_64 library: the run tells the architectures apart.
+//! The arm64 agent of the same .deb runs there too: `--version`, and socket-activated as its
+//! systemd unit starts it, it lists the same key to `ssh-add -l` ([`super::agent`]).
 //!
 //! The sysroot is Debian 12's arm64 `openssh-client` and the libraries its `ssh-keygen` loads,
 //! fetched with `apt-get download PKG:arm64` (scripts/install-packaging-tools.sh adds dpkg's
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer};
 
-use super::{capture, sha256_file, Packages, Tools, LIB_DIR};
+use super::{capture, sha256_file, Packages, Tools, BIN_DIR, LIB_DIR};
 use crate::step;
 
 /// Debian 12's arm64 packages of the sysroot: `openssh-client` (`ssh-keygen`) and the
@@ -87,7 +89,31 @@ pub fn test(tools: &Tools, arm64: &Packages, amd64: &Packages) -> Result<(), Str
         return Err(format!("arm64 ssh-keygen -D loaded the x86_64 library:\n{}", testbed::output_text(&out)));
     }
     println!("    and the same arm64 ssh-keygen cannot load the x86_64 library");
-    Ok(())
+
+    let agent = payload.join(BIN_DIR).join(super::elf::AGENT);
+    if sha256_file(&agent)? != sha256_file(&arm64.lib.agent)? {
+        return Err(format!("the .deb's {} is not {}", agent.display(), arm64.lib.agent.display()));
+    }
+    let qemu = qemu_aarch64()?;
+    step("the arm64 agent, under qemu-user", &format!("qemu-aarch64 -L SYSROOT {} --version", agent.display()));
+    let mut version = testbed::clean_command(&qemu);
+    version.arg("-L").arg(&sysroot).arg(&agent);
+    super::agent::check_version(version)?;
+    let program = [qemu.into_os_string(), "-L".into(), sysroot.into_os_string(), agent.into_os_string(), "-D".into()];
+    let logs = work.path().join("logs");
+    let activated = super::agent::SocketActivated::start(
+        &program,
+        &[("COSMIAN_KMS_CLI_CONF", &config), ("COSMIAN_PKCS11_LOGGING_FOLDER", &logs)],
+    )?;
+    super::agent::check_lists(&activated, expected)
+}
+
+/// `qemu-aarch64`'s path (systemd-socket-activate runs a program by its path).
+fn qemu_aarch64() -> Result<PathBuf, String> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("qemu-aarch64"))
+        .find(|path| path.is_file())
+        .ok_or_else(|| "no qemu-aarch64 on PATH (Debian's qemu-user: scripts/install-packaging-tools.sh)".into())
 }
 
 /// The key type and base64 blob of an `authorized_keys` line (`ecdsa-sha2-nistp256 AAAA...`),

@@ -1,6 +1,9 @@
-//! The .deb, one per architecture (`amd64`, `arm64`): `/usr/local/lib/libcosmian_pkcs11.so`, with the copyright, the changelog and the
+//! The .deb, one per architecture (`amd64`, `arm64`): `/usr/local/lib/libcosmian_pkcs11.so` and
+//! the agent `/usr/local/bin/cosmian-ssh-agent`, with the copyright, the changelog and the
 //! third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the p11-kit module file
-//! (installed, not enabled: `packaging/p11-kit/`), the lintian overrides, and the
+//! (installed, not enabled: `packaging/p11-kit/`), the agent's systemd user units in
+//! `/usr/lib/systemd/user/` (installed, not enabled: `packaging/systemd/`), the lintian
+//! overrides, and the
 //! maintainer scripts that divert the same file of Cosmian's `ckms` package (`preinst`,
 //! `postrm`; see [`super::coexistence`]), all from `packaging/debian/`. Built with `dpkg-deb`
 //! from a tree whose every mode and timestamp is set (`SOURCE_DATE_EPOCH`), so that it is
@@ -17,7 +20,7 @@ use super::elf::{self, LinuxLib};
 use super::{capture, packaging_file, render, version, Tools, NAME};
 use crate::step;
 
-use super::{DOC_DIR as DOC, LIB_DIR as LIB, P11KIT_MODULE};
+use super::{BIN_DIR as BIN, DOC_DIR as DOC, LIB_DIR as LIB, P11KIT_MODULE, UNITS, USER_UNIT_DIR};
 const OVERRIDES: &str = "usr/share/lintian/overrides/cosmian-pkcs11";
 /// The maintainer scripts, from `packaging/debian/`, executable.
 const SCRIPTS: [&str; 2] = ["preinst", "postrm"];
@@ -55,14 +58,16 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, 
     let listing = capture(tools.command("dpkg-deb").arg("--contents").arg(&deb))?;
     let mut files = payload_files(&listing);
     files.sort();
-    let mut expected = [
+    let mut expected = vec![
         format!("-rw-r--r-- root/root ./{LIB}/{}", elf::FILE),
+        format!("-rwxr-xr-x root/root ./{BIN}/{}", elf::AGENT),
         format!("-rw-r--r-- root/root ./{DOC}/copyright"),
         format!("-rw-r--r-- root/root ./{DOC}/changelog.Debian.gz"),
         format!("-rw-r--r-- root/root ./{DOC}/THIRDPARTY.yml.gz"),
         format!("-rw-r--r-- root/root ./{OVERRIDES}"),
         format!("-rw-r--r-- root/root ./{P11KIT_MODULE}"),
     ];
+    expected.extend(UNITS.map(|unit| format!("-rw-r--r-- root/root ./{USER_UNIT_DIR}/{unit}")));
     expected.sort();
     if files != expected {
         return Err(format!("the .deb holds\n{}\nnot\n{}", files.join("\n"), expected.join("\n")));
@@ -118,6 +123,14 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, changelog: &st
     put(&format!("{DOC}/THIRDPARTY.yml.gz"), &super::gzip(super::licenses::read()?.as_bytes())?)?;
     put(OVERRIDES, lintian_overrides(release)?.as_bytes())?;
     put(P11KIT_MODULE, packaging_file("p11-kit/cosmian-pkcs11.module")?.as_bytes())?;
+    let agent = root.join(BIN).join(elf::AGENT);
+    put(
+        &format!("{BIN}/{}", elf::AGENT),
+        &std::fs::read(&lib.agent).map_err(|e| format!("{}: {e}", lib.agent.display()))?,
+    )?;
+    for unit in UNITS {
+        put(&format!("{USER_UNIT_DIR}/{unit}"), packaging_file(&format!("systemd/{unit}"))?.as_bytes())?;
+    }
 
     // Installed-Size in KiB, the way dpkg-gencontrol counts: every file rounded up, every
     // folder one.
@@ -150,10 +163,11 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, changelog: &st
 
     // Modes and timestamps from nothing but the inputs.
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch);
-    let scripts: Vec<PathBuf> = SCRIPTS.iter().map(|s| root.join("DEBIAN").join(s)).collect();
+    let mut executables: Vec<PathBuf> = SCRIPTS.iter().map(|s| root.join("DEBIAN").join(s)).collect();
+    executables.push(agent);
     for path in walk(&root)? {
         use std::os::unix::fs::PermissionsExt;
-        let mode = if path.is_dir() || scripts.contains(&path) { 0o755 } else { 0o644 };
+        let mode = if path.is_dir() || executables.contains(&path) { 0o755 } else { 0o644 };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
         std::fs::File::open(&path)
             .and_then(|file| file.set_modified(mtime))

@@ -1,9 +1,11 @@
-//! The Linux release libraries, one per [`Arch`] (x86_64 and aarch64): each built by
-//! cargo-zigbuild against glibc 2.28 (RHEL 8, Debian 10 and later), with the release profile
-//! (LTO, stripped, `panic = "unwind"`), then checked: its ELF header names the architecture it
-//! was built for, and `objdump` shows that it exports exactly the three PKCS#11 entry points,
-//! needs no glibc symbol version above 2.28, and needs only glibc's libraries, which gives the
-//! .deb's `Depends`.
+//! The Linux release builds, one per [`Arch`] (x86_64 and aarch64): the library and the agent
+//! program (`cosmian-ssh-agent`), both from one cargo-zigbuild run against glibc 2.28 (RHEL 8,
+//! Debian 10 and later), with the release profile (LTO, stripped, `panic = "unwind"`) and the
+//! build machine's paths remapped ([`super::BuildPaths`]), then checked: each ELF header names
+//! the architecture it was built for (the agent's loader is glibc's for it), `objdump` shows
+//! that the library exports exactly the three PKCS#11 entry points, and that neither needs a
+//! glibc symbol version above 2.28 nor a library glibc does not provide, which gives the .deb's
+//! `Depends`; and no path of the build machine is left in either.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,8 @@ pub const GLIBC_FLOOR: [u32; 2] = [2, 28];
 pub const EXPORTS: [&str; 3] = ["C_GetFunctionList", "C_GetInterface", "C_GetInterfaceList"];
 /// The file name of the library.
 pub const FILE: &str = "libcosmian_pkcs11.so";
+/// The agent program: its cargo target, and its file name once installed.
+pub const AGENT: &str = "cosmian-ssh-agent";
 
 /// A Linux architecture the release is built for, with its names in each tool's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +66,14 @@ impl Arch {
         }
     }
 
+    /// The agent's file in `target/dist/`, named as [`Arch::dist_file`].
+    pub fn dist_agent(self) -> &'static str {
+        match self {
+            Arch::X86_64 => AGENT,
+            Arch::Aarch64 => "cosmian-ssh-agent-aarch64",
+        }
+    }
+
     /// The ELF header's `e_machine` (`EM_X86_64`, `EM_AARCH64`).
     fn elf_machine(self) -> u16 {
         match self {
@@ -77,61 +89,114 @@ impl Arch {
             Arch::Aarch64 => "ld-linux-aarch64.so.1",
         }
     }
+
+    /// The loader's path, which an executable names (its `PT_INTERP`): the psABI's.
+    fn interpreter(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "/lib64/ld-linux-x86-64.so.2",
+            Arch::Aarch64 => "/lib/ld-linux-aarch64.so.1",
+        }
+    }
 }
 
-/// A checked release library.
+/// A checked release library, and the agent program built with it.
 pub struct LinuxLib {
     /// `target/dist/libcosmian_pkcs11.so` ([`Arch::dist_file`]).
     pub path: PathBuf,
-    /// The newest glibc symbol version it needs, e.g. `[2, 28]`.
+    /// `target/dist/cosmian-ssh-agent` ([`Arch::dist_agent`]).
+    pub agent: PathBuf,
+    /// The newest glibc symbol version the library or the agent needs, e.g. `[2, 28]`.
     pub glibc: Vec<u32>,
-    /// The architecture its ELF header names.
+    /// The architecture their ELF headers name.
     pub arch: Arch,
 }
 
 impl LinuxLib {
-    /// The .deb's `Depends`: glibc at the version the library needs.
+    /// The .deb's `Depends`: glibc at the version the library and the agent need.
     pub fn debian_depends(&self) -> String {
         let version: Vec<String> = self.glibc.iter().map(u32::to_string).collect();
         format!("libc6 (>= {})", version.join("."))
     }
 }
 
-/// Builds the library for `arch` with `cargo zigbuild --release`, copies it into `dist` and
-/// checks it.
+/// Builds the library and the agent for `arch` with `cargo zigbuild --release` (one run),
+/// copies them into `dist` and checks them.
 pub fn build(tools: &Tools, arch: Arch, dist: &Path) -> Result<LinuxLib, String> {
     let target = format!("{}{GLIBC_SUFFIX}", arch.rust_target());
     step(
-        &format!("build the {} release library against glibc 2.28", arch.rpm()),
-        &format!("cargo zigbuild --release --target {target} -p cosmian-pkcs11"),
+        &format!("build the {} release library and agent against glibc 2.28", arch.rpm()),
+        &format!("cargo zigbuild --release --target {target} -p cosmian-pkcs11 --lib --bin {AGENT}"),
     );
+    let paths = super::BuildPaths::get()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    crate::run(tools.command(cargo).args([
-        "zigbuild",
-        "--release",
-        "--locked",
-        "--target",
-        &target,
-        "-p",
-        "cosmian-pkcs11",
-    ]))?;
-    let built = crate::target_dir().join(arch.rust_target()).join("release").join(FILE);
-    let path = dist.join(arch.dist_file());
-    std::fs::copy(&built, &path).map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), path.display()))?;
-    check(tools, arch, &path)
+    let env_target = arch.rust_target().replace('-', "_");
+    crate::run(
+        tools
+            .command(cargo)
+            .args(["zigbuild", "--release", "--locked", "--target", &target, "-p", "cosmian-pkcs11"])
+            .args(["--lib", "--bin", AGENT])
+            .env(format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()), paths.rustflags())
+            .env(format!("CFLAGS_{env_target}"), paths.cflags()),
+    )?;
+    let built = crate::target_dir().join(arch.rust_target()).join("release");
+    let copy = |name: &str, dist_name: &str| {
+        let (from, to) = (built.join(name), dist.join(dist_name));
+        std::fs::copy(&from, &to).map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+        Ok::<_, String>(to)
+    };
+    let path = copy(FILE, arch.dist_file())?;
+    let agent = copy(AGENT, arch.dist_agent())?;
+    check(tools, arch, &path, &agent)
 }
 
-/// The library checked: an ELF file for `arch` (its header), and by `objdump -T` and
-/// `objdump -p`: the three exports, glibc symbol versions up to [`GLIBC_FLOOR`], and only
-/// glibc's libraries needed.
-pub fn check(tools: &Tools, arch: Arch, path: &Path) -> Result<LinuxLib, String> {
+/// The library and the agent checked: ELF files for `arch` (their headers, the agent's
+/// loader), and by `objdump -T` and `objdump -p`: the library's three exports, glibc symbol
+/// versions up to [`GLIBC_FLOOR`], only glibc's libraries needed; no build path in either.
+pub fn check(tools: &Tools, arch: Arch, path: &Path, agent: &Path) -> Result<LinuxLib, String> {
     step(
-        &format!("check its architecture ({}), exports and glibc floor", arch.rpm()),
-        &format!("ELF header; objdump -T -p {}", path.display()),
+        &format!("check their architecture ({}), exports, glibc floor and paths", arch.rpm()),
+        &format!("ELF header; objdump -T -p {} {}", path.display(), agent.display()),
     );
+    let lib_glibc = check_elf(tools, arch, path, ElfType::SharedObject)?;
+    let agent_glibc = check_elf(tools, arch, agent, ElfType::Executable)?;
+    let glibc = lib_glibc.max(agent_glibc);
+    println!(
+        "    ELF machine {}; library exports {EXPORTS:?}; agent loader {}; newest glibc symbol version {glibc:?}; \
+         no build path",
+        arch.rpm(),
+        arch.interpreter()
+    );
+    Ok(LinuxLib { path: path.to_owned(), agent: agent.to_owned(), glibc, arch })
+}
+
+/// What an ELF file of the release is: the library, or a program (PIE: `ET_DYN` too, with an
+/// interpreter).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ElfType {
+    SharedObject,
+    Executable,
+}
+
+/// One file's checks (see [`check`]); the newest glibc symbol version it needs.
+fn check_elf(tools: &Tools, arch: Arch, path: &Path, kind: ElfType) -> Result<Vec<u32>, String> {
     check_machine(path, arch)?;
-    let symbols = check_exports(path)?;
+    let symbols = match kind {
+        ElfType::SharedObject => check_exports(path)?,
+        ElfType::Executable => capture(tools.command("objdump").arg("-T").arg(path))?,
+    };
     let headers = capture(tools.command("objdump").arg("-p").arg(path))?;
+    let interpreter = capture(tools.command("readelf").arg("-p").arg(".interp").arg(path)).unwrap_or_default();
+    match (kind, interpreter.contains(arch.interpreter())) {
+        (ElfType::Executable, false) => {
+            return Err(format!(
+                "{} does not name {} as its loader:\n{interpreter}",
+                path.display(),
+                arch.interpreter()
+            ))
+        }
+        (ElfType::SharedObject, true) => return Err(format!("{} is a program, not a library", path.display())),
+        _ => {}
+    }
     let glibc = glibc_versions(&symbols)
         .into_iter()
         .max()
@@ -159,8 +224,8 @@ pub fn check(tools: &Tools, arch: Arch, path: &Path) -> Result<LinuxLib, String>
             path.display()
         ));
     }
-    println!("    ELF machine {}; exports {EXPORTS:?}; newest glibc symbol version {glibc:?}", arch.rpm());
-    Ok(LinuxLib { path: path.to_owned(), glibc, arch })
+    super::check_no_build_paths(path)?;
+    Ok(glibc)
 }
 
 /// `Err` unless `path` is a 64-bit little-endian ELF shared object for `arch`.
@@ -281,7 +346,7 @@ DYNAMIC SYMBOL TABLE:
         let [a, b] = Arch::ALL;
         assert_eq!((a, b), (Arch::X86_64, Arch::Aarch64));
         // The release attaches the files of both under their file names: they must differ.
-        for name in [Arch::dist_file, Arch::deb, Arch::rpm, Arch::rust_target, Arch::loader] {
+        for name in [Arch::dist_file, Arch::dist_agent, Arch::deb, Arch::rpm, Arch::rust_target, Arch::loader] {
             assert_ne!(name(a), name(b));
         }
         assert_ne!(a.elf_machine(), b.elf_machine());
@@ -311,7 +376,7 @@ DYNAMIC SYMBOL TABLE:
 
     #[test]
     fn depends_on_glibc_at_the_needed_version() {
-        let lib = LinuxLib { path: PathBuf::new(), glibc: vec![2, 28], arch: Arch::X86_64 };
+        let lib = LinuxLib { path: PathBuf::new(), agent: PathBuf::new(), glibc: vec![2, 28], arch: Arch::X86_64 };
         assert_eq!(lib.debian_depends(), "libc6 (>= 2.28)");
     }
 }

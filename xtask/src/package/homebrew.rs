@@ -7,8 +7,9 @@
 //!
 //! Checked here, without Homebrew: `ruby -c`; RuboCop with Homebrew's settings for formulae
 //! (`packaging/homebrew/rubocop.yml`); `packaging/homebrew/check_formula.rb`, which checks the
-//! stanzas and runs the formula's `test do` (OpenSC's pkcs11-tool loads the module) against the
-//! release library. Each check must fail on a formula broken for it. Homebrew itself (`brew
+//! stanzas and runs the formula's `test do` (OpenSC's pkcs11-tool loads the module; on Linux,
+//! the agent prints its version) against the release library and agent. Each check must fail
+//! on a formula broken for it. Homebrew itself (`brew
 //! style`, `brew audit`, `brew install`, `brew test`, `brew uninstall`) reads the same files in
 //! the macOS release workflow, which `super::macos::check_workflows` checks.
 
@@ -73,14 +74,19 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(Pa
 
     step(
         "check the formula's stanzas and run its test do",
-        &format!("ruby packaging/homebrew/check_formula.rb {} LIB_DIR", tap.formula.display()),
+        &format!("ruby packaging/homebrew/check_formula.rb {} LIB_DIR BIN_DIR", tap.formula.display()),
     );
-    // `lib.install` puts the release library in the formula's `lib`: here, a copy of it.
-    let lib_dir = work.path().join("lib");
+    // `lib.install` and `bin.install` put the release library and agent in the formula's `lib`
+    // and `bin`: here, copies of them.
+    let (lib_dir, bin_dir) = (work.path().join("lib"), work.path().join("bin"));
     let module = lib_dir.join(super::elf::FILE);
-    std::fs::create_dir_all(&lib_dir).map_err(|e| e.to_string())?;
-    std::fs::copy(&lib.path, &module).map_err(|e| e.to_string())?;
-    let out = check_formula(tools, &tap.formula, &lib_dir)?;
+    let agent = bin_dir.join(super::elf::AGENT);
+    for (from, to) in [(&lib.path, &module), (&lib.agent, &agent)] {
+        std::fs::create_dir_all(to.parent().expect("in a folder")).map_err(|e| e.to_string())?;
+        std::fs::copy(from, to).map_err(|e| e.to_string())?;
+    }
+    let dirs = (lib_dir.as_path(), bin_dir.as_path());
+    let out = check_formula(tools, &tap.formula, dirs)?;
     let url = format!("{}/releases/download/v{v}/{NAME}-{v}.tar.gz", super::HOMEPAGE, v = version());
     for needed in [format!("url={url}\n"), format!("sha256={}\n", tap.sha256), format!("version={}\n", version())] {
         if !out.contains(&needed) {
@@ -93,11 +99,15 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(Pa
     let without_license: String =
         tap.text.lines().filter(|l| !l.trim_start().starts_with("license ")).map(|l| format!("{l}\n")).collect();
     super::write(&variant, without_license)?;
-    must_fail("a formula without its license", check_formula(tools, &variant, &lib_dir), "no license")?;
+    must_fail("a formula without its license", check_formula(tools, &variant, dirs), "no license")?;
     // And the test block: another PKCS#11 module that loads and answers (p11-kit's trust
     // module, Debian's p11-kit-modules) in the library's place.
+    // And its agent check: a program that prints no version in the agent's place.
+    std::fs::copy("/bin/true", &agent).map_err(|e| e.to_string())?;
+    must_fail("a silent program in the agent's place", check_formula(tools, &tap.formula, dirs), "to match")?;
+    std::fs::copy(&lib.agent, &agent).map_err(|e| e.to_string())?;
     std::fs::copy(p11_kit_trust_module()?, &module).map_err(|e| e.to_string())?;
-    must_fail("p11-kit's module in the library's place", check_formula(tools, &tap.formula, &lib_dir), "to match")?;
+    must_fail("p11-kit's module in the library's place", check_formula(tools, &tap.formula, dirs), "to match")?;
     Ok((tap.tarball, tap.formula))
 }
 
@@ -122,13 +132,15 @@ fn rubocop(tools: &Tools, formula: &Path) -> Result<String, String> {
     )
 }
 
-fn check_formula(tools: &Tools, formula: &Path, lib_dir: &Path) -> Result<String, String> {
+/// `check_formula.rb FORMULA LIB_DIR BIN_DIR`.
+fn check_formula(tools: &Tools, formula: &Path, (lib_dir, bin_dir): (&Path, &Path)) -> Result<String, String> {
     capture(
         tools
             .command("ruby")
             .arg(workspace_root().join("packaging/homebrew/check_formula.rb"))
             .arg(formula)
-            .arg(lib_dir),
+            .arg(lib_dir)
+            .arg(bin_dir),
     )
 }
 

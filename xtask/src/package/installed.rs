@@ -1,7 +1,10 @@
 //! The library as a user installed it from the .deb, on the test bed (the real KMS, ckms and a
 //! throw-away sshd): `ssh -I /usr/local/lib/libcosmian_pkcs11.so` logs in, an ssh-agent with
 //! its DEFAULT provider allow-list (no `-P`) takes `ssh-add -s /usr/local/lib/libcosmian_pkcs11.so`
-//! and logs in, and refuses the same library from the build folder ([`logins`]); after
+//! and logs in, and refuses the same library from the build folder; the installed
+//! `cosmian-ssh-agent` and its systemd user units are checked, and the program, started by a
+//! socket activation as the socket unit starts it, lists the key and logs in
+//! ([`logins`], [`super::agent`]); after
 //! `apt-get remove`, no file and no diversion is left ([`check_removed`]), after `apt-get
 //! purge`, no record in dpkg's database ([`check_purged`]). The repository test
 //! ([`super::repository`]) installs it with `apt-get install cosmian-pkcs11` and calls them.
@@ -14,7 +17,8 @@ use std::process::Command;
 
 use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer, SshAgent, Sshd};
 
-use super::{capture, sha256_file, NAME};
+use super::elf::LinuxLib;
+use super::{agent, capture, sha256_file, NAME};
 use crate::step;
 
 pub(super) const INSTALLED: &str = "/usr/local/lib/libcosmian_pkcs11.so";
@@ -37,14 +41,17 @@ pub(super) fn package_status(package: &str) -> String {
     capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package])).unwrap_or_default()
 }
 
-/// `Err` when the library's path holds a file no package owns (`cargo xtask install`?): a
-/// .deb would replace it, and removing the .deb would delete it.
+/// `Err` when the library's or the agent's path holds a file no package owns (`cargo xtask
+/// install`?): a .deb would replace it, and removing the .deb would delete it.
 pub(super) fn check_path_free() -> Result<(), String> {
-    if Path::new(INSTALLED).exists() && !package_status(NAME).contains("ok installed") {
-        return Err(format!(
-            "{INSTALLED} exists and no package owns it (`cargo xtask install`?): the .deb would \
-             replace it, and removing the .deb would delete it. Remove it first."
-        ));
+    for path in [Path::new(INSTALLED), &agent::installed_path()] {
+        if path.exists() && !package_status(NAME).contains("ok installed") {
+            return Err(format!(
+                "{} exists and no package owns it (`cargo xtask install`?): the .deb would \
+                 replace it, and removing the .deb would delete it. Remove it first.",
+                path.display()
+            ));
+        }
     }
     Ok(())
 }
@@ -62,10 +69,12 @@ pub(super) fn check_purged() -> Result<(), String> {
 
 /// After `apt-get remove`: none of the package's files, and no diversion.
 pub(super) fn check_removed() -> Result<(), String> {
-    let left: Vec<&str> = [INSTALLED, DOC, "/usr/share/lintian/overrides/cosmian-pkcs11", "/usr/share/cosmian-pkcs11"]
-        .into_iter()
-        .filter(|path| Path::new(path).exists())
-        .collect();
+    let mut paths: Vec<String> =
+        [INSTALLED, DOC, "/usr/share/lintian/overrides/cosmian-pkcs11", "/usr/share/cosmian-pkcs11"]
+            .map(str::to_owned)
+            .into();
+    paths.extend(agent::installed_files().into_iter().map(|file| format!("/{file}")));
+    let left: Vec<&String> = paths.iter().filter(|path| Path::new(path).exists()).collect();
     let status = package_status(NAME);
     // The diversion of ckms's copy of the library (packaging/debian/preinst) goes with it.
     let diverter = capture(Command::new("dpkg-divert").args(["--listpackage", INSTALLED]))?;
@@ -79,8 +88,10 @@ pub(super) fn check_removed() -> Result<(), String> {
     Ok(())
 }
 
-/// The logins through the installed library `installed`, which must be `built`.
-pub(super) fn logins(installed: &Path, built: &Path) -> Result<(), String> {
+/// The logins through the installed library `installed`, which must be `lib`'s, and through
+/// the installed agent.
+pub(super) fn logins(installed: &Path, lib: &LinuxLib) -> Result<(), String> {
+    let built = lib.path.as_path();
     if sha256_file(installed)? != sha256_file(built)? {
         return Err(format!("{INSTALLED} is not the library that was checked ({})", built.display()));
     }
@@ -140,5 +151,23 @@ pub(super) fn logins(installed: &Path, built: &Path) -> Result<(), String> {
     println!("    and refused the same library from {}", built.parent().unwrap_or(built).display());
 
     let env: Vec<(&str, &Path)> = provider_env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    super::p11kit::check_registration(&env, &pair.private_id)
+    super::p11kit::check_registration(&env, &pair.private_id)?;
+
+    step("the installed agent", &format!("{} --version; its systemd user units", agent::installed_path().display()));
+    agent::check_installed(Path::new("/"), lib)?;
+    agent::check_version(testbed::clean_command(agent::installed_path()))?;
+    agent::verify_units()?;
+    let program = [agent::installed_path().into(), "-D".into()];
+    let activated = agent::SocketActivated::start(&program, &env)?;
+    agent::check_lists(&activated, &authorized)?;
+    let out = testbed::ssh_command(&sshd).env("SSH_AUTH_SOCK", activated.sock()).run("echo via-cosmian-ssh-agent");
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != "via-cosmian-ssh-agent" {
+        return Err(format!(
+            "login through the socket-activated agent failed: {}\n{}",
+            testbed::output_text(&out),
+            activated.log()
+        ));
+    }
+    println!("    and logged in through it");
+    activated.check_quiet_stdout()
 }

@@ -49,7 +49,7 @@ pub fn release_build(tools: &Tools, target: &str) -> std::process::Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = tools.command(cargo);
     command
-        .args(["build", "--release", "--locked", "--target", target, "-p", "cosmian-pkcs11"])
+        .args(["build", "--release", "--locked", "--target", target, "-p", "cosmian-pkcs11", "--lib"])
         .env("MACOSX_DEPLOYMENT_TARGET", MIN_MACOS);
     command
 }
@@ -465,7 +465,13 @@ pub fn check_workflows(tools: &Tools) -> Result<(), String> {
     let macos = load_yaml(tools, &dir.join("release-macos.yml"))?;
     check_macos_workflow(&macos)?;
     check_homebrew_job(&macos)?;
-    check_publishes(&load_yaml(tools, &dir.join("release-linux.yml"))?, "release-linux.yml", &formula_artifact())
+    let linux = load_yaml(tools, &dir.join("release-linux.yml"))?;
+    for arch in super::elf::Arch::ALL {
+        for file in [arch.dist_file(), arch.dist_agent()] {
+            check_publishes(&linux, "release-linux.yml", &format!("target/dist/{file}"))?;
+        }
+    }
+    check_publishes(&linux, "release-linux.yml", &formula_artifact())
 }
 
 fn load_yaml(tools: &Tools, path: &Path) -> Result<serde_json::Value, String> {

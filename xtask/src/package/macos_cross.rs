@@ -57,11 +57,7 @@ pub fn dist_macos_cross() -> Result<(), String> {
 pub fn build(tools: &Tools) -> Result<PathBuf, String> {
     let work = target_dir().join("macos-cross");
     let sdk = stub_sdk(tools, &work)?;
-    let root = workspace_root();
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| dirs_home().map(|home| home.join(".cargo")))
-        .ok_or("no CARGO_HOME and no HOME")?;
+    let paths = super::BuildPaths::get()?;
     let python = tools.python_path();
     let mut slices = Vec::new();
     for (target, arch) in TARGETS {
@@ -74,12 +70,10 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
             &cc,
             &format!(
                 "for a in \"$@\"; do shift; case \"$a\" in --target=*) ;; *) set -- \"$@\" \"$a\";; esac; done\n\
-                 exec '{}' -m ziglang cc -target {zig_arch}-macos.{MIN_MACOS} -isystem '{}' \
-                 -ffile-prefix-map='{}'=/cosmian-pkcs11 -ffile-prefix-map='{}'=/cargo \"$@\"\n",
+                 exec '{}' -m ziglang cc -target {zig_arch}-macos.{MIN_MACOS} -isystem '{}' {} \"$@\"\n",
                 python.display(),
                 sdk.join("usr/include").display(),
-                root.display(),
-                cargo_home.display(),
+                paths.cflags_quoted("'"),
             ),
         )?;
         // clang passes `-platform_version` (which ld64.lld requires) to an ld64 it believes
@@ -103,14 +97,7 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
                 .env(format!("CC_{env_target}"), &cc)
                 .env(format!("AR_{env_target}"), format!("llvm-ar-{LLVM}"))
                 .env(format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()), &linker)
-                .env(
-                    format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()),
-                    format!(
-                        "--remap-path-prefix={}=/cosmian-pkcs11 --remap-path-prefix={}=/cargo",
-                        root.display(),
-                        cargo_home.display()
-                    ),
-                )
+                .env(format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()), paths.rustflags())
                 .env("SDKROOT", &sdk),
         )?;
         slices.push(macos::slice(target));
@@ -120,10 +107,6 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
     step("join them", &format!("llvm-lipo-{LLVM} -create"));
     capture(llvm(tools, "llvm-lipo").arg("-create").args(&slices).arg("-output").arg(&dylib))?;
     Ok(dylib)
-}
-
-fn dirs_home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 /// An executable `sh` script.
@@ -226,7 +209,7 @@ pub fn check(tools: &Tools, dylib: &Path) -> Result<(), String> {
             .map_err(|e| format!("{arch}: {e}"))?;
     }
     macos::check_exports(&capture(llvm(tools, "llvm-nm").args(["-gU", "--arch=all"]).arg(dylib))?)?;
-    check_no_build_paths(dylib)?;
+    super::check_no_build_paths(dylib)?;
     println!(
         "    arm64 + x86_64, macOS {MIN_MACOS}+, install name {INSTALL_NAME}, loads libSystem + {FRAMEWORKS:?} \
          only, every import found in a stub, exports exactly {EXPORTS:?} (trie and symbol table), \
@@ -387,28 +370,6 @@ fn check_export_trie(objdump: &str) -> Result<(), String> {
     names.sort();
     if names != EXPORTS {
         return Err(format!("the export trie holds {names:?}, not exactly {EXPORTS:?}"));
-    }
-    Ok(())
-}
-
-/// No path of this machine inside the file: the workspace, the home folder (cargo's registry,
-/// zig's cache), the temporary folder.
-fn check_no_build_paths(dylib: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(dylib).map_err(|e| format!("cannot read {}: {e}", dylib.display()))?;
-    let mut paths = vec![workspace_root(), std::env::temp_dir()];
-    paths.extend(dirs_home());
-    for path in paths {
-        let needle = path.to_string_lossy().into_owned();
-        if needle.len() > 1 {
-            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()) {
-                let end = (at + 120).min(bytes.len());
-                return Err(format!(
-                    "{} holds a path of the build machine: {}",
-                    dylib.display(),
-                    String::from_utf8_lossy(&bytes[at..end])
-                ));
-            }
-        }
     }
     Ok(())
 }

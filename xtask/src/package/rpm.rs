@@ -1,8 +1,10 @@
 //! The .rpm, one per architecture (`x86_64`, `aarch64`): the library in a folder of its own,
 //! `/usr/local/lib/cosmian-pkcs11/libcosmian_pkcs11.so`, with `/usr/local/lib/libcosmian_pkcs11.so`
 //! a link to it that its scriptlets keep (the spec says why: beside Cosmian's `ckms`), and the
-//! copyright, changelog and third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, and the
-//! p11-kit module file (installed, not enabled: `packaging/p11-kit/`); built by
+//! copyright, changelog and third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the
+//! p11-kit module file (installed, not enabled: `packaging/p11-kit/`), the agent
+//! `/usr/local/bin/cosmian-ssh-agent` and its systemd user units in `/usr/lib/systemd/user/`
+//! (installed, not enabled: `packaging/systemd/`); built by
 //! rpmbuild from `packaging/rpm/cosmian-pkcs11.spec` with the timestamps of `SOURCE_DATE_EPOCH`.
 //! Checked with rpmlint (`packaging/rpm/rpmlint.toml`: nothing else may be reported), by its
 //! architecture and its requirements (glibc symbol versions up to 2.28), by building it twice,
@@ -16,7 +18,7 @@ use super::elf::{self, LinuxLib, GLIBC_FLOOR};
 use super::{capture, packaging_file, sha256_file, version, Tools, NAME};
 use crate::step;
 
-use super::{DOC_DIR as DOC, LIB_DIR as LIB};
+use super::{DOC_DIR as DOC, LIB_DIR as LIB, UNITS};
 
 /// Where the .rpm installs the library, relative to [`LIB`]; [`elf::FILE`] there is a link
 /// to it.
@@ -73,7 +75,8 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, 
 }
 
 /// `rpm --root ROOT -i --nodeps`, then `rpm -V`: the payload is where it belongs, byte for
-/// byte, the link to it is in place, and `rpm -V` fails once a byte of the library changes.
+/// byte (the agent executable, [`super::agent::check_installed`]), the link to the library is in
+/// place, and `rpm -V` fails once a byte of the library changes.
 ///
 /// `--nodeps` because the throw-away root's rpm database is empty: nothing in it provides
 /// the glibc the package requires (`libc.so.6(GLIBC_2.28)(64bit)`...); on a real system,
@@ -111,6 +114,7 @@ fn install_and_verify(tools: &Tools, lib: &LinuxLib, rpm: &Path) -> Result<(), S
     if sha256_file(&installed)? != sha256_file(&lib.path)? {
         return Err(format!("{} differs from {}", installed.display(), lib.path.display()));
     }
+    super::agent::check_installed(root.path(), lib)?;
 
     step("verify the payload", "rpm --root ... -V --nodeps cosmian-pkcs11");
     // --nodeps: as above, the requirements cannot be met in an empty root.
@@ -152,6 +156,10 @@ fn build(
     super::write(&spec_file, spec)?;
     super::write(&staged.join("THIRDPARTY.yml"), super::licenses::read()?)?;
     super::write(&staged.join("cosmian-pkcs11.module"), packaging_file("p11-kit/cosmian-pkcs11.module")?)?;
+    std::fs::copy(&lib.agent, staged.join(elf::AGENT)).map_err(|e| e.to_string())?;
+    for unit in UNITS {
+        super::write(&staged.join(unit), packaging_file(&format!("systemd/{unit}"))?)?;
+    }
     let define = |name: &str, value: &Path| format!("{name} {}", value.display());
     capture(
         tools

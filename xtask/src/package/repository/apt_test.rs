@@ -144,7 +144,7 @@ fn sequence(fixture: &Fixture) -> Result<(), String> {
     apt.run("install it, as users do", &["install", "--no-install-recommends", NAME])?;
     fixture.fetched(&format!("/{REPOSITORY}/apt/pool/main/c/{NAME}/{NAME}_{r1}_amd64.deb"))?;
     check_installed(r1, lib)?;
-    installed::logins(Path::new(INSTALLED), lib)?;
+    installed::logins(Path::new(INSTALLED), &dist.amd64.lib)?;
 
     // Revision 2 published by someone with another key: apt keeps the index it had (a
     // warning, exit status 0), and a new machine gets none (an error).

@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::super::agent;
+use super::super::elf::LinuxLib;
 use super::super::rpm::LINK_TARGET;
 use super::super::{capture, sha256_file, write, NAME};
 use super::fixture::{Fixture, BASE};
@@ -101,17 +103,18 @@ impl InstallRoot {
     }
 
     /// `Err` unless `cosmian-pkcs11` is installed as `version` (`0.1.0-1.x86_64`) with the
-    /// library `lib` behind the link, and `rpm -V` is clean.
-    fn check_ours(&self, version: &str, lib: &Path) -> Result<(), String> {
+    /// library of `lib` behind the link, its agent and units in place, and `rpm -V` is clean.
+    fn check_ours(&self, version: &str, lib: &LinuxLib) -> Result<(), String> {
         let found = self.installed(NAME);
         if found.as_deref() != Some(version) {
             return Err(format!("cosmian-pkcs11 is {found:?}, not {version}"));
         }
         let link = self.path().join(LINK);
         let target = std::fs::read_link(&link).map_err(|e| format!("{}: {e}", link.display()))?;
-        if target != Path::new(LINK_TARGET) || sha256_file(&link)? != sha256_file(lib)? {
-            return Err(format!("/{LINK} -> {} is not the library {}", target.display(), lib.display()));
+        if target != Path::new(LINK_TARGET) || sha256_file(&link)? != sha256_file(&lib.path)? {
+            return Err(format!("/{LINK} -> {} is not the library {}", target.display(), lib.path.display()));
         }
+        agent::check_installed(&self.path(), lib)?;
         let verify = capture(&mut self.rpm(&["-V", NAME]))?;
         if !verify.trim().is_empty() {
             return Err(format!("rpm -V {NAME} reports:\n{verify}"));
@@ -120,20 +123,18 @@ impl InstallRoot {
         Ok(())
     }
 
-    /// `Err` unless nothing of ours is left: no package, no file under `/usr/local/lib`.
+    /// `Err` unless nothing of ours is left: no package, no file under `/usr/local/lib`, no
+    /// agent, no unit.
     fn check_nothing_left(&self) -> Result<(), String> {
         let lib = self.path().join("usr/local/lib");
-        let left: Vec<_> = std::fs::read_dir(&lib)
-            .map(|dir| dir.filter_map(Result::ok).map(|entry| entry.file_name()).collect())
+        let mut left: Vec<_> = std::fs::read_dir(&lib)
+            .map(|dir| dir.filter_map(Result::ok).map(|entry| entry.path()).collect())
             .unwrap_or_default();
+        left.extend(agent::installed_files().iter().map(|file| self.path().join(file)).filter(|path| path.exists()));
         if self.installed(NAME).is_some() || !left.is_empty() {
-            return Err(format!(
-                "after dnf remove: {:?} installed, {left:?} in {}",
-                self.installed(NAME),
-                lib.display()
-            ));
+            return Err(format!("after dnf remove: {:?} installed, {left:?} left", self.installed(NAME)));
         }
-        println!("    nothing left: no package, nothing in /usr/local/lib");
+        println!("    nothing left: no package, nothing in /usr/local/lib, no agent, no unit");
         Ok(())
     }
 }
@@ -158,7 +159,7 @@ pub fn run(fixture: &Fixture) -> Result<(), String> {
     fixture.publish(REPOSITORY, &[&dist.amd64.rpm, &dist.arm64.rpm], &fixture.key)?;
     let root = InstallRoot::new(fixture, REPOSITORY, None)?;
     let (r1, r2) = ("0.1.0-1.x86_64", "0.1.0-2.x86_64");
-    let lib = &dist.amd64.lib.path;
+    let lib = &dist.amd64.lib;
 
     let out = root.run("install it, as users do", &["install", NAME])?;
     // dnf shows the key it imports, from the repository's gpgkey.
@@ -170,6 +171,8 @@ pub fn run(fixture: &Fixture) -> Result<(), String> {
     fixture.fetched(&format!("/{REPOSITORY}/{}", super::ASC))?;
     println!("    dnf imported the key {} from the repository's gpgkey", fixture.key.fingerprint);
     root.check_ours(r1, lib)?;
+    // The installed program runs (this machine's architecture, glibc, as on RHEL).
+    agent::check_version(Command::new(agent::installed_in(&root.path())))?;
 
     // Revision 2, its package signed by another key, the metadata by the repository's key.
     let x86_64 = super::dnf::arch_dir(fixture.tools, &fixture.folder(REPOSITORY).join("rpm"), &fixture.newer_rpm)?;
@@ -212,7 +215,7 @@ pub fn run(fixture: &Fixture) -> Result<(), String> {
     let arm = InstallRoot::new(fixture, REPOSITORY, Some("aarch64"))?;
     arm.run("the aarch64 repository: install", &["install", NAME])?;
     fixture.fetched(&format!("/{REPOSITORY}/rpm/aarch64/{NAME}-0.1.0-1.aarch64.rpm"))?;
-    arm.check_ours("0.1.0-1.aarch64", &dist.arm64.lib.path)?;
+    arm.check_ours("0.1.0-1.aarch64", &dist.arm64.lib)?;
     arm.run("and remove", &["remove", NAME])?;
     arm.check_nothing_left()
 }
