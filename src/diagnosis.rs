@@ -179,7 +179,10 @@ fn fix_for(error: &KmsError, config: &KmsConfig) -> String {
             "check that the KMS runs at {} and that this machine reaches it (proxy, firewall)",
             config.server_url
         ),
-        KmsError::Tls(_) => "the KMS's certificate is not trusted: put its CA's PEM in `verified_cert` under \
+        KmsError::Tls(_) => {
+            "the TLS handshake failed: is server_url the KMS's https:// port (not a plain HTTP one)?".to_owned()
+        }
+        KmsError::Untrusted(_) => "the KMS's certificate is not trusted: put its CA's PEM in `verified_cert` under \
                              [http_config], or install the CA in the system's store"
             .to_owned(),
         KmsError::Timeout(_) => {

@@ -141,7 +141,7 @@ fn pad<const N: usize>(text: &str) -> [CK_UTF8CHAR; N] {
 }
 
 fn provider() -> Result<Arc<Provider>> {
-    let guard = PROVIDER.read().unwrap_or_else(|p| p.into_inner());
+    let guard = crate::read(&PROVIDER);
     match guard.as_ref() {
         Some(p) if p.pid == std::process::id() => Ok(p.clone()),
         _ => Err(Error::new(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called")),
@@ -183,7 +183,7 @@ pub(super) unsafe extern "C" fn C_Initialize(pInitArgs: *mut std::os::raw::c_voi
             // resolves the KMS's name and connects in the caller's thread (kmip::resolver).
             may_create_threads = args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
         }
-        let mut state = PROVIDER.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::write(&PROVIDER);
         if let Some(p) = state.as_ref() {
             if p.pid == std::process::id() {
                 return Err(Error::new(CKR_CRYPTOKI_ALREADY_INITIALIZED, "already initialized"));
@@ -207,7 +207,7 @@ pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void)
         if !pReserved.is_null() {
             return Err(bad_args("pReserved must be NULL"));
         }
-        let finished = PROVIDER.write().unwrap_or_else(|p| p.into_inner()).take();
+        let finished = crate::write(&PROVIDER).take();
         // Outside the lock: a call still running in another thread finishes meanwhile.
         if let Some(p) = finished {
             p.end_background_work(true);

@@ -68,7 +68,10 @@ const READ_ONLY_OPERATIONS: [&str; 7] =
 pub(crate) enum KmsError {
     /// No connection could be made (refused, reset, DNS).
     Unreachable(String),
-    /// The TLS handshake failed (certificate not trusted, protocol): retrying will not help.
+    /// The KMS's certificate did not verify (unknown issuer, expired, wrong name): retrying will
+    /// not help; with a `verified_cert` alone tried first, the system's roots are added.
+    Untrusted(String),
+    /// The TLS handshake failed otherwise (protocol, version): retrying will not help.
     Tls(String),
     /// Connected, but no complete answer in time.
     Timeout(String),
@@ -88,7 +91,7 @@ impl std::fmt::Display for KmsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KmsError::Unreachable(m) => write!(f, "KMS unreachable: {m}"),
-            KmsError::Tls(m) => write!(f, "KMS unreachable over TLS: {m}"),
+            KmsError::Untrusted(m) | KmsError::Tls(m) => write!(f, "KMS unreachable over TLS: {m}"),
             KmsError::Timeout(m) => write!(f, "KMS did not answer in time: {m}"),
             KmsError::Dropped(m) => write!(f, "KMS closed the connection without answering: {m}"),
             KmsError::Unauthorized(m) => write!(f, "KMS refused the credentials: {m}"),
@@ -190,7 +193,7 @@ impl KmsClient {
     /// thread must not outlive it.
     pub(crate) fn shutdown(&self) {
         self.shut_down.store(true, Ordering::SeqCst);
-        self.agent.read().unwrap_or_else(|p| p.into_inner()).clone().shutdown();
+        crate::read(&self.agent).clone().shutdown();
     }
 
     /// Whether [`KmsClient::shutdown`] was called.
@@ -201,18 +204,18 @@ impl KmsClient {
     /// Replaces an agent that trusts `verified_cert` alone by one that trusts the system's roots
     /// too (once: later calls find it done).
     fn trust_system_roots(&self) {
-        let mut deferred = self.deferred_tls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut deferred = crate::lock(&self.deferred_tls);
         if let Some(tls) = deferred.take() {
             tracing::debug!("the KMS's certificate is not verified by verified_cert alone: adding the system's roots");
             let tls = super::tls::with_system_roots(&tls);
             let agent = agent(tls, self.connect_timeout, self.request_timeout, &self.resolver, &self.route);
-            *self.agent.write().unwrap_or_else(|p| p.into_inner()) = agent;
+            *crate::write(&self.agent) = agent;
         }
     }
 
     /// Replaces the bearer token sent from now on (PIN mode: the PIN, or none after logout).
     pub(crate) fn set_access_token(&self, token: Option<Secret>) {
-        *self.access_token.write().unwrap_or_else(|p| p.into_inner()) = token;
+        *crate::write(&self.access_token) = token;
     }
 
     /// Sends one KMIP operation to `/kmip/2_1`; `Ok` is the `...Response` payload.
@@ -293,7 +296,7 @@ impl KmsClient {
                 return Err(KmsError::Unreachable(format!("{label}: not sent, the provider is finalizing")));
             }
             let attempt_started = Instant::now();
-            let system_roots_deferred = self.deferred_tls.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+            let system_roots_deferred = crate::lock(&self.deferred_tls).is_some();
             let budget = self.request_timeout.saturating_sub(started.elapsed());
             let result = if budget.is_zero() {
                 Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
@@ -313,7 +316,7 @@ impl KmsClient {
                 Err(e) => e,
             };
             tracing::debug!(operation = label, attempt, status = %error, elapsed_ms, "KMS request");
-            if system_roots_deferred && matches!(&error, KmsError::Tls(m) if m.contains("invalid peer certificate")) {
+            if system_roots_deferred && matches!(&error, KmsError::Untrusted(_)) {
                 // Not a retry: the same attempt, verified against the documented set of roots.
                 self.trust_system_roots();
                 continue;
@@ -347,7 +350,7 @@ impl KmsClient {
         token: Option<&Secret>,
         mut items: Option<&mut dyn ItemSink>,
     ) -> Result<Ttlv, KmsError> {
-        let agent = self.agent.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let agent = crate::read(&self.agent).clone();
         let mut request = agent
             .post(format!("{}{path}", self.base_url))
             .header("Content-Type", "application/json")
@@ -357,7 +360,7 @@ impl KmsClient {
         }
         let bearer = match token {
             Some(token) => Some(bearer(token)),
-            None => self.access_token.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(bearer),
+            None => crate::read(&self.access_token).as_ref().map(bearer),
         };
         if let Some(bearer) = bearer {
             // ureq copies the value (then its HTTP/1 writer and rustls do): those copies are
@@ -483,6 +486,7 @@ fn with_context(error: KmsError, label: &str, attempts: usize, elapsed: Duration
     };
     match error {
         KmsError::Unreachable(m) => KmsError::Unreachable(context(m)),
+        KmsError::Untrusted(m) => KmsError::Untrusted(context(m)),
         KmsError::Tls(m) => KmsError::Tls(context(m)),
         KmsError::Timeout(m) => KmsError::Timeout(context(m)),
         KmsError::Dropped(m) => KmsError::Dropped(context(m)),
@@ -498,6 +502,19 @@ fn snippet(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     line.chars().take(300).collect()
+}
+
+/// Whether a TLS failure is rustls refusing the server's certificate, by its error kind (never
+/// by its text).
+fn is_untrusted(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if matches!(e.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// A transport failure, before (`answered` false) or while reading (true) the answer's body.
@@ -522,7 +539,14 @@ fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
             dropped(io.to_string())
         }
         // rustls's handshake errors come through the socket as InvalidData.
-        ureq::Error::Io(io) if io.kind() == InvalidData && !answered => KmsError::Tls(io.to_string()),
+        ureq::Error::Io(io) if io.kind() == InvalidData && !answered => {
+            if io.get_ref().is_some_and(|inner| is_untrusted(inner)) {
+                KmsError::Untrusted(io.to_string())
+            } else {
+                KmsError::Tls(io.to_string())
+            }
+        }
+        ureq::Error::Rustls(rustls::Error::InvalidCertificate(_)) => KmsError::Untrusted(e.to_string()),
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => KmsError::Tls(e.to_string()),
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => KmsError::Unreachable(e.to_string()),
         ureq::Error::BodyExceedsLimit(_) | ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => {
@@ -608,7 +632,7 @@ mod tests {
         assert_eq!(p.pause(1, &KmsError::Status(503, String::new())), Some(BACKOFF[0]));
         for final_answer in [
             KmsError::Timeout("t".into()),
-            KmsError::Tls("invalid peer certificate: UnknownIssuer".into()),
+            KmsError::Untrusted("invalid peer certificate: UnknownIssuer".into()),
             KmsError::Status(500, String::new()),
             KmsError::Refused("Item_Not_Found".into()),
             KmsError::Unauthorized("HTTP 401".into()),
@@ -644,6 +668,10 @@ mod tests {
         assert!(matches!(transport_error(ureq::Error::Timeout(ureq::Timeout::Global), false), KmsError::Timeout(_)));
         assert!(matches!(transport_error(ureq::Error::HostNotFound, false), KmsError::Unreachable(_)));
         assert!(matches!(transport_error(io(InvalidData), false), KmsError::Tls(_)));
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = ureq::Error::Io(std::io::Error::new(InvalidData, untrusted.clone()));
+        assert!(matches!(transport_error(wrapped, false), KmsError::Untrusted(_)));
+        assert!(matches!(transport_error(ureq::Error::Rustls(untrusted), false), KmsError::Untrusted(_)));
         assert!(matches!(transport_error(ureq::Error::Tls("bad"), false), KmsError::Tls(_)));
         assert!(matches!(transport_error(ureq::Error::BodyExceedsLimit(1), true), KmsError::Malformed(_)));
     }

@@ -41,11 +41,11 @@ impl CachingResolver {
 
     /// Drops the remembered addresses: the next request resolves the host again.
     pub(super) fn forget(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::lock(&self.last) = None;
     }
 
     fn remembered(&self, authority: &str) -> Option<ResolvedSocketAddrs> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let last = crate::lock(&self.last);
         match &*last {
             Some((known, at, addrs)) if known == authority && at.elapsed() < TTL => Some(addrs.clone()),
             _ => None,
@@ -71,7 +71,7 @@ impl Resolver for CachingResolver {
             timeout
         };
         let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((authority, Instant::now(), addrs.clone()));
+        *crate::lock(&self.last) = Some((authority, Instant::now(), addrs.clone()));
         Ok(addrs)
     }
 }

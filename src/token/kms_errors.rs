@@ -17,6 +17,7 @@ impl From<KmsError> for Error {
     fn from(e: KmsError) -> Self {
         let rv = match &e {
             KmsError::Unreachable(_)
+            | KmsError::Untrusted(_)
             | KmsError::Tls(_)
             | KmsError::Timeout(_)
             | KmsError::Dropped(_)
@@ -38,7 +39,8 @@ mod tests {
         let cases = [
             (KmsError::Unreachable("Connection refused".into()), CKR_DEVICE_ERROR),
             (KmsError::Timeout("timeout: global".into()), CKR_DEVICE_ERROR),
-            (KmsError::Tls("invalid peer certificate: UnknownIssuer".into()), CKR_DEVICE_ERROR),
+            (KmsError::Untrusted("invalid peer certificate: UnknownIssuer".into()), CKR_DEVICE_ERROR),
+            (KmsError::Tls("received fatal alert: ProtocolVersion".into()), CKR_DEVICE_ERROR),
             (KmsError::Dropped("Peer disconnected".into()), CKR_DEVICE_ERROR),
             (KmsError::Status(500, "Internal server error".into()), CKR_DEVICE_ERROR),
             (KmsError::Status(404, "Route not supported".into()), CKR_DEVICE_ERROR),

@@ -326,26 +326,40 @@ fn a_hundred_logins_at_once() {
     assert!(failed.is_empty(), "{} of 100 failed:\n{}", failed.len(), failed.join("\n"));
 }
 
-/// The KMS stopped under a running agent: logins fail cleanly (ssh says why, the agent keeps
-/// running); started again: logins work, with no restart of the agent.
+/// The KMS stopped under a running agent, and another agent started while it is down: logins
+/// fail cleanly (ssh says why, the agents keep running); the KMS started again: logins work
+/// through both, with no restart of either.
 #[test]
 fn the_kms_stopped_and_started_under_a_running_agent() {
     let (bed, _only_user) = restarting_kms();
     let openssh = OpenSsh::debian();
     let mut agent = agent(bed, &case_dir(openssh, "cosmian-agent-kms-restart"));
     let sshd = Sshd::start_on(openssh, &bed.keys["ed25519"].line, MANY_KEYS);
-    let sock = agent.sock();
-    let login = |marker: &str| ssh_command(&sshd).env("SSH_AUTH_SOCK", &sock).run(&format!("echo {marker}"));
-    assert_logged_in(&login("before"), &sshd, "before", "ED25519");
+    let login = |agent: &CosmianAgent, marker: &str| {
+        ssh_command(&sshd).env("SSH_AUTH_SOCK", agent.sock()).run(&format!("echo {marker}"))
+    };
+    assert_logged_in(&login(&agent, "before"), &sshd, "before", "ED25519");
     let mut kms = bed.kms.lock().unwrap();
     kms.stop();
-    let out = login("down");
-    assert!(!out.status.success(), "logged in with the KMS down");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", text(&out));
+    // A second agent starts while the KMS is down: it runs, and says why it signs nothing.
+    let mut late = CosmianAgent::start(
+        agent_program(),
+        provider_env(&bed.config, &case_dir(openssh, "cosmian-agent-kms-down-at-start"), "ssh-auth"),
+        &[],
+    );
+    for (which, agent) in [("running", &agent), ("started while down", &late)] {
+        let out = login(agent, "down");
+        assert!(!out.status.success(), "{which}: logged in with the KMS down");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{which}: {}", text(&out));
+    }
+    let down_at = std::time::Instant::now();
     kms.restart();
     drop(kms);
-    assert!(agent.is_running(), "{}", agent.log());
-    assert_logged_in(&login("after"), &sshd, "after", "ED25519");
+    assert!(agent.is_running() && late.is_running(), "{}\n{}", agent.log(), late.log());
+    assert_logged_in(&login(&agent, "after"), &sshd, "after", "ED25519");
+    // A listing that failed is tried again 5 s later (as by the provider): then it signs.
+    std::thread::sleep(std::time::Duration::from_secs(5).saturating_sub(down_at.elapsed()));
+    assert_logged_in(&login(&late, "recovered"), &sshd, "recovered", "ED25519");
 }
 
 /// `eval "$(cosmian-ssh-agent -s)"`: the agent goes to the background and prints the
