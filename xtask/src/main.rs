@@ -1,10 +1,11 @@
 //! `cargo xtask <command>`: the project's chores, in Rust so that they run the same everywhere.
 //!
-//! - `tidy`: rustfmt and clippy (warnings denied) on the whole workspace and `fuzz/`
-//!   (`tidy.rs`).
+//! - `tidy`: rustfmt and clippy (warnings denied) on the whole workspace and `fuzz/`, and the
+//!   documentation against the code (`tidy.rs`).
 //! - `test`: `tidy`, then installs the test bed (Debian packages, the real KMS server and
 //!   ckms), builds the provider and runs every test of the workspace against the real
-//!   components.
+//!   components (feature `testbed`), the fuzz targets and the packages; `test --local` the same
+//!   without installing anything on the system or testing the packages.
 //! - `demo`: what a user does, step by step, from a fresh machine to an SSH login with keys
 //!   held in a local KMS (see `demo.rs`).
 //! - `kms-start`: a local KMS and a provider configuration to play with by hand.
@@ -31,9 +32,11 @@ use cosmian_pkcs11_testbed as testbed;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  tidy       check the formatting (workspace and fuzz/) and lint everything with clippy
-             (--all-features, warnings denied)
-  test       tidy, then install the test bed, build the provider, run all the workspace's tests
+  tidy       check the formatting (workspace and fuzz/), lint everything with clippy
+             (--all-features, warnings denied), check the docs against the code
+  test       tidy, then install the test bed, build the provider, run all the workspace's tests,
+             the fuzz targets and the package tests (says first what it changes on the system);
+             test --local: the same, but installs nothing on the system and skips the packages
   demo       from a fresh machine to an SSH login with keys held in a local KMS, step by step
   kms-start  start a local KMS and print the environment to use it; Enter stops it
   bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
@@ -66,7 +69,11 @@ fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     let result = match command.as_deref() {
         Some("tidy") => tidy::run(),
-        Some("test") => test(),
+        Some("test") => match std::env::args().nth(2).as_deref() {
+            None => test(false),
+            Some("--local") => test(true),
+            Some(other) => Err(format!("test: unknown argument {other} (--local)")),
+        },
         Some("demo") => demo::run(),
         Some("kms-start") => kms_start(),
         Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
@@ -147,7 +154,29 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-fn test() -> Result<(), String> {
+/// What a full run changes outside the work tree and `~/.cache/cosmian-pkcs11`, said first.
+const SYSTEM_CHANGES: &str = "\
+    this run changes the system (run it on a throw-away machine, as CI does; `cargo xtask test --local`
+    changes nothing outside the work tree and ~/.cache/cosmian-pkcs11, and skips the packages):
+    - installs the Debian packages the scripts/install-*.sh name when missing (OpenSSH client and
+      server, OpenSC, PostgreSQL, haproxy, valgrind, lintian, rpm, dnf, qemu-user, systemd, ...),
+      and adds dpkg's foreign architecture arm64 (nothing arm64 is installed);
+    - rustup targets aarch64-unknown-linux-gnu and the two Apple targets;
+    - installs and purges the cosmian-pkcs11 .deb (with dpkg diversions, beside a look-alike ckms
+      package, in both orders), installs and removes it from the apt and dnf repositories it serves
+      on 127.0.0.1 (no file of /etc/apt is left changed), and links then unlinks its p11-kit module
+      in /etc/pkcs11/modules";
+
+/// `cargo xtask test [--local]`: everything, or (`--local`) everything that changes nothing on
+/// the system: no Debian package installed (missing ones are named), no package test.
+fn test(local: bool) -> Result<(), String> {
+    if local {
+        // Single-threaded: the install scripts read it.
+        std::env::set_var("COSMIAN_PKCS11_NO_SYSTEM_CHANGES", "1");
+        println!("local run: nothing is installed on the system; the packages are not tested");
+    } else {
+        println!("{SYSTEM_CHANGES}");
+    }
     // First: a formatting or lint error fails the run before the slow steps (test bed, tests).
     tidy::run()?;
     install_test_bed();
@@ -157,8 +186,12 @@ fn test() -> Result<(), String> {
     let key_cache = testbed::workspace_root().join("target/test-cache");
     let _ = std::fs::remove_dir_all(&key_cache);
     println!("    XDG_CACHE_HOME={}", key_cache.display());
-    run(cargo_command("run every test", &["test", "--workspace", "--all-targets"]).env("XDG_CACHE_HOME", &key_cache))?;
+    let every_test = ["test", "--workspace", "--all-targets", "--features", "cosmian-pkcs11/testbed"];
+    run(cargo_command("run every test", &every_test).env("XDG_CACHE_HOME", &key_cache))?;
     fuzz::run(fuzz::DEFAULT_SECONDS)?;
+    if local {
+        return Ok(());
+    }
     package::test()
 }
 
