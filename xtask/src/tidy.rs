@@ -6,11 +6,13 @@
 //!   checked (everything `pub` that `internals` does not re-export should be `pub(crate)`).
 //!
 //! - the documentation against the code and itself ([`docs`]): settings, environment variables,
-//!   links.
+//!   links;
+//! - the provider's module edges against its layers ([`modules`]).
 //!
 //! Every check runs even when one fails, so that one run shows everything to fix.
 
 mod docs;
+mod modules;
 
 use crate::cargo;
 
@@ -28,7 +30,9 @@ const CHECKS: [(&str, &[&str]); 3] = [
 pub fn run() -> Result<(), String> {
     let mut failed: Vec<String> = CHECKS.iter().filter_map(|(what, args)| cargo(what, args).err()).collect();
     crate::step("check the documentation", "settings and variables against the code, links");
-    failed.extend(docs::check().err());
+    failed.extend(docs::check(&cosmian_pkcs11_testbed::workspace_root()).err());
+    crate::step("check the module edges", "the imports of src/ against the layers of xtask/src/tidy/modules.rs");
+    failed.extend(modules::check(&cosmian_pkcs11_testbed::workspace_root()).err());
     if failed.is_empty() {
         Ok(())
     } else {

@@ -11,8 +11,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use cosmian_pkcs11_testbed::workspace_root;
-
 /// The man page that documents the configuration (source of `cosmian-pkcs11.conf(5)`).
 pub const CONFIG_MAN_PAGE: &str = "docs/man/cosmian-pkcs11.conf.5.md";
 
@@ -20,8 +18,7 @@ pub const CONFIG_MAN_PAGE: &str = "docs/man/cosmian-pkcs11.conf.5.md";
 const SCHEMAS: [&str; 3] = ["FileSchema", "HttpSchema", "ProxySchema"];
 
 /// Every check; `Err` lists every problem found.
-pub fn check() -> Result<(), String> {
-    let root = workspace_root();
+pub fn check(root: &Path) -> Result<(), String> {
     let mut problems = Vec::new();
     let page = read(&root.join(CONFIG_MAN_PAGE))?;
     let code = rust_sources(&[root.join("src"), root.join("platform")])?;
@@ -40,8 +37,8 @@ pub fn check() -> Result<(), String> {
             problems.push(format!("{CONFIG_MAN_PAGE}: the configuration key {key} (src/config.rs) is not documented"));
         }
     }
-    for document in markdown_documents(&root)? {
-        problems.extend(dead_links(&root, &document)?);
+    for document in markdown_documents(root)? {
+        problems.extend(dead_links(root, &document)?);
     }
     if problems.is_empty() {
         Ok(())
@@ -54,19 +51,31 @@ fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// The text of every `.rs` file under these folders.
-fn rust_sources(folders: &[PathBuf]) -> Result<String, String> {
-    let mut text = String::new();
-    let mut pending: Vec<PathBuf> = folders.to_vec();
+/// Every file under `folder` whose name ends with `.ext`, sorted.
+pub fn files_under(folder: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    let mut pending = vec![folder.to_owned()];
     while let Some(folder) = pending.pop() {
         for entry in std::fs::read_dir(&folder).map_err(|e| format!("cannot list {}: {e}", folder.display()))? {
             let path = entry.map_err(|e| e.to_string())?.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                text.push_str(&read(&path)?);
-                text.push('\n');
+            } else if path.extension().is_some_and(|e| e == ext) {
+                files.push(path);
             }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The text of every `.rs` file under these folders.
+fn rust_sources(folders: &[PathBuf]) -> Result<String, String> {
+    let mut text = String::new();
+    for folder in folders {
+        for file in files_under(folder, "rs")? {
+            text.push_str(&read(&file)?);
+            text.push('\n');
         }
     }
     Ok(text)
@@ -121,18 +130,7 @@ fn schema_keys(config_rs: &str) -> Result<Vec<String>, String> {
 fn markdown_documents(root: &Path) -> Result<Vec<PathBuf>, String> {
     let mut documents: Vec<PathBuf> =
         ["README.md", "CONTRIBUTING.md", "SECURITY.md", "CHANGELOG.md"].iter().map(|f| root.join(f)).collect();
-    let mut pending = vec![root.join("docs")];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).map_err(|e| format!("cannot list {}: {e}", folder.display()))? {
-            let path = entry.map_err(|e| e.to_string())?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "md") {
-                documents.push(path);
-            }
-        }
-    }
-    documents.sort();
+    documents.extend(files_under(&root.join("docs"), "md")?);
     Ok(documents)
 }
 
@@ -213,6 +211,39 @@ mod tests {
             "struct FileSchema {\n    a: u8,\n    // note: no\n}\nstruct HttpSchema {\n    #[serde(default)]\n    \
                   b: bool,\n    #[serde(rename = \"c\")]\n    _c: u8,\n}\nstruct ProxySchema {\n    d: u8,\n}\n";
         assert_eq!(schema_keys(rs).unwrap(), ["a", "b", "c", "d"]);
+    }
+
+    /// The checks on this tree pass; on a copy with an undocumented variable, a key missing from
+    /// the page and a dead link, each is named.
+    #[test]
+    fn the_tree_passes_and_each_fault_is_named() {
+        let root = cosmian_pkcs11_testbed::workspace_root();
+        check(&root).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        for dir in ["src", "platform", "docs/man"] {
+            std::fs::create_dir_all(copy.path().join(dir)).unwrap();
+        }
+        let config = read(&root.join("src/config.rs")).unwrap();
+        std::fs::write(
+            copy.path().join("src/config.rs"),
+            format!("{config}\nconst X: &str = \"COSMIAN_PKCS11_NEW\";\n"),
+        )
+        .unwrap();
+        let page = read(&root.join(CONFIG_MAN_PAGE)).unwrap().replace("**verified_cert**", "verified_cert");
+        std::fs::write(copy.path().join(CONFIG_MAN_PAGE), page).unwrap();
+        for doc in ["README.md", "CONTRIBUTING.md", "SECURITY.md"] {
+            std::fs::write(copy.path().join(doc), "# Title\n").unwrap();
+        }
+        std::fs::write(copy.path().join("CHANGELOG.md"), "[gone](docs/nowhere.md) [bad](README.md#no-such)\n").unwrap();
+        let said = check(copy.path()).unwrap_err();
+        for expected in [
+            "COSMIAN_PKCS11_NEW is read by the code but not documented",
+            "the configuration key verified_cert (src/config.rs) is not documented",
+            "the link docs/nowhere.md leads to no file",
+            "the link README.md#no-such names no heading",
+        ] {
+            assert!(said.contains(expected), "{expected}: {said}");
+        }
     }
 
     #[test]
