@@ -6,10 +6,8 @@
 //! the provider (it returns plain paths, bytes and strings; secrets in buffers wiped on drop).
 
 // Unsafe code (libc calls): each operation in an `unsafe` block of its own, with a
-// `// SAFETY:` comment saying why it is sound, inside `unsafe fn`s too.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-#![deny(clippy::multiple_unsafe_ops_per_block)]
+// `// SAFETY:` comment saying why it is sound, inside `unsafe fn`s too (denied for the whole
+// workspace by `[workspace.lints]` in Cargo.toml).
 
 pub mod config_paths;
 pub mod credentials;

@@ -15,10 +15,8 @@
 //! - [`agent`]: `cosmian-ssh-agent`, and [`diagnosis`] its `check` command.
 
 // Unsafe code (src/ffi, and setsockopt in src/kmip/transport.rs): each operation in an `unsafe`
-// block of its own, with a `// SAFETY:` comment saying why it is sound, inside `unsafe fn`s too.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-#![deny(clippy::multiple_unsafe_ops_per_block)]
+// block of its own, with a `// SAFETY:` comment saying why it is sound, inside `unsafe fn`s too
+// (denied for the whole workspace by `[workspace.lints]` in Cargo.toml).
 // `pub` only where `internals` re-exports; everything else is `pub(crate)` (checked by `cargo xtask tidy`).
 #![cfg_attr(feature = "internals", warn(unreachable_pub))]
 

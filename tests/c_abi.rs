@@ -13,6 +13,10 @@ use cryptoki_sys::*;
 /// Calls a function of a table, which must be there.
 macro_rules! call {
     ($list:expr, $f:ident ( $($arg:expr),* )) => {
+        // SAFETY: `$f` comes from one of the provider's own function tables, so it has the
+        // PKCS#11 signature; every call site passes pointers to live locals or buffers with their
+        // true lengths, or the NULL pointers and bad handles under test, which the provider checks
+        // before any use (the return codes asserted here).
         unsafe { ($list.$f.expect(stringify!($f)))($($arg),*) }
     };
 }
@@ -20,7 +24,9 @@ macro_rules! call {
 /// Every slot of a function table (all pointer-sized after the version) is non-NULL.
 fn count_null_slots<T>(table: *const T) -> usize {
     let words = std::mem::size_of::<T>() / std::mem::size_of::<usize>();
-    // SAFETY: the tables are repr(C): a CK_VERSION padded to a word, then function pointers.
+    // SAFETY: `table` points to one of the provider's static function tables, alive while the
+    // library is loaded; they are repr(C): a CK_VERSION padded to a word, then function pointers,
+    // so `words` initialized, aligned usizes.
     let slots = unsafe { std::slice::from_raw_parts(table as *const usize, words) };
     slots[1..].iter().filter(|p| **p == 0).count()
 }
@@ -30,6 +36,8 @@ fn count_null_slots<T>(table: *const T) -> usize {
 fn call_every_other_slot(f3: &CK_FUNCTION_LIST_3_0) -> Vec<(&'static str, CK_RV)> {
     macro_rules! call_all {
         ($($f:ident),*) => {
+            // SAFETY: every slot is a PKCS#11 entry point of the provider: NULL pointers and 0
+            // handles are arguments it must (and does) refuse with a return code, never read.
             vec![$((stringify!($f), unsafe { f3.$f.expect(stringify!($f)).call_zeroed() })),*]
         };
     }
@@ -142,44 +150,79 @@ fn the_c_abi_answers_as_the_specification_says() {
     std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
     std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
 
+    // SAFETY: dlopen of the provider built from this workspace: it has no constructor of its
+    // own (its state starts at C_Initialize), so loading it runs no code that could misbehave.
     let lib = unsafe { libloading::Library::new(provider_lib()) }.unwrap();
+    // SAFETY: the provider exports C_GetFunctionList with exactly this PKCS#11 signature; `lib`
+    // outlives the symbol (both live to the end of this test).
     let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
         unsafe { lib.get(b"C_GetFunctionList") }.unwrap();
+    // SAFETY: the provider exports C_GetInterface with the PKCS#11 3.0 signature of
+    // CK_C_GetInterface; `lib` outlives the symbol.
     let get_interface: libloading::Symbol<CK_C_GetInterface> = unsafe { lib.get(b"C_GetInterface") }.unwrap();
+    // SAFETY: the provider exports C_GetInterfaceList with the PKCS#11 3.0 signature of
+    // CK_C_GetInterfaceList; `lib` outlives the symbol.
     let get_interface_list: libloading::Symbol<CK_C_GetInterfaceList> =
         unsafe { lib.get(b"C_GetInterfaceList") }.unwrap();
 
     // ---- the tables: 2.40 and 3.0, no NULL slot ------------------------------------------
+    // SAFETY: a NULL out-pointer is the case under test: the provider checks it before writing.
     assert_eq!(unsafe { get_list(null_mut()) }, CKR_ARGUMENTS_BAD);
     let mut list: *mut CK_FUNCTION_LIST = null_mut();
+    // SAFETY: `list` is a live local the function writes the table's address into.
     assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
+    // SAFETY: C_GetFunctionList answered CKR_OK, so `list` points to the provider's static
+    // CK_FUNCTION_LIST, valid while `lib` is loaded (to the end of this test), only read here.
     let f = unsafe { &*list };
     assert_eq!((f.version.major, f.version.minor), (2, 40));
     assert_eq!(count_null_slots(list), 0);
 
     let mut count: CK_ULONG = 0;
+    // SAFETY: a NULL list asks for the count only; `count` is a live local CK_ULONG.
     assert_eq!(unsafe { get_interface_list.unwrap()(null_mut(), &mut count) }, CKR_OK);
     assert_eq!(count, 2);
     let mut one = [CK_INTERFACE { pInterfaceName: null_mut(), pFunctionList: null_mut(), flags: 0 }; 1];
     let mut short: CK_ULONG = 1;
+    // SAFETY: `one` holds `short` (1) CK_INTERFACEs, the length passed; `short` is a live local.
     assert_eq!(unsafe { get_interface_list.unwrap()(one.as_mut_ptr(), &mut short) }, CKR_BUFFER_TOO_SMALL);
     assert_eq!(short, 2);
     let mut interface: *mut CK_INTERFACE = null_mut();
+    // SAFETY: NULL name and version ask for the default; `interface` is a live local out-pointer.
     assert_eq!(unsafe { get_interface.unwrap()(null_mut(), null_mut(), &mut interface, 0) }, CKR_OK);
-    let f3 = unsafe { &*((*interface).pFunctionList as *const CK_FUNCTION_LIST_3_0) };
+    // SAFETY: C_GetInterface answered CKR_OK, so `interface` points to an entry of the provider's
+    // static, initialized INTERFACES array (src/ffi/mod.rs), valid while `lib` is loaded.
+    let functions = unsafe { (*interface).pFunctionList };
+    // SAFETY: the default interface is the 3.0 one: `functions` points to the provider's static
+    // CK_FUNCTION_LIST_3_0, valid while `lib` is loaded, only read here.
+    let f3 = unsafe { &*(functions as *const CK_FUNCTION_LIST_3_0) };
     assert_eq!((f3.version.major, f3.version.minor), (3, 0));
     assert_eq!(count_null_slots(f3 as *const CK_FUNCTION_LIST_3_0), 0);
     // Proxies such as OpenSC's pkcs11-spy write into the interface they are handed.
     // A volatile write: a plain self-assignment could be optimised away.
-    unsafe { std::ptr::write_volatile(&mut (*interface).flags, (*interface).flags) };
-    let name = unsafe { std::ffi::CStr::from_ptr((*interface).pInterfaceName as *const _) };
+    // SAFETY: `interface` points to an initialized entry of INTERFACES (see above).
+    let interface_flags = unsafe { (*interface).flags };
+    // SAFETY: INTERFACES is a `static mut`, writable on purpose (src/ffi/mod.rs); no other
+    // reference to it is alive and this test is the only thread touching it.
+    let flags_field = unsafe { &mut (*interface).flags };
+    // SAFETY: `flags_field` is a valid, aligned, exclusive reference to a CK_FLAGS.
+    unsafe { std::ptr::write_volatile(flags_field, interface_flags) };
+    // SAFETY: `interface` points to an initialized entry of INTERFACES (see above).
+    let interface_name = unsafe { (*interface).pInterfaceName };
+    // SAFETY: the provider's interface names are NUL-terminated static C strings ("PKCS 11").
+    let name = unsafe { std::ffi::CStr::from_ptr(interface_name as *const _) };
     assert_eq!(name.to_bytes(), b"PKCS 11");
     let mut v240 = CK_VERSION { major: 2, minor: 40 };
+    // SAFETY: a NUL-terminated name from a C string literal (only read), a live local version
+    // and a live local out-pointer.
     assert_eq!(unsafe { get_interface.unwrap()(c"PKCS 11".as_ptr() as *mut _, &mut v240, &mut interface, 0) }, CKR_OK);
+    // SAFETY: C_GetInterface answered CKR_OK: `interface` points to an entry of INTERFACES.
     assert_eq!(unsafe { (*interface).pFunctionList } as *const CK_FUNCTION_LIST, list as *const _);
     let mut v9 = CK_VERSION { major: 9, minor: 9 };
+    // SAFETY: a live local version (an unknown one, the case under test) and out-pointer.
     assert_eq!(unsafe { get_interface.unwrap()(null_mut(), &mut v9, &mut interface, 0) }, CKR_ARGUMENTS_BAD);
     assert_eq!(
+        // SAFETY: a NUL-terminated name from a C string literal (an unknown one, the case under
+        // test), only read; a live local out-pointer.
         unsafe { get_interface.unwrap()(c"Vendor".as_ptr() as *mut _, null_mut(), &mut interface, 0) },
         CKR_ARGUMENTS_BAD
     );
@@ -193,6 +236,7 @@ fn the_c_abi_answers_as_the_specification_says() {
     for (name, rv) in calls {
         assert_eq!(rv, CKR_CRYPTOKI_NOT_INITIALIZED, "{name} before C_Initialize");
     }
+    // SAFETY: CK_INFO is a C struct of integers and byte arrays: all-zero bits are valid.
     let mut info: CK_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(f, C_GetInfo(&mut info)), CKR_CRYPTOKI_NOT_INITIALIZED);
     assert_eq!(call!(f, C_Finalize(null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
@@ -235,12 +279,14 @@ fn the_c_abi_answers_as_the_specification_says() {
     n = 4;
     assert_eq!(call!(f, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n)), CKR_OK);
     let slot = slots[0];
+    // SAFETY: CK_TOKEN_INFO is a C struct of integers and byte arrays: all-zero bits are valid.
     let mut token: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(f, C_GetTokenInfo(slot + 100, &mut token)), CKR_SLOT_ID_INVALID);
     assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);
     assert_eq!(token.flags & CKF_LOGIN_REQUIRED, 0);
     assert_eq!((token.ulMinPinLen, token.ulMaxPinLen), (0, 0), "no PIN without PIN mode");
     assert_ne!(token.flags & CKF_TOKEN_INITIALIZED, 0);
+    // SAFETY: CK_MECHANISM_INFO is a C struct of integers: all-zero bits are valid.
     let mut mech_info: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(f, C_GetMechanismInfo(slot, CKM_AES_GCM, &mut mech_info)), CKR_MECHANISM_INVALID);
     assert_eq!(call!(f, C_GetMechanismInfo(slot, CKM_ECDSA, &mut mech_info)), CKR_OK);

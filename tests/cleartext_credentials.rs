@@ -80,22 +80,33 @@ fn credentials_never_go_over_http_to_a_remote_host_unless_allowed() {
     for (k, v) in provider_env(&path, &dir.join("logs")) {
         std::env::set_var(k, v);
     }
+    // `f`: the provider's static function table (the library is never unloaded).
     let f = function_list();
-    unsafe {
-        assert_eq!(f.C_Initialize.unwrap()(null_mut()), CKR_OK);
-        let mut token: CK_TOKEN_INFO = std::mem::zeroed();
-        assert_eq!(f.C_GetTokenInfo.unwrap()(1, &mut token), CKR_OK);
+    {
+        // SAFETY: NULL initialization arguments are allowed (no locking callbacks).
+        assert_eq!(unsafe { f.C_Initialize.unwrap()(null_mut()) }, CKR_OK);
+        // SAFETY: CK_TOKEN_INFO is a C struct of integers and byte arrays: all-zero bits are valid.
+        let mut token: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: `token` is a live local CK_TOKEN_INFO the provider fills in.
+        assert_eq!(unsafe { f.C_GetTokenInfo.unwrap()(1, &mut token) }, CKR_OK);
         assert_ne!(token.flags & CKF_LOGIN_REQUIRED, 0, "still a PIN-mode token");
         let mut session = 0;
-        assert_eq!(f.C_OpenSession.unwrap()(1, CKF_SERIAL_SESSION, null_mut(), None, &mut session), CKR_OK);
+        // SAFETY: NULL application data and no notify callback are allowed; `session` is a live
+        // local the provider writes the new handle into.
+        assert_eq!(unsafe { f.C_OpenSession.unwrap()(1, CKF_SERIAL_SESSION, null_mut(), None, &mut session) }, CKR_OK);
         let mut pin = TOKEN.as_bytes().to_vec();
         let started = Instant::now();
-        assert_eq!(f.C_Login.unwrap()(session, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG), CKR_DEVICE_ERROR);
+        // SAFETY: `pin` is a live buffer of `pin.len()` bytes.
+        let rv = unsafe { f.C_Login.unwrap()(session, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG) };
+        assert_eq!(rv, CKR_DEVICE_ERROR);
         assert!(started.elapsed() < Duration::from_secs(1));
-        let mut info: CK_SESSION_INFO = std::mem::zeroed();
-        assert_eq!(f.C_GetSessionInfo.unwrap()(session, &mut info), CKR_OK);
+        // SAFETY: CK_SESSION_INFO is a C struct of integers: all-zero bits are valid.
+        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live local CK_SESSION_INFO the provider fills in.
+        assert_eq!(unsafe { f.C_GetSessionInfo.unwrap()(session, &mut info) }, CKR_OK);
         assert_eq!(info.state, CKS_RO_PUBLIC_SESSION, "not logged in");
-        assert_eq!(f.C_Finalize.unwrap()(null_mut()), CKR_OK);
+        // SAFETY: NULL is the reserved argument C_Finalize requires.
+        assert_eq!(unsafe { f.C_Finalize.unwrap()(null_mut()) }, CKR_OK);
     }
     let log = provider_log(&dir.join("logs"));
     assert!(log.lines().any(|l| l.contains(" ERROR ") && l.contains("pkcs11_allow_cleartext_credentials")), "{log}");

@@ -21,6 +21,9 @@ use sha2::Digest;
 /// Calls a function of the table, which must be there.
 macro_rules! call {
     ($list:expr, $f:ident ( $($arg:expr),* )) => {
+        // SAFETY: `$f` comes from the provider's own function table (C_GetFunctionList), so it
+        // has the PKCS#11 signature; every call site passes pointers to live locals or buffers
+        // with their true lengths, or null where the specification allows it.
         unsafe { ($list.$f.expect(stringify!($f)))($($arg),*) }
     };
 }
@@ -84,7 +87,8 @@ fn log_file() -> PathBuf {
 /// if the child failed.
 fn in_a_forked_child(child: impl FnOnce() -> Result<(), String>, log: &Path) {
     let mark = std::fs::read_to_string(log).map_or(0, |l| l.len());
-    // SAFETY: the child only calls the module and _exits; it never returns into the harness.
+    // SAFETY: fork takes no arguments; the child only calls the module, which is made for a
+    // forked child (C_Initialize again), and _exits: it never returns into the harness.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
@@ -97,12 +101,18 @@ fn in_a_forked_child(child: impl FnOnce() -> Result<(), String>, log: &Path) {
             }
             Err(_) => 2,
         };
+        // SAFETY: _exit takes an integer and never returns; skipping the harness's exit
+        // handlers in the child is the point.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
+    // SAFETY: `pid` is the child forked above, not reaped yet; `status` is a live local c_int
+    // that waitpid writes the wait status into.
     while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
         if Instant::now() > deadline {
+            // SAFETY: kill takes two integers and touches no memory; `pid` is our child, still
+            // running (waitpid just answered 0), so the pid names no other process.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("the child still runs after 60 s");
         }

@@ -35,6 +35,9 @@ const CYCLES: usize = 4;
 
 macro_rules! call {
     ($list:expr, $f:ident ( $($arg:expr),* )) => {
+        // SAFETY: `$f` comes from the provider's own function table, read while the library is
+        // loaded, so it has the PKCS#11 signature; every call site passes pointers to live locals
+        // or buffers with their true lengths, or NULL where the specification allows it.
         unsafe { ($list.$f.expect(stringify!($f)))($($arg),*) }
     };
 }
@@ -82,11 +85,19 @@ fn mapped(lib: &Path) -> bool {
 /// Loads the module and initializes it (with `flags`, if any): the library, to unload, and
 /// its function list, valid while the library is loaded.
 fn load(lib: &Path, flags: Option<CK_FLAGS>) -> (libloading::Library, &'static CK_FUNCTION_LIST) {
+    // SAFETY: dlopen of the provider built from this workspace: it has no constructor of its
+    // own (its state starts at C_Initialize), so loading it runs no code that could misbehave.
     let library = unsafe { libloading::Library::new(lib) }.unwrap();
+    // SAFETY: the provider exports C_GetFunctionList with exactly this PKCS#11 signature; the
+    // symbol is only used in this function, while `library` is loaded.
     let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
         unsafe { library.get(b"C_GetFunctionList") }.unwrap();
     let mut list: *mut CK_FUNCTION_LIST = null_mut();
+    // SAFETY: `list` is a live local the function writes the table's address into.
     ok("C_GetFunctionList", unsafe { get_list(&mut list) });
+    // SAFETY: C_GetFunctionList answered CKR_OK (`ok` panics otherwise), so `list` points to the
+    // provider's static CK_FUNCTION_LIST; it stays valid while `library` is loaded, and every
+    // caller stops using `f` before it unloads the library it gets back.
     let f = unsafe { &*list };
     match flags {
         None => ok("C_Initialize", call!(f, C_Initialize(null_mut()))),
@@ -111,6 +122,7 @@ fn list(f: &CK_FUNCTION_LIST) -> (CK_SESSION_HANDLE, Vec<CK_OBJECT_HANDLE>) {
     let mut slot: CK_SLOT_ID = 0;
     let mut count: CK_ULONG = 1;
     ok("C_GetSlotList", call!(f, C_GetSlotList(1, &mut slot, &mut count)));
+    // SAFETY: CK_TOKEN_INFO is a C struct of integers and byte arrays: all-zero bits are valid.
     let mut token: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
     ok("C_GetTokenInfo", call!(f, C_GetTokenInfo(slot, &mut token)));
     let mut session: CK_SESSION_HANDLE = 0;

@@ -540,7 +540,7 @@ fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
         }
         // rustls's handshake errors come through the socket as InvalidData.
         ureq::Error::Io(io) if io.kind() == InvalidData && !answered => {
-            if io.get_ref().is_some_and(|inner| is_untrusted(inner)) {
+            if io.get_ref().is_some_and(is_untrusted) {
                 KmsError::Untrusted(io.to_string())
             } else {
                 KmsError::Tls(io.to_string())

@@ -14,17 +14,20 @@ use crate::provider_lib;
 /// # Panics
 /// When the library does not load or `C_GetFunctionList` fails.
 pub fn function_list() -> &'static CK_FUNCTION_LIST {
-    // SAFETY: loading the provider runs no initializer that could misbehave; the handle is
-    // leaked so the table stays valid for the rest of the process.
+    // SAFETY: dlopen of the provider built from this workspace: it has no constructor of its
+    // own (its state starts at C_Initialize), so loading it runs no code that could misbehave;
+    // the handle is leaked so the table stays valid for the rest of the process.
     let lib: &'static libloading::Library =
         Box::leak(Box::new(unsafe { libloading::Library::new(provider_lib()) }.expect("dlopen the provider")));
-    // SAFETY: the symbol has the PKCS#11 signature.
+    // SAFETY: the provider exports C_GetFunctionList with exactly this PKCS#11 signature; `lib`
+    // is leaked, so it outlives the symbol.
     let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
         unsafe { lib.get(b"C_GetFunctionList") }.expect("C_GetFunctionList");
     let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-    // SAFETY: a valid out-pointer.
+    // SAFETY: `list` is a live local the function writes the table's address into.
     assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
-    // SAFETY: the table lives as long as the library, which is never unloaded.
+    // SAFETY: C_GetFunctionList answered CKR_OK (asserted), so `list` points to the provider's
+    // static CK_FUNCTION_LIST, which lives as long as the library, which is never unloaded.
     unsafe { &*list }
 }
 

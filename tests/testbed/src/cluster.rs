@@ -160,18 +160,19 @@ impl Drop for Postgres {
 }
 
 fn is_root() -> bool {
-    // SAFETY: no arguments, cannot fail.
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// Gives `path` to `user` (and their group).
 fn chown(path: &Path, user: &str) {
     let name = CString::new(user).expect("a user name has no NUL");
-    // SAFETY: getpwnam reads a NUL-terminated name; the entry is read at once, in this thread.
-    let ids = unsafe {
-        let entry = libc::getpwnam(name.as_ptr());
-        (!entry.is_null()).then(|| ((*entry).pw_uid, (*entry).pw_gid))
-    };
+    // SAFETY: `name` is a NUL-terminated C string that outlives the call; getpwnam only reads it.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    // SAFETY: getpwnam returns null (no such user, turned into None by `as_ref`) or a pointer to
+    // its static `passwd` entry, valid until the next getpw* call; the ids are copied out at once,
+    // in this thread, and nothing else in the test bed calls getpw*.
+    let ids = unsafe { entry.as_ref() }.map(|entry| (entry.pw_uid, entry.pw_gid));
     let (uid, gid) = ids.unwrap_or_else(|| {
         panic!("no `{user}` user: install Debian's `postgresql` package (scripts/install-test-bed.sh)")
     });

@@ -28,7 +28,9 @@ static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers { pids: Vec::new(), di
 /// Runs `change` on the leftovers, registering the `atexit` handler the first time.
 fn leftovers(change: impl FnOnce(&mut Leftovers)) {
     static HANDLER: Once = Once::new();
-    // SAFETY: registers a plain function that never unwinds.
+    // SAFETY: registers `clean_up_at_exit`, an `extern "C" fn()` with no arguments that lives as
+    // long as the program and never unwinds (it only try_locks, kills, waits and removes
+    // directories); `call_once` registers it once.
     HANDLER.call_once(|| unsafe {
         libc::atexit(clean_up_at_exit);
     });
@@ -42,9 +44,13 @@ extern "C" fn clean_up_at_exit() {
         return;
     };
     for pid in leftovers.pids.drain(..) {
-        // SAFETY: our own child, not reaped yet (stop() unregisters before reaping).
+        // SAFETY: kill takes two integers and touches no memory; `pid` is our own child, not
+        // reaped yet (stop() unregisters before reaping), so the pid names no other process.
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+        // SAFETY: the same child; a null status pointer is allowed (waitpid then stores nothing).
+        unsafe {
             libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
         }
     }
@@ -87,19 +93,24 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
 fn spawn_tied_to_process(command: &mut Command) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
-    // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before prctl: then nobody would ever kill us.
-            if libc::getppid() as u32 != parent {
-                return Err(io::Error::other("parent exited before the child started"));
-            }
-            Ok(())
-        })
+    let tie_to_parent = move || {
+        // SAFETY: PR_SET_PDEATHSIG with an integer signal number reads and writes no memory of
+        // ours; it only sets this (child) process's parent-death signal.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The parent may have died before prctl: then nobody would ever kill us.
+        // SAFETY: getppid takes no arguments, touches no memory and cannot fail.
+        if unsafe { libc::getppid() } as u32 != parent {
+            // ESRCH ("no such process": the parent): an OS error code allocates nothing.
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
     };
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are sound: prctl and getppid are, and no path allocates (both errors are OS error
+    // codes, `io::Error`'s unboxed form).
+    unsafe { command.pre_exec(tie_to_parent) };
     command.spawn()
 }
 

@@ -12,22 +12,24 @@ pub trait CallZeroed {
 }
 
 macro_rules! call_zeroed_for_arity {
-    ($($arg:ident),*) => {
+    ($($value:ident: $arg:ident),*) => {
         impl<$($arg),*> CallZeroed for unsafe extern "C" fn($($arg),*) -> c_ulong {
             unsafe fn call_zeroed(self) -> c_ulong {
-                // SAFETY: the caller's contract; every argument type here is a pointer or an
-                // integer, for which all-zero bits are a valid value.
-                unsafe { self($(std::mem::zeroed::<$arg>()),*) }
+                // SAFETY: the caller's contract; every argument type of a PKCS#11 entry point is a
+                // pointer or an integer, for which all-zero bits are a valid value.
+                let ($($value,)*): ($($arg,)*) = unsafe { std::mem::zeroed() };
+                // SAFETY: the caller's contract: `self` accepts all-zero arguments.
+                unsafe { self($($value),*) }
             }
         }
     };
 }
-call_zeroed_for_arity!(A);
-call_zeroed_for_arity!(A, B);
-call_zeroed_for_arity!(A, B, C);
-call_zeroed_for_arity!(A, B, C, D);
-call_zeroed_for_arity!(A, B, C, D, E);
-call_zeroed_for_arity!(A, B, C, D, E, F);
-call_zeroed_for_arity!(A, B, C, D, E, F, G);
-call_zeroed_for_arity!(A, B, C, D, E, F, G, H);
-call_zeroed_for_arity!(A, B, C, D, E, F, G, H, I);
+call_zeroed_for_arity!(a: A);
+call_zeroed_for_arity!(a: A, b: B);
+call_zeroed_for_arity!(a: A, b: B, c: C);
+call_zeroed_for_arity!(a: A, b: B, c: C, d: D);
+call_zeroed_for_arity!(a: A, b: B, c: C, d: D, e: E);
+call_zeroed_for_arity!(a: A, b: B, c: C, d: D, e: E, f: F);
+call_zeroed_for_arity!(a: A, b: B, c: C, d: D, e: E, f: F, g: G);
+call_zeroed_for_arity!(a: A, b: B, c: C, d: D, e: E, f: F, g: G, h: H);
+call_zeroed_for_arity!(a: A, b: B, c: C, d: D, e: E, f: F, g: G, h: H, i: I);

@@ -85,12 +85,12 @@ fn keygen_d(bench: &Bench, config: &Path) -> Result<(f64, f64), String> {
 
 /// The CPU time (user + system, ms) of this process's children that have been waited for.
 fn children_cpu_ms() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
+    // SAFETY: `rusage` is a C struct of integers and timevals, for which all-zero bits are valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable `rusage` that getrusage fills for RUSAGE_CHILDREN.
+    unsafe {
         libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    };
+    }
     let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
     ms(usage.ru_utime) + ms(usage.ru_stime)
 }
