@@ -10,7 +10,9 @@
 #     and cpio (the .pkg unpacked by tools that are not its writer); qemu-user (qemu-aarch64:
 #     `cargo xtask package-test` runs Debian's arm64 ssh-keygen on the arm64 library); systemd
 #     (systemd-analyze verifies the agent's user units, systemd-socket-activate starts the
-#     installed agent as its socket unit does; nothing is started at install).
+#     installed agent as its socket unit does; nothing is started at install); go-md2man
+#     (renders docs/man/*.md into the packages' man pages) and man-db (`man --warnings` checks
+#     them; `cargo xtask package-test` asks `man` for the installed ones).
 #   - dpkg's foreign architecture arm64 (a SYSTEM CHANGE: `dpkg --add-architecture arm64`, then
 #     `apt-get update` indexes Debian's arm64 packages too; nothing arm64 is installed). The
 #     arm64 run check (xtask/src/package/arm64.rs) downloads Debian's arm64 openssh-client and
@@ -65,7 +67,8 @@ if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
     $SUDO apt-get update -qq >&2
   fi
   "$(dirname "${BASH_SOURCE[0]}")/install-debian-packages.sh" lintian rpm rpmlint ruby ruby-minitest rubocop opensc p11-kit-modules binutils python3-venv \
-    clang-16 lld-16 llvm-16 p7zip-full cpio qemu-user apt-utils gnupg createrepo-c dnf systemd
+    clang-16 lld-16 llvm-16 p7zip-full cpio qemu-user apt-utils gnupg createrepo-c dnf systemd \
+    go-md2man man-db
 fi
 
 # --- rustup -----------------------------------------------------------------------------

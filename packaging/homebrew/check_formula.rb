@@ -5,16 +5,20 @@
 #
 # Loads the formula with a stand-in for the parts of Homebrew's DSL it uses and fails unless:
 # - it has every stanza a release needs (desc, homepage, url, sha256, license, livecheck, the
-#   rust build and opensc test dependencies, install, caveats, test), in the order of Homebrew's
-#   ComponentsOrder rule;
+#   rust build and opensc test dependencies, install, caveats, service, test), in the order of
+#   Homebrew's ComponentsOrder rule;
 # - its desc keeps `brew audit`'s rules: at most 80 characters, a capital first, no article
 #   first, not the formula's name first, no full stop last;
 # - url is the release's https tarball, sha256 64 hexadecimal digits;
-# - the caveats, as a Mac and as Linux show them, give the ssh -I and ssh-agent -P lines;
+# - the caveats, as a Mac and as Linux show them, give the ssh -I and ssh-agent -P lines, and
+#   the agent's (brew services; IdentityAgent for Apple's ssh on a Mac);
+# - its `service do` (what `brew services` hands to launchd or systemd) runs the agent in the
+#   foreground, kept alive; that command, run with the agent in BIN_DIR as systemd runs it (a
+#   runtime folder of its own), listens on the agent's default socket;
 # - its `test do`, run as `brew test` runs it (in an empty temporary folder that is also HOME,
 #   with Minitest's assertions), passes against the module in LIB_DIR (where `lib.install` puts
 #   it) and loads it with pkcs11-tool: Debian's (package opensc) stands in for the `opensc`
-#   formula's; on Linux, it also runs the agent in BIN_DIR (where `bin.install` puts it).
+#   formula's; it also runs the agent in BIN_DIR (where `bin.install` puts it).
 # Prints `url=`, `sha256=` and `version=` for the caller to compare, and the commands the test
 # ran. The real Homebrew (`brew style`, `brew audit`, `brew install`, `brew test`) reads the
 # formula in the macOS release workflow.
@@ -26,7 +30,8 @@ require "tmpdir"
 HOMEBREW_PREFIX = Pathname("/opt/homebrew").freeze
 HOMEBREW_CELLAR = (HOMEBREW_PREFIX/"Cellar").freeze
 # The stanzas in the order Homebrew's ComponentsOrder rule wants them (of those this formula has).
-ORDER = [:desc, :homepage, :url, :sha256, :license, :livecheck, :depends_on, :install, :caveats, :test].freeze
+ORDER = [:desc, :homepage, :url, :sha256, :license, :livecheck, :depends_on, :install, :caveats, :service,
+         :test].freeze
 
 # Homebrew's `OS.mac?` and `OS.linux?`, switchable: the caveats are checked as a Mac and as
 # Linux show them.
@@ -56,12 +61,27 @@ class Livecheck
   def strategy(value) = @settings[:strategy] = value
 end
 
+# Homebrew's `service do` block (Homebrew::Service), for the parts the formula uses; the
+# formula's paths come from the formula, as Homebrew delegates them.
+class StandInService
+  attr_reader :settings
+
+  def initialize(formula)
+    @formula = formula
+    @settings = {}
+  end
+
+  def opt_bin = @formula.opt_bin
+  def run(command) = @settings[:run] = command
+  def keep_alive(value) = @settings[:keep_alive] = value
+end
+
 class Formula
   include Minitest::Assertions
   attr_accessor :assertions
 
   class << self
-    attr_reader :stanzas, :lines, :test_block, :livecheck_settings
+    attr_reader :stanzas, :lines, :test_block, :livecheck_settings, :service_block
 
     def inherited(subclass)
       super
@@ -90,6 +110,11 @@ class Formula
     def livecheck(&block)
       at(:livecheck)
       @livecheck_settings = Livecheck.new.tap { |l| l.instance_eval(&block) }.settings
+    end
+
+    def service(&block)
+      at(:service)
+      @service_block = block
     end
 
     def test(&block)
@@ -175,6 +200,7 @@ end
   klass.lines[method] = klass.instance_method(method).source_location[1]
 end
 fail!("no test do") unless klass.test_block
+fail!("no service do") unless klass.service_block
 lines = ORDER.map { |stanza| [stanza, klass.lines[stanza]] }
 lines.each_cons(2) do |(first, first_line), (second, second_line)|
   fail!("#{second} (line #{second_line}) comes before #{first} (line #{first_line})") if second_line < first_line
@@ -182,17 +208,24 @@ end
 
 formula = klass.new(lib_dir, bin_dir)
 {
-  false => ["cosmian-ssh-agent -s"],
-  true  => ["/usr/bin/ssh", "brew install openssh", "#{HOMEBREW_PREFIX}/bin/ssh"],
+  false => ["XDG_RUNTIME_DIR"],
+  true  => ["/usr/bin/ssh", "IdentityAgent ~/Library/Caches/cosmian-ssh-agent/socket", "brew install openssh",
+            "#{HOMEBREW_PREFIX}/bin/ssh"],
 }.each do |mac, extra|
   OS.mac = mac
   caveats = formula.caveats
-  (["ssh -I", "ssh-agent -P", "ssh-add -s"] + extra).each do |needed|
+  (["ssh -I", "ssh-agent -P", "ssh-add -s", "brew services start", "cosmian-ssh-agent -s"] + extra).each do |needed|
     fail!("the caveats #{mac ? "on macOS" : "on Linux"} do not mention #{needed}") unless caveats.include?(needed)
   end
 end
 
 OS.mac = RUBY_PLATFORM.include?("darwin")
+service = StandInService.new(formula).tap { |s| s.instance_eval(&klass.service_block) }.settings
+agent = formula.opt_bin/"cosmian-ssh-agent"
+unless service == { run: [agent, "-D"], keep_alive: true }
+  fail!("service do is #{service}, not run [opt_bin/\"cosmian-ssh-agent\", \"-D\"] with keep_alive true")
+end
+
 Dir.mktmpdir("#{name}-test") do |testpath|
   formula = klass.new(lib_dir, bin_dir, testpath)
   home = ENV.fetch("HOME", nil)
@@ -208,13 +241,34 @@ Dir.mktmpdir("#{name}-test") do |testpath|
   unless formula.commands.any? { |cmd| cmd.match?(%r{/pkcs11-tool --module #{Regexp.escape(module_path.to_s)} }) }
     fail!("test do does not load #{module_path} with pkcs11-tool: it ran #{formula.commands}")
   end
-  agent = formula.bin/"cosmian-ssh-agent"
-  if OS.linux? && formula.commands.none? { |cmd| cmd.start_with?("#{agent} ") }
+  if formula.commands.none? { |cmd| cmd.start_with?("#{agent} ") }
     fail!("test do does not run #{agent}: it ran #{formula.commands}")
   end
   puts "url=#{stanzas[:url]}"
   puts "sha256=#{stanzas[:sha256]}"
   puts "version=#{formula.version}"
-  puts "test do: passed against #{module_path}#{OS.linux? ? " and #{agent}" : ""}, running:"
+  puts "test do: passed against #{module_path} and #{agent}, running:"
   formula.commands.each { |cmd| puts "  #{cmd}" }
+end
+
+# The service's command as systemd runs it (launchd on a Mac: a HOME), killed once its socket
+# is there.
+Dir.mktmpdir("#{name}-service") do |home|
+  runtime = File.join(home, "run")
+  Dir.mkdir(runtime, 0o700)
+  socket = File.join(OS.mac? ? File.join(home, "Library/Caches") : runtime, "cosmian-ssh-agent/socket")
+  log = File.join(home, "agent.log")
+  env = { "HOME" => home, "XDG_RUNTIME_DIR" => runtime }
+  pid = Process.spawn(env, *service[:run].map(&:to_s), in: File::NULL, out: log, err: log, unsetenv_others: false)
+  deadline = Time.now + 20
+  sleep 0.05 until File.socket?(socket) || Time.now > deadline || Process.waitpid(pid, Process::WNOHANG)
+  listening = File.socket?(socket)
+  begin
+    Process.kill("TERM", pid)
+    Process.wait(pid)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  end
+  fail!("the service's command made no socket #{socket}: #{File.read(log)}") unless listening
+  puts "service do: #{service[:run].join(" ")} (keep_alive) listens on #{socket.delete_prefix(home)} under its HOME"
 end

@@ -48,14 +48,17 @@ commands:
              aarch64 the .so (glibc 2.28), .deb and .rpm; the source tarball, the Homebrew tap;
              the signed apt and dnf repositories (COSMIAN_PKCS11_REPO_URL,
              COSMIAN_PKCS11_REPO_SIGNING_KEY)
-  dist-macos (macOS) the universal .dylib, signed and notarized, and a signed, notarized,
-             stapled .pkg; the signing secrets come from the environment
+  dist-macos (macOS) the universal .dylib and cosmian-ssh-agent, signed (the .dylib
+             notarized), and a signed, notarized, stapled .pkg of both with the agent's
+             LaunchAgent; the signing secrets come from the environment
   dist-homebrew  the source tarball and the Homebrew tap (target/dist/homebrew-tap) alone,
              on any OS with git: what the macOS release workflow installs with brew
-  dist-macos-cross  (Linux) the universal .dylib built without Apple's SDK and checked
-             (architectures, macOS version, install name, imports, exports, no build path)
-  test-macos (macOS) what runs on a Mac: the cryptoki tests against a KMS built there, and
-             ssh -I logins with Homebrew's OpenSSH (COSMIAN_OPENSSH, default brew's openssh)
+  dist-macos-cross  (Linux) the universal .dylib and cosmian-ssh-agent built without
+             Apple's SDK and checked (architectures, macOS version, install name, imports,
+             exports, no build path), signed self-signed, and the .pkg of them unpacked
+  test-macos (macOS) what runs on a Mac: the cryptoki tests against a KMS built there,
+             ssh -I logins with Homebrew's OpenSSH (COSMIAN_OPENSSH, default brew's openssh),
+             Apple's /usr/bin/ssh-add and ssh through cosmian-ssh-agent
   package-test  dist, then (as root: a throw-away machine) apt-get and dnf against the
              repositories served on 127.0.0.1 (install, logins, upgrade, downgrade, refusals,
              remove), beside the official ckms packages, the arm64 library under qemu-user,
@@ -198,19 +201,31 @@ fn test(local: bool) -> Result<(), String> {
 /// `cargo xtask test-macos`, run by the macOS release workflow on a Mac (it cannot run on
 /// Linux): the library built with Apple's SDK, loaded by the cryptoki tests against a KMS
 /// built there, and `ssh -I` logins with every key type through Homebrew's OpenSSH (Apple's
-/// `/usr/bin/ssh` refuses third-party providers since macOS 15.2). The test bed script takes
-/// the OpenSSH from `brew --prefix openssh` on macOS.
+/// `/usr/bin/ssh` refuses third-party providers since macOS 15.2); then the agent built there
+/// serving Apple's own `/usr/bin/ssh-add` and `/usr/bin/ssh` (`IdentityAgent`), which is what
+/// it is for on macOS. The test bed script takes the OpenSSH from `brew --prefix openssh` on
+/// macOS.
 fn test_macos() -> Result<(), String> {
     if !cfg!(target_os = "macos") {
         return Err("test-macos runs on macOS (.github/workflows/release-macos.yml runs it)".into());
     }
     install_test_bed();
-    cargo("build the provider", &["build", "-p", "cosmian-pkcs11"])?;
-    cargo("the cryptoki tests (dlopen of the .dylib)", &["test", "--test", "cryptoki"])?;
+    cargo("build the provider and the agent", &["build", "-p", "cosmian-pkcs11"])?;
+    cargo("the cryptoki tests (dlopen of the .dylib)", &["test", "--features", "testbed", "--test", "cryptoki"])?;
     cargo(
         "ssh -I with Homebrew's OpenSSH",
-        &["test", "--test", "openssh", "--", "current::ssh_i_logs_in_with_every_key_type", "--exact"],
-    )
+        &[
+            "test",
+            "--features",
+            "testbed",
+            "--test",
+            "openssh",
+            "--",
+            "current::ssh_i_logs_in_with_every_key_type",
+            "--exact",
+        ],
+    )?;
+    package::macos::apple_ssh_through_the_agent()
 }
 
 fn kms_start() -> Result<(), String> {

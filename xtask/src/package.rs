@@ -29,6 +29,8 @@ mod installed;
 pub mod licenses;
 pub mod macos;
 pub mod macos_cross;
+mod macos_pkg;
+mod man;
 mod p11kit;
 mod repository;
 mod rpm;

@@ -12,16 +12,20 @@ class CosmianPkcs11 < Formula
     strategy :github_latest
   end
 
+  depends_on "go-md2man" => :build
   depends_on "rust" => :build
   depends_on "opensc" => :test
 
   def install
-    # On Linux, the agent program too (macOS's comes with its launchd service).
-    targets = ["--lib"]
-    targets += ["--bin", "cosmian-ssh-agent"] if OS.linux?
-    system "cargo", "build", "--release", "--locked", "--package", "cosmian-pkcs11", *targets
+    system "cargo", "build", "--release", "--locked", "--package", "cosmian-pkcs11",
+           "--lib", "--bin", "cosmian-ssh-agent"
     lib.install "target/release/#{shared_library("libcosmian_pkcs11")}"
-    bin.install "target/release/cosmian-ssh-agent" if OS.linux?
+    bin.install "target/release/cosmian-ssh-agent"
+    # The man pages, from the Markdown sources the .deb and .rpm render the same way.
+    system "go-md2man", "-in", "docs/man/cosmian-ssh-agent.1.md", "-out", "cosmian-ssh-agent.1"
+    system "go-md2man", "-in", "docs/man/cosmian-pkcs11.conf.5.md", "-out", "cosmian-pkcs11.conf.5"
+    man1.install "cosmian-ssh-agent.1"
+    man5.install "cosmian-pkcs11.conf.5"
   end
 
   def caveats
@@ -38,19 +42,28 @@ class CosmianPkcs11 < Formula
 
       The module reads the ckms configuration: ~/.cosmian/kms.toml.
     EOS
+    text += <<~EOS
+
+      cosmian-ssh-agent serves the same keys to any ssh client, no provider to load. Start it
+      with your session (launchd on macOS, a systemd user service on Linux):
+        brew services start cosmian-pkcs11
+      or for this shell only:
+        eval "$(#{opt_bin}/cosmian-ssh-agent -s)"
+    EOS
     if OS.linux?
       text += <<~EOS
-
-        cosmian-ssh-agent serves the same keys to any ssh client, no provider to load:
-          eval "$(#{opt_bin}/cosmian-ssh-agent -s)"
+        The service listens on $XDG_RUNTIME_DIR/cosmian-ssh-agent/socket:
+          export SSH_AUTH_SOCK="$XDG_RUNTIME_DIR/cosmian-ssh-agent/socket"
       EOS
     end
     if OS.mac?
       text += <<~EOS
 
         macOS: Apple's own /usr/bin/ssh (macOS 15.2 and later) runs PKCS#11 providers in a
-        system helper that refuses every third-party library, signed or not. Use Homebrew's
-        OpenSSH, for ssh, ssh-add and ssh-agent alike:
+        system helper that refuses every third-party library, signed or not, but it talks to
+        cosmian-ssh-agent. With the service started, add to ~/.ssh/config:
+          IdentityAgent ~/Library/Caches/cosmian-ssh-agent/socket
+        For ssh -I, use Homebrew's OpenSSH, for ssh, ssh-add and ssh-agent alike:
           brew install openssh
           #{HOMEBREW_PREFIX}/bin/ssh -I #{provider} user@host
         and start #{HOMEBREW_PREFIX}/bin/ssh-agent with -P as above (the agent launchd starts
@@ -59,6 +72,11 @@ class CosmianPkcs11 < Formula
       EOS
     end
     text
+  end
+
+  service do
+    run [opt_bin/"cosmian-ssh-agent", "-D"]
+    keep_alive true
   end
 
   test do
@@ -84,6 +102,6 @@ class CosmianPkcs11 < Formula
     slots = shell_output("#{pkcs11_tool} --module #{provider} --list-slots")
     assert_match(/token label\s*: Cosmian KMS 127\.0\.0\.1:9\s*$/, slots)
 
-    assert_match version.to_s, shell_output("#{bin}/cosmian-ssh-agent --version") if OS.linux?
+    assert_match version.to_s, shell_output("#{bin}/cosmian-ssh-agent --version")
   end
 end

@@ -1,7 +1,8 @@
 //! The agent program as the packages install it: `/usr/local/bin/cosmian-ssh-agent` (mode 755,
 //! the file `dist` checked) and its systemd user units in `/usr/lib/systemd/user/`
-//! (`packaging/systemd/`, byte for byte, the service starting that program), under any install
-//! root ([`check_installed`]: the .rpm's test root, dnf's roots, `/` after `apt-get install`).
+//! (`packaging/systemd/`, byte for byte, the service starting that program), and the man pages
+//! of the agent and its configuration ([`super::man`]), under any install root
+//! ([`check_installed`]: the .rpm's test root, dnf's roots, `/` after `apt-get install`).
 //!
 //! On the machine itself, after `apt-get install` ([`super::installed`]): `--version`
 //! ([`check_version`]), `systemd-analyze verify --user` of the installed units
@@ -35,16 +36,18 @@ pub fn installed_in(root: &Path) -> PathBuf {
     root.join(BIN_DIR).join(AGENT)
 }
 
-/// What the packages install for the agent, relative to an install root: the program and the
-/// units.
+/// What the packages install for the agent, relative to an install root: the program, the
+/// units and the man pages.
 pub fn installed_files() -> Vec<String> {
     let mut files = vec![format!("{BIN_DIR}/{AGENT}")];
     files.extend(UNITS.map(|unit| format!("{USER_UNIT_DIR}/{unit}")));
+    files.extend(super::man::installed_files());
     files
 }
 
 /// Under `root`: the program is `lib.agent`, mode 755; the units are `packaging/systemd/`'s,
-/// and the service starts the installed program.
+/// and the service starts the installed program; the man pages are the rendered ones
+/// ([`super::man::check_installed`]).
 pub fn check_installed(root: &Path, lib: &LinuxLib) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let program = installed_in(root);
@@ -70,7 +73,7 @@ pub fn check_installed(root: &Path, lib: &LinuxLib) -> Result<(), String> {
         return Err(format!("{} starts {exec}, not the installed {}", UNITS[1], installed_path().display()));
     }
     println!("    /{BIN_DIR}/{AGENT} (mode 755, the program built); /{USER_UNIT_DIR}/{{{}}}", UNITS.join(","));
-    Ok(())
+    super::man::check_installed(root)
 }
 
 /// The program of a unit's `ExecStart=` (without systemd's `-@:+!` prefixes).

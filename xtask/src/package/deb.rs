@@ -2,10 +2,10 @@
 //! the agent `/usr/local/bin/cosmian-ssh-agent`, with the copyright, the changelog and the
 //! third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the p11-kit module file
 //! (installed, not enabled: `packaging/p11-kit/`), the agent's systemd user units in
-//! `/usr/lib/systemd/user/` (installed, not enabled: `packaging/systemd/`), the lintian
-//! overrides, and the
-//! maintainer scripts that divert the same file of Cosmian's `ckms` package (`preinst`,
-//! `postrm`; see [`super::coexistence`]), all from `packaging/debian/`. Built with `dpkg-deb`
+//! `/usr/lib/systemd/user/` (installed, not enabled: `packaging/systemd/`), the man pages in
+//! `/usr/local/share/man/` ([`super::man`]), the lintian overrides, and the maintainer scripts
+//! that divert the same file of Cosmian's `ckms` package (`preinst`, `postrm`; see
+//! [`super::coexistence`]), all from `packaging/debian/`. Built with `dpkg-deb`
 //! from a tree whose every mode and timestamp is set (`SOURCE_DATE_EPOCH`), so that it is
 //! byte-reproducible; checked with lintian (every tag, informational and pedantic ones
 //! included, fails but the documented overrides), by building it twice, by its architecture,
@@ -68,6 +68,7 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, 
         format!("-rw-r--r-- root/root ./{P11KIT_MODULE}"),
     ];
     expected.extend(UNITS.map(|unit| format!("-rw-r--r-- root/root ./{USER_UNIT_DIR}/{unit}")));
+    expected.extend(super::man::installed_files().iter().map(|page| format!("-rw-r--r-- root/root ./{page}")));
     expected.sort();
     if files != expected {
         return Err(format!("the .deb holds\n{}\nnot\n{}", files.join("\n"), expected.join("\n")));
@@ -131,6 +132,7 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, changelog: &st
     for unit in UNITS {
         put(&format!("{USER_UNIT_DIR}/{unit}"), packaging_file(&format!("systemd/{unit}"))?.as_bytes())?;
     }
+    super::man::render(tools, &root.join(super::man::MAN_DIR))?;
 
     // Installed-Size in KiB, the way dpkg-gencontrol counts: every file rounded up, every
     // folder one.

@@ -7,11 +7,13 @@
 //!
 //! Checked here, without Homebrew: `ruby -c`; RuboCop with Homebrew's settings for formulae
 //! (`packaging/homebrew/rubocop.yml`); `packaging/homebrew/check_formula.rb`, which checks the
-//! stanzas and runs the formula's `test do` (OpenSC's pkcs11-tool loads the module; on Linux,
-//! the agent prints its version) against the release library and agent. Each check must fail
-//! on a formula broken for it. Homebrew itself (`brew
-//! style`, `brew audit`, `brew install`, `brew test`, `brew uninstall`) reads the same files in
-//! the macOS release workflow, which `super::macos::check_workflows` checks.
+//! stanzas, runs the formula's `test do` (OpenSC's pkcs11-tool loads the module; the agent
+//! prints its version) against the release library and agent, and runs its `service do`
+//! command (the agent in the foreground, which `brew services` hands to launchd or systemd)
+//! until it listens on its default socket. Each check must fail on a formula broken for it.
+//! Homebrew itself (`brew style`, `brew audit`, `brew install`, `brew test`, `brew services`,
+//! `brew uninstall`) reads the same files in the macOS release workflow, which
+//! `super::macos::check_workflows` checks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,6 +102,13 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(Pa
         tap.text.lines().filter(|l| !l.trim_start().starts_with("license ")).map(|l| format!("{l}\n")).collect();
     super::write(&variant, without_license)?;
     must_fail("a formula without its license", check_formula(tools, &variant, dirs), "no license")?;
+    // A service that would go to the background: launchd and systemd would lose it.
+    let foreground = "run [opt_bin/\"cosmian-ssh-agent\", \"-D\"]";
+    if !tap.text.contains(foreground) {
+        return Err(format!("{} has no `{foreground}`", tap.formula.display()));
+    }
+    super::write(&variant, tap.text.replace(foreground, "run opt_bin/\"cosmian-ssh-agent\""))?;
+    must_fail("a service without -D", check_formula(tools, &variant, dirs), "service do is")?;
     // And the test block: another PKCS#11 module that loads and answers (p11-kit's trust
     // module, Debian's p11-kit-modules) in the library's place.
     // And its agent check: a program that prints no version in the agent's place.

@@ -4,9 +4,10 @@
 //! and logs in, and refuses the same library from the build folder; the installed
 //! `cosmian-ssh-agent` and its systemd user units are checked, and the program, started by a
 //! socket activation as the socket unit starts it, lists the key and logs in
-//! ([`logins`], [`super::agent`]); after
-//! `apt-get remove`, no file and no diversion is left ([`check_removed`]), after `apt-get
-//! purge`, no record in dpkg's database ([`check_purged`]). The repository test
+//! ([`logins`], [`super::agent`]); `man` finds and shows the installed man pages
+//! ([`super::man::check_found`]); after `apt-get remove`, no file, no diversion and no man page
+//! is left ([`check_removed`]), after `apt-get purge`, no record in dpkg's database
+//! ([`check_purged`]). The repository test
 //! ([`super::repository`]) installs it with `apt-get install cosmian-pkcs11` and calls them.
 //!
 //! It changes the system (root, or sudo), so it runs in `cargo xtask package-test` and
@@ -85,7 +86,7 @@ pub(super) fn check_removed() -> Result<(), String> {
         return Err(format!("apt-get remove left {left:?}, package status {status:?}, diversion by {diverter:?}"));
     }
     println!("    removed: no file and no diversion left, package status {status:?}");
-    Ok(())
+    super::man::check_not_found()
 }
 
 /// The logins through the installed library `installed`, which must be `lib`'s, and through
@@ -155,6 +156,7 @@ pub(super) fn logins(installed: &Path, lib: &LinuxLib) -> Result<(), String> {
 
     step("the installed agent", &format!("{} --version; its systemd user units", agent::installed_path().display()));
     agent::check_installed(Path::new("/"), lib)?;
+    super::man::check_found()?;
     agent::check_version(testbed::clean_command(agent::installed_path()))?;
     agent::verify_units()?;
     let program = [agent::installed_path().into(), "-D".into()];

@@ -1,5 +1,6 @@
-//! `cargo xtask dist-macos-cross`: the universal macOS library built on Linux, without Apple's
-//! SDK, checked with tools that read Mach-O, and signed the way the release signs it.
+//! `cargo xtask dist-macos-cross`: the universal macOS library and agent (`cosmian-ssh-agent`)
+//! built on Linux, without Apple's SDK, checked with tools that read Mach-O, and signed and
+//! packaged the way the release signs and packages them.
 //!
 //! - C code (ring, tracing-oslog's os_log wrapper) is compiled by zig's clang (PyPI `ziglang`,
 //!   which ships macOS's libc headers and `libSystem.tbd`); `<os/log.h>`, which zig lacks, is
@@ -7,31 +8,29 @@
 //! - The linker driver is Debian's clang-16 with `ld64.lld-16`, against a stub SDK assembled in
 //!   `target/macos-cross/sdk`: zig's `libSystem.tbd` plus the project's text stubs of the
 //!   frameworks the library imports (`packaging/macos/sdk/System/Library/Frameworks`), which
-//!   list exactly the symbols it uses. No `-undefined dynamic_lookup`: every import must be
-//!   found in a stub.
+//!   list exactly the symbols it uses (the agent, linked from the same code, uses some of
+//!   them). No `-undefined dynamic_lookup`: every import must be found in a stub.
 //! - Build paths are remapped (`--remap-path-prefix`, `-ffile-prefix-map`), so no path of the
 //!   build machine ends up in the file.
 //!
-//! [`check`] then reads the result with LLVM's Mach-O tools (`llvm-otool`, `llvm-nm`,
-//! `llvm-objdump`, `llvm-lipo`); [`dist_macos_cross`] builds, checks, signs with a self-signed Developer ID
-//! certificate through the release's own signing code ([`super::macos`]), verifies, shows that
-//! one changed byte fails the verification, and zips it as the notary service takes it.
-//! What only a Mac or Apple can do (running it, notarization, the `.pkg`) is the release
+//! [`check`] then reads the results with LLVM's Mach-O tools (`llvm-otool`, `llvm-nm`,
+//! `llvm-objdump`, `llvm-lipo`); [`dist_macos_cross`] builds, checks, signs both with a
+//! self-signed Developer ID certificate through the release's own signing code
+//! ([`super::macos`]), verifies, shows that one changed byte fails the verification, zips the
+//! library as the notary service takes it, and builds, signs and unpacks the `.pkg`. What only
+//! a Mac or Apple can do (running them, notarization, Installer, launchd) is the release
 //! workflow's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::macos::{self, DYLIB, EXPORTS, MIN_MACOS, TARGETS};
-use super::{capture, dist_dir, workspace_root, write, Tools};
+use super::macos::{self, MachO, Universal, EXPORTS, FRAMEWORKS, MIN_MACOS, TARGETS};
+use super::{capture, workspace_root, write, Tools};
 
 use crate::{step, target_dir};
 
 /// Debian 12's newest LLVM: `clang-16`, `ld64.lld-16`, `llvm-nm-16`, ...
 const LLVM: &str = "16";
-/// What the library may load: libSystem and the frameworks whose stubs are in the repository.
-const LIBSYSTEM: &str = "/usr/lib/libSystem.B.dylib";
-const FRAMEWORKS: [&str; 2] = ["CoreFoundation", "Security"];
 /// The install name, what users load it by.
 const INSTALL_NAME: &str = "/usr/local/lib/libcosmian_pkcs11.dylib";
 
@@ -41,25 +40,24 @@ fn llvm(tools: &Tools, name: &str) -> std::process::Command {
 }
 
 /// `cargo xtask dist-macos-cross`, and `cargo xtask test`'s macOS part: build, check, then sign
-/// a copy with a self-signed certificate as the release signs, verify it, tamper with it, and
-/// zip the signed copy as the notary service takes it. The unsigned universal dylib stays in
-/// `target/dist/`.
+/// copies with a self-signed certificate as the release signs, verify them, tamper with one,
+/// zip the signed library as the notary service takes it, and build the `.pkg` of them. The
+/// unsigned universal files stay in `target/dist/`.
 pub fn dist_macos_cross() -> Result<(), String> {
     let tools = Tools::get()?;
-    let dylib = build(tools)?;
-    check(tools, &dylib)?;
-    macos::signing_selftest(tools, &dylib)?;
-    println!("\n{}", dylib.display());
+    let files = build(tools)?;
+    check(tools, &files)?;
+    macos::signing_selftest(tools, &files)?;
+    println!("\n{}\n{}", files.dylib.display(), files.agent.display());
     Ok(())
 }
 
-/// Builds both architectures and joins them into `target/dist/libcosmian_pkcs11.dylib`.
-pub fn build(tools: &Tools) -> Result<PathBuf, String> {
+/// Builds both architectures and joins each file into `target/dist/libcosmian_pkcs11.dylib`
+/// and `target/dist/cosmian-ssh-agent`.
+pub fn build(tools: &Tools) -> Result<Universal, String> {
     let work = target_dir().join("macos-cross");
     let sdk = stub_sdk(tools, &work)?;
-    let paths = super::BuildPaths::get()?;
     let python = tools.python_path();
-    let mut slices = Vec::new();
     for (target, arch) in TARGETS {
         let zig_arch = target.split('-').next().expect("a target triple");
         let bin = work.join("bin");
@@ -70,10 +68,9 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
             &cc,
             &format!(
                 "for a in \"$@\"; do shift; case \"$a\" in --target=*) ;; *) set -- \"$@\" \"$a\";; esac; done\n\
-                 exec '{}' -m ziglang cc -target {zig_arch}-macos.{MIN_MACOS} -isystem '{}' {} \"$@\"\n",
+                 exec '{}' -m ziglang cc -target {zig_arch}-macos.{MIN_MACOS} -isystem '{}' \"$@\"\n",
                 python.display(),
                 sdk.join("usr/include").display(),
-                paths.cflags_quoted("'"),
             ),
         )?;
         // clang passes `-platform_version` (which ld64.lld requires) to an ld64 it believes
@@ -93,20 +90,21 @@ pub fn build(tools: &Tools) -> Result<PathBuf, String> {
         );
         let env_target = target.replace('-', "_");
         crate::run(
-            macos::release_build(tools, target)
+            macos::release_build(tools, target)?
                 .env(format!("CC_{env_target}"), &cc)
                 .env(format!("AR_{env_target}"), format!("llvm-ar-{LLVM}"))
                 .env(format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()), &linker)
-                .env(format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()), paths.rustflags())
                 .env("SDKROOT", &sdk),
         )?;
-        slices.push(macos::slice(target));
     }
-    let dylib = dist_dir()?.join(DYLIB);
-    let _ = std::fs::remove_file(&dylib);
+    let files = Universal::in_dist()?;
     step("join them", &format!("llvm-lipo-{LLVM} -create"));
-    capture(llvm(tools, "llvm-lipo").arg("-create").args(&slices).arg("-output").arg(&dylib))?;
-    Ok(dylib)
+    for kind in MachO::ALL {
+        let _ = std::fs::remove_file(files.get(kind));
+        let slices: Vec<PathBuf> = TARGETS.iter().map(|(target, _)| macos::slice(target, kind)).collect();
+        capture(llvm(tools, "llvm-lipo").arg("-create").args(&slices).arg("-output").arg(files.get(kind)))?;
+    }
+    Ok(files)
 }
 
 /// An executable `sh` script.
@@ -175,52 +173,60 @@ pub fn notarization_zip(tools: &Tools, dylib: &Path, zip: &Path) -> Result<(), S
     let _ = std::fs::remove_file(zip);
     capture(tools.python().args(["-m", "zipfile", "-c"]).arg(zip).arg(dylib))?;
     let listing = capture(tools.python().args(["-m", "zipfile", "-l"]).arg(zip))?;
-    if !listing.lines().nth(1).is_some_and(|line| line.starts_with(DYLIB)) {
-        return Err(format!("{} holds {listing:?}, not {DYLIB}", zip.display()));
+    let name = MachO::Dylib.file_name();
+    if !listing.lines().nth(1).is_some_and(|line| line.starts_with(name)) {
+        return Err(format!("{} holds {listing:?}, not {name}", zip.display()));
     }
     println!("    {}", zip.display());
     Ok(())
 }
 
-/// Every check of the issue on the universal file, per architecture.
-pub fn check(tools: &Tools, dylib: &Path) -> Result<(), String> {
+/// Every check of the issue on the universal files, per architecture: the library, and the
+/// agent where they apply to an executable (no install name, no exports: its entry point is
+/// `LC_MAIN`; it links the same code, so its framework imports are some of the stubs' symbols).
+pub fn check(tools: &Tools, files: &Universal) -> Result<(), String> {
     step(
-        "check the Mach-O file",
+        "check the Mach-O files",
         &format!("llvm-lipo-{LLVM} -archs; llvm-otool-{LLVM} -l -hv; llvm-nm-{LLVM} -m -u, -gU; llvm-objdump-{LLVM} --exports-trie"),
     );
-    let archs = capture(llvm(tools, "llvm-lipo").arg("-archs").arg(dylib))?;
-    let mut found: Vec<&str> = archs.split_whitespace().collect();
-    found.sort();
-    let mut expected: Vec<&str> = TARGETS.iter().map(|(_, arch)| *arch).collect();
-    expected.sort();
-    if found != expected {
-        return Err(format!("{} holds {found:?}, not {expected:?}", dylib.display()));
-    }
     let stubs = framework_stubs()?;
-    for (_, arch) in TARGETS {
-        let run = |tool: &str, args: &[&str]| {
-            capture(llvm(tools, tool).args(args).arg(dylib)).map_err(|e| format!("{arch}: {e}"))
-        };
-        let arch_flag = format!("--arch={arch}");
-        check_load_commands(&run("llvm-otool", &["-arch", arch, "-l"])?).map_err(|e| format!("{arch}: {e}"))?;
-        check_header(&run("llvm-otool", &["-arch", arch, "-hv"])?).map_err(|e| format!("{arch}: {e}"))?;
-        check_imports(&run("llvm-nm", &["-m", "-u", &arch_flag])?, &stubs).map_err(|e| format!("{arch}: {e}"))?;
-        check_export_trie(&run("llvm-objdump", &["--macho", "--exports-trie", &arch_flag])?)
-            .map_err(|e| format!("{arch}: {e}"))?;
+    for kind in MachO::ALL {
+        let path = files.get(kind);
+        macos::check_archs(path, &capture(llvm(tools, "llvm-lipo").arg("-archs").arg(path))?)?;
+        for (_, arch) in TARGETS {
+            let context = |e: String| format!("{} ({arch}): {e}", kind.file_name());
+            let run = |tool: &str, args: &[&str]| capture(llvm(tools, tool).args(args).arg(path)).map_err(context);
+            let arch_flag = format!("--arch={arch}");
+            check_load_commands(kind, &run("llvm-otool", &["-arch", arch, "-l"])?).map_err(context)?;
+            check_header(kind, &run("llvm-otool", &["-arch", arch, "-hv"])?).map_err(context)?;
+            check_imports(kind, &run("llvm-nm", &["-m", "-u", &arch_flag])?, &stubs).map_err(context)?;
+            if kind == MachO::Dylib {
+                check_export_trie(&run("llvm-objdump", &["--macho", "--exports-trie", &arch_flag])?)
+                    .map_err(context)?;
+            }
+        }
+        super::check_no_build_paths(path)?;
     }
-    macos::check_exports(&capture(llvm(tools, "llvm-nm").args(["-gU", "--arch=all"]).arg(dylib))?)?;
-    super::check_no_build_paths(dylib)?;
+    macos::check_exports(&capture(llvm(tools, "llvm-nm").args(["-gU", "--arch=all"]).arg(&files.dylib))?)?;
     println!(
-        "    arm64 + x86_64, macOS {MIN_MACOS}+, install name {INSTALL_NAME}, loads libSystem + {FRAMEWORKS:?} \
+        "    {}: arm64 + x86_64, macOS {MIN_MACOS}+, install name {INSTALL_NAME}, loads libSystem + {FRAMEWORKS:?} \
          only, every import found in a stub, exports exactly {EXPORTS:?} (trie and symbol table), \
-         os_log format in __TEXT,__oslogstring, no build path"
+         os_log format in __TEXT,__oslogstring, no build path",
+        MachO::Dylib.file_name()
+    );
+    println!(
+        "    {}: arm64 + x86_64, MH_EXECUTE (PIE, LC_MAIN, /usr/lib/dyld), macOS {MIN_MACOS}+, loads libSystem + \
+         {FRAMEWORKS:?} only, every import bound to them (from the stubs), os_log format in \
+         __TEXT,__oslogstring, no build path",
+        MachO::Agent.file_name()
     );
     Ok(())
 }
 
-/// `llvm-otool -l` of one architecture: macOS, [`MIN_MACOS`], the install name, only the
-/// allowed libraries, and the unified log's format strings where `log show` reads them.
-fn check_load_commands(otool: &str) -> Result<(), String> {
+/// `llvm-otool -l` of one architecture: macOS, [`MIN_MACOS`], the library's install name or
+/// the agent's entry point and dynamic linker, only the allowed libraries (each of them), and
+/// the unified log's format strings where `log show` reads them.
+fn check_load_commands(kind: MachO, otool: &str) -> Result<(), String> {
     // (load command or section, its `key value` lines)
     let mut fields: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     for line in otool.lines() {
@@ -249,17 +255,25 @@ fn check_load_commands(otool: &str) -> Result<(), String> {
         _ => return Err(format!("LC_BUILD_VERSION is {build:?}, not platform 1 (macOS) minos {MIN_MACOS}")),
     }
     let id: Vec<_> = of("LC_ID_DYLIB").filter_map(|m| m.get("name")).collect();
-    if id != [INSTALL_NAME] {
-        return Err(format!("install name {id:?}, not {INSTALL_NAME}"));
+    let dyld: Vec<_> = of("LC_LOAD_DYLINKER").filter_map(|m| m.get("name")).collect();
+    let main = of("LC_MAIN").count();
+    match kind {
+        MachO::Dylib if id != [INSTALL_NAME] => return Err(format!("install name {id:?}, not {INSTALL_NAME}")),
+        MachO::Agent if !id.is_empty() || dyld != ["/usr/lib/dyld"] || main != 1 => {
+            return Err(format!(
+                "not an executable run by /usr/lib/dyld: install name {id:?}, dynamic linker {dyld:?}, {main} LC_MAIN"
+            ))
+        }
+        _ => {}
     }
-    let allowed: BTreeSet<String> = FRAMEWORKS
-        .iter()
-        .map(|f| format!("/System/Library/Frameworks/{f}.framework/Versions/A/{f}"))
-        .chain([LIBSYSTEM.to_owned()])
-        .collect();
+    let allowed = macos::allowed_libraries();
     let loaded: BTreeSet<String> = fields
         .iter()
-        .filter(|(c, _)| c.starts_with("LC_LOAD") || c.starts_with("LC_REEXPORT") || c == "LC_LAZY_LOAD_DYLIB")
+        .filter(|(c, _)| {
+            (c.starts_with("LC_LOAD") && c != "LC_LOAD_DYLINKER")
+                || c.starts_with("LC_REEXPORT")
+                || c == "LC_LAZY_LOAD_DYLIB"
+        })
         .filter_map(|(_, m)| m.get("name").cloned())
         .collect();
     if loaded != allowed {
@@ -274,10 +288,15 @@ fn check_load_commands(otool: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `llvm-otool -hv`: a dylib whose every import was resolved at link time, two-level.
-fn check_header(otool: &str) -> Result<(), String> {
+/// `llvm-otool -hv`: a dylib, or a position-independent executable, whose every import was
+/// resolved at link time, two-level.
+fn check_header(kind: MachO, otool: &str) -> Result<(), String> {
     let flags: BTreeSet<&str> = otool.lines().last().unwrap_or_default().split_whitespace().collect();
-    for needed in ["DYLIB", "NOUNDEFS", "TWOLEVEL"] {
+    let kind_flags: &[&str] = match kind {
+        MachO::Dylib => &["DYLIB"],
+        MachO::Agent => &["EXECUTE", "PIE"],
+    };
+    for needed in kind_flags.iter().chain(&["NOUNDEFS", "TWOLEVEL"]) {
         if !flags.contains(needed) {
             return Err(format!("the Mach-O header lacks {needed}: {otool}"));
         }
@@ -322,9 +341,9 @@ fn tbd_symbols(tbd: &str) -> BTreeSet<String> {
 }
 
 /// `llvm-nm -m -u`: every import is bound to libSystem or one of [`FRAMEWORKS`] (none looked
-/// up at run time), and each framework's imports are exactly its stub's symbols, so a stub
-/// neither lacks nor keeps a stale name.
-fn check_imports(nm: &str, stubs: &BTreeMap<String, BTreeSet<String>>) -> Result<(), String> {
+/// up at run time), and each framework's imports are exactly its stub's symbols for the
+/// library, so a stub neither lacks nor keeps a stale name; some of them for the agent.
+fn check_imports(kind: MachO, nm: &str, stubs: &BTreeMap<String, BTreeSet<String>>) -> Result<(), String> {
     let mut by_library: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in nm.lines().filter(|line| line.contains("(undefined)")) {
         let library = line
@@ -344,7 +363,11 @@ fn check_imports(nm: &str, stubs: &BTreeMap<String, BTreeSet<String>>) -> Result
     }
     for (framework, stub) in stubs {
         let used = by_library.get(framework).cloned().unwrap_or_default();
-        if &used != stub {
+        let fits = match kind {
+            MachO::Dylib => &used == stub,
+            MachO::Agent => used.is_subset(stub),
+        };
+        if !fits {
             return Err(format!(
                 "{framework}.tbd is out of date: used but not in the stub {:?}, in the stub but unused {:?}",
                 used.difference(stub).collect::<Vec<_>>(),
@@ -387,18 +410,45 @@ mod tests {
         Load command 12\n          cmd LC_LOAD_DYLIB\n         name /System/Library/Frameworks/CoreFoundation.framework/Versions/A/CoreFoundation (offset 24)\n\
         Load command 13\n          cmd LC_LOAD_DYLIB\n         name /usr/lib/libSystem.B.dylib (offset 24)\n";
 
+    /// `llvm-otool-16 -arch arm64 -l` of the cross-built agent, shortened.
+    const AGENT_OTOOL_L: &str = "Load command 1\n      cmd LC_SEGMENT_64\n  segname __TEXT\n\
+        Section\n  sectname __oslogstring\n   segname __TEXT\n\
+        Load command 7\n          cmd LC_LOAD_DYLINKER\n      cmdsize 32\n         name /usr/lib/dyld (offset 12)\n\
+        Load command 10\n       cmd LC_BUILD_VERSION\n  platform 1\n       sdk 15.5\n     minos 11.0\n\
+        Load command 11\n       cmd LC_MAIN\n   cmdsize 24\n  entryoff 2520\n\
+        Load command 12\n          cmd LC_LOAD_DYLIB\n         name /System/Library/Frameworks/Security.framework/Versions/A/Security (offset 24)\n\
+        Load command 13\n          cmd LC_LOAD_DYLIB\n         name /System/Library/Frameworks/CoreFoundation.framework/Versions/A/CoreFoundation (offset 24)\n\
+        Load command 14\n          cmd LC_LOAD_DYLIB\n         name /usr/lib/libSystem.B.dylib (offset 24)\n";
+
     #[test]
     fn load_commands() {
-        check_load_commands(OTOOL_L).unwrap();
+        check_load_commands(MachO::Dylib, OTOOL_L).unwrap();
         let extra =
             format!("{OTOOL_L}Load command 14\n cmd LC_LOAD_DYLIB\n name /usr/lib/libiconv.2.dylib (offset 24)\n");
-        assert!(check_load_commands(&extra).unwrap_err().contains("libiconv"));
+        assert!(check_load_commands(MachO::Dylib, &extra).unwrap_err().contains("libiconv"));
         let old = OTOOL_L.replace("minos 11.0", "minos 10.12");
-        assert!(check_load_commands(&old).unwrap_err().contains("minos"));
+        assert!(check_load_commands(MachO::Dylib, &old).unwrap_err().contains("minos"));
         let rpath = OTOOL_L.replace("/usr/local/lib/libcosmian", "@rpath/libcosmian");
-        assert!(check_load_commands(&rpath).unwrap_err().contains("install name"));
+        assert!(check_load_commands(MachO::Dylib, &rpath).unwrap_err().contains("install name"));
         let no_oslog = OTOOL_L.replace("__oslogstring", "__cstring");
-        assert!(check_load_commands(&no_oslog).unwrap_err().contains("__oslogstring"));
+        assert!(check_load_commands(MachO::Dylib, &no_oslog).unwrap_err().contains("__oslogstring"));
+        // A library is not the agent.
+        assert!(check_load_commands(MachO::Agent, OTOOL_L).unwrap_err().contains("not an executable"));
+    }
+
+    #[test]
+    fn agent_load_commands() {
+        check_load_commands(MachO::Agent, AGENT_OTOOL_L).unwrap();
+        assert!(check_load_commands(MachO::Dylib, AGENT_OTOOL_L).unwrap_err().contains("install name"));
+        // What the agent links without -dead_strip_dylibs: Rust's standard library asks for it.
+        let iconv = format!(
+            "{AGENT_OTOOL_L}Load command 15\n cmd LC_LOAD_DYLIB\n name /usr/lib/libiconv.2.dylib (offset 24)\n"
+        );
+        assert!(check_load_commands(MachO::Agent, &iconv).unwrap_err().contains("libiconv"));
+        let no_main = AGENT_OTOOL_L.replace("LC_MAIN", "LC_UNIXTHREAD");
+        assert!(check_load_commands(MachO::Agent, &no_main).unwrap_err().contains("0 LC_MAIN"));
+        let old = AGENT_OTOOL_L.replace("minos 11.0", "minos 10.12");
+        assert!(check_load_commands(MachO::Agent, &old).unwrap_err().contains("minos"));
     }
 
     #[test]
@@ -409,16 +459,23 @@ mod tests {
                   (undefined) external dyld_stub_binder (from libSystem)\n";
         let stubs: BTreeMap<String, BTreeSet<String>> = [
             ("CoreFoundation".to_owned(), ["_CFRelease".to_owned()].into()),
-            ("Security".to_owned(), ["_SecItemCopyMatching".to_owned()].into()),
+            ("Security".to_owned(), ["_SecItemCopyMatching".to_owned(), "_SecTrustCopyResult".to_owned()].into()),
         ]
         .into();
-        check_imports(nm, &stubs).unwrap();
-        let stale = nm.replace("_SecItemCopyMatching (from Security)", "_write (from libSystem)");
-        assert!(check_imports(&stale, &stubs).unwrap_err().contains("Security.tbd is out of date"));
-        let lookup = format!("{nm}                 (undefined) external _foo (dynamically looked up)\n");
-        assert!(check_imports(&lookup, &stubs).unwrap_err().contains("bound to no library"));
-        let other = format!("{nm}                 (undefined) external _objc_msgSend (from libobjc)\n");
-        assert!(check_imports(&other, &stubs).unwrap_err().contains("libobjc"));
+        // The agent uses some of the stubs' symbols; the library must use exactly them.
+        check_imports(MachO::Agent, nm, &stubs).unwrap();
+        let all = format!("{nm}                 (undefined) external _SecTrustCopyResult (from Security)\n");
+        check_imports(MachO::Dylib, &all, &stubs).unwrap();
+        assert!(check_imports(MachO::Dylib, nm, &stubs).unwrap_err().contains("Security.tbd is out of date"));
+        for kind in MachO::ALL {
+            let lookup = format!("{all}                 (undefined) external _foo (dynamically looked up)\n");
+            assert!(check_imports(kind, &lookup, &stubs).unwrap_err().contains("bound to no library"));
+            let other = format!("{all}                 (undefined) external _objc_msgSend (from libobjc)\n");
+            assert!(check_imports(kind, &other, &stubs).unwrap_err().contains("libobjc"));
+            let unknown =
+                format!("{all}                 (undefined) external _SecKeyCreateSignature (from Security)\n");
+            assert!(check_imports(kind, &unknown, &stubs).unwrap_err().contains("_SecKeyCreateSignature"));
+        }
     }
 
     #[test]
@@ -444,7 +501,13 @@ mod tests {
     fn header_flags() {
         let hv = "Mach header\n      magic cputype cpusubtype  caps    filetype ncmds sizeofcmds      flags\n\
                   MH_MAGIC_64   ARM64        ALL  0x00       DYLIB    16       2304   NOUNDEFS DYLDLINK TWOLEVEL NO_REEXPORTED_DYLIBS\n";
-        check_header(hv).unwrap();
-        assert!(check_header(&hv.replace("NOUNDEFS ", "")).is_err());
+        check_header(MachO::Dylib, hv).unwrap();
+        assert!(check_header(MachO::Dylib, &hv.replace("NOUNDEFS ", "")).is_err());
+        assert!(check_header(MachO::Agent, hv).unwrap_err().contains("EXECUTE"));
+        let exe = "Mach header\n      magic cputype cpusubtype  caps    filetype ncmds sizeofcmds      flags\n\
+                   MH_MAGIC_64   ARM64        ALL  0x00     EXECUTE    19       2424   NOUNDEFS DYLDLINK TWOLEVEL PIE MH_HAS_TLV_DESCRIPTORS\n";
+        check_header(MachO::Agent, exe).unwrap();
+        assert!(check_header(MachO::Agent, &exe.replace(" PIE", "")).unwrap_err().contains("PIE"));
+        assert!(check_header(MachO::Dylib, exe).is_err());
     }
 }

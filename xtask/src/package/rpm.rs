@@ -4,7 +4,8 @@
 //! copyright, changelog and third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the
 //! p11-kit module file (installed, not enabled: `packaging/p11-kit/`), the agent
 //! `/usr/local/bin/cosmian-ssh-agent` and its systemd user units in `/usr/lib/systemd/user/`
-//! (installed, not enabled: `packaging/systemd/`); built by
+//! (installed, not enabled: `packaging/systemd/`), the man pages in `/usr/local/share/man/`
+//! ([`super::man`]); built by
 //! rpmbuild from `packaging/rpm/cosmian-pkcs11.spec` with the timestamps of `SOURCE_DATE_EPOCH`.
 //! Checked with rpmlint (`packaging/rpm/rpmlint.toml`: nothing else may be reported), by its
 //! architecture and its requirements (glibc symbol versions up to 2.28), by building it twice,
@@ -160,6 +161,7 @@ fn build(
     for unit in UNITS {
         super::write(&staged.join(unit), packaging_file(&format!("systemd/{unit}"))?)?;
     }
+    super::man::render(tools, &staged.join("man"))?;
     let define = |name: &str, value: &Path| format!("{name} {}", value.display());
     capture(
         tools
