@@ -5,8 +5,11 @@
 //!   with the agent's systemd user units ([`agent`]); the source tarball and the Homebrew tap,
 //!   [`homebrew`]), each checked right after it is built (see the submodules), and the signed
 //!   apt and dnf repositories of those packages ([`repository`]).
-//! - `cargo xtask dist-macos` (on macOS): the universal `.dylib`, signed and notarized, and a
-//!   signed, notarized and stapled `.pkg` ([`macos`]).
+//!   The man pages are rendered into both packages ([`man`]).
+//! - `cargo xtask dist-macos` (on macOS): the universal `.dylib` and `cosmian-ssh-agent`, signed
+//!   and notarized, and a signed, notarized and stapled `.pkg` of both with the agent's
+//!   LaunchAgent ([`macos`], [`macos_pkg`]); `dist-macos-cross` the same on Linux, without
+//!   Apple's SDK and services ([`macos_cross`]).
 //! - `cargo xtask package-test`: `dist`, then what only a throw-away machine may do: the
 //!   repositories served over HTTP on 127.0.0.1 and used by apt-get and dnf (install, logins
 //!   through the installed library, the p11-kit registration, upgrade, downgrade, refusals,

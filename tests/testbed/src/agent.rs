@@ -5,15 +5,12 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use tempfile::TempDir;
 
 use crate::clean_command;
-use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
+use crate::process::{log_file, read_log, spawn_agent, temp_dir, Daemon};
 use crate::ssh::OpenSsh;
-
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running `cosmian-ssh-agent -D -a SOCKET`.
 #[derive(Debug)]
@@ -39,14 +36,7 @@ impl CosmianAgent {
         let (stdout, stderr) = log_file(&log);
         let mut command = clean_command(program);
         command.arg("-D").arg("-a").arg(&sock).args(args).envs(envs).stdout(stdout).stderr(stderr);
-        let mut daemon = Daemon::spawn("cosmian-ssh-agent", command);
-        let ready = wait_until(START_TIMEOUT, || {
-            daemon.check_running()?;
-            Ok(std::os::unix::net::UnixStream::connect(&sock).is_ok())
-        });
-        if let Err(why) = ready {
-            panic!("cosmian-ssh-agent did not start: {why}\n{}", log_tail(&log, 20));
-        }
+        let daemon = spawn_agent("cosmian-ssh-agent", command, &sock, &log);
         CosmianAgent { daemon, dir }
     }
 

@@ -200,3 +200,21 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Spawns an agent (`command`, with `-D -a sock` already given, its output going to `log`) and
+/// waits until it answers on `sock`: the socket file exists from bind(), an agent answers only
+/// after listen().
+///
+/// # Panics
+/// When it exits or does not answer in time, with the end of its log.
+pub(crate) fn spawn_agent(name: &str, command: Command, sock: &Path, log: &Path) -> Daemon {
+    let mut daemon = Daemon::spawn(name, command);
+    let ready = wait_until(Duration::from_secs(20), || {
+        daemon.check_running()?;
+        Ok(std::os::unix::net::UnixStream::connect(sock).is_ok())
+    });
+    if let Err(why) = ready {
+        panic!("{name} did not start: {why}\n{}", log_tail(log, 20));
+    }
+    daemon
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
+use crate::process::{log_file, log_tail, read_log, spawn_agent, temp_dir, wait_until, Daemon};
 use crate::{clean_command, free_port};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -369,15 +369,7 @@ impl SshAgent {
         if let Some(allowlist) = provider_allowlist {
             command.arg("-P").arg(allowlist);
         }
-        let mut daemon = Daemon::spawn("ssh-agent", command);
-        let ready = wait_until(START_TIMEOUT, || {
-            daemon.check_running()?;
-            // The socket file exists from bind(); the agent answers only after listen().
-            Ok(std::os::unix::net::UnixStream::connect(&sock).is_ok())
-        });
-        if let Err(why) = ready {
-            panic!("ssh-agent did not start: {why}\n{}", log_tail(&log, 20));
-        }
+        let daemon = spawn_agent("ssh-agent", command, &sock, &log);
         SshAgent { dir, openssh, _daemon: daemon }
     }
 
