@@ -432,7 +432,7 @@ pub fn signing_selftest(tools: &Tools, built: &Universal) -> Result<(), String> 
     }
     let dist = dist_dir()?;
     let zip = dist.join(format!("{NAME}-{}-macos-dylib-selfsigned.zip", version()));
-    super::macos_cross::notarization_zip(tools, &files.dylib, &zip)?;
+    notarization_zip(tools, &files.dylib, &zip)?;
 
     // The verification must be able to fail: one byte of the first slice's code, changed.
     let mut bytes = std::fs::read(&files.dylib).map_err(|e| e.to_string())?;
@@ -827,6 +827,20 @@ fn check_publishes(workflow: &serde_json::Value, name: &str, artifact: &str) -> 
         return Err(format!("{name} does not publish {artifact}"));
     }
     println!("    {name}: publishes {artifact}");
+    Ok(())
+}
+
+/// The zip the notary service takes (`rcodesign notary-submit`): the dylib alone, at the top.
+pub fn notarization_zip(tools: &Tools, dylib: &Path, zip: &Path) -> Result<(), String> {
+    step("zip it for the notary service", "python3 -m zipfile -c");
+    let _ = std::fs::remove_file(zip);
+    capture(tools.python().args(["-m", "zipfile", "-c"]).arg(zip).arg(dylib))?;
+    let listing = capture(tools.python().args(["-m", "zipfile", "-l"]).arg(zip))?;
+    let name = MachO::Dylib.file_name();
+    if !listing.lines().nth(1).is_some_and(|line| line.starts_with(name)) {
+        return Err(format!("{} holds {listing:?}, not {name}", zip.display()));
+    }
+    println!("    {}", zip.display());
     Ok(())
 }
 

@@ -167,20 +167,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The zip the notary service takes (`rcodesign notary-submit`): the dylib alone, at the top.
-pub fn notarization_zip(tools: &Tools, dylib: &Path, zip: &Path) -> Result<(), String> {
-    step("zip it for the notary service", "python3 -m zipfile -c");
-    let _ = std::fs::remove_file(zip);
-    capture(tools.python().args(["-m", "zipfile", "-c"]).arg(zip).arg(dylib))?;
-    let listing = capture(tools.python().args(["-m", "zipfile", "-l"]).arg(zip))?;
-    let name = MachO::Dylib.file_name();
-    if !listing.lines().nth(1).is_some_and(|line| line.starts_with(name)) {
-        return Err(format!("{} holds {listing:?}, not {name}", zip.display()));
-    }
-    println!("    {}", zip.display());
-    Ok(())
-}
-
 /// Every check of the issue on the universal files, per architecture: the library, and the
 /// agent where they apply to an executable (no install name, no exports: its entry point is
 /// `LC_MAIN`; it links the same code, so its framework imports are some of the stubs' symbols).
