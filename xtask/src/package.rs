@@ -336,7 +336,7 @@ pub fn dist() -> Result<Dist, String> {
         artifacts.extend([packages.lib.path.as_path(), &packages.lib.agent, &packages.deb, &packages.rpm]);
     }
     artifacts.extend([tarball.as_path(), &formula]);
-    write_checksums(&dist, "SHA256SUMS-linux", &artifacts)?;
+    write_checksums(&dist, repository::SUMS, &artifacts)?;
     repository::dist(tools, &[&amd64, &arm64], &dist)?;
     println!("\nartifacts in {}", dist.display());
     Ok(Dist { amd64, arm64 })

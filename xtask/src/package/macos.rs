@@ -641,6 +641,10 @@ pub fn check_workflows(tools: &Tools) -> Result<(), String> {
             check_publishes(&linux, "release-linux.yml", &format!("target/dist/{file}"))?;
         }
     }
+    let sums = super::repository::SUMS;
+    for file in [sums.to_owned(), format!("{sums}.asc")] {
+        check_publishes(&linux, "release-linux.yml", &format!("target/dist/{file}"))?;
+    }
     check_publishes(&linux, "release-linux.yml", &formula_artifact())
 }
 

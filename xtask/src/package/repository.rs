@@ -67,6 +67,7 @@ pub fn dist(tools: &Tools, packages: &[&Packages], dist: &Path) -> Result<(), St
     let files: Vec<&Path> = packages.iter().flat_map(|p| [p.deb.as_path(), p.rpm.as_path()]).collect();
     publish(tools, &key, &files, &root, &url)?;
     check(tools, &root)?;
+    sign_checksums(tools, &key, &dist.join(SUMS), &root)?;
     let size = |dir: &str| -> Result<String, String> {
         let du = capture(tools.command("du").args(["-sh", dir]).current_dir(&root))?;
         Ok(du.split_whitespace().next().unwrap_or_default().to_owned())
@@ -159,6 +160,36 @@ fn rpm_dirs(root: &Path) -> Result<Vec<PathBuf>, String> {
         .collect();
     dirs.sort();
     Ok(dirs)
+}
+
+/// The checksums of the release's Linux files, signed with the repository key.
+pub const SUMS: &str = "SHA256SUMS-linux";
+
+/// `SHA256SUMS-linux.asc`, a detached armoured signature of `sums` by the repository key, checked
+/// as a user checks it, with the published keyring alone (`gpgv`), and refused for a changed
+/// copy of the checksums.
+fn sign_checksums(tools: &Tools, key: &SigningKey, sums: &Path, root: &Path) -> Result<(), String> {
+    let signature = sums.with_file_name(format!("{SUMS}.asc"));
+    step("sign the checksums", &format!("gpg --detach-sign --armor {SUMS}; gpgv --keyring {KEYRING}"));
+    key.sign(tools, sums, &signature, false)?;
+    let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let gpgv = |file: &Path| {
+        let mut gpgv = tools.command("gpgv");
+        gpgv.env("GNUPGHOME", empty.path()).arg("--keyring").arg(root.join(KEYRING)).arg(&signature).arg(file);
+        gpgv.output().map_err(|e| format!("cannot run gpgv: {e}"))
+    };
+    let good = gpgv(sums)?;
+    if !good.status.success() {
+        return Err(format!("gpgv refused {}: {}", signature.display(), String::from_utf8_lossy(&good.stderr)));
+    }
+    let changed = empty.path().join(SUMS);
+    let text = std::fs::read_to_string(sums).map_err(|e| e.to_string())?;
+    std::fs::write(&changed, text.replacen('0', "1", 1)).map_err(|e| e.to_string())?;
+    if gpgv(&changed)?.status.success() {
+        return Err(format!("gpgv accepted a changed copy of {SUMS}"));
+    }
+    println!("    {}: good with the published key, a changed copy refused", signature.display());
+    Ok(())
 }
 
 /// What a client checks, with nothing but the published public key: `gpgv` on `InRelease`,
