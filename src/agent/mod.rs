@@ -15,6 +15,7 @@ mod service;
 mod wire;
 
 use std::ffi::{CString, OsString};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,41 +113,36 @@ impl Args {
 }
 
 /// The program's entry point: exit status 0, 1 when the agent cannot start or stop, 2 for a
-/// wrong command line.
-pub fn main() -> ExitCode {
+/// wrong command line. What the program says goes to `out` and `err`, which its `main`
+/// (src/bin) gives as stdout and stderr: the library itself never writes to them.
+pub fn main(out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("cosmian-ssh-agent: {e}\n{USAGE}");
+            let _ = writeln!(err, "cosmian-ssh-agent: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     let shell = args.shell();
     let result = match args.action {
-        Action::Help => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Action::Version => {
-            println!("cosmian-ssh-agent {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Action::Kill => kill(shell),
+        Action::Help => writeln!(out, "{USAGE}").map_err(|e| e.to_string()),
+        Action::Version => writeln!(out, "cosmian-ssh-agent {}", env!("CARGO_PKG_VERSION")).map_err(|e| e.to_string()),
+        Action::Kill => kill(shell, out),
         Action::Check => {
             let _ = tracing::dispatcher::set_global_default(platform::logging::dispatch().clone());
-            if crate::diagnosis::run(&mut std::io::stdout()) {
+            if crate::diagnosis::run(out) {
                 Ok(())
             } else {
                 // The reasons and fixes are on stdout.
                 return ExitCode::FAILURE;
             }
         }
-        Action::Serve { foreground } => serve(args, foreground, shell),
+        Action::Serve { foreground } => serve(args, foreground, shell, out, err),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cosmian-ssh-agent: {e}");
+            let _ = writeln!(err, "cosmian-ssh-agent: {e}");
             ExitCode::FAILURE
         }
     }
@@ -154,7 +150,7 @@ pub fn main() -> ExitCode {
 
 /// Binds the socket (or takes systemd's), goes to the background unless `foreground`, then
 /// serves until a signal ends the process.
-fn serve(args: Args, foreground: bool, shell: Shell) -> Result<(), String> {
+fn serve(args: Args, foreground: bool, shell: Shell, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), String> {
     let _ = tracing::dispatcher::set_global_default(platform::logging::dispatch().clone());
     let provider = Provider::from_environment(true);
     if provider.login_required() {
@@ -164,7 +160,7 @@ fn serve(args: Args, foreground: bool, shell: Shell) -> Result<(), String> {
     }
     if let Some(e) = provider.token.configuration_error() {
         // Kept running: the problem is logged and said here while a terminal may see it.
-        eprintln!("cosmian-ssh-agent: no keys will be served: {e}");
+        let _ = writeln!(err, "cosmian-ssh-agent: no keys will be served: {e}");
     }
     let (listener, path) = match server::activated().filter(|_| foreground && args.socket.is_none()) {
         Some(listener) => (listener, None),
@@ -185,8 +181,7 @@ fn serve(args: Args, foreground: bool, shell: Shell) -> Result<(), String> {
         // the parent prints its variables.
         match fork()? {
             Some(child) => {
-                print_variables(shell, &path.display().to_string(), child);
-                return Ok(());
+                return print_variables(out, shell, &path.display().to_string(), child).map_err(|e| e.to_string());
             }
             None => detach(),
         }
@@ -205,22 +200,23 @@ fn serve(args: Args, foreground: bool, shell: Shell) -> Result<(), String> {
     Ok(())
 }
 
-fn print_variables(shell: Shell, socket: &str, pid: u32) {
+fn print_variables(out: &mut dyn Write, shell: Shell, socket: &str, pid: u32) -> std::io::Result<()> {
     match shell {
         Shell::Bourne => {
-            println!("SSH_AUTH_SOCK={socket}; export SSH_AUTH_SOCK;");
-            println!("SSH_AGENT_PID={pid}; export SSH_AGENT_PID;");
+            writeln!(out, "SSH_AUTH_SOCK={socket}; export SSH_AUTH_SOCK;")?;
+            writeln!(out, "SSH_AGENT_PID={pid}; export SSH_AGENT_PID;")?;
         }
         Shell::C => {
-            println!("setenv SSH_AUTH_SOCK {socket};");
-            println!("setenv SSH_AGENT_PID {pid};");
+            writeln!(out, "setenv SSH_AUTH_SOCK {socket};")?;
+            writeln!(out, "setenv SSH_AGENT_PID {pid};")?;
         }
     }
-    println!("echo Agent pid {pid};");
+    writeln!(out, "echo Agent pid {pid};")?;
+    out.flush()
 }
 
 /// `-k`: SIGTERM to `SSH_AGENT_PID`, then the commands that unset the variables.
-fn kill(shell: Shell) -> Result<(), String> {
+fn kill(shell: Shell, out: &mut dyn Write) -> Result<(), String> {
     let pid: i32 = std::env::var("SSH_AGENT_PID")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -230,12 +226,11 @@ fn kill(shell: Shell) -> Result<(), String> {
     if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
         return Err(format!("cannot stop process {pid}: {}", std::io::Error::last_os_error()));
     }
-    match shell {
-        Shell::Bourne => println!("unset SSH_AUTH_SOCK;\nunset SSH_AGENT_PID;"),
-        Shell::C => println!("unsetenv SSH_AUTH_SOCK;\nunsetenv SSH_AGENT_PID;"),
-    }
-    println!("echo Agent pid {pid} killed;");
-    Ok(())
+    let unset = match shell {
+        Shell::Bourne => "unset SSH_AUTH_SOCK;\nunset SSH_AGENT_PID;",
+        Shell::C => "unsetenv SSH_AUTH_SOCK;\nunsetenv SSH_AGENT_PID;",
+    };
+    writeln!(out, "{unset}\necho Agent pid {pid} killed;").map_err(|e| e.to_string())
 }
 
 /// `fork(2)`: the child's pid in the parent, `None` in the child.

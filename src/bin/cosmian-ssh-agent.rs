@@ -3,5 +3,5 @@
 //! and the PKCS#11 provider share one configuration, KMS client, key list and signing code.
 
 fn main() -> std::process::ExitCode {
-    cosmian_pkcs11::agent::main()
+    cosmian_pkcs11::agent::main(&mut std::io::stdout(), &mut std::io::stderr())
 }

@@ -1,5 +1,5 @@
-//! The man pages every package installs: `docs/man/NAME.SECTION.md` (go-md2man Markdown) for each
-//! of [`PAGES`], rendered to roff by go-md2man (Debian's, from
+//! The man pages every package installs: for each of [`PAGES`], its go-md2man Markdown source
+//! in `docs/man/` (named after the page and its section), rendered to roff by go-md2man (Debian's, from
 //! `scripts/install-packaging-tools.sh`), checked (`man --warnings` reports nothing; the `.TH`
 //! header is the source's title line, so the page's own date is the only one) and gzipped
 //! without name or timestamp, so that the packages holding them stay byte-reproducible
