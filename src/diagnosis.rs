@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::config::{ClientCertificate, KmsConfig, Secret, Settings};
-use crate::kmip::{operations, KmsClient, KmsError};
+use crate::kmip::{operations, KmsClient, KmsError, KmsErrorKind};
 use crate::platform;
 use crate::token::{self, Kms};
 
@@ -174,25 +174,25 @@ fn describe(r: &mut Report, config: &KmsConfig, settings: &Settings) {
 
 /// What to do about a failed request.
 fn fix_for(error: &KmsError, config: &KmsConfig) -> String {
-    match error {
-        KmsError::Unreachable(_) | KmsError::Dropped(_) => format!(
+    match error.kind {
+        KmsErrorKind::Unreachable | KmsErrorKind::Dropped => format!(
             "check that the KMS runs at {} and that this machine reaches it (proxy, firewall)",
             config.server_url
         ),
-        KmsError::Tls(_) => {
+        KmsErrorKind::Tls => {
             "the TLS handshake failed: is server_url the KMS's https:// port (not a plain HTTP one)?".to_owned()
         }
-        KmsError::Untrusted(_) => "the KMS's certificate is not trusted: put its CA's PEM in `verified_cert` under \
+        KmsErrorKind::Untrusted => "the KMS's certificate is not trusted: put its CA's PEM in `verified_cert` under \
                              [http_config], or install the CA in the system's store"
             .to_owned(),
-        KmsError::Timeout(_) => {
+        KmsErrorKind::Timeout => {
             "the KMS is slow or the network drops packets; COSMIAN_PKCS11_REQUEST_TIMEOUT_MS raises the limit"
                 .to_owned()
         }
-        KmsError::Unauthorized(_) => "the KMS refused the credentials: check access_token (or the credential \
+        KmsErrorKind::Unauthorized => "the KMS refused the credentials: check access_token (or the credential \
                                       store's cosmian-kms entry) or the client certificate"
             .to_owned(),
-        KmsError::Refused(_) | KmsError::Status(..) | KmsError::Malformed(_) => {
+        KmsErrorKind::Refused | KmsErrorKind::Status(_) | KmsErrorKind::Malformed => {
             "is server_url a Cosmian KMS (5.x)? the KMS's own log says more".to_owned()
         }
     }

@@ -63,41 +63,56 @@ const POOL_IDLE: Duration = Duration::from_secs(110);
 const READ_ONLY_OPERATIONS: [&str; 7] =
     ["Locate", "Get", "Export", "GetAttributes", "GetAttributeList", "Query", "DiscoverVersions"];
 
-/// Why a KMS call failed.
+/// Why a KMS call failed: what kind of failure (what callers branch on) and the details (for
+/// the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum KmsError {
+pub(crate) struct KmsError {
+    pub kind: Kind,
+    pub detail: String,
+}
+
+/// The kinds of [`KmsError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
     /// No connection could be made (refused, reset, DNS).
-    Unreachable(String),
+    Unreachable,
     /// The KMS's certificate did not verify (unknown issuer, expired, wrong name): retrying will
     /// not help; with a `verified_cert` alone tried first, the system's roots are added.
-    Untrusted(String),
+    Untrusted,
     /// The TLS handshake failed otherwise (protocol, version): retrying will not help.
-    Tls(String),
+    Tls,
     /// Connected, but no complete answer in time.
-    Timeout(String),
+    Timeout,
     /// The connection closed (or was reset) before any answer.
-    Dropped(String),
+    Dropped,
     /// 401/403: the KMS refused our credentials.
-    Unauthorized(String),
+    Unauthorized,
     /// 422: the KMS refused the request (`Item_Not_Found`, `Permission_Denied`, ...).
-    Refused(String),
+    Refused,
     /// Any other HTTP status (500, 404, ...).
-    Status(u16, String),
+    Status(u16),
     /// An answer that is not the KMIP we expect.
-    Malformed(String),
+    Malformed,
+}
+
+impl KmsError {
+    pub(crate) fn new(kind: Kind, detail: impl Into<String>) -> Self {
+        KmsError { kind, detail: detail.into() }
+    }
 }
 
 impl std::fmt::Display for KmsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KmsError::Unreachable(m) => write!(f, "KMS unreachable: {m}"),
-            KmsError::Untrusted(m) | KmsError::Tls(m) => write!(f, "KMS unreachable over TLS: {m}"),
-            KmsError::Timeout(m) => write!(f, "KMS did not answer in time: {m}"),
-            KmsError::Dropped(m) => write!(f, "KMS closed the connection without answering: {m}"),
-            KmsError::Unauthorized(m) => write!(f, "KMS refused the credentials: {m}"),
-            KmsError::Refused(m) => write!(f, "KMS refused the request: {m}"),
-            KmsError::Status(code, m) => write!(f, "KMS answered HTTP {code}: {m}"),
-            KmsError::Malformed(m) => write!(f, "KMS answer not understood: {m}"),
+        let m = &self.detail;
+        match self.kind {
+            Kind::Unreachable => write!(f, "KMS unreachable: {m}"),
+            Kind::Untrusted | Kind::Tls => write!(f, "KMS unreachable over TLS: {m}"),
+            Kind::Timeout => write!(f, "KMS did not answer in time: {m}"),
+            Kind::Dropped => write!(f, "KMS closed the connection without answering: {m}"),
+            Kind::Unauthorized => write!(f, "KMS refused the credentials: {m}"),
+            Kind::Refused => write!(f, "KMS refused the request: {m}"),
+            Kind::Status(code) => write!(f, "KMS answered HTTP {code}: {m}"),
+            Kind::Malformed => write!(f, "KMS answer not understood: {m}"),
         }
     }
 }
@@ -126,13 +141,10 @@ impl RetryPolicy {
     fn pause(self, failed: usize, error: &KmsError) -> Option<Duration> {
         match self {
             RetryPolicy::ReadOnly => {
-                let transient =
-                    matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_) | KmsError::Status(502..=504, _));
+                let transient = matches!(error.kind, Kind::Unreachable | Kind::Dropped | Kind::Status(502..=504));
                 BACKOFF.get(failed - 1).copied().filter(|_| transient)
             }
-            RetryPolicy::OnceIfDropped => {
-                (failed == 1 && matches!(error, KmsError::Dropped(_))).then_some(Duration::ZERO)
-            }
+            RetryPolicy::OnceIfDropped => (failed == 1 && error.kind == Kind::Dropped).then_some(Duration::ZERO),
         }
     }
 }
@@ -268,7 +280,10 @@ impl KmsClient {
         let request = Ttlv::structure("RequestMessage", message);
         self.post("/kmip", &label, &request, policy, cap, None, Some(&mut results))?;
         if results.kept.len() != count {
-            return Err(KmsError::Malformed(format!("{} batch items answered for {count}", results.kept.len())));
+            return Err(KmsError::new(
+                Kind::Malformed,
+                format!("{} batch items answered for {count}", results.kept.len()),
+            ));
         }
         Ok(results.kept)
     }
@@ -293,13 +308,13 @@ impl KmsClient {
         let mut attempt = 1;
         loop {
             if self.is_shut_down() {
-                return Err(KmsError::Unreachable(format!("{label}: not sent, the provider is finalizing")));
+                return Err(KmsError::new(Kind::Unreachable, format!("{label}: not sent, the provider is finalizing")));
             }
             let attempt_started = Instant::now();
             let system_roots_deferred = crate::lock(&self.deferred_tls).is_some();
             let budget = self.request_timeout.saturating_sub(started.elapsed());
             let result = if budget.is_zero() {
-                Err(KmsError::Timeout(format!("no time left after {} ms", started.elapsed().as_millis())))
+                Err(KmsError::new(Kind::Timeout, format!("no time left after {} ms", started.elapsed().as_millis())))
             } else {
                 if let Some(items) = items.as_mut() {
                     items.restart();
@@ -316,12 +331,12 @@ impl KmsClient {
                 Err(e) => e,
             };
             tracing::debug!(operation = label, attempt, status = %error, elapsed_ms, "KMS request");
-            if system_roots_deferred && matches!(&error, KmsError::Untrusted(_)) {
+            if system_roots_deferred && error.kind == Kind::Untrusted {
                 // Not a retry: the same attempt, verified against the documented set of roots.
                 self.trust_system_roots();
                 continue;
             }
-            if matches!(error, KmsError::Unreachable(_) | KmsError::Dropped(_)) {
+            if matches!(error.kind, Kind::Unreachable | Kind::Dropped) {
                 self.resolver.forget();
             }
             let pause = policy
@@ -377,14 +392,14 @@ impl KmsClient {
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             let location = response.headers().get("location").map_or("nowhere".into(), |l| snippet(l.as_bytes()));
-            return Err(KmsError::Status(
-                status,
+            return Err(KmsError::new(
+                Kind::Status(status),
                 format!("the KMS redirects to {location}: not followed; set server_url to the KMS's own address"),
             ));
         }
         let too_large = |e: ureq::Error| match e {
             ureq::Error::BodyExceedsLimit(_) => {
-                KmsError::Malformed(format!("answer larger than {cap} bytes: refused unread"))
+                KmsError::new(Kind::Malformed, format!("answer larger than {cap} bytes: refused unread"))
             }
             e => transport_error(e, true),
         };
@@ -400,14 +415,14 @@ impl KmsClient {
             let sink: Option<&mut dyn FnMut(Ttlv)> = if streaming { Some(&mut each) } else { None };
             return Ttlv::from_reader(body.reader(), sink).map_err(|e| match e {
                 ReadError::Io(e) => too_large(ureq::Error::from(e)),
-                ReadError::Decode(e) => KmsError::Malformed(format!("not KMIP JSON-TTLV: {e}")),
+                ReadError::Decode(e) => KmsError::new(Kind::Malformed, format!("not KMIP JSON-TTLV: {e}")),
             });
         }
         let bytes = body.read_to_vec().map_err(too_large)?;
         match status {
-            401 | 403 => Err(KmsError::Unauthorized(format!("HTTP {status}"))),
-            422 => Err(KmsError::Refused(snippet(&bytes))),
-            _ => Err(KmsError::Status(status, snippet(&bytes))),
+            401 | 403 => Err(KmsError::new(Kind::Unauthorized, format!("HTTP {status}"))),
+            422 => Err(KmsError::new(Kind::Refused, snippet(&bytes))),
+            _ => Err(KmsError::new(Kind::Status(status), snippet(&bytes))),
         }
     }
 }
@@ -479,22 +494,10 @@ fn agent(
 
 /// Adds the operation, the attempts and the time spent to an error's message, for the log
 /// line of the PKCS#11 call that failed.
-fn with_context(error: KmsError, label: &str, attempts: usize, elapsed: Duration) -> KmsError {
-    let context = |m: String| {
-        let tries = if attempts > 1 { format!(", {attempts} attempts") } else { String::new() };
-        format!("{m} ({label}{tries}, {} ms)", elapsed.as_millis())
-    };
-    match error {
-        KmsError::Unreachable(m) => KmsError::Unreachable(context(m)),
-        KmsError::Untrusted(m) => KmsError::Untrusted(context(m)),
-        KmsError::Tls(m) => KmsError::Tls(context(m)),
-        KmsError::Timeout(m) => KmsError::Timeout(context(m)),
-        KmsError::Dropped(m) => KmsError::Dropped(context(m)),
-        KmsError::Unauthorized(m) => KmsError::Unauthorized(context(m)),
-        KmsError::Refused(m) => KmsError::Refused(context(m)),
-        KmsError::Status(code, m) => KmsError::Status(code, context(m)),
-        KmsError::Malformed(m) => KmsError::Malformed(context(m)),
-    }
+fn with_context(mut error: KmsError, label: &str, attempts: usize, elapsed: Duration) -> KmsError {
+    let tries = if attempts > 1 { format!(", {attempts} attempts") } else { String::new() };
+    error.detail = format!("{} ({label}{tries}, {} ms)", error.detail, elapsed.as_millis());
+    error
 }
 
 /// The start of an error body, on one line, for log lines.
@@ -520,18 +523,25 @@ fn is_untrusted(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool
 /// A transport failure, before (`answered` false) or while reading (true) the answer's body.
 fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
     use std::io::ErrorKind::*;
-    let dropped =
-        |m: String| if answered { KmsError::Malformed(format!("answer cut short: {m}")) } else { KmsError::Dropped(m) };
+    let dropped = |m: String| {
+        if answered {
+            KmsError::new(Kind::Malformed, format!("answer cut short: {m}"))
+        } else {
+            KmsError::new(Kind::Dropped, m)
+        }
+    };
     match e {
-        ureq::Error::Timeout(t) => KmsError::Timeout(t.to_string()),
-        ureq::Error::Io(io) if matches!(io.kind(), TimedOut | WouldBlock) => KmsError::Timeout(io.to_string()),
+        ureq::Error::Timeout(t) => KmsError::new(Kind::Timeout, t.to_string()),
+        ureq::Error::Io(io) if matches!(io.kind(), TimedOut | WouldBlock) => {
+            KmsError::new(Kind::Timeout, io.to_string())
+        }
         ureq::Error::Io(io)
             if matches!(
                 io.kind(),
                 ConnectionRefused | NotConnected | AddrNotAvailable | HostUnreachable | NetworkUnreachable
             ) =>
         {
-            KmsError::Unreachable(io.to_string())
+            KmsError::new(Kind::Unreachable, io.to_string())
         }
         ureq::Error::Io(io)
             if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe) =>
@@ -541,19 +551,19 @@ fn transport_error(e: ureq::Error, answered: bool) -> KmsError {
         // rustls's handshake errors come through the socket as InvalidData.
         ureq::Error::Io(io) if io.kind() == InvalidData && !answered => {
             if io.get_ref().is_some_and(is_untrusted) {
-                KmsError::Untrusted(io.to_string())
+                KmsError::new(Kind::Untrusted, io.to_string())
             } else {
-                KmsError::Tls(io.to_string())
+                KmsError::new(Kind::Tls, io.to_string())
             }
         }
-        ureq::Error::Rustls(rustls::Error::InvalidCertificate(_)) => KmsError::Untrusted(e.to_string()),
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => KmsError::Tls(e.to_string()),
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => KmsError::Unreachable(e.to_string()),
+        ureq::Error::Rustls(rustls::Error::InvalidCertificate(_)) => KmsError::new(Kind::Untrusted, e.to_string()),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => KmsError::new(Kind::Tls, e.to_string()),
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => KmsError::new(Kind::Unreachable, e.to_string()),
         ureq::Error::BodyExceedsLimit(_) | ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => {
-            KmsError::Malformed(e.to_string())
+            KmsError::new(Kind::Malformed, e.to_string())
         }
-        other if answered => KmsError::Malformed(other.to_string()),
-        other => KmsError::Unreachable(other.to_string()),
+        other if answered => KmsError::new(Kind::Malformed, other.to_string()),
+        other => KmsError::new(Kind::Unreachable, other.to_string()),
     }
 }
 
@@ -599,9 +609,10 @@ fn batch_item_result(item: Ttlv) -> Result<Ttlv, KmsError> {
     if status != "Success" {
         let reason = item.child("ResultReason").and_then(Ttlv::as_text).unwrap_or("?");
         let message = item.child("ResultMessage").and_then(Ttlv::as_text).unwrap_or("");
-        return Err(KmsError::Refused(format!("{status} {reason}: {}", snippet(message.as_bytes()))));
+        return Err(KmsError::new(Kind::Refused, format!("{status} {reason}: {}", snippet(message.as_bytes()))));
     }
-    item.into_child("ResponsePayload").ok_or_else(|| KmsError::Malformed("batch item without ResponsePayload".into()))
+    item.into_child("ResponsePayload")
+        .ok_or_else(|| KmsError::new(Kind::Malformed, "batch item without ResponsePayload"))
 }
 
 #[cfg(test)]
@@ -625,18 +636,18 @@ mod tests {
         let p = RetryPolicy::for_operations(["Locate"].into_iter());
         assert_eq!(p, RetryPolicy::ReadOnly);
         assert_eq!(RetryPolicy::for_operations(["Export", "Export"].into_iter()), RetryPolicy::ReadOnly);
-        let refused = KmsError::Unreachable("refused".into());
+        let refused = KmsError::new(Kind::Unreachable, "refused");
         assert_eq!(p.pause(1, &refused), Some(BACKOFF[0]));
-        assert_eq!(p.pause(2, &KmsError::Dropped("eof".into())), Some(BACKOFF[1]));
+        assert_eq!(p.pause(2, &KmsError::new(Kind::Dropped, "eof")), Some(BACKOFF[1]));
         assert_eq!(p.pause(3, &refused), None, "three attempts at most");
-        assert_eq!(p.pause(1, &KmsError::Status(503, String::new())), Some(BACKOFF[0]));
+        assert_eq!(p.pause(1, &KmsError::new(Kind::Status(503), String::new())), Some(BACKOFF[0]));
         for final_answer in [
-            KmsError::Timeout("t".into()),
-            KmsError::Untrusted("invalid peer certificate: UnknownIssuer".into()),
-            KmsError::Status(500, String::new()),
-            KmsError::Refused("Item_Not_Found".into()),
-            KmsError::Unauthorized("HTTP 401".into()),
-            KmsError::Malformed("garbage".into()),
+            KmsError::new(Kind::Timeout, "t"),
+            KmsError::new(Kind::Untrusted, "invalid peer certificate: UnknownIssuer"),
+            KmsError::new(Kind::Status(500), String::new()),
+            KmsError::new(Kind::Refused, "Item_Not_Found"),
+            KmsError::new(Kind::Unauthorized, "HTTP 401"),
+            KmsError::new(Kind::Malformed, "garbage"),
         ] {
             assert_eq!(p.pause(1, &final_answer), None, "{final_answer}");
         }
@@ -647,33 +658,33 @@ mod tests {
         let p = RetryPolicy::for_operations(["Sign"].into_iter());
         assert_eq!(p, RetryPolicy::OnceIfDropped);
         assert_eq!(RetryPolicy::for_operations(["Locate", "Sign"].into_iter()), RetryPolicy::OnceIfDropped);
-        let dropped = KmsError::Dropped("eof".into());
+        let dropped = KmsError::new(Kind::Dropped, "eof");
         assert_eq!(p.pause(1, &dropped), Some(Duration::ZERO));
         assert_eq!(p.pause(2, &dropped), None);
-        assert_eq!(p.pause(1, &KmsError::Timeout("t".into())), None, "never after a timeout");
-        assert_eq!(p.pause(1, &KmsError::Unreachable("refused".into())), None);
-        assert_eq!(p.pause(1, &KmsError::Status(503, String::new())), None);
+        assert_eq!(p.pause(1, &KmsError::new(Kind::Timeout, "t")), None, "never after a timeout");
+        assert_eq!(p.pause(1, &KmsError::new(Kind::Unreachable, "refused")), None);
+        assert_eq!(p.pause(1, &KmsError::new(Kind::Status(503), String::new())), None);
     }
 
     #[test]
     fn transport_failures_are_classified_by_when_they_happen() {
         use std::io::ErrorKind::*;
-        assert!(matches!(transport_error(io(ConnectionRefused), false), KmsError::Unreachable(_)));
-        assert!(matches!(transport_error(io(UnexpectedEof), false), KmsError::Dropped(_)));
-        assert!(matches!(transport_error(io(ConnectionReset), false), KmsError::Dropped(_)));
-        assert!(matches!(transport_error(io(BrokenPipe), false), KmsError::Dropped(_)));
+        assert_eq!(transport_error(io(ConnectionRefused), false).kind, Kind::Unreachable);
+        assert_eq!(transport_error(io(UnexpectedEof), false).kind, Kind::Dropped);
+        assert_eq!(transport_error(io(ConnectionReset), false).kind, Kind::Dropped);
+        assert_eq!(transport_error(io(BrokenPipe), false).kind, Kind::Dropped);
         // Once the answer has started, a cut is not a dropped connection: never resent.
-        assert!(matches!(transport_error(io(ConnectionReset), true), KmsError::Malformed(_)));
-        assert!(matches!(transport_error(io(TimedOut), true), KmsError::Timeout(_)));
-        assert!(matches!(transport_error(ureq::Error::Timeout(ureq::Timeout::Global), false), KmsError::Timeout(_)));
-        assert!(matches!(transport_error(ureq::Error::HostNotFound, false), KmsError::Unreachable(_)));
-        assert!(matches!(transport_error(io(InvalidData), false), KmsError::Tls(_)));
+        assert_eq!(transport_error(io(ConnectionReset), true).kind, Kind::Malformed);
+        assert_eq!(transport_error(io(TimedOut), true).kind, Kind::Timeout);
+        assert_eq!(transport_error(ureq::Error::Timeout(ureq::Timeout::Global), false).kind, Kind::Timeout);
+        assert_eq!(transport_error(ureq::Error::HostNotFound, false).kind, Kind::Unreachable);
+        assert_eq!(transport_error(io(InvalidData), false).kind, Kind::Tls);
         let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let wrapped = ureq::Error::Io(std::io::Error::new(InvalidData, untrusted.clone()));
-        assert!(matches!(transport_error(wrapped, false), KmsError::Untrusted(_)));
-        assert!(matches!(transport_error(ureq::Error::Rustls(untrusted), false), KmsError::Untrusted(_)));
-        assert!(matches!(transport_error(ureq::Error::Tls("bad"), false), KmsError::Tls(_)));
-        assert!(matches!(transport_error(ureq::Error::BodyExceedsLimit(1), true), KmsError::Malformed(_)));
+        assert_eq!(transport_error(wrapped, false).kind, Kind::Untrusted);
+        assert_eq!(transport_error(ureq::Error::Rustls(untrusted), false).kind, Kind::Untrusted);
+        assert_eq!(transport_error(ureq::Error::Tls("bad"), false).kind, Kind::Tls);
+        assert_eq!(transport_error(ureq::Error::BodyExceedsLimit(1), true).kind, Kind::Malformed);
     }
 
     #[test]
@@ -710,10 +721,14 @@ mod tests {
 
     #[test]
     fn the_final_error_names_the_operation_attempts_and_time() {
-        let e = with_context(KmsError::Unreachable("refused".into()), "Locate", 3, Duration::from_millis(412));
+        let e = with_context(KmsError::new(Kind::Unreachable, "refused"), "Locate", 3, Duration::from_millis(412));
         assert_eq!(e.to_string(), "KMS unreachable: refused (Locate, 3 attempts, 412 ms)");
-        let e =
-            with_context(KmsError::Status(500, "Internal server error".into()), "Sign", 1, Duration::from_millis(3));
+        let e = with_context(
+            KmsError::new(Kind::Status(500), "Internal server error"),
+            "Sign",
+            1,
+            Duration::from_millis(3),
+        );
         assert_eq!(e.to_string(), "KMS answered HTTP 500: Internal server error (Sign, 3 ms)");
     }
 }

@@ -7,4 +7,4 @@ mod tls;
 mod transport;
 pub(crate) mod ttlv;
 
-pub(crate) use client::{KmsClient, KmsError};
+pub(crate) use client::{Kind as KmsErrorKind, KmsClient, KmsError};

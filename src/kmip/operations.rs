@@ -2,7 +2,7 @@
 //! Locate (tagged public and private keys, batched, paged), a batched Export of the public keys with their attributes,
 //! and Sign. Never a Get or Export of a private key.
 
-use super::client::{KmsClient, KmsError};
+use super::client::{Kind as KmsErrorKind, KmsClient, KmsError};
 use super::ttlv::{Ttlv, Value};
 use crate::asn1::Hash;
 use crate::config::Secret;
@@ -102,7 +102,7 @@ pub(crate) fn sign(client: &KmsClient, private_key_id: &str, request: &SignReque
         .child("SignatureData")
         .and_then(Ttlv::as_bytes)
         .map(<[u8]>::to_vec)
-        .ok_or_else(|| KmsError::Malformed("SignResponse without SignatureData".into()))
+        .ok_or_else(|| KmsError::new(KmsErrorKind::Malformed, "SignResponse without SignatureData"))
 }
 
 /// The `Attribute` structure of a vendor tag set, as Locate takes it.
@@ -142,7 +142,10 @@ pub(crate) fn locate_key_pairs(
             break;
         }
         if std::time::Instant::now() > deadline {
-            return Err(KmsError::Timeout(format!("listing the keys: past its deadline after {round} Locate rounds")));
+            return Err(KmsError::new(
+                KmsErrorKind::Timeout,
+                format!("listing the keys: past its deadline after {round} Locate rounds"),
+            ));
         }
         let wanted: Vec<usize> = (0..2).filter(|i| lists[*i].1).collect();
         let requests = wanted
@@ -238,10 +241,13 @@ pub(crate) fn export_public_keys(
     let mut keys = Vec::with_capacity(public_ids.len());
     for (round, ids) in public_ids.chunks(EXPORT_BATCH).enumerate() {
         if std::time::Instant::now() > deadline {
-            return Err(KmsError::Timeout(format!(
-                "listing the keys: past its deadline after {round} Export messages of {}",
-                public_ids.len().div_ceil(EXPORT_BATCH)
-            )));
+            return Err(KmsError::new(
+                KmsErrorKind::Timeout,
+                format!(
+                    "listing the keys: past its deadline after {round} Export messages of {}",
+                    public_ids.len().div_ceil(EXPORT_BATCH)
+                ),
+            ));
         }
         let requests = ids
             .iter()
@@ -264,7 +270,7 @@ pub(crate) fn export_public_keys(
 
 /// Reads an `Export` answer of a public key.
 fn read_exported_public_key(public_id: &str, vendor_id: &str, answer: &Ttlv) -> Result<RemoteKey, KmsError> {
-    let malformed = |what: &str| KmsError::Malformed(format!("Export of {public_id}: {what}"));
+    let malformed = |what: &str| KmsError::new(KmsErrorKind::Malformed, format!("Export of {public_id}: {what}"));
     if answer.find("ObjectType").and_then(Ttlv::as_text).is_some_and(|t| t != "PublicKey") {
         return Err(malformed("not a public key"));
     }

@@ -4,7 +4,7 @@
 use cryptoki_sys::*;
 
 use crate::error::Error;
-use crate::kmip::KmsError;
+use crate::kmip::{KmsError, KmsErrorKind};
 
 /// How a KMS failure reads to a PKCS#11 caller. KMS calls happen in `C_Sign`/`C_SignFinal`
 /// only (enumeration failures leave the token empty instead), so every code is one the
@@ -15,16 +15,16 @@ use crate::kmip::KmsError;
 /// The KMS's own words stay in the message, for the log.
 impl From<KmsError> for Error {
     fn from(e: KmsError) -> Self {
-        let rv = match &e {
-            KmsError::Unreachable(_)
-            | KmsError::Untrusted(_)
-            | KmsError::Tls(_)
-            | KmsError::Timeout(_)
-            | KmsError::Dropped(_)
-            | KmsError::Status(..)
-            | KmsError::Malformed(_) => CKR_DEVICE_ERROR,
-            KmsError::Unauthorized(_) => CKR_USER_NOT_LOGGED_IN,
-            KmsError::Refused(_) => CKR_FUNCTION_FAILED,
+        let rv = match e.kind {
+            KmsErrorKind::Unreachable
+            | KmsErrorKind::Untrusted
+            | KmsErrorKind::Tls
+            | KmsErrorKind::Timeout
+            | KmsErrorKind::Dropped
+            | KmsErrorKind::Status(_)
+            | KmsErrorKind::Malformed => CKR_DEVICE_ERROR,
+            KmsErrorKind::Unauthorized => CKR_USER_NOT_LOGGED_IN,
+            KmsErrorKind::Refused => CKR_FUNCTION_FAILED,
         };
         Error::new(rv, e.to_string())
     }
@@ -37,17 +37,17 @@ mod tests {
     #[test]
     fn kms_failures_map_to_codes_c_sign_may_return() {
         let cases = [
-            (KmsError::Unreachable("Connection refused".into()), CKR_DEVICE_ERROR),
-            (KmsError::Timeout("timeout: global".into()), CKR_DEVICE_ERROR),
-            (KmsError::Untrusted("invalid peer certificate: UnknownIssuer".into()), CKR_DEVICE_ERROR),
-            (KmsError::Tls("received fatal alert: ProtocolVersion".into()), CKR_DEVICE_ERROR),
-            (KmsError::Dropped("Peer disconnected".into()), CKR_DEVICE_ERROR),
-            (KmsError::Status(500, "Internal server error".into()), CKR_DEVICE_ERROR),
-            (KmsError::Status(404, "Route not supported".into()), CKR_DEVICE_ERROR),
-            (KmsError::Malformed("not JSON".into()), CKR_DEVICE_ERROR),
-            (KmsError::Unauthorized("HTTP 401".into()), CKR_USER_NOT_LOGGED_IN),
-            (KmsError::Refused("Item_Not_Found: Sign: no valid key for id: k".into()), CKR_FUNCTION_FAILED),
-            (KmsError::Refused("Permission_Denied: k is not active".into()), CKR_FUNCTION_FAILED),
+            (KmsError::new(KmsErrorKind::Unreachable, "Connection refused"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Timeout, "timeout: global"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Untrusted, "invalid peer certificate: UnknownIssuer"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Tls, "received fatal alert: ProtocolVersion"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Dropped, "Peer disconnected"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Status(500), "Internal server error"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Status(404), "Route not supported"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Malformed, "not JSON"), CKR_DEVICE_ERROR),
+            (KmsError::new(KmsErrorKind::Unauthorized, "HTTP 401"), CKR_USER_NOT_LOGGED_IN),
+            (KmsError::new(KmsErrorKind::Refused, "Item_Not_Found: Sign: no valid key for id: k"), CKR_FUNCTION_FAILED),
+            (KmsError::new(KmsErrorKind::Refused, "Permission_Denied: k is not active"), CKR_FUNCTION_FAILED),
         ];
         for (kms, rv) in cases {
             let text = kms.to_string();

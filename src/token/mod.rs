@@ -25,9 +25,9 @@ use cryptoki_sys::*;
 use crate::asn1::PublicKey;
 use crate::config::{KmsConfig, Secret, Settings};
 use crate::error::{Error, Result};
-use crate::kmip::client::KmsError;
 use crate::kmip::operations::{self, RemoteKey, SignRequest};
 use crate::kmip::KmsClient;
+use crate::kmip::KmsErrorKind;
 use crate::lock;
 use key_cache::Cached;
 pub(crate) use key_cache::KeyCache;
@@ -378,9 +378,10 @@ impl Token {
                 tracing::info!("PIN mode: the KMS accepted the PIN as access token");
                 Ok(())
             }
-            Err(KmsError::Unauthorized(e)) => {
-                Err(Error::new(CKR_PIN_INCORRECT, format!("PIN mode: the KMS refused the PIN as access token ({e})")))
-            }
+            Err(e) if e.kind == KmsErrorKind::Unauthorized => Err(Error::new(
+                CKR_PIN_INCORRECT,
+                format!("PIN mode: the KMS refused the PIN as access token ({})", e.detail),
+            )),
             Err(e) => Err(Error::new(CKR_DEVICE_ERROR, format!("PIN mode: cannot check the PIN: {e}"))),
         }
     }
@@ -398,7 +399,7 @@ impl Token {
         let kms = self.kms.as_ref().map_err(|e| Error::new(CKR_DEVICE_ERROR, format!("no KMS configured: {e}")))?;
         self.check_confirmed(key)?;
         let signed = operations::sign(&kms.client, &key.private_id, request);
-        if let Err(KmsError::Refused(_)) = &signed {
+        if signed.as_ref().is_err_and(|e| e.kind == KmsErrorKind::Refused) {
             if let Some(cache) = &kms.key_cache {
                 cache.forget(&key.private_id);
             }
