@@ -10,7 +10,7 @@ use cryptoki_sys::*;
 // mechanisms offered, the mechanism parameters and attribute answers it converts, the logger.
 pub(crate) use crate::platform::logging::dispatch as logger;
 pub(crate) use crate::signing::{Parameter, OFFERED as MECHANISMS};
-pub(crate) use crate::token::Attr;
+pub(crate) use crate::token::{Attr, Template};
 
 use crate::asn1::Hasher;
 use crate::config::{KmsConfig, Secret, Settings};
@@ -265,11 +265,7 @@ impl Provider {
 
     // ---- objects ------------------------------------------------------------------------
 
-    pub(crate) fn find_init(
-        &self,
-        session: CK_SESSION_HANDLE,
-        template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
-    ) -> Result<()> {
+    pub(crate) fn find_init(&self, session: CK_SESSION_HANDLE, template: &Template) -> Result<()> {
         let s = self.sessions.get(session)?;
         if lock(&s).find.is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE, "a search is already active"));
@@ -418,10 +414,6 @@ mod tests {
         Provider::new(Token::with_keys(vec![p256_pair(), rsa_pair()]))
     }
 
-    fn class(c: CK_ULONG) -> (CK_ATTRIBUTE_TYPE, Vec<u8>) {
-        (CKA_CLASS, c.to_ne_bytes().to_vec())
-    }
-
     #[test]
     fn sessions_need_the_serial_flag_and_a_valid_slot() {
         let p = provider();
@@ -451,7 +443,7 @@ mod tests {
         let p = Provider { pin_mode: true, ..provider() };
         assert!(p.login_required() && !provider().login_required());
         let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
-        p.find_init(h, &[]).unwrap();
+        p.find_init(h, &Template::default()).unwrap();
         assert!(p.find_next(h, 10).unwrap().is_empty());
         p.find_final(h).unwrap();
         assert_eq!(p.sign_init(h, CKM_ECDSA, Parameter::None, 1).unwrap_err().rv, CKR_USER_NOT_LOGGED_IN);
@@ -467,8 +459,8 @@ mod tests {
         let p = provider();
         let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
         assert_eq!(p.find_next(h, 1).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
-        p.find_init(h, &[class(CKO_PUBLIC_KEY)]).unwrap();
-        assert_eq!(p.find_init(h, &[]).unwrap_err().rv, CKR_OPERATION_ACTIVE);
+        p.find_init(h, &Template::class(CKO_PUBLIC_KEY)).unwrap();
+        assert_eq!(p.find_init(h, &Template::default()).unwrap_err().rv, CKR_OPERATION_ACTIVE);
         let mut seen = Vec::new();
         loop {
             let got = p.find_next(h, 1).unwrap();
@@ -480,7 +472,7 @@ mod tests {
         assert_eq!(seen.len(), 2);
         p.find_final(h).unwrap();
         assert_eq!(p.find_final(h).unwrap_err().rv, CKR_OPERATION_NOT_INITIALIZED);
-        p.find_init(h, &[class(CKO_PRIVATE_KEY), (CKA_ID, b"k1_pk".to_vec())]).unwrap();
+        p.find_init(h, &Template::class(CKO_PRIVATE_KEY).and(CKA_ID, b"k1_pk")).unwrap();
         let private = p.find_next(h, 10).unwrap();
         assert_eq!(private.len(), 1);
         let attrs = p.attributes(h, private[0], &[CKA_ID, CKA_VALUE, CKA_MODULUS]).unwrap();
@@ -492,10 +484,10 @@ mod tests {
     fn sign_state_machine_without_network() {
         let p = provider();
         let h = p.open_session(SLOT_ID, CKF_SERIAL_SESSION).unwrap();
-        p.find_init(h, &[class(CKO_PRIVATE_KEY), (CKA_ID, b"k1".to_vec())]).unwrap();
+        p.find_init(h, &Template::class(CKO_PRIVATE_KEY).and(CKA_ID, b"k1")).unwrap();
         let ec = p.find_next(h, 1).unwrap()[0];
         p.find_final(h).unwrap();
-        p.find_init(h, &[class(CKO_PUBLIC_KEY), (CKA_ID, b"k1".to_vec())]).unwrap();
+        p.find_init(h, &Template::class(CKO_PUBLIC_KEY).and(CKA_ID, b"k1")).unwrap();
         let ec_pub = p.find_next(h, 1).unwrap()[0];
         p.find_final(h).unwrap();
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cryptoki_sys::{CKA_CLASS, CKO_PUBLIC_KEY};
+use cryptoki_sys::{CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
 use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
@@ -17,7 +17,7 @@ use super::wire::{self, RsaAlgorithm};
 use crate::asn1::{Curve, Hash, PublicKey};
 use crate::lock;
 use crate::signing::{self, Mechanism};
-use crate::token::{KeyPair, Token};
+use crate::token::{KeyPair, Template, Token};
 
 /// The most certificate files read from the folder, and the largest one.
 const MAX_CERTIFICATE_FILES: usize = 256;
@@ -71,7 +71,7 @@ impl Agent {
     /// `COSMIAN_PKCS11_KEY_CACHE_SECONDS` (the provider's freshness rules): each key, then the
     /// certificates of it found in the certificate folder.
     pub(crate) fn identities(&self) -> Vec<Identity> {
-        let template = [(CKA_CLASS, CKO_PUBLIC_KEY.to_ne_bytes().to_vec())];
+        let template = Template::class(CKO_PUBLIC_KEY);
         let keys: Vec<Arc<KeyPair>> = self
             .token
             .find(&template)
@@ -155,7 +155,7 @@ impl Agent {
 
     /// The keys as last listed, without asking the KMS (a sign request follows a listing).
     fn identities_cached(&self) -> Vec<Arc<KeyPair>> {
-        let template = [(CKA_CLASS, cryptoki_sys::CKO_PRIVATE_KEY.to_ne_bytes().to_vec())];
+        let template = Template::class(CKO_PRIVATE_KEY);
         self.token.find(&template).into_iter().filter_map(|h| self.token.object(h).ok().map(|(key, _)| key)).collect()
     }
 

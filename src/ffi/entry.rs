@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
-use crate::provider::{logger, Attr, Parameter, Provider, SignOutput, MAX_SIGN_DATA, MECHANISMS};
+use crate::provider::{logger, Attr, Parameter, Provider, SignOutput, Template, MAX_SIGN_DATA, MECHANISMS};
 
 /// The initialized provider, between C_Initialize and C_Finalize.
 static PROVIDER: RwLock<Option<Arc<Provider>>> = RwLock::new(None);
@@ -463,7 +463,7 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(
                 .map_err(|e| Error::new(CKR_ATTRIBUTE_VALUE_INVALID, e.message))?;
             template.push((attr.type_, value.to_vec()));
         }
-        p.find_init(hSession, &template)
+        p.find_init(hSession, &Template::new(template))
     })
 }
 

@@ -31,7 +31,7 @@ use crate::kmip::KmsErrorKind;
 use crate::lock;
 use key_cache::Cached;
 pub(crate) use key_cache::KeyCache;
-pub(crate) use objects::{Attr, KeyPair, ObjectClass};
+pub(crate) use objects::{Attr, Classes, KeyPair, ObjectClass, Template};
 
 /// After a failed load, how long searches are answered from memory before trying again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -110,7 +110,7 @@ impl KeyStore {
     }
 
     /// Handles of the objects matching `template`, public keys first, in handle order.
-    pub(crate) fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
+    pub(crate) fn find(&self, template: &Template) -> Vec<CK_OBJECT_HANDLE> {
         let mut found: Vec<_> = self
             .objects
             .iter()
@@ -124,16 +124,14 @@ impl KeyStore {
     /// Does a search with `template` need the list loaded or reloaded first? Searches for
     /// classes the token never holds don't; private-key searches (every ssh signature) only
     /// before the first load.
-    fn needs_load(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], ttl: Duration) -> bool {
-        let class = template.iter().find(|(t, _)| *t == CKA_CLASS).map(|(_, v)| v.as_slice());
-        let public = CKO_PUBLIC_KEY.to_ne_bytes();
-        let private = CKO_PRIVATE_KEY.to_ne_bytes();
-        match (self.loaded, class) {
-            (_, Some(c)) if c != public && c != private => false,
+    fn needs_load(&self, template: &Template, ttl: Duration) -> bool {
+        match (self.loaded, template.classes()) {
+            (_, Classes::Neither) => false,
             (None, _) => true,
-            (Some((at, ok)), c) => {
+            (Some(_), Classes::Only(ObjectClass::PrivateKey)) => false,
+            (Some((at, ok)), _) => {
                 let age = at.elapsed();
-                c != Some(&private[..]) && (age >= ttl || (!ok && age >= RETRY_AFTER_FAILURE))
+                age >= ttl || (!ok && age >= RETRY_AFTER_FAILURE)
             }
         }
     }
@@ -240,7 +238,7 @@ impl Token {
 
     /// The handles of the objects that match `template`, loading the key list first when it
     /// is missing or old.
-    pub(crate) fn find(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<CK_OBJECT_HANDLE> {
+    pub(crate) fn find(&self, template: &Template) -> Vec<CK_OBJECT_HANDLE> {
         let ttl = self.settings.key_cache_ttl;
         if lock(&self.store).needs_load(template, ttl) {
             let _loading = lock(&self.loading);
@@ -524,49 +522,45 @@ mod tests {
     use super::objects::tests::{p256_pair, rsa_pair};
     use super::*;
 
-    fn class(c: CK_ULONG) -> (CK_ATTRIBUTE_TYPE, Vec<u8>) {
-        (CKA_CLASS, c.to_ne_bytes().to_vec())
-    }
-
     #[test]
     fn handles_are_stable_across_refreshes() {
         let mut s = KeyStore::default();
         s.replace(vec![p256_pair(), rsa_pair()]);
-        let before = s.find(&[]);
+        let before = s.find(&Template::default());
         assert_eq!(before.len(), 4);
         s.replace(vec![rsa_pair()]);
-        let after = s.find(&[]);
+        let after = s.find(&Template::default());
         assert_eq!(after.len(), 2);
         assert!(after.iter().all(|h| before.contains(h)));
         assert!(s.object(before[0]).is_none() || after.contains(&before[0]));
         s.replace(vec![p256_pair(), rsa_pair()]);
-        assert_eq!(s.find(&[]).len(), 4);
+        assert_eq!(s.find(&Template::default()).len(), 4);
     }
 
     #[test]
     fn public_keys_come_first() {
         let mut s = KeyStore::default();
         s.replace(vec![p256_pair(), rsa_pair()]);
-        let all = s.find(&[]);
+        let all = s.find(&Template::default());
         let classes: Vec<_> = all.iter().map(|h| s.object(*h).unwrap().1).collect();
         assert_eq!(classes[..2], [ObjectClass::PublicKey; 2]);
-        assert_eq!(s.find(&[class(CKO_PRIVATE_KEY), (CKA_ID, b"k1".to_vec())]).len(), 1);
+        assert_eq!(s.find(&Template::class(CKO_PRIVATE_KEY).and(CKA_ID, b"k1")).len(), 1);
     }
 
     #[test]
     fn private_key_searches_are_served_from_memory() {
         let mut s = KeyStore::default();
         let ttl = Duration::from_secs(60);
-        assert!(s.needs_load(&[class(CKO_PRIVATE_KEY)], ttl));
-        assert!(!s.needs_load(&[class(CKO_CERTIFICATE)], ttl));
+        assert!(s.needs_load(&Template::class(CKO_PRIVATE_KEY), ttl));
+        assert!(!s.needs_load(&Template::class(CKO_CERTIFICATE), ttl));
         s.loaded = Some((Instant::now() - Duration::from_secs(120), true));
-        assert!(s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
-        assert!(s.needs_load(&[], ttl));
-        assert!(!s.needs_load(&[class(CKO_PRIVATE_KEY)], ttl));
+        assert!(s.needs_load(&Template::class(CKO_PUBLIC_KEY), ttl));
+        assert!(s.needs_load(&Template::default(), ttl));
+        assert!(!s.needs_load(&Template::class(CKO_PRIVATE_KEY), ttl));
         s.loaded = Some((Instant::now(), true));
-        assert!(!s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
+        assert!(!s.needs_load(&Template::class(CKO_PUBLIC_KEY), ttl));
         s.loaded = Some((Instant::now() - Duration::from_secs(6), false));
-        assert!(s.needs_load(&[class(CKO_PUBLIC_KEY)], ttl));
+        assert!(s.needs_load(&Template::class(CKO_PUBLIC_KEY), ttl));
     }
 
     #[test]

@@ -140,8 +140,8 @@ impl KeyPair {
     /// Does the object of class `class` have every attribute of `template` with that value?
     /// A private key is also found by its public key's id (`<uid>_pk`), as older providers
     /// used that as `CKA_ID`.
-    pub(crate) fn matches(&self, class: ObjectClass, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> bool {
-        template.iter().all(|(ty, wanted)| {
+    pub(crate) fn matches(&self, class: ObjectClass, template: &Template) -> bool {
+        template.attributes.iter().all(|(ty, wanted)| {
             if *ty == CKA_ID && class == ObjectClass::PrivateKey && wanted.as_slice() == self.public_id.as_bytes() {
                 return true;
             }
@@ -150,6 +150,57 @@ impl KeyPair {
                 Attr::Sensitive | Attr::Invalid => false,
             }
         })
+    }
+}
+
+/// A search template (`C_FindObjectsInit`), read once where it enters: the attribute values an
+/// object must have, and which of the token's classes it can find.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Template {
+    attributes: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>,
+    classes: Classes,
+}
+
+/// Which objects of the token a [`Template`] can find, by its `CKA_CLASS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Classes {
+    /// No `CKA_CLASS`: public and private keys.
+    #[default]
+    Both,
+    Only(ObjectClass),
+    /// A class the token never holds (certificates, data...), or a `CKA_CLASS` value that is not
+    /// a `CK_OBJECT_CLASS`: nothing.
+    Neither,
+}
+
+impl Template {
+    /// The template of `(type, value)` pairs, values as the caller gave them.
+    pub(crate) fn new(attributes: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>) -> Self {
+        let classes = match attributes.iter().find(|(ty, _)| *ty == CKA_CLASS) {
+            None => Classes::Both,
+            Some((_, value)) => match <[u8; 8]>::try_from(value.as_slice()).map(CK_OBJECT_CLASS::from_ne_bytes) {
+                Ok(CKO_PUBLIC_KEY) => Classes::Only(ObjectClass::PublicKey),
+                Ok(CKO_PRIVATE_KEY) => Classes::Only(ObjectClass::PrivateKey),
+                _ => Classes::Neither,
+            },
+        };
+        Template { attributes, classes }
+    }
+
+    /// Every object of `class`.
+    pub(crate) fn class(class: CK_OBJECT_CLASS) -> Self {
+        Template::new(vec![(CKA_CLASS, class.to_ne_bytes().to_vec())])
+    }
+
+    /// This template, and `ty` equal to `value`.
+    #[cfg(test)]
+    pub(crate) fn and(mut self, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Self {
+        self.attributes.push((ty, value.to_vec()));
+        Template::new(self.attributes)
+    }
+
+    pub(crate) fn classes(&self) -> Classes {
+        self.classes
     }
 }
 
@@ -231,21 +282,36 @@ pub(crate) mod tests {
     #[test]
     fn templates_match_every_attribute() {
         let k = p256_pair();
-        let class = |c: CK_ULONG| (CKA_CLASS, c.to_ne_bytes().to_vec());
-        assert!(k.matches(ObjectClass::PublicKey, &[]));
-        assert!(k.matches(ObjectClass::PublicKey, &[class(CKO_PUBLIC_KEY)]));
-        assert!(!k.matches(ObjectClass::PrivateKey, &[class(CKO_PUBLIC_KEY)]));
-        let by_id = [class(CKO_PRIVATE_KEY), (CKA_ID, b"k1".to_vec()), (CKA_SIGN, vec![1])];
+        let t = |ty: CK_ATTRIBUTE_TYPE, value: &[u8]| Template::default().and(ty, value);
+        assert!(k.matches(ObjectClass::PublicKey, &Template::default()));
+        assert!(k.matches(ObjectClass::PublicKey, &Template::class(CKO_PUBLIC_KEY)));
+        assert!(!k.matches(ObjectClass::PrivateKey, &Template::class(CKO_PUBLIC_KEY)));
+        let by_id = Template::class(CKO_PRIVATE_KEY).and(CKA_ID, b"k1").and(CKA_SIGN, &[1]);
         assert!(k.matches(ObjectClass::PrivateKey, &by_id));
-        assert!(k.matches(ObjectClass::PrivateKey, &[(CKA_ID, b"k1_pk".to_vec())]));
-        assert!(!k.matches(ObjectClass::PublicKey, &[(CKA_ID, b"k1_pk".to_vec())]));
-        assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_ID, b"k2".to_vec())]));
+        assert!(k.matches(ObjectClass::PrivateKey, &t(CKA_ID, b"k1_pk")));
+        assert!(!k.matches(ObjectClass::PublicKey, &t(CKA_ID, b"k1_pk")));
+        assert!(!k.matches(ObjectClass::PrivateKey, &t(CKA_ID, b"k2")));
         // An attribute the object lacks, or a sensitive one, excludes it.
-        assert!(!k.matches(ObjectClass::PublicKey, &[(CKA_MODULUS, vec![])]));
-        assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_VALUE, vec![])]));
-        assert!(!k.matches(ObjectClass::PrivateKey, &[(CKA_SIGN, vec![0])]));
-        assert!(k.matches(ObjectClass::PrivateKey, &[(CKA_SIGN, vec![0xFF])]));
-        assert!(k.matches(ObjectClass::PublicKey, &[(CKA_LABEL, b"laptop (k1)".to_vec())]));
+        assert!(!k.matches(ObjectClass::PublicKey, &t(CKA_MODULUS, &[])));
+        assert!(!k.matches(ObjectClass::PrivateKey, &t(CKA_VALUE, &[])));
+        assert!(!k.matches(ObjectClass::PrivateKey, &t(CKA_SIGN, &[0])));
+        assert!(k.matches(ObjectClass::PrivateKey, &t(CKA_SIGN, &[0xFF])));
+        assert!(k.matches(ObjectClass::PublicKey, &t(CKA_LABEL, b"laptop (k1)")));
+    }
+
+    #[test]
+    fn templates_know_which_classes_they_can_find() {
+        assert_eq!(Template::default().classes(), Classes::Both);
+        assert_eq!(Template::class(CKO_PUBLIC_KEY).classes(), Classes::Only(ObjectClass::PublicKey));
+        assert_eq!(
+            Template::class(CKO_PRIVATE_KEY).and(CKA_ID, b"k1").classes(),
+            Classes::Only(ObjectClass::PrivateKey)
+        );
+        assert_eq!(Template::class(CKO_CERTIFICATE).classes(), Classes::Neither);
+        // A CKA_CLASS value that is not a CK_OBJECT_CLASS finds nothing (and matches nothing).
+        let short = Template::default().and(CKA_CLASS, &[3]);
+        assert_eq!(short.classes(), Classes::Neither);
+        assert!(!p256_pair().matches(ObjectClass::PrivateKey, &short));
     }
 
     #[test]
@@ -261,7 +327,7 @@ pub(crate) mod tests {
             let label = String::from_utf8(label).expect("cut on a character boundary");
             assert!(label.len() <= MAX_LABEL_LEN && label.len() > MAX_LABEL_LEN - 4, "{label}");
             assert!(label.starts_with(unit) && label.ends_with(&format!("… ({id})")), "{label}");
-            assert!(long.matches(ObjectClass::PublicKey, &[(CKA_LABEL, label.into_bytes())]));
+            assert!(long.matches(ObjectClass::PublicKey, &Template::default().and(CKA_LABEL, label.as_bytes())));
         }
         // A uid too long to keep is cut like the rest.
         let huge = KeyPair { private_id: "u".repeat(300), label: "u".repeat(300), ..p256_pair() };
