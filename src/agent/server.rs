@@ -22,16 +22,14 @@ const MAX_CLIENTS: usize = 512;
 const LISTEN_FDS_START: i32 = 3;
 
 /// The socket systemd passed, when this process was socket-activated (`LISTEN_PID` is this
-/// process, `LISTEN_FDS` at least 1); the variables are removed so that children do not
-/// inherit them.
+/// process, `LISTEN_FDS` at least 1). The variables stay in the environment (removing them
+/// would race with the threads already running): the agent starts no child that could take
+/// them for its own, and a child would see a `LISTEN_PID` that is not its pid.
 pub(crate) fn activated() -> Option<UnixListener> {
     let pid_matches = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
     let count = std::env::var("LISTEN_FDS").ok()?.parse::<u32>().ok()?;
     if !pid_matches || count < 1 {
         return None;
-    }
-    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(name);
     }
     // SAFETY: systemd hands descriptor 3 to this process as a listening socket (checked by
     // LISTEN_PID); nothing else in the process owns it.

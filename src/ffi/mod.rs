@@ -90,7 +90,7 @@ fn interfaces() -> [*mut CK_INTERFACE; 2] {
 ///
 /// # Safety
 /// `ppFunctionList` is NULL or valid for writing a pointer.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
     entry::guard("C_GetFunctionList", || {
         // SAFETY: `ppFunctionList` is NULL or a writable pointer, by this function's contract.
@@ -105,7 +105,7 @@ pub(crate) unsafe extern "C" fn C_GetFunctionList(ppFunctionList: *mut *mut CK_F
 /// # Safety
 /// `pulCount` is NULL or valid for reading and writing a `CK_ULONG`; `pInterfacesList` is NULL
 /// or valid for writing `*pulCount` interfaces.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn C_GetInterfaceList(
     pInterfacesList: *mut CK_INTERFACE,
     pulCount: *mut CK_ULONG,
@@ -128,7 +128,7 @@ pub(crate) unsafe extern "C" fn C_GetInterfaceList(
 /// # Safety
 /// `pInterfaceName` is NULL or a NUL-terminated string; `pVersion` is NULL or valid for reading
 /// a `CK_VERSION`; `ppInterface` is NULL or valid for writing a pointer.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn C_GetInterface(
     pInterfaceName: *mut CK_UTF8CHAR,
     pVersion: *mut CK_VERSION,
