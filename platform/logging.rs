@@ -59,6 +59,7 @@ fn build() -> Dispatch {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_thread_ids(true)
+            .with_thread_names(true)
             .with_writer(LazyFile { path: dir.join(FILE_NAME), file: Mutex::new(None) })
     });
     let registry = tracing_subscriber::registry().with(file_layer.with_filter(level));

@@ -191,11 +191,10 @@ fn serve(args: Args, foreground: bool, shell: Shell, out: &mut dyn Write, err: &
         args.certificates.or_else(platform::config_paths::certificates_folder),
     ));
     tracing::info!(socket = ?path, "agent: listening");
-    // The first login finds the key list loaded and the connection to the KMS made.
-    let warm = agent.clone();
-    let _ = std::thread::Builder::new().name("agent-warm-up".into()).spawn(move || {
-        let _ = warm.identities();
-    });
+    // The first login finds the key list loaded and the connection to the KMS made; later
+    // ones find it fresh (listed again in the background, never in a request's path).
+    let keys = agent.clone();
+    let _ = std::thread::Builder::new().name("agent-keys".into()).spawn(move || keys.keep_keys_fresh());
     server::serve(listener, agent);
     Ok(())
 }

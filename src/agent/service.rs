@@ -63,6 +63,24 @@ impl Agent {
         Agent { token, certificates, lock: Mutex::new(None), failed_unlocks: AtomicU32::new(0) }
     }
 
+    /// Lists the keys now (the first login finds them loaded and the KMS connection made), then
+    /// again whenever the list is half its lifetime old (`COSMIAN_PKCS11_KEY_CACHE_SECONDS`),
+    /// or a few seconds after a failed listing: a request lists in its own path only when
+    /// this thread could not. Runs until the process ends; with a lifetime of 0 (every request
+    /// lists) it only warms up.
+    pub(crate) fn keep_keys_fresh(&self) {
+        let _ = self.identities();
+        let ttl = self.token.key_cache_ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            std::thread::sleep(period);
+            self.token.refresh_older_than(ttl / 2);
+        }
+    }
+
     fn is_locked(&self) -> bool {
         lock(&self.lock).is_some()
     }

@@ -250,6 +250,28 @@ impl Token {
         lock(&self.store).find(template)
     }
 
+    /// For a long-lived process (the agent, between requests): lists the keys again in this
+    /// thread when the list is older than `age`, or its last listing failed
+    /// [`RETRY_AFTER_FAILURE`] ago, so that the requests that follow find it fresh instead of
+    /// listing in their own path.
+    pub(crate) fn refresh_older_than(&self, age: Duration) {
+        let stale = |store: &KeyStore| match store.loaded {
+            None => true,
+            Some((at, ok)) => at.elapsed() >= if ok { age } else { RETRY_AFTER_FAILURE.min(age) },
+        };
+        if stale(&lock(&self.store)) {
+            let _loading = lock(&self.loading);
+            if stale(&lock(&self.store)) {
+                self.load_now();
+            }
+        }
+    }
+
+    /// How long a key list is used before it is listed again (`COSMIAN_PKCS11_KEY_CACHE_SECONDS`).
+    pub(crate) fn key_cache_ttl(&self) -> Duration {
+        self.settings.key_cache_ttl
+    }
+
     /// Lists the keys from the KMS in this thread and replaces the list. The caller holds
     /// `loading`.
     fn load_now(&self) {
