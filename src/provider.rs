@@ -13,7 +13,8 @@ pub(crate) use crate::signing::{Parameter, OFFERED as MECHANISMS};
 pub(crate) use crate::token::{Attr, Template};
 
 use crate::asn1::Hasher;
-use crate::config::{KmsConfig, Secret, Settings};
+pub(crate) use crate::config::Secret;
+use crate::config::{KmsConfig, Settings};
 use crate::error::{Error, Result};
 use crate::kmip::KmsClient;
 use crate::lock;

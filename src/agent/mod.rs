@@ -153,11 +153,8 @@ pub fn main(out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
 fn serve(args: Args, foreground: bool, shell: Shell, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), String> {
     let _ = tracing::dispatcher::set_global_default(platform::logging::dispatch().clone());
     let provider = Provider::from_environment(true);
-    if provider.login_required() {
-        return Err("PIN mode (pkcs11_use_pin_as_access_token) is not supported by the agent: \
-            use `ssh-add -s` with the provider, which asks for the PIN"
-            .into());
-    }
+    // PIN mode: the agent starts locked; `ssh-add -X` gives it the PIN.
+    let pin_mode = provider.login_required();
     if let Some(e) = provider.token.configuration_error() {
         // Kept running: the problem is logged and said here while a terminal may see it.
         let _ = writeln!(err, "cosmian-ssh-agent: no keys will be served: {e}");
@@ -189,7 +186,11 @@ fn serve(args: Args, foreground: bool, shell: Shell, out: &mut dyn Write, err: &
     let agent = Arc::new(service::Agent::new(
         provider.token,
         args.certificates.or_else(platform::config_paths::certificates_folder),
+        pin_mode,
     ));
+    if pin_mode {
+        tracing::info!("agent: PIN mode: locked until `ssh-add -X` gives the PIN");
+    }
     tracing::info!(socket = ?path, "agent: listening");
     // The first login finds the key list loaded and the connection to the KMS made; later
     // ones find it fresh (listed again in the background, never in a request's path).

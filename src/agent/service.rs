@@ -16,6 +16,7 @@ use super::protocol::{self, Request};
 use super::wire::{self, RsaAlgorithm};
 use crate::asn1::{Curve, Hash, PublicKey};
 use crate::lock;
+use crate::provider::Secret;
 use crate::signing::{self, Mechanism};
 use crate::token::{KeyPair, Template, Token};
 
@@ -27,6 +28,16 @@ const MAX_CERTIFICATE_LEN: u64 = 64 * 1024;
 pub(crate) struct Identity {
     pub blob: Vec<u8>,
     pub comment: String,
+}
+
+/// Why the agent is locked.
+enum Locked {
+    /// `ssh-add -x`: until `ssh-add -X` gives the same passphrase.
+    Passphrase(LockHash),
+    /// PIN mode (`pkcs11_use_pin_as_access_token`): the KMS token is the PIN, which the agent
+    /// does not have (at start, or after `ssh-add -x` made it forget it) until `ssh-add -X`
+    /// gives one the KMS accepts.
+    UntilPin,
 }
 
 /// A passphrase as the lock keeps it: salted SHA-512, compared in constant time.
@@ -54,13 +65,22 @@ impl LockHash {
 pub(crate) struct Agent {
     token: Token,
     certificates: Option<PathBuf>,
-    lock: Mutex<Option<LockHash>>,
+    lock: Mutex<Option<Locked>>,
+    pin_mode: bool,
     failed_unlocks: AtomicU32,
 }
 
 impl Agent {
-    pub(crate) fn new(token: Token, certificates: Option<PathBuf>) -> Self {
-        Agent { token, certificates, lock: Mutex::new(None), failed_unlocks: AtomicU32::new(0) }
+    /// The agent of `token`; in PIN mode (`pin_mode`) it starts locked, until `ssh-add -X`
+    /// gives the PIN.
+    pub(crate) fn new(token: Token, certificates: Option<PathBuf>, pin_mode: bool) -> Self {
+        let lock = Mutex::new(pin_mode.then_some(Locked::UntilPin));
+        Agent { token, certificates, lock, pin_mode, failed_unlocks: AtomicU32::new(0) }
+    }
+
+    /// PIN mode, and no PIN: nothing can be asked of the KMS.
+    fn waiting_for_pin(&self) -> bool {
+        matches!(*lock(&self.lock), Some(Locked::UntilPin))
     }
 
     /// Lists the keys now (the first login finds them loaded and the KMS connection made), then
@@ -69,7 +89,9 @@ impl Agent {
     /// this thread could not. Runs until the process ends; with a lifetime of 0 (every request
     /// lists) it only warms up.
     pub(crate) fn keep_keys_fresh(&self) {
-        let _ = self.identities();
+        if !self.waiting_for_pin() {
+            let _ = self.identities();
+        }
         let ttl = self.token.key_cache_ttl();
         if ttl.is_zero() {
             return;
@@ -77,7 +99,9 @@ impl Agent {
         let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             std::thread::sleep(period);
-            self.token.refresh_older_than(ttl / 2);
+            if !self.waiting_for_pin() {
+                self.token.refresh_older_than(ttl / 2);
+            }
         }
     }
 
@@ -177,7 +201,16 @@ impl Agent {
         self.token.find(&template).into_iter().filter_map(|h| self.token.object(h).ok().map(|(key, _)| key)).collect()
     }
 
+    /// In PIN mode the passphrase plays no part: locking forgets the PIN, and unlocking takes
+    /// the PIN again.
     fn lock_with(&self, passphrase: &[u8]) -> bool {
+        if self.pin_mode {
+            let mut guard = lock(&self.lock);
+            self.token.forget_access_token();
+            *guard = Some(Locked::UntilPin);
+            tracing::info!("agent: locked (PIN mode: the PIN is forgotten)");
+            return true;
+        }
         if passphrase.is_empty() {
             return false;
         }
@@ -185,16 +218,31 @@ impl Agent {
             tracing::error!("agent: no randomness for the lock's salt: not locked");
             return false;
         };
-        *lock(&self.lock) = Some(LockHash { salt, hash: LockHash::of(salt, passphrase) });
+        *lock(&self.lock) = Some(Locked::Passphrase(LockHash { salt, hash: LockHash::of(salt, passphrase) }));
         tracing::info!("agent: locked");
         true
     }
 
-    /// A wrong passphrase costs a delay growing by 0.1 s per failure up to 10 s, as OpenSSH's
-    /// agent does.
+    /// A wrong passphrase (or PIN) costs a delay growing by 0.1 s per failure up to 10 s, as
+    /// OpenSSH's agent does. A PIN is checked by the KMS (one request) before it is used.
     fn unlock(&self, passphrase: &[u8]) -> bool {
         let mut guard = lock(&self.lock);
-        if guard.as_ref().is_some_and(|held| !passphrase.is_empty() && held.matches(passphrase)) {
+        let unlocked = !passphrase.is_empty()
+            && match guard.as_ref() {
+                Some(Locked::Passphrase(held)) => held.matches(passphrase),
+                Some(Locked::UntilPin) => match std::str::from_utf8(passphrase) {
+                    Ok(pin) => match self.token.use_pin_as_access_token(Secret::new(pin)) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!("agent: {}", e.message);
+                            false
+                        }
+                    },
+                    Err(_) => false,
+                },
+                None => false,
+            };
+        if unlocked {
             *guard = None;
             self.failed_unlocks.store(0, Ordering::SeqCst);
             tracing::info!("agent: unlocked");
@@ -202,7 +250,7 @@ impl Agent {
         }
         drop(guard);
         let failures = self.failed_unlocks.fetch_add(1, Ordering::SeqCst).saturating_add(1).min(100);
-        tracing::warn!("agent: unlock refused (wrong passphrase)");
+        tracing::warn!("agent: unlock refused (wrong passphrase or PIN)");
         std::thread::sleep(Duration::from_millis(100) * failures);
         false
     }
@@ -284,7 +332,7 @@ mod tests {
     use crate::token::objects::tests::{p256_pair, rsa_pair};
 
     fn agent() -> Agent {
-        Agent::new(Token::with_keys(vec![p256_pair(), rsa_pair()]), None)
+        Agent::new(Token::with_keys(vec![p256_pair(), rsa_pair()]), None, false)
     }
 
     fn listed(agent: &Agent) -> Vec<Vec<u8>> {
