@@ -1,12 +1,15 @@
 //! A hostile relay on loopback in front of the real KMS pads its answers with white space
 //! (still valid JSON): an answer larger than its operation can need is refused unread (a Sign
 //! answer over 80 KiB), while a padded answer within its operation's cap (a batch of Locates
-//! over 200 KiB) is still read. Every answer is otherwise the real KMS's.
+//! over 200 KiB) is still read. Every answer is otherwise the real KMS's. The test runs in a
+//! child process of its own, with the provider's environment.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use cosmian_pkcs11_testbed::{create_p256_key_pairs, cryptoki_session, write_provider_config, KmsServer};
+use cosmian_pkcs11_testbed::{
+    body_in_child, create_p256_key_pairs, cryptoki_session, write_provider_config, KmsServer,
+};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 
@@ -73,19 +76,22 @@ fn padding_relay(upstream: u16, padding: usize) -> u16 {
 
 #[test]
 fn an_answer_larger_than_its_operation_needs_is_refused_unread() {
+    let Some(dir) = body_in_child(|dir| {
+        [
+            ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml")),
+            ("COSMIAN_PKCS11_SSH_KEY_TAG", "padded".into()),
+            ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.to_owned()),
+            ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".into()),
+            ("XDG_CACHE_HOME", dir.join("cache")),
+        ]
+    }) else {
+        return;
+    };
     let kms = KmsServer::start();
     let key = create_p256_key_pairs(&kms, 1, &["padded"]).remove(0);
     let port = padding_relay(kms.port(), 200 << 10);
-    let dir = kms.dir().join("client");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = write_provider_config(&dir, &format!("http://127.0.0.1:{port}"), "");
-    let (_pkcs11, session) = cryptoki_session(&[
-        ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
-        ("COSMIAN_PKCS11_SSH_KEY_TAG", "padded".to_owned()),
-        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
-        ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
-        ("XDG_CACHE_HOME", dir.join("cache").display().to_string()),
-    ]);
+    write_provider_config(&dir, &format!("http://127.0.0.1:{port}"), "");
+    let (_pkcs11, session) = cryptoki_session();
     let log = || std::fs::read_to_string(dir.join("cosmian-pkcs11.log")).unwrap_or_default();
     let found = session
         .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.private_id.as_bytes().to_vec())])

@@ -1,12 +1,13 @@
 //! The C ABI as a C client sees it: the library is dlopened and called through its function
 //! tables with raw arguments, to check the exact return codes of the PKCS#11 specification
 //! (NULL pointers, bad handles, wrong states, size queries, short buffers, per-attribute
-//! errors) that higher-level clients hide. Runs against a real KMS.
+//! errors) that higher-level clients hide. Runs against a real KMS, in a child process of its
+//! own, with the provider's environment.
 
 use std::ptr::null_mut;
 
 use cosmian_pkcs11_testbed::{
-    provider_lib, write_pin_mode_config, write_provider_config, CallZeroed, Ckms, KeyKind, KmsServer,
+    body_in_child, provider_lib, write_pin_mode_config, write_provider_config, CallZeroed, Ckms, KeyKind, KmsServer,
 };
 use cryptoki_sys::*;
 
@@ -143,12 +144,15 @@ fn attr(ty: CK_ATTRIBUTE_TYPE, buf: &mut [u8]) -> CK_ATTRIBUTE {
 
 #[test]
 fn the_c_abi_answers_as_the_specification_says() {
+    let Some(dir) = body_in_child(|dir| {
+        [("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml")), ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"))]
+    }) else {
+        return;
+    };
     let kms = KmsServer::start();
     let ckms = Ckms::new(&kms);
     let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
-    let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
+    write_provider_config(&dir, &kms.url(), "");
 
     // SAFETY: dlopen of the provider built from this workspace: it has no constructor of its
     // own (its state starts at C_Initialize), so loading it runs no code that could misbehave.
@@ -453,10 +457,8 @@ fn the_c_abi_answers_as_the_specification_says() {
     assert_eq!(call!(f, C_GetFunctionStatus(session)), CKR_CRYPTOKI_NOT_INITIALIZED);
 
     // ---- PIN mode: ulMaxPinLen is the longest PIN (access token) C_Login takes --------------
-    let pin_dir = dir.path().join("pin");
-    std::fs::create_dir(&pin_dir).unwrap();
-    let pin_config = write_pin_mode_config(&pin_dir, &kms.url(), "");
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", &pin_config);
+    // The same configuration file, now in PIN mode: C_Initialize reads it again.
+    write_pin_mode_config(&dir, &kms.url(), "");
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
     assert_eq!(call!(f, C_GetTokenInfo(slot, &mut token)), CKR_OK);
     assert_ne!(token.flags & CKF_LOGIN_REQUIRED, 0);

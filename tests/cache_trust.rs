@@ -2,8 +2,9 @@
 //! entry changed to name another private key, or planted for a key the tag does not select,
 //! neither redirects a signature nor offers a key the KMS does not hold (a listing answered
 //! from the cache shows only public keys the key list names, and the KMS's confirmation
-//! corrects the entries); an entry whose key the KMS refuses to sign with is dropped. The provider runs as OpenSSH (`ssh-keygen -D`, `ssh -I`) and in this
-//! process (`cryptoki`), with a cache folder of the test's own.
+//! corrects the entries); an entry whose key the KMS refuses to sign with is dropped. The provider runs as OpenSSH (`ssh-keygen -D`, `ssh -I`) and in a
+//! test's own process (`cryptoki`, the test in a child process), with a cache folder of the
+//! test's own.
 //!
 //! A process's first listing is answered from the disk cache's key list while the KMS confirms
 //! it: a key removed from the KMS after it was cached is then listed, but never signed with;
@@ -14,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, cryptoki_session, output_text, provider_lib, settled_audit_events, ssh_command,
-    ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KmsServer, Sshd,
+    body_in_child, create_p256_key_pairs, cryptoki_session, output_text, provider_lib, settled_audit_events,
+    ssh_command, ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KmsServer, Sshd,
 };
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
@@ -30,6 +31,17 @@ fn cache_file(cache: &Path) -> PathBuf {
     files[0].clone()
 }
 
+/// The provider's environment for the configuration, log and disk cache (`cache`) in `dir`.
+fn provider_env(dir: &Path, tag: &str) -> [(&'static str, String); 5] {
+    [
+        ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml").display().to_string()),
+        ("COSMIAN_PKCS11_SSH_KEY_TAG", tag.to_owned()),
+        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
+        ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
+        ("XDG_CACHE_HOME", dir.join("cache").display().to_string()),
+    ]
+}
+
 fn entries(file: &Path) -> Vec<serde_json::Value> {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     json["keys"].as_array().unwrap().clone()
@@ -37,23 +49,18 @@ fn entries(file: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_changed_or_planted_cache_entry_neither_redirects_a_signature_nor_offers_a_key() {
+    let Some(dir) = body_in_child(|dir| provider_env(dir, "trusted")) else {
+        return;
+    };
     let kms = KmsServer::start();
     let [used, revoked] = <[_; 2]>::try_from(create_p256_key_pairs(&kms, 2, &["trusted"])).unwrap();
     // A key of the same user the tag does not select (say, a CA key).
     let other = create_p256_key_pairs(&kms, 1, &["not-for-ssh"]).remove(0);
-    let dir = kms.dir().join("client");
-    std::fs::create_dir_all(&dir).unwrap();
     // The KMS 300 ms away: a listing answered from the disk cache is confirmed a second later.
     let relay = DelayRelay::start(kms.port(), Duration::from_millis(300));
-    let config = write_provider_config(&dir, &format!("http://127.0.0.1:{}", relay.port()), "");
+    write_provider_config(&dir, &format!("http://127.0.0.1:{}", relay.port()), "");
     let cache = dir.join("cache");
-    let env = [
-        ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
-        ("COSMIAN_PKCS11_SSH_KEY_TAG", "trusted".to_owned()),
-        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
-        ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
-        ("XDG_CACHE_HOME", cache.display().to_string()),
-    ];
+    let env = provider_env(&dir, "trusted");
     let keygen_d = || {
         let out = ssh_keygen_d(&provider_lib()).envs(env.iter().cloned()).output().unwrap();
         assert!(out.status.success(), "{}", output_text(&out));
@@ -106,7 +113,7 @@ fn a_changed_or_planted_cache_entry_neither_redirects_a_signature_nor_offers_a_k
     // once the KMS answered, `other` is not offered, and the private key of `used` signs as
     // `used`.
     tamper();
-    let (_pkcs11, session) = cryptoki_session(&env);
+    let (_pkcs11, session) = cryptoki_session();
     let private_key = |id: &str| {
         let found = session
             .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.as_bytes().to_vec())])
@@ -156,15 +163,9 @@ fn a_key_removed_from_the_kms_after_it_was_cached_is_listed_never_signed_with_an
     let relay = DelayRelay::start(kms.port(), Duration::from_millis(150));
     let dir = kms.dir().join("removed");
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_provider_config(&dir, &format!("http://127.0.0.1:{}", relay.port()), "");
+    write_provider_config(&dir, &format!("http://127.0.0.1:{}", relay.port()), "");
     let cache = dir.join("cache");
-    let env = [
-        ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
-        ("COSMIAN_PKCS11_SSH_KEY_TAG", "removed-later".to_owned()),
-        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
-        ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
-        ("XDG_CACHE_HOME", cache.display().to_string()),
-    ];
+    let env = provider_env(&dir, "removed-later");
     let out = ssh_keygen_d(&provider_lib()).envs(env.iter().cloned()).output().unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     let authorized = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -4,6 +4,7 @@
 //! trace-level log, the listing returns at once), no key is listed and C_Login in PIN mode
 //! fails. With `pkcs11_allow_cleartext_credentials = true` it tries, and warns.
 //! The address is TEST-NET-1 (RFC 5737), never routed: no test here needs the network.
+//! The PIN-mode login runs in a child process of its own, with the provider's environment.
 
 mod platform_support;
 
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
-use cosmian_pkcs11_testbed::{function_list, provider_lib, ssh_keygen_d};
+use cosmian_pkcs11_testbed::{child_part, function_list, provider_lib, run_in_child, ssh_keygen_d};
 use cryptoki_sys::*;
 use platform_support::{folder, provider_env, provider_log, text};
 
@@ -45,6 +46,9 @@ fn list(dir: &Path, config: &Path) -> (Duration, String, String) {
 
 #[test]
 fn credentials_never_go_over_http_to_a_remote_host_unless_allowed() {
+    if child_part().is_some() {
+        return a_pin_mode_login_fails_at_once();
+    }
     let root = tempfile::tempdir().unwrap();
 
     // ---- refused: nothing is sent, one ERROR line says why and how to allow it ------------
@@ -77,38 +81,38 @@ fn credentials_never_go_over_http_to_a_remote_host_unless_allowed() {
     // ---- PIN mode, refused: C_Login fails at once and sends nothing ---------------------------
     let dir = folder(root.path(), "pin");
     let path = config(&dir, "pkcs11_use_pin_as_access_token = true", "");
-    for (k, v) in provider_env(&path, &dir.join("logs")) {
-        std::env::set_var(k, v);
-    }
-    // `f`: the provider's static function table (the library is never unloaded).
-    let f = function_list();
-    {
-        // SAFETY: NULL initialization arguments are allowed (no locking callbacks).
-        assert_eq!(unsafe { f.C_Initialize.unwrap()(null_mut()) }, CKR_OK);
-        // SAFETY: CK_TOKEN_INFO is a C struct of integers and byte arrays: all-zero bits are valid.
-        let mut token: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
-        // SAFETY: `token` is a live local CK_TOKEN_INFO the provider fills in.
-        assert_eq!(unsafe { f.C_GetTokenInfo.unwrap()(1, &mut token) }, CKR_OK);
-        assert_ne!(token.flags & CKF_LOGIN_REQUIRED, 0, "still a PIN-mode token");
-        let mut session = 0;
-        // SAFETY: NULL application data and no notify callback are allowed; `session` is a live
-        // local the provider writes the new handle into.
-        assert_eq!(unsafe { f.C_OpenSession.unwrap()(1, CKF_SERIAL_SESSION, null_mut(), None, &mut session) }, CKR_OK);
-        let mut pin = TOKEN.as_bytes().to_vec();
-        let started = Instant::now();
-        // SAFETY: `pin` is a live buffer of `pin.len()` bytes.
-        let rv = unsafe { f.C_Login.unwrap()(session, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG) };
-        assert_eq!(rv, CKR_DEVICE_ERROR);
-        assert!(started.elapsed() < Duration::from_secs(1));
-        // SAFETY: CK_SESSION_INFO is a C struct of integers: all-zero bits are valid.
-        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is a live local CK_SESSION_INFO the provider fills in.
-        assert_eq!(unsafe { f.C_GetSessionInfo.unwrap()(session, &mut info) }, CKR_OK);
-        assert_eq!(info.state, CKS_RO_PUBLIC_SESSION, "not logged in");
-        // SAFETY: NULL is the reserved argument C_Finalize requires.
-        assert_eq!(unsafe { f.C_Finalize.unwrap()(null_mut()) }, CKR_OK);
-    }
+    run_in_child("PIN mode", provider_env(&path, &dir.join("logs")));
     let log = provider_log(&dir.join("logs"));
     assert!(log.lines().any(|l| l.contains(" ERROR ") && l.contains("pkcs11_allow_cleartext_credentials")), "{log}");
     assert!(!log.contains("KMS request") && !log.contains(TOKEN), "{log}");
+}
+
+/// In the child, PIN mode with the configuration the parent named: C_Login fails at once.
+fn a_pin_mode_login_fails_at_once() {
+    // `f`: the provider's static function table (the library is never unloaded).
+    let f = function_list();
+    // SAFETY: NULL initialization arguments are allowed (no locking callbacks).
+    assert_eq!(unsafe { f.C_Initialize.unwrap()(null_mut()) }, CKR_OK);
+    // SAFETY: CK_TOKEN_INFO is a C struct of integers and byte arrays: all-zero bits are valid.
+    let mut token: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+    // SAFETY: `token` is a live local CK_TOKEN_INFO the provider fills in.
+    assert_eq!(unsafe { f.C_GetTokenInfo.unwrap()(1, &mut token) }, CKR_OK);
+    assert_ne!(token.flags & CKF_LOGIN_REQUIRED, 0, "still a PIN-mode token");
+    let mut session = 0;
+    // SAFETY: NULL application data and no notify callback are allowed; `session` is a live
+    // local the provider writes the new handle into.
+    assert_eq!(unsafe { f.C_OpenSession.unwrap()(1, CKF_SERIAL_SESSION, null_mut(), None, &mut session) }, CKR_OK);
+    let mut pin = TOKEN.as_bytes().to_vec();
+    let started = Instant::now();
+    // SAFETY: `pin` is a live buffer of `pin.len()` bytes.
+    let rv = unsafe { f.C_Login.unwrap()(session, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG) };
+    assert_eq!(rv, CKR_DEVICE_ERROR);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // SAFETY: CK_SESSION_INFO is a C struct of integers: all-zero bits are valid.
+    let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live local CK_SESSION_INFO the provider fills in.
+    assert_eq!(unsafe { f.C_GetSessionInfo.unwrap()(session, &mut info) }, CKR_OK);
+    assert_eq!(info.state, CKS_RO_PUBLIC_SESSION, "not logged in");
+    // SAFETY: NULL is the reserved argument C_Finalize requires.
+    assert_eq!(unsafe { f.C_Finalize.unwrap()(null_mut()) }, CKR_OK);
 }

@@ -2,13 +2,17 @@
 //! keys created by the real `ckms`: enumeration, attributes, every signing mechanism, each
 //! signature checked by an independent verifier (RustCrypto).
 //!
-//! One module instance per test process (PKCS#11 state is per process), shared by the tests,
-//! which run concurrently on their own sessions.
+//! The KMS and its keys are made once per test process; each test runs in a child process of its
+//! own (PKCS#11 state is per process), where the module is loaded with the provider's
+//! environment; the a-thousand-signatures test signs on 4 threads, with their own sessions.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer, KEY_TYPES};
+use cosmian_pkcs11_testbed::{
+    child_part, provider_lib, run_in_child, write_provider_config, Ckms, KeyKind, KmsServer, KEY_TYPES,
+};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -18,8 +22,15 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use sha2::Digest;
 
+/// In a child: the KMS's URL.
+const KMS_URL: &str = "CRYPTOKI_TEST_KMS_URL";
+/// In a child: the key pairs, `name private-id public-id` per line, in [`KEY_TYPES`]'s order.
+const KEYS: &str = "CRYPTOKI_TEST_KEYS";
+/// In a child: the private key without the tag.
+const UNTAGGED: &str = "CRYPTOKI_TEST_UNTAGGED";
+
+/// The module in a child process, and what the parent made.
 struct Bed {
-    _kms: KmsServer,
     ckms: Ckms,
     pkcs11: Pkcs11,
     slot: Slot,
@@ -28,35 +39,63 @@ struct Bed {
     untagged: String,
 }
 
-fn bed() -> &'static Bed {
-    static BED: OnceLock<Bed> = OnceLock::new();
-    BED.get_or_init(|| {
+/// In the parent: the KMS and its keys (made once), and this test run again in a child with the
+/// provider's environment; `None` once the child passed. In the child: the module.
+fn bed() -> Option<&'static Bed> {
+    if child_part().is_some() {
+        return Some(module());
+    }
+    static KMS: OnceLock<(KmsServer, Vec<(&'static str, PathBuf)>)> = OnceLock::new();
+    let (_kms, env) = KMS.get_or_init(|| {
         let kms = KmsServer::start();
         let ckms = Ckms::new(&kms);
-        let mut keys = BTreeMap::new();
+        let mut keys = String::new();
         for (name, kind) in KEY_TYPES {
             let pair = ckms.create_key_pair(kind, &["ssh-auth", name]);
-            keys.insert(name, (pair.private_id, pair.public_id));
+            keys.push_str(&format!("{name} {} {}\n", pair.private_id, pair.public_id));
         }
         let untagged = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["not-ssh"]).private_id;
         // Inside the KMS's folder, which the test bed removes at exit (statics are never dropped).
         let dir = kms.dir().join("client");
         std::fs::create_dir_all(&dir).unwrap();
-        let config = write_provider_config(&dir, &kms.url(), "");
-        std::env::set_var("COSMIAN_KMS_CLI_CONF", &config);
-        std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"));
-        std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
-        std::env::remove_var("COSMIAN_PKCS11_SSH_KEY_TAG");
+        let env = vec![
+            ("COSMIAN_KMS_CLI_CONF", write_provider_config(&dir, &kms.url(), "")),
+            ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs")),
+            ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".into()),
+            (KMS_URL, kms.url().into()),
+            (KEYS, keys.into()),
+            (UNTAGGED, untagged.into()),
+        ];
+        (kms, env)
+    });
+    run_in_child("module", env.iter().cloned());
+    None
+}
+
+/// In a child: the module, loaded and initialized once; the keys the parent made.
+fn module() -> &'static Bed {
+    static BED: OnceLock<Bed> = OnceLock::new();
+    BED.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+        let listed = var(KEYS);
+        let mut lines = listed.lines().map(|line| line.split(' ').map(str::to_owned).collect::<Vec<_>>());
+        let keys = KEY_TYPES
+            .iter()
+            .map(|(name, _)| match lines.next().as_deref() {
+                Some([listed, private, public]) if listed == name => (*name, (private.clone(), public.clone())),
+                other => panic!("{KEYS}: {other:?} for {name}"),
+            })
+            .collect();
         let pkcs11 = Pkcs11::new(provider_lib()).expect("dlopen the provider");
         pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
         let slots = pkcs11.get_slots_with_token().unwrap();
         assert_eq!(slots.len(), 1, "one slot with a token");
-        Bed { slot: slots[0], _kms: kms, ckms, pkcs11, keys, untagged }
+        Bed { ckms: Ckms::at_url(&var(KMS_URL), ""), pkcs11, slot: slots[0], keys, untagged: var(UNTAGGED) }
     })
 }
 
 fn session() -> Session {
-    let bed = bed();
+    let bed = module();
     bed.pkcs11.open_rw_session(bed.slot).unwrap()
 }
 
@@ -65,14 +104,14 @@ fn find(session: &Session, template: &[Attribute]) -> Vec<ObjectHandle> {
 }
 
 fn private_key(session: &Session, name: &str) -> ObjectHandle {
-    let id = bed().keys[name].0.as_bytes().to_vec();
+    let id = module().keys[name].0.as_bytes().to_vec();
     let found = find(session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id), Attribute::Sign(true)]);
     assert_eq!(found.len(), 1, "private key {name}");
     found[0]
 }
 
 fn public_value(session: &Session, name: &str, ty: AttributeType) -> Vec<u8> {
-    let id = bed().keys[name].0.as_bytes().to_vec();
+    let id = module().keys[name].0.as_bytes().to_vec();
     let found = find(session, &[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)]);
     assert_eq!(found.len(), 1, "public key {name}");
     match session.get_attributes(found[0], &[ty]).unwrap().pop() {
@@ -98,7 +137,9 @@ fn ec_point(session: &Session, name: &str) -> Vec<u8> {
 
 #[test]
 fn the_token_is_ready_for_batch_ssh() {
-    let bed = bed();
+    let Some(bed) = bed() else {
+        return;
+    };
     let info = bed.pkcs11.get_token_info(bed.slot).unwrap();
     assert!(info.token_initialized());
     assert!(!info.login_required(), "OpenSSH in batch mode gives up on tokens that want a PIN");
@@ -112,7 +153,9 @@ fn the_token_is_ready_for_batch_ssh() {
 
 #[test]
 fn lists_exactly_the_tagged_key_pairs_with_meaningful_labels() {
-    let bed = bed();
+    let Some(bed) = bed() else {
+        return;
+    };
     let s = session();
     let publics = find(&s, &[Attribute::Class(ObjectClass::PUBLIC_KEY)]);
     let privates = find(&s, &[Attribute::Class(ObjectClass::PRIVATE_KEY)]);
@@ -142,7 +185,9 @@ fn lists_exactly_the_tagged_key_pairs_with_meaningful_labels() {
 
 #[test]
 fn private_keys_are_found_as_openssh_looks_for_them() {
-    let bed = bed();
+    let Some(bed) = bed() else {
+        return;
+    };
     let s = session();
     for (name, (private_id, public_id)) in &bed.keys {
         let by_id = private_key(&s, name);
@@ -173,7 +218,9 @@ fn private_keys_are_found_as_openssh_looks_for_them() {
 
 #[test]
 fn public_attributes_match_what_ckms_exports() {
-    let bed = bed();
+    let Some(bed) = bed() else {
+        return;
+    };
     let s = session();
     use p256::pkcs8::DecodePublicKey;
     for (name, kind) in KEY_TYPES {
@@ -264,6 +311,9 @@ fn digests(message: &[u8]) -> [(&'static str, Vec<u8>); 4] {
 
 #[test]
 fn ecdsa_every_mechanism_verifies() {
+    if bed().is_none() {
+        return;
+    }
     let s = session();
     let message = b"ecdsa: every mechanism".as_slice();
     for name in ["p256", "p384", "p521"] {
@@ -306,6 +356,9 @@ fn ecdsa_every_mechanism_verifies() {
 
 #[test]
 fn eddsa_verifies() {
+    if bed().is_none() {
+        return;
+    }
     let s = session();
     let key = private_key(&s, "ed25519");
     let point: [u8; 32] = ec_point(&s, "ed25519").try_into().unwrap();
@@ -322,6 +375,9 @@ fn eddsa_verifies() {
 
 #[test]
 fn rsa_pkcs1_every_mechanism_and_size_verifies() {
+    if bed().is_none() {
+        return;
+    }
     let s = session();
     let message = b"rsa: every mechanism".as_slice();
     for name in ["rsa2048", "rsa3072", "rsa4096"] {
@@ -358,6 +414,9 @@ fn rsa_pkcs1_every_mechanism_and_size_verifies() {
 
 #[test]
 fn mechanism_and_key_must_agree() {
+    if bed().is_none() {
+        return;
+    }
     let s = session();
     let err = s.sign(&Mechanism::RsaPkcs, private_key(&s, "p256"), &[0; 51]).unwrap_err();
     assert!(matches!(err, Error::Pkcs11(RvError::KeyTypeInconsistent, _)), "{err}");
@@ -369,6 +428,9 @@ fn mechanism_and_key_must_agree() {
 /// short r or s (about 1 in 128) must be left-padded, or OpenSSH rejects the login.
 #[test]
 fn a_thousand_ecdsa_signatures_per_curve_all_verify() {
+    if bed().is_none() {
+        return;
+    }
     const PER_CURVE: usize = 1000;
     const THREADS: usize = 4;
     for name in ["p256", "p384", "p521"] {
@@ -406,6 +468,9 @@ fn a_thousand_ecdsa_signatures_per_curve_all_verify() {
 #[test]
 fn rsa_pss_verifies_with_the_parameters_the_kms_supports() {
     use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+    if bed().is_none() {
+        return;
+    }
     let s = session();
     let message = b"rsa-pss".as_slice();
     let n = rsa::BigUint::from_bytes_be(&public_value(&s, "rsa2048", AttributeType::Modulus));

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use base64::Engine;
+use cosmian_pkcs11_testbed::docs::shell_block;
 use cosmian_pkcs11_testbed::{
     clean_command, output_text as text, write_provider_config, Ckms, KeyKind, KmsServer, TestCa,
 };
@@ -88,6 +89,20 @@ fn each_failure_is_named_with_its_fix_and_a_working_set_up_lists_the_keys() {
     for (kind, key) in [("EC P-256", &p256), ("Ed25519", &ed25519)] {
         assert!(said.lines().any(|l| l.contains(kind) && l.contains(&key.private_id)), "{kind}:\n{said}");
     }
+    // The user guide's command, run as written by bash, says the same.
+    let block = shell_block("docs/user-guide.md", "diagnosis").unwrap();
+    let out = clean_command("bash")
+        .args(["-ec", &block])
+        .env("PATH", format!("{}:/usr/bin:/bin", Path::new(AGENT).parent().unwrap().display()))
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("COSMIAN_PKCS11_LOGGING_FOLDER", home.join("logs"))
+        .env("COSMIAN_PKCS11_SSH_KEY_TAG", "diagnosed")
+        .env("COSMIAN_KMS_CLI_CONF", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok    2 key pair(s) tagged `diagnosed`"), "{}", text(&out));
 
     let token = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let created = ckms.run(&["sym", "keys", "create", "--bytes-b64", &token, "--algorithm", "aes"]);

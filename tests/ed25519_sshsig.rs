@@ -1,10 +1,11 @@
 //! Ed25519 from the KMS is a signature OpenSSH accepts. Debian's OpenSSH 9.2 cannot load
 //! Ed25519 keys from a provider (10.1+ can), but 9.2 VERIFIES Ed25519 signatures: the test
 //! signs an SSHSIG with the provider's CKM_EDDSA (through dlopen, as any client) and checks it
-//! with the real `ssh-keygen -Y verify`.
+//! with the real `ssh-keygen -Y verify`. The test runs in a child process of its own, with the
+//! provider's environment.
 
 use base64::Engine;
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{body_in_child, provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -24,12 +25,15 @@ fn armor(blob: &[u8]) -> String {
 
 #[test]
 fn an_sshsig_made_with_ckm_eddsa_verifies_with_ssh_keygen() {
+    let Some(dir) = body_in_child(|dir| {
+        [("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml")), ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"))]
+    }) else {
+        return;
+    };
     let kms = KmsServer::start();
     let ckms = Ckms::new(&kms);
     let pair = ckms.create_key_pair(KeyKind::Ec("ed25519"), &["ssh-auth"]);
-    let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
+    write_provider_config(&dir, &kms.url(), "");
 
     let pkcs11 = Pkcs11::new(provider_lib()).unwrap();
     pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
@@ -88,15 +92,15 @@ fn an_sshsig_made_with_ckm_eddsa_verifies_with_ssh_keygen() {
     .concat();
 
     let b64_key = base64::engine::general_purpose::STANDARD.encode(&public_blob);
-    std::fs::write(dir.path().join("allowed_signers"), format!("tester@example ssh-ed25519 {b64_key}\n")).unwrap();
-    std::fs::write(dir.path().join("msg.sig"), armor(&sshsig)).unwrap();
+    std::fs::write(dir.join("allowed_signers"), format!("tester@example ssh-ed25519 {b64_key}\n")).unwrap();
+    std::fs::write(dir.join("msg.sig"), armor(&sshsig)).unwrap();
     let verify = |data: &[u8]| {
         use std::io::Write;
         let mut child = std::process::Command::new("ssh-keygen")
             .args(["-Y", "verify", "-f"])
-            .arg(dir.path().join("allowed_signers"))
+            .arg(dir.join("allowed_signers"))
             .args(["-I", "tester@example", "-n", "file", "-s"])
-            .arg(dir.path().join("msg.sig"))
+            .arg(dir.join("msg.sig"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -3,15 +3,16 @@
 //! module not initialized, calls C_Initialize as the specification asks, and signs with its own
 //! connection; the parent goes on signing with its own. And the same with the parent's key
 //! list answered from the disk cache, its confirmation by the KMS in flight on the module's
-//! thread when the process forks. Raw C calls, real KMS. The tests take turns: one module.
+//! thread when the process forks. Raw C calls, real KMS. Each test runs in a child process of
+//! its own (one module per process), with the provider's environment.
 
 use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    function_list, provider_lib, ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KeyKind, KeyPair, KmsServer,
+    body_in_child, function_list, provider_lib, ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KeyKind,
+    KeyPair, KmsServer,
 };
 use cryptoki_sys::*;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
@@ -67,19 +68,21 @@ fn sign_once(
     verifier.verify_prehash(&digest, &signature).map_err(|e| format!("the signature does not verify: {e}"))
 }
 
-/// One test at a time: they share the module and the environment.
-fn turn() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The provider's environment for a test's child process: the configuration `dir/kms.toml`
+/// (written by the test), a debug log in `dir/logs`, and the `extra` variables.
+fn provider_env(dir: &Path, extra: &[(&'static str, PathBuf)]) -> Vec<(&'static str, PathBuf)> {
+    let mut env = vec![
+        ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml")),
+        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs")),
+        ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".into()),
+    ];
+    env.extend_from_slice(extra);
+    env
 }
 
-/// The module's log file: one for the process (its logger is set up once, at its first line).
-fn log_file() -> PathBuf {
-    static LOGS: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let logs = LOGS.get_or_init(|| tempfile::tempdir().unwrap());
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", logs.path());
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
-    logs.path().join("cosmian-pkcs11.log")
+/// The module's log file, in the folder [`provider_env`] names.
+fn log_file(dir: &Path) -> PathBuf {
+    dir.join("logs").join("cosmian-pkcs11.log")
 }
 
 /// Forks; the child runs `child` (with the module as the parent left it) and `_exit`s with 0
@@ -155,11 +158,12 @@ fn child(f: &CK_FUNCTION_LIST, id: &str, verifier: &p256::ecdsa::VerifyingKey) -
 
 #[test]
 fn a_forked_child_initializes_again_and_signs() {
-    let _turn = turn();
+    let Some(dir) = body_in_child(|dir| provider_env(dir, &[])) else {
+        return;
+    };
     let (kms, pair, verifier) = kms_with_a_key();
-    let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &kms.url(), ""));
-    let log = log_file();
+    write_provider_config(&dir, &kms.url(), "");
+    let log = log_file(&dir);
 
     let f = function_list();
     assert_eq!(call!(f, C_Initialize(null_mut())), CKR_OK);
@@ -186,23 +190,20 @@ fn a_forked_child_initializes_again_and_signs() {
 /// parent's signature then waits for its own confirmation and signs.
 #[test]
 fn a_fork_while_the_key_list_is_being_confirmed() {
-    let _turn = turn();
+    let env = |dir: &Path| provider_env(dir, &[("XDG_CACHE_HOME", dir.join("cache"))]);
+    let Some(dir) = body_in_child(env) else {
+        return;
+    };
     let (kms, pair, verifier) = kms_with_a_key();
     let relay = DelayRelay::start(kms.port(), Duration::from_millis(200));
-    let dir = tempfile::tempdir().unwrap();
-    let log = log_file();
-    let env = [
-        ("COSMIAN_KMS_CLI_CONF", write_provider_config(dir.path(), &format!("http://127.0.0.1:{}", relay.port()), "")),
-        ("XDG_CACHE_HOME", dir.path().join("cache")),
-        ("COSMIAN_PKCS11_LOGGING_FOLDER", log.parent().unwrap().to_owned()),
-    ];
+    write_provider_config(&dir, &format!("http://127.0.0.1:{}", relay.port()), "");
+    let log = log_file(&dir);
     let mark = std::fs::read_to_string(&log).map_or(0, |l| l.len());
-    // Another process lists first: the disk cache holds the key and its list.
-    let out = ssh_keygen_d(&provider_lib()).envs(env.iter().cloned()).output().unwrap();
+    // Another process lists first (at the default log level): the disk cache holds the key and
+    // its list.
+    let keygen_env = env(&dir).into_iter().filter(|(key, _)| *key != "COSMIAN_PKCS11_LOGGING_LEVEL");
+    let out = ssh_keygen_d(&provider_lib()).envs(keygen_env).output().unwrap();
     assert!(out.status.success() && !out.stdout.is_empty(), "{out:?}");
-    for (key, value) in &env {
-        std::env::set_var(key, value);
-    }
     relay.reset();
 
     let f = function_list();

@@ -7,15 +7,19 @@
 //!   (three request timeouts) has passed, and no Export at all;
 //! - the real KMS with 1,000 RSA-4096 key pairs (the largest Export answers) lists them all,
 //!   in one Export message, and signs with them.
+//!
+//! Each case runs in a child process of its own, with the provider's environment, one after
+//! the other (the deadline case is timed).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cosmian_pkcs11_testbed::{
-    copy_key_pairs, cryptoki_session, settled_audit_events, write_provider_config, Ckms, KeyKind, KmsServer,
+    child_part, copy_key_pairs, cryptoki_session, run_in_child, settled_audit_events, write_provider_config, Ckms,
+    KeyKind, KmsServer,
 };
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -144,15 +148,13 @@ fn paging_server(delay: Duration) -> (u16, Received) {
     (port, received)
 }
 
-/// A folder for the provider's config, log and disk cache; the environment pointing at them.
-fn client_env(dir: &Path, server_url: &str, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    std::fs::create_dir_all(dir).unwrap();
-    empty_log();
-    let config = write_provider_config(dir, server_url, "");
+/// The environment of a case's child: the provider's configuration, log and disk cache in
+/// `dir` (the child writes the configuration), and `extra`.
+fn client_env(dir: &Path, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut env = vec![
-        ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
+        ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml").display().to_string()),
         ("COSMIAN_PKCS11_SSH_KEY_TAG", TAG.to_owned()),
-        ("COSMIAN_PKCS11_LOGGING_FOLDER", log_folder().display().to_string()),
+        ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
         ("COSMIAN_PKCS11_LOGGING_LEVEL", "info".to_owned()),
         ("XDG_CACHE_HOME", dir.join("cache").display().to_string()),
     ];
@@ -160,19 +162,18 @@ fn client_env(dir: &Path, server_url: &str, extra: &[(&'static str, &str)]) -> V
     env
 }
 
-/// The provider's log folder, one for the process: its logging is set up once, at the first
-/// load. Each case starts with the file emptied (the provider appends).
-fn log_folder() -> &'static Path {
-    static FOLDER: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    FOLDER.get_or_init(|| tempfile::tempdir().unwrap()).path()
+/// In a case's child: its folder (configuration, log, disk cache), from its environment.
+fn folder() -> PathBuf {
+    PathBuf::from(std::env::var_os("COSMIAN_PKCS11_LOGGING_FOLDER").expect("the case's folder"))
 }
 
-fn empty_log() {
-    let _ = std::fs::File::create(log_folder().join("cosmian-pkcs11.log"));
+/// In a case's child: the provider's configuration, aimed at `server_url`.
+fn configure(server_url: &str) {
+    write_provider_config(&folder(), server_url, "");
 }
 
 fn log() -> String {
-    std::fs::read_to_string(log_folder().join("cosmian-pkcs11.log")).unwrap_or_default()
+    std::fs::read_to_string(folder().join("cosmian-pkcs11.log")).unwrap_or_default()
 }
 
 fn count_of(received: &Received, operation: &str) -> Vec<usize> {
@@ -189,19 +190,35 @@ fn public_keys(session: &cryptoki::session::Session) -> Vec<cryptoki::object::Ob
     session.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY)]).unwrap()
 }
 
-/// One test: the provider is loaded once per process (C_Finalize between the cases).
+/// A case: its name, its body (run in a child), the child's environment beyond [`client_env`].
+type Case = (&'static str, fn(), &'static [(&'static str, &'static str)]);
+
+/// One test, its cases one after the other, each in a child process of its own.
 #[test]
 fn listing_is_bounded_and_large_listings_fit() {
-    a_server_that_pages_forever_gets_10_locate_rounds_and_bounded_export_messages();
-    a_thousand_rsa_4096_key_pairs_list_in_one_export_message_and_sign();
-    no_locate_round_starts_past_the_listing_deadline();
+    let cases: [Case; 3] = [
+        ("paging forever", a_server_that_pages_forever_gets_10_locate_rounds_and_bounded_export_messages, &[]),
+        ("a thousand RSA-4096 keys", a_thousand_rsa_4096_key_pairs_list_in_one_export_message_and_sign, &[]),
+        (
+            "slow rounds",
+            no_locate_round_starts_past_the_listing_deadline,
+            &[("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", "500")],
+        ),
+    ];
+    if let Some(part) = child_part() {
+        let (_, case, _) = cases.iter().find(|(name, ..)| *name == part).expect("a case");
+        return case();
+    }
+    for (name, _, extra) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        run_in_child(name, client_env(dir.path(), extra));
+    }
 }
 
 fn a_server_that_pages_forever_gets_10_locate_rounds_and_bounded_export_messages() {
     let (port, received) = paging_server(Duration::ZERO);
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let (pkcs11, session) = cryptoki_session(&client_env(dir, &format!("http://127.0.0.1:{port}"), &[]));
+    configure(&format!("http://127.0.0.1:{port}"));
+    let (pkcs11, session) = cryptoki_session();
     let listed = public_keys(&session).len();
     drop(session);
     pkcs11.finalize().unwrap();
@@ -217,14 +234,11 @@ fn no_locate_round_starts_past_the_listing_deadline() {
     // Each answer takes 400 ms of a 500 ms request timeout: the deadline (3 x 500 ms) passes
     // during the fourth round.
     let (port, received) = paging_server(Duration::from_millis(400));
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let env = client_env(dir, &format!("http://127.0.0.1:{port}"), &[("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", "500")]);
-    let (pkcs11, session) = cryptoki_session(&env);
+    configure(&format!("http://127.0.0.1:{port}"));
+    let (pkcs11, session) = cryptoki_session();
     let listed = public_keys(&session).len();
     drop(session);
     pkcs11.finalize().unwrap();
-    std::env::remove_var("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS");
     assert_eq!(listed, 0, "a listing past its deadline offers nothing");
     let rounds = count_of(&received, "Locate").len();
     assert!((2..=5).contains(&rounds), "{rounds} Locate rounds in 1.5 s of 400 ms rounds:\n{}", log());
@@ -240,8 +254,8 @@ fn a_thousand_rsa_4096_key_pairs_list_in_one_export_message_and_sign() {
     let kms = KmsServer::start();
     let source = Ckms::new(&kms).create_key_pair(KeyKind::Rsa(4096), &["source"]);
     let pairs = copy_key_pairs(&kms, &source, 1000, &[TAG]);
-    let dir = kms.dir().join("client");
-    let (pkcs11, session) = cryptoki_session(&client_env(&dir, &kms.url(), &[]));
+    configure(&kms.url());
+    let (pkcs11, session) = cryptoki_session();
     let (before, posts_before) = (settled_audit_events(&kms).len(), kms.http_requests().len());
     let keys = public_keys(&session);
     assert_eq!(keys.len(), 1000, "{}", log());

@@ -11,7 +11,8 @@
 //! proxy) or warm (the same proxy again).
 //!
 //! The tests share one KMS and take turns ([`serial`]): the audit log is the server's.
-//! `in_process_*` loads the provider once in this process, with a 1 s key cache.
+//! `in_process_*` loads the provider in a child process of its own, with a 1 s key cache; the
+//! child counts its requests with a proxy of its own and asks the parent to add a key.
 //!
 //! `over_tls_*` has a KMS of its own, serving HTTPS with a certificate of a test CA: there the
 //! proxy counts connections only (it cannot read requests inside TLS) and the KMS's log counts
@@ -23,8 +24,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config,
-    AuditEvent, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer, Sshd, TestCa,
+    ask_parent, child_part, create_p256_key_pairs, provider_lib, run_in_child_serving, settled_audit_events,
+    ssh_command, ssh_keygen_d, write_provider_config, AuditEvent, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer,
+    Sshd, TestCa,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -39,6 +41,12 @@ const LOGIN: &str = "login";
 const LIVE: &str = "live";
 /// The tag of the keys revoked while cached.
 const REVOKED: &str = "revoked";
+/// In the child of `in_process_*`: the KMS's port.
+const KMS_PORT: &str = "PERFORMANCE_TEST_KMS_PORT";
+/// In the child of `in_process_*`: the private key tagged [`LIVE`].
+const LIVE_KEY: &str = "PERFORMANCE_TEST_LIVE_KEY";
+/// What the child of `in_process_*` asks its parent: a key pair tagged [`LIVE`], created now.
+const ADD_A_KEY: &str = "add a key";
 
 /// The request lines of one enumeration: one batch of two Locates (the tagged public keys,
 /// and the tagged private keys that confirm the disk cache's entries), then the batched Export.
@@ -133,9 +141,15 @@ fn provider_env(name: &str, proxy: &CountingProxy, tag: &str) -> (PathBuf, Vec<(
 /// `extra` lines, the tag, a log and a cache folder.
 fn client_env(dir: PathBuf, server_url: &str, extra: &str, tag: &str) -> (PathBuf, Vec<(&'static str, String)>) {
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_provider_config(&dir, server_url, extra);
-    let env = vec![
-        ("COSMIAN_KMS_CLI_CONF", config.display().to_string()),
+    write_provider_config(&dir, server_url, extra);
+    let env = provider_vars(&dir, tag);
+    (dir, env)
+}
+
+/// The provider's variables for the configuration, log and cache folder in `dir`, and `tag`.
+fn provider_vars(dir: &Path, tag: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml").display().to_string()),
         ("COSMIAN_PKCS11_SSH_KEY_TAG", tag.to_owned()),
         ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.display().to_string()),
         ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".to_owned()),
@@ -143,8 +157,7 @@ fn client_env(dir: PathBuf, server_url: &str, extra: &str, tag: &str) -> (PathBu
         // Counts, not latency: a slow CI machine decoding 1,000 keys in a debug build must not
         // time out (the default is 5 s).
         ("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", "60000".to_owned()),
-    ];
-    (dir, env)
+    ]
 }
 
 fn provider_log(dir: &Path) -> String {
@@ -310,20 +323,30 @@ fn an_ssh_login_is_the_enumeration_plus_one_sign() {
     assert_eq!(audited_since(mark, 3), expected);
 }
 
-/// The provider in this process with `COSMIAN_PKCS11_KEY_CACHE_SECONDS=1`, as a long-lived
+/// The provider in a child process with `COSMIAN_PKCS11_KEY_CACHE_SECONDS=1`, as a long-lived
 /// ssh-agent holds it: searches, attributes and SignInit after the load are free, a signature
 /// is one request, a key added later shows at the first public-key search after the cache
 /// expired and not before.
 #[test]
 fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
-    let _turn = serial();
-    let bed = bed();
-    let proxy = CountingProxy::start(bed.kms.port());
-    let (_dir, env) = provider_env("in-process", &proxy, LIVE);
-    for (k, v) in env {
-        std::env::set_var(k, v);
-    }
-    std::env::set_var("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "1");
+    let Some(dir) = child_part() else {
+        let _turn = serial();
+        let bed = bed();
+        let dir = bed.dir.join("in-process");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut env = provider_vars(&dir, LIVE);
+        env.push(("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "1".to_owned()));
+        env.push((KMS_PORT, bed.kms.port().to_string()));
+        env.push((LIVE_KEY, bed.keys[LIVE][0].private_id.clone()));
+        run_in_child_serving(dir.to_str().unwrap(), env, |request| {
+            assert_eq!(request, ADD_A_KEY);
+            create_p256_key_pairs(&bed.kms, 1, &[LIVE]).remove(0).private_id
+        });
+        return;
+    };
+    let kms_port = std::env::var(KMS_PORT).unwrap().parse().unwrap();
+    let proxy = CountingProxy::start(kms_port);
+    write_provider_config(Path::new(&dir), &proxy.url(), "");
     let pkcs11 = Pkcs11::new(provider_lib()).expect("dlopen the provider");
     pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
@@ -334,7 +357,7 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
         let found = session.find_objects(&[Attribute::Class(class)]).unwrap();
         found.iter().map(|h| key_id(&session, *h)).collect()
     };
-    let first = &bed.keys[LIVE][0].private_id;
+    let first = &std::env::var(LIVE_KEY).unwrap();
     assert_eq!(ids(ObjectClass::PUBLIC_KEY), std::slice::from_ref(first));
     assert_eq!(proxy.requests(), ENUMERATION);
 
@@ -376,7 +399,7 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
             WARM_ENUMERATION,
             "a public-key search after expiry reloads (a Locate: the keys are known)"
         );
-        let added = create_p256_key_pairs(&bed.kms, 1, &[LIVE]).remove(0).private_id;
+        let added = ask_parent(ADD_A_KEY);
         let seen = ids(ObjectClass::PUBLIC_KEY);
         let by_id = private_key(&session, &added);
         let requests = proxy.requests();

@@ -3,18 +3,31 @@
 //! log in at once with the right PIN and with a wrong one, each on its own session. Exactly
 //! one login succeeds, a right PIN is never refused (no request carries another thread's
 //! unchecked PIN), and the token is then really logged in with a working access token: it lists
-//! the key pair and signs with it (memory and disk caches off, so both go to the KMS).
+//! the key pair and signs with it (memory and disk caches off, so both go to the KMS). The test
+//! runs in a child process of its own, with the provider's environment.
 
 use std::io::Read;
 use std::ptr::null_mut;
 use std::sync::{Arc, Barrier};
 
 use base64::Engine;
-use cosmian_pkcs11_testbed::{function_list, output_text as text, write_pin_mode_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{
+    body_in_child, function_list, output_text as text, write_pin_mode_config, Ckms, KeyKind, KmsServer,
+};
 use cryptoki_sys::*;
 
 #[test]
 fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
+    let Some(dir) = body_in_child(|dir| {
+        [
+            ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml")),
+            ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs")),
+            ("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "0".into()),
+            ("COSMIAN_PKCS11_DISK_CACHE_SECONDS", "0".into()),
+        ]
+    }) else {
+        return;
+    };
     let mut kms = KmsServer::start();
     let ckms = Ckms::new(&kms);
     let mut bytes = [0u8; 32];
@@ -25,12 +38,7 @@ fn concurrent_logins_with_right_and_wrong_pins_leave_a_working_token() {
     ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
     kms.restart_with_args(&["--api-token-id", "pin-race-token"]);
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_pin_mode_config(dir.path(), &kms.url(), "");
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", &config);
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path().join("logs"));
-    std::env::set_var("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "0");
-    std::env::set_var("COSMIAN_PKCS11_DISK_CACHE_SECONDS", "0");
+    write_pin_mode_config(&dir, &kms.url(), "");
 
     // `f`: the provider's static function table (the library is never unloaded).
     let f = function_list();

@@ -15,15 +15,13 @@ use std::thread;
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    clean_command, create_p256_key_pairs, cryptoki_session, Ckms, KeyKind, KmsServer, TestCa,
+    child_command, child_part, create_p256_key_pairs, cryptoki_session, Ckms, KeyKind, KmsServer, TestCa,
 };
 use cryptoki::object::{Attribute, ObjectClass};
 
 const TAG: &str = "proxied";
 /// A name only the test proxy knows: it maps it to the KMS on 127.0.0.1.
 const PROXY_ONLY_HOST: &str = "kms.proxy-only.test";
-/// Set in the child process that runs [`child_lists_keys`].
-const CHILD: &str = "COSMIAN_PKCS11_PROXY_TEST_CHILD";
 /// The proxy variables of the environment, cleared in every child unless a case sets one.
 const PROXY_VARIABLES: [&str; 8] =
     ["ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"];
@@ -168,12 +166,11 @@ impl Listing {
 }
 
 fn list(dir: &Path, env: &[(&str, String)]) -> Listing {
-    let mut command = clean_command(std::env::current_exe().unwrap());
+    let mut command = child_command("lists keys");
     for variable in PROXY_VARIABLES {
         command.env_remove(variable);
     }
     let out = command
-        .env(CHILD, "1")
         .env("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml"))
         .env("COSMIAN_PKCS11_SSH_KEY_TAG", TAG)
         .env("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"))
@@ -193,7 +190,7 @@ fn list(dir: &Path, env: &[(&str, String)]) -> Listing {
 /// Run by [`list`] in a child process (one provider per process, its environment set by the
 /// parent): searches the public keys and prints `found N`, or `failed ...`.
 fn child_lists_keys() {
-    let (_pkcs11, session) = cryptoki_session(&[]);
+    let (_pkcs11, session) = cryptoki_session();
     match session.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY)]) {
         Ok(found) => println!("found {}", found.len()),
         Err(e) => println!("failed {e}"),
@@ -355,7 +352,7 @@ fn without_proxy_params_the_environment_proxy_is_used_as_before_but_never_socks(
 /// A plain `main` (`harness = false`): the same binary is the child of [`list`] (one provider
 /// per process) and the parent running each case in turn.
 fn main() {
-    if std::env::var_os(CHILD).is_some() {
+    if child_part().is_some() {
         return child_lists_keys();
     }
     let cases: [(&str, fn()); 6] = [

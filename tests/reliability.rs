@@ -7,8 +7,10 @@
 //! forwards each request or, on command, stalls, answers garbage or an HTTP error, drops the
 //! connection or stops listening. It is not a mock: every successful answer is the real KMS's.
 //!
-//! One module instance per process (PKCS#11 state is per process), aimed at the relay, with a
-//! 1.5 s request timeout; the tests take turns, since they share the relay's mode.
+//! The KMS and its key are made once per test process. A test that loads the module does so in
+//! a child process of its own (PKCS#11 state is per process), aimed at a relay of its own, with
+//! a 1.5 s request timeout; the child asks its parent to stop and start the KMS. The tests take
+//! turns, since they share the KMS.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -19,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    free_port, provider_lib, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KeyKind, KmsServer, OpenSsh,
-    SshAgent, Sshd,
+    ask_parent, child_part, free_port, provider_lib, run_in_child_serving, ssh_command, ssh_keygen_d,
+    write_provider_config, Ckms, KeyKind, KmsServer, OpenSsh, SshAgent, Sshd,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -32,7 +34,7 @@ use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
 use sha2::Digest;
 
-/// The module's request timeout in this process (`COSMIAN_PKCS11_REQUEST_TIMEOUT_MS`).
+/// The module's request timeout in a module's child (`COSMIAN_PKCS11_REQUEST_TIMEOUT_MS`).
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Slack on top of a timeout for "it did not hang" bounds: a shared, loaded machine.
 const SLACK: Duration = Duration::from_millis(1500);
@@ -240,22 +242,36 @@ fn forward(
 
 // ---- the module, a KMS, a key ------------------------------------------------------------
 
+/// In a module's child: the KMS's port.
+const KMS_PORT: &str = "RELIABILITY_TEST_KMS_PORT";
+/// In a module's child: the private key's id.
+const KEY_ID: &str = "RELIABILITY_TEST_KEY_ID";
+/// In a module's child: the public key, a PKCS#8 PEM file.
+const KEY_PEM: &str = "RELIABILITY_TEST_KEY_PEM";
+/// What a module's child asks its parent: to stop the KMS...
+const STOP_THE_KMS: &str = "stop the KMS";
+/// ...and to start it again, on the same port and database.
+const START_THE_KMS: &str = "start the KMS";
+
+/// What the tests share, in the test process.
 struct Bed {
     kms: Mutex<KmsServer>,
-    proxy: FaultProxy,
     /// Logs and configurations, inside the KMS's folder (removed by the test bed at exit).
     dir: PathBuf,
-    pkcs11: Pkcs11,
-    slot: Slot,
     private_id: String,
-    verifier: p256::ecdsa::VerifyingKey,
     /// The key's `authorized_keys` line, from ckms's export.
     authorized: String,
 }
 
-/// The module's log file in this process.
-fn log_path() -> PathBuf {
-    bed().dir.join("logs").join("cosmian-pkcs11.log")
+/// The module in a child process: its relay, the key and its verifier.
+struct Module {
+    proxy: FaultProxy,
+    /// The module's log file.
+    log: PathBuf,
+    pkcs11: Pkcs11,
+    slot: Slot,
+    private_id: String,
+    verifier: p256::ecdsa::VerifyingKey,
 }
 
 fn bed() -> &'static Bed {
@@ -265,7 +281,6 @@ fn bed() -> &'static Bed {
         let ckms = Ckms::new(&kms);
         let pair = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
         let pem = ckms.export_public_pkcs8_pem(&pair.public_id);
-        let verifier = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).unwrap();
         let dir = kms.dir().join("client");
         std::fs::create_dir_all(&dir).unwrap();
         let pem_file = dir.join("key.pem");
@@ -273,35 +288,73 @@ fn bed() -> &'static Bed {
         let converted = Command::new("ssh-keygen").args(["-i", "-m", "PKCS8", "-f"]).arg(&pem_file).output().unwrap();
         assert!(converted.status.success(), "{}", String::from_utf8_lossy(&converted.stderr));
         let authorized = String::from_utf8(converted.stdout).unwrap().trim().to_owned();
-
-        let proxy = FaultProxy::start(Some(kms.port()), Mode::Forward);
-        let config = write_provider_config(&dir, &proxy.url(), "");
-        std::env::set_var("COSMIAN_KMS_CLI_CONF", &config);
-        std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"));
-        std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
-        std::env::set_var("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT.as_millis().to_string());
-        let pkcs11 = Pkcs11::new(provider_lib()).expect("dlopen the provider");
-        pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
-        let slot = pkcs11.get_slots_with_token().unwrap()[0];
-        Bed { kms: Mutex::new(kms), proxy, dir, pkcs11, slot, private_id: pair.private_id, verifier, authorized }
+        Bed { kms: Mutex::new(kms), dir, private_id: pair.private_id, authorized }
     })
 }
 
-/// The tests share the relay's mode (and restart the KMS): one at a time.
+/// The tests share the KMS (and one restarts it): one at a time.
 fn turn() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
-    let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    bed().proxy.set(Mode::Forward);
-    turn
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// In the test process: its turn, then this test run again in a child with the module's
+/// environment, serving its requests to stop and start the KMS; `None` once the child passed.
+/// In the child: the module, loaded once.
+fn module() -> Option<&'static Module> {
+    let Some(dir) = child_part() else {
+        let _turn = turn();
+        let bed = bed();
+        let dir = bed.dir.join(std::thread::current().name().expect("a test thread"));
+        let env = [
+            ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml").display().to_string()),
+            ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs").display().to_string()),
+            ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".into()),
+            ("COSMIAN_PKCS11_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT.as_millis().to_string()),
+            (KMS_PORT, bed.kms.lock().unwrap().port().to_string()),
+            (KEY_ID, bed.private_id.clone()),
+            (KEY_PEM, bed.dir.join("key.pem").display().to_string()),
+        ];
+        std::fs::create_dir_all(&dir).unwrap();
+        run_in_child_serving(dir.to_str().unwrap(), env, |request| {
+            let mut kms = bed.kms.lock().unwrap();
+            match request {
+                STOP_THE_KMS => kms.stop(),
+                START_THE_KMS => kms.restart(),
+                other => panic!("the child asked {other:?}"),
+            }
+            "done".to_owned()
+        });
+        return None;
+    };
+    static MODULE: OnceLock<Module> = OnceLock::new();
+    Some(MODULE.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+        let pem = std::fs::read_to_string(var(KEY_PEM)).unwrap();
+        let verifier = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).unwrap();
+        let proxy = FaultProxy::start(Some(var(KMS_PORT).parse().unwrap()), Mode::Forward);
+        let dir = PathBuf::from(dir);
+        write_provider_config(&dir, &proxy.url(), "");
+        let pkcs11 = Pkcs11::new(provider_lib()).expect("dlopen the provider");
+        pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+        let log = dir.join("logs").join("cosmian-pkcs11.log");
+        Module { proxy, log, pkcs11, slot, private_id: var(KEY_ID), verifier }
+    }))
+}
+
+/// In a module's child: the module.
+fn loaded() -> &'static Module {
+    module().expect("the module is loaded in a child process")
 }
 
 fn session() -> Session {
-    bed().pkcs11.open_ro_session(bed().slot).unwrap()
+    loaded().pkcs11.open_ro_session(loaded().slot).unwrap()
 }
 
 /// The private key, found as ssh finds it before each signature: by class and CKA_ID.
 fn private_key(s: &Session) -> ObjectHandle {
-    let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(bed().private_id.as_bytes().to_vec())];
+    let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(loaded().private_id.as_bytes().to_vec())];
     let found = s.find_objects(&template).unwrap();
     assert_eq!(found.len(), 1);
     found[0]
@@ -312,16 +365,16 @@ fn sign(s: &Session, message: &str) -> Result<(), Error> {
     let digest = sha2::Sha256::digest(message.as_bytes());
     let raw = s.sign(&Mechanism::Ecdsa, private_key(s), &digest)?;
     let signature = p256::ecdsa::Signature::from_slice(&raw).unwrap();
-    bed().verifier.verify_prehash(&digest, &signature).unwrap_or_else(|e| panic!("{message}: {e}"));
+    loaded().verifier.verify_prehash(&digest, &signature).unwrap_or_else(|e| panic!("{message}: {e}"));
     Ok(())
 }
 
 fn log_len() -> usize {
-    std::fs::metadata(log_path()).map(|m| m.len() as usize).unwrap_or(0)
+    std::fs::metadata(&loaded().log).map(|m| m.len() as usize).unwrap_or(0)
 }
 
 fn log_since(offset: usize) -> String {
-    let log = std::fs::read(log_path()).unwrap_or_default();
+    let log = std::fs::read(&loaded().log).unwrap_or_default();
     String::from_utf8_lossy(&log[offset.min(log.len())..]).into_owned()
 }
 
@@ -332,7 +385,9 @@ fn log_since(offset: usize) -> String {
 /// KMS back, works on the same session.
 #[test]
 fn every_kms_fault_gives_its_code_in_time_and_a_log_line() {
-    let _turn = turn();
+    let Some(module) = module() else {
+        return;
+    };
     let s = session();
     sign(&s, "before the faults").unwrap();
     let cases = [
@@ -357,8 +412,8 @@ fn every_kms_fault_gives_its_code_in_time_and_a_log_line() {
         (Mode::CloseWithoutAnswer, RvError::DeviceError, "KMS closed the connection without answering", 2),
     ];
     for (mode, expected, words, requests) in cases {
-        bed().proxy.set(mode);
-        let (log_start, requests_before) = (log_len(), bed().proxy.requests());
+        module.proxy.set(mode);
+        let (log_start, requests_before) = (log_len(), module.proxy.requests());
         let started = Instant::now();
         let result = sign(&s, &format!("during {mode:?}"));
         let took = started.elapsed();
@@ -371,14 +426,14 @@ fn every_kms_fault_gives_its_code_in_time_and_a_log_line() {
             assert!(took >= REQUEST_TIMEOUT - Duration::from_millis(100), "the timeout ended it: {took:?}");
         }
         let log = log_since(log_start);
-        assert_eq!(bed().proxy.requests() - requests_before, requests, "{mode:?}: requests sent; log:\n{log}");
+        assert_eq!(module.proxy.requests() - requests_before, requests, "{mode:?}: requests sent; log:\n{log}");
         assert!(
             log.lines().any(|l| l.contains(" WARN ") && l.contains(&format!("C_Sign: {words}"))),
             "{mode:?}: no warning saying {words:?}:\n{log}"
         );
         println!("fault {mode:?}: {expected:?} after {took:?}, {requests} request(s)");
 
-        bed().proxy.set(Mode::Forward);
+        module.proxy.set(Mode::Forward);
         sign(&s, &format!("after {mode:?}")).unwrap_or_else(|e| panic!("after {mode:?}: {e}"));
     }
 }
@@ -387,14 +442,16 @@ fn every_kms_fault_gives_its_code_in_time_and_a_log_line() {
 /// is on it: the signature is sent again, once, on a new connection, and succeeds.
 #[test]
 fn a_signature_on_a_dropped_kept_alive_connection_is_sent_again_once() {
-    let _turn = turn();
+    let Some(module) = module() else {
+        return;
+    };
     let s = session();
     sign(&s, "warms a connection").unwrap();
-    bed().proxy.set(Mode::DropReused);
-    let (log_start, requests_before) = (log_len(), bed().proxy.requests());
+    module.proxy.set(Mode::DropReused);
+    let (log_start, requests_before) = (log_len(), module.proxy.requests());
     sign(&s, "on the dropped connection").unwrap();
     let log = log_since(log_start);
-    assert_eq!(bed().proxy.requests() - requests_before, 2, "one dropped, one answered; log:\n{log}");
+    assert_eq!(module.proxy.requests() - requests_before, 2, "one dropped, one answered; log:\n{log}");
     assert!(log.contains("KMS request failed, trying again") && log.contains("operation=\"Sign\""), "{log}");
 }
 
@@ -403,16 +460,16 @@ fn a_signature_on_a_dropped_kept_alive_connection_is_sent_again_once() {
 /// module, same session, nothing re-initialized.
 #[test]
 fn a_kms_restarted_under_the_module_serves_the_next_signature() {
-    let _turn = turn();
+    if module().is_none() {
+        return;
+    }
     let s = session();
     sign(&s, "before the restart").unwrap();
-    let mut kms = bed().kms.lock().unwrap();
-    kms.stop();
+    ask_parent(STOP_THE_KMS);
     // The relay cannot reach the KMS: it drops the connection, as a load balancer would.
     let err = sign(&s, "while the KMS is down").unwrap_err();
     assert!(matches!(err, Error::Pkcs11(RvError::DeviceError, _)), "{err}");
-    kms.restart();
-    drop(kms);
+    ask_parent(START_THE_KMS);
     sign(&s, "after the restart").unwrap();
 }
 
@@ -425,7 +482,9 @@ fn a_kms_restarted_under_the_module_serves_the_next_signature() {
 fn four_threads_sign_a_thousand_times_each() {
     const THREADS: usize = 4;
     const EACH: usize = 1000;
-    let _turn = turn();
+    if module().is_none() {
+        return;
+    }
     let started = Instant::now();
     let done: usize = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..THREADS)
@@ -454,9 +513,14 @@ fn four_threads_sign_a_thousand_times_each() {
 /// reads attributes at once: no lock is held across the network for unrelated sessions.
 #[test]
 fn a_stalled_signature_holds_up_no_other_session() {
-    let _turn = turn();
-    bed().proxy.set(Mode::Stall);
-    let requests_before = bed().proxy.requests();
+    let Some(module) = module() else {
+        return;
+    };
+    // The key list loaded first, as by a module that has served before: the other session's
+    // searches are answered from it.
+    private_key(&session());
+    module.proxy.set(Mode::Stall);
+    let requests_before = module.proxy.requests();
     std::thread::scope(|scope| {
         let signing = scope.spawn(|| {
             let stuck = session();
@@ -464,7 +528,7 @@ fn a_stalled_signature_holds_up_no_other_session() {
         });
         // Wait until the signature request is in the stalled KMS's hands.
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        while bed().proxy.requests() == requests_before {
+        while module.proxy.requests() == requests_before {
             assert!(Instant::now() < deadline, "the signature request never arrived");
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -13,21 +13,25 @@
 //! thread.
 //!
 //! A plain `main` (`harness = false` in Cargo.toml): no test-harness threads come and go while
-//! the threads are counted. The valgrind run is this same executable, started again with
+//! the threads are counted. The checks run in a child process, this same executable started
+//! again with the provider's environment (the configuration file is rewritten to aim at the
+//! relay or at the KMS); the valgrind run is this same executable again, started with
 //! `COSMIAN_PKCS11_UNLOAD_CYCLES=N`, which only runs the cycles.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
-use cosmian_pkcs11_testbed::{provider_lib, write_provider_config, Ckms, DelayRelay, KeyKind, KmsServer, RELAY_THREAD};
+use cosmian_pkcs11_testbed::{
+    body_in_child, provider_lib, write_provider_config, Ckms, DelayRelay, KeyKind, KmsServer, RELAY_THREAD,
+};
 use cryptoki_sys::*;
 
-/// In the child: how many cycles to run.
+/// In the valgrind run: how many cycles to run.
 const CYCLES_ENV: &str = "COSMIAN_PKCS11_UNLOAD_CYCLES";
-/// In the child: the configuration that reaches the KMS through the slow relay.
-const RELAYED_CONFIG_ENV: &str = "COSMIAN_PKCS11_UNLOAD_RELAYED_CONFIG";
+/// In the valgrind run: the URL of the slow relay in front of the KMS.
+const RELAYED_URL_ENV: &str = "COSMIAN_PKCS11_UNLOAD_RELAYED_URL";
 /// The name of the module's thread (see `token::THREAD_NAME`).
 const MODULE_THREAD: &str = "cosmian-pkcs11";
 /// Cycles under valgrind: enough to see a leak per cycle, few enough to stay short in CI.
@@ -182,8 +186,8 @@ struct InFlight {
     after_dlclose: (usize, bool),
 }
 
-/// Loads the module (the configuration in the environment aims at the slow relay, and the disk
-/// cache holds the key list), initializes it and lists the keys: the list is answered from the
+/// Loads the module (the configuration aims at the slow relay, and the disk cache holds the key
+/// list), initializes it and lists the keys: the list is answered from the
 /// disk cache and the module's thread confirms it. Then at once C_Finalize and dlclose
 /// (`finalize`), or dlclose alone.
 fn cycle_in_flight(lib: &Path, finalize: bool) -> InFlight {
@@ -198,14 +202,21 @@ fn cycle_in_flight(lib: &Path, finalize: bool) -> InFlight {
     InFlight { running, after_finalize, after_dlclose: (module_threads(), mapped(lib)) }
 }
 
+/// The configuration file the environment names, aimed at `server_url` (the provider reads it at
+/// each C_Initialize).
+fn aim_at(server_url: &str) {
+    let config = PathBuf::from(std::env::var_os("COSMIAN_KMS_CLI_CONF").expect("a configuration"));
+    write_provider_config(config.parent().unwrap(), server_url, "");
+}
+
 fn main() {
     let lib = provider_lib();
     if let Ok(cycles) = std::env::var(CYCLES_ENV) {
         for _ in 0..cycles.parse::<usize>().unwrap() {
             drop(cycle(&lib));
         }
-        if let Ok(relayed) = std::env::var(RELAYED_CONFIG_ENV) {
-            std::env::set_var("COSMIAN_KMS_CLI_CONF", relayed);
+        if let Ok(relayed) = std::env::var(RELAYED_URL_ENV) {
+            aim_at(&relayed);
             for finalize in [true, false] {
                 cycle_in_flight(&lib, finalize);
             }
@@ -217,17 +228,21 @@ fn main() {
         println!("unload: test");
         return;
     }
+    let Some(dir) = body_in_child(|dir| {
+        [
+            ("COSMIAN_KMS_CLI_CONF", dir.join("kms.toml")),
+            ("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs")),
+            ("COSMIAN_PKCS11_LOGGING_LEVEL", "debug".into()),
+            ("XDG_CACHE_HOME", dir.join("cache")),
+        ]
+    }) else {
+        return;
+    };
 
     let kms = KmsServer::start();
     let ckms = Ckms::new(&kms);
     ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
-    let dir = kms.dir().join("client");
-    std::fs::create_dir_all(&dir).unwrap();
-    let direct = write_provider_config(&dir, &kms.url(), "");
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", &direct);
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_FOLDER", dir.join("logs"));
-    std::env::set_var("COSMIAN_PKCS11_LOGGING_LEVEL", "debug");
-    std::env::set_var("XDG_CACHE_HOME", dir.join("cache"));
+    write_provider_config(&dir, &kms.url(), "");
 
     // ---- no thread left behind ----------------------------------------------------------
     let before = threads();
@@ -246,9 +261,8 @@ fn main() {
     // The disk cache is warm (the cycle above): with threads allowed, the listing would start
     // the module's thread. With the flag, it is made in this thread, and no thread ever starts.
     let relay = DelayRelay::start(kms.port(), Duration::from_millis(200));
-    std::fs::create_dir_all(dir.join("relayed")).unwrap();
-    let relayed = write_provider_config(&dir.join("relayed"), &format!("http://127.0.0.1:{}", relay.port()), "");
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", &relayed);
+    let relayed = format!("http://127.0.0.1:{}", relay.port());
+    aim_at(&relayed);
     drop(cycle(&lib)); // The relay's URL has a disk cache of its own: warm it.
 
     let (library, f) = load(&lib, Some(CKF_LIBRARY_CANT_CREATE_OS_THREADS | CKF_OS_LOCKING_OK));
@@ -285,7 +299,7 @@ fn main() {
         );
         in_flight.push((finalize, seen, ended, settled));
     }
-    std::env::set_var("COSMIAN_KMS_CLI_CONF", &direct);
+    aim_at(&kms.url());
     let log_path = dir.join("logs").join("cosmian-pkcs11.log");
     let log_mark = std::fs::read_to_string(&log_path).map_or(0, |l| l.len());
 
@@ -302,7 +316,7 @@ fn main() {
         .arg(format!("--log-file={}", report.display()))
         .arg(std::env::current_exe().unwrap())
         .env(CYCLES_ENV, CYCLES.to_string())
-        .env(RELAYED_CONFIG_ENV, &relayed)
+        .env(RELAYED_URL_ENV, &relayed)
         // Under valgrind the executable's own path is valgrind's: name the library.
         .env("COSMIAN_PKCS11_LIB", &lib)
         .status()

@@ -13,9 +13,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use base64::Engine;
+use cosmian_pkcs11_testbed::docs::shell_block;
 use cosmian_pkcs11_testbed::{
     clean_command, current_user, output_text as text, provider_lib, ssh_command, write_pin_mode_config,
-    write_provider_config, CosmianAgent, DelayRelay, OpenSsh, Sshd,
+    write_provider_config, Ckms, CosmianAgent, DelayRelay, KeyKind, KmsServer, OpenSsh, Sshd,
 };
 
 use crate::certificates::{sign, trusting_sshd};
@@ -362,6 +364,26 @@ fn the_kms_stopped_and_started_under_a_running_agent() {
     assert_logged_in(&login(&late, "recovered"), &sshd, "recovered", "ED25519");
 }
 
+/// The key list is listed again in the background (thread `agent-keys`) before it gets old:
+/// a listing past `COSMIAN_PKCS11_KEY_CACHE_SECONDS` is answered from it, never listed in the
+/// client's own path (thread `agent-client`), and the first login already found it listed.
+#[test]
+fn the_key_list_is_kept_fresh_in_the_background() {
+    let (bed, _kms) = using_kms();
+    let openssh = OpenSsh::debian();
+    let logs = case_dir(openssh, "cosmian-agent-fresh");
+    let mut envs: Vec<(&str, std::path::PathBuf)> = provider_env(&bed.config, &logs, "ssh-auth").into();
+    envs.push(("COSMIAN_PKCS11_KEY_CACHE_SECONDS", "6".into()));
+    let agent = CosmianAgent::start(agent_program(), envs, &[]);
+    let first = listed(&agent, openssh);
+    std::thread::sleep(std::time::Duration::from_secs(9));
+    assert_eq!(listed(&agent, openssh), first, "the keys listed after the key list's lifetime");
+    let log = std::fs::read_to_string(logs.join("cosmian-pkcs11.log")).unwrap();
+    let loads: Vec<&str> = log.lines().filter(|l| l.contains("key list loaded from the KMS")).collect();
+    assert!(loads.iter().all(|l| l.contains("agent-keys")), "a listing in a client's path:\n{}", loads.join("\n"));
+    assert!(loads.len() >= 2, "listed once only, never again in the background:\n{}", loads.join("\n"));
+}
+
 /// `eval "$(cosmian-ssh-agent -s)"`: the agent goes to the background and prints the
 /// variables; a login works through them; `-k` stops it and removes its socket.
 #[test]
@@ -401,25 +423,40 @@ fn started_in_the_background_and_stopped() {
     assert!(gone, "the agent {pid} or its socket is still there");
 }
 
-/// Nothing but the command's own output on stdout: `--version`, and a wrong argument is an
-/// error on stderr with status 2; PIN mode, which an agent cannot ask for, is refused at start
-/// with the reason, leaving no socket.
+/// The README's agent lines, run as written by bash (Debian's `ssh-add`, the agent from this
+/// build on `PATH`, its socket under `XDG_RUNTIME_DIR`): `ssh-add -L` lists the KMS keys; the
+/// agent is stopped with `-k` afterwards.
 #[test]
-fn command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_pin_mode_config(dir.path(), "http://127.0.0.1:9", "");
-    let sock = dir.path().join("run/socket");
-    let out = clean_command(agent_program())
-        .args(["-s", "-a"])
-        .arg(&sock)
-        .env("COSMIAN_KMS_CLI_CONF", &config)
-        .env("COSMIAN_PKCS11_LOGGING_FOLDER", dir.path())
+fn the_readme_agent_lines_run_as_written() {
+    let (bed, _kms) = using_kms();
+    let dir = case_dir(OpenSsh::debian(), "cosmian-agent-readme");
+    let runtime = dir.join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let block = shell_block("README.md", "agent-quick-start").unwrap();
+    let script = format!("set -e\n{block}eval \"$(cosmian-ssh-agent -k)\"\n");
+    let bin = agent_program().parent().unwrap();
+    let out = clean_command("bash")
+        .args(["-c", &script])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .envs(provider_env(&bed.config, &dir, "ssh-auth"))
+        .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(out.stdout.is_empty() && String::from_utf8_lossy(&out.stderr).contains("PIN mode"), "{}", text(&out));
-    assert!(!sock.exists());
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for key in bed.keys.values() {
+        let blob = key.line.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        assert!(listed.contains(&blob), "{blob} not listed by the README's ssh-add -L:\n{}", text(&out));
+    }
+    assert!(!runtime.join("cosmian-ssh-agent/socket").exists(), "the agent's socket is left after -k");
+}
 
+/// Nothing but the command's own output on stdout: `--version`, and a wrong argument is an
+/// error on stderr with status 2.
+#[test]
+fn command_line() {
     let out = Command::new(agent_program()).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("cosmian-ssh-agent {}", env!("CARGO_PKG_VERSION")));
@@ -430,6 +467,73 @@ fn command_line() {
         "{}",
         text(&out)
     );
+}
+
+/// PIN mode (`pkcs11_use_pin_as_access_token`, a KMS with bearer-token authentication): the
+/// agent starts locked and lists nothing; `ssh-add -X` with a PIN the KMS refuses keeps it
+/// locked, with the right one it lists the key and a login signs; `ssh-add -x` forgets the PIN.
+/// The PIN is in no log.
+#[test]
+fn pin_mode_starts_locked_until_ssh_add_gives_the_pin() {
+    let openssh = OpenSsh::debian();
+    let mut kms = KmsServer::start();
+    let ckms = Ckms::new(&kms);
+    let key = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
+    let pin = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    let created = ckms.run(&["sym", "keys", "create", "--bytes-b64", &pin, "--algorithm", "aes"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let token_id = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Unique identifier:").map(|id| id.trim().to_owned()))
+        .expect("the token key's id");
+    kms.restart_with_args(&["--api-token-id", &token_id]);
+    let dir = case_dir(openssh, "cosmian-agent-pin-mode");
+    let config = write_pin_mode_config(&dir, &kms.url(), "");
+    let agent = CosmianAgent::start(agent_program(), provider_env(&config, &dir, "ssh-auth"), &[]);
+    let askpass = dir.join("askpass.sh");
+    std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$TEST_ANSWER\"\n").unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ssh_add = |args: &[&str], answer: &str| {
+        agent
+            .command(openssh, "ssh-add")
+            .args(args)
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("TEST_ANSWER", answer)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let no_identities = |out: &std::process::Output| {
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stdout).contains("no identities")
+    };
+    let out = ssh_add(&["-L"], "");
+    assert!(no_identities(&out), "locked at start: {}", text(&out));
+    let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let out = ssh_add(&["-X"], &wrong);
+    assert!(!out.status.success(), "a wrong PIN unlocked: {}", text(&out));
+    assert!(no_identities(&ssh_add(&["-L"], "")), "still locked after a wrong PIN");
+
+    let out = ssh_add(&["-X"], &pin);
+    assert!(out.status.success(), "{}\nagent:\n{}", text(&out), agent.log());
+    let out = ssh_add(&["-L"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with("ecdsa-sha2-nistp256 ") && line.lines().count() == 1, "{line}");
+    assert!(line.contains(&key.private_id), "the key's label names its id: {line}");
+    let sshd = Sshd::start_on(openssh, line.trim(), MANY_KEYS);
+    let out = ssh_command(&sshd).env("SSH_AUTH_SOCK", agent.sock()).run("echo with-the-pin");
+    assert_logged_in(&out, &sshd, "with-the-pin", "ECDSA");
+
+    let out = ssh_add(&["-x"], "anything");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(no_identities(&ssh_add(&["-L"], "")), "the PIN is forgotten once locked");
+    let out = ssh_command(&sshd).env("SSH_AUTH_SOCK", agent.sock()).run("echo locked");
+    assert!(!out.status.success(), "a login through the locked agent: {}", text(&out));
+
+    let log = std::fs::read_to_string(dir.join("cosmian-pkcs11.log")).unwrap() + &agent.log();
+    assert!(log.contains("PIN mode: the KMS accepted the PIN"), "{log}");
+    assert!(!log.contains(&pin) && !log.contains(&wrong), "a PIN in the logs");
 }
 
 /// A login 30 s after the last one signs on the agent's kept connection: no new TCP or TLS to

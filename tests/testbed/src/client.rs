@@ -31,15 +31,13 @@ pub fn function_list() -> &'static CK_FUNCTION_LIST {
     unsafe { &*list }
 }
 
-/// Sets `env` in this process, loads the provider with `cryptoki`, initializes it (OS
-/// locking) and opens a read-only session on its token.
+/// Loads the provider with `cryptoki`, initializes it (OS locking) and opens a read-only
+/// session on its token. The provider's configuration is the environment this process started
+/// with: see [`run_in_child`](crate::run_in_child).
 ///
 /// # Panics
 /// When any step fails.
-pub fn cryptoki_session(env: &[(&str, String)]) -> (Pkcs11, Session) {
-    for (key, value) in env {
-        std::env::set_var(key, value);
-    }
+pub fn cryptoki_session() -> (Pkcs11, Session) {
     let pkcs11 = Pkcs11::new(provider_lib()).expect("load the provider");
     pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).expect("C_Initialize");
     let slot = pkcs11.get_slots_with_token().expect("C_GetSlotList")[0];

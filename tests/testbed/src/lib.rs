@@ -15,7 +15,10 @@
 //! - [`CosmianAgent`]: the project's own `cosmian-ssh-agent`, in the foreground.
 //! - [`Postgres`], [`Haproxy`]: a KMS cluster, KMS servers on one PostgreSQL behind haproxy.
 //! - [`function_list`], [`cryptoki_session`]: the provider loaded in the test's own process.
+//! - [`run_in_child`], [`body_in_child`], [`ask_parent`]: a test run again in a child process
+//!   of its executable, with the provider's environment (a test never sets its own).
 //! - [`CallZeroed`]: a C function called with zeroed arguments, for the C ABI tests.
+//! - [`docs`]: the shell blocks of the documentation that tests run as written.
 //! - This module: free ports, where the provider library is, and its configuration file.
 //!
 //! Every child process is killed when its owner is dropped, and cannot outlive the test
@@ -23,9 +26,11 @@
 
 mod agent;
 mod binaries;
+mod child;
 mod ckms;
 mod client;
 mod cluster;
+pub mod docs;
 mod kmip;
 mod kms;
 mod pki;
@@ -42,6 +47,7 @@ use std::process::Command;
 
 pub use agent::CosmianAgent;
 pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
+pub use child::{ask_parent, body_in_child, child_command, child_part, run_in_child, run_in_child_serving};
 pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
 pub use client::{cryptoki_session, function_list};
 pub use cluster::{Haproxy, HaproxySession, Postgres};
