@@ -105,12 +105,7 @@ fn each_failure_is_named_with_its_fix_and_a_working_set_up_lists_the_keys() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok    2 key pair(s) tagged `diagnosed`"), "{}", text(&out));
 
     let token = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    let created = ckms.run(&["sym", "keys", "create", "--bytes-b64", &token, "--algorithm", "aes"]);
-    assert!(created.status.success(), "{}", text(&created));
-    let token_id = String::from_utf8_lossy(&created.stdout)
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Unique identifier:").map(|id| id.trim().to_owned()))
-        .expect("the token key's id");
+    let token_id = ckms.create_api_token_key(&token);
     kms.restart_with_args(&["--api-token-id", &token_id]);
     let wrong_token = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
     std::fs::create_dir_all(dir.join("wrong")).unwrap();

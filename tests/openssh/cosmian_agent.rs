@@ -480,12 +480,7 @@ fn pin_mode_starts_locked_until_ssh_add_gives_the_pin() {
     let ckms = Ckms::new(&kms);
     let key = ckms.create_key_pair(KeyKind::Ec("nist-p256"), &["ssh-auth"]);
     let pin = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
-    let created = ckms.run(&["sym", "keys", "create", "--bytes-b64", &pin, "--algorithm", "aes"]);
-    assert!(created.status.success(), "{}", text(&created));
-    let token_id = String::from_utf8_lossy(&created.stdout)
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Unique identifier:").map(|id| id.trim().to_owned()))
-        .expect("the token key's id");
+    let token_id = ckms.create_api_token_key(&pin);
     kms.restart_with_args(&["--api-token-id", &token_id]);
     let dir = case_dir(openssh, "cosmian-agent-pin-mode");
     let config = write_pin_mode_config(&dir, &kms.url(), "");

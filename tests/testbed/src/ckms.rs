@@ -126,6 +126,17 @@ impl Ckms {
             .unwrap_or_else(|e| panic!("ckms {} printed no JSON ({e}):\n{stdout}", args.join(" ")))
     }
 
+    /// Creates the symmetric key whose bytes are the bearer token `token_b64` (base64 of 32
+    /// bytes), as the KMS's `--api-token-id` wants it, and returns its id.
+    pub fn create_api_token_key(&self, token_b64: &str) -> String {
+        let created = self.run(&["sym", "keys", "create", "--bytes-b64", token_b64, "--algorithm", "aes"]);
+        let said = String::from_utf8_lossy(&created.stdout);
+        assert!(created.status.success(), "ckms sym keys create: {said}{}", String::from_utf8_lossy(&created.stderr));
+        said.lines()
+            .find_map(|l| l.trim().strip_prefix("Unique identifier:").map(|id| id.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no identifier in ckms's answer:\n{said}"))
+    }
+
     /// Creates a key pair with these tags and returns its identifiers.
     pub fn create_key_pair(&self, kind: KeyKind, tags: &[&str]) -> KeyPair {
         let args = kind.ckms_args(tags);
