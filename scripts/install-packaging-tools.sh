@@ -23,8 +23,13 @@
 #   - PyPI, in a venv at $COSMIAN_PKCS11_CACHE/venv: ziglang (the linker and the glibc 2.28
 #     stubs cargo-zigbuild uses; also compiles the Mach-O signing fixture), PyYAML.
 #   - crates.io, into $COSMIAN_PKCS11_CACHE/tools/bin: cargo-zigbuild, cargo-bundle-licenses,
-#     rcodesign (apple-codesign: a quick build for signing only, see RCODESIGN_ARGS below).
+#     rcodesign (apple-codesign: a quick build for signing only, see RCODESIGN_ARGS below);
+#     the supply-chain tools: cargo-auditable (the dependency list embedded in the release
+#     library and agent), cargo-cyclonedx (the SBOM), cargo-deny (the license and source
+#     policy of `cargo xtask tidy`, deny.toml).
 # On macOS (`cargo xtask dist-macos`), only rcodesign, with notarization.
+# With arguments, only the crates.io tools they name (e.g. `cargo-deny`, what `cargo xtask tidy`
+# asks for): nothing on the system, on Linux and on macOS alike.
 # Every version is pinned. Idempotent: a second run finds everything in place in a second.
 # Prints the two folders to put first on PATH, then the cache folder, as KEY=VALUE lines on its
 # last three lines.
@@ -35,6 +40,12 @@ BUNDLE_LICENSES_VERSION=5.0.0
 APPLE_CODESIGN_VERSION=0.29.0
 ZIGLANG_VERSION=0.15.2
 PYYAML_VERSION=6.0.2
+AUDITABLE_VERSION=0.7.7
+CYCLONEDX_VERSION=0.5.9
+DENY_VERSION=0.20.2
+# The crates.io tools named as arguments (ALL empty); no argument: everything (ALL=1).
+ONLY=" $* "
+ALL=""; [ $# -gt 0 ] || ALL=1
 # rcodesign, on Linux, signs and verifies the Mach-O fixture of `cargo xtask package-test`: it
 # is built without the default `notarize` feature (the AWS SDK: Apple's notary service uploads
 # to S3) and unoptimized, without debug info, which signs a fixture as fast and builds in 40%
@@ -55,7 +66,7 @@ VENV="$CACHE/venv"
 log() { printf '[packaging-tools] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------
-if [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
+if [ -n "$ALL" ] && [ -z "$MACOS" ] && command -v dpkg-query >/dev/null; then
   # The arm64 index first, so that an `apt-get update` below (when a package is missing)
   # refreshes it too. Known when apt has a candidate for an arm64 package.
   arm64_candidate="$(apt-cache policy openssh-client:arm64 2>/dev/null || true)"
@@ -73,19 +84,21 @@ fi
 
 # --- rustup -----------------------------------------------------------------------------
 # On macOS too (dist-macos builds both architectures). Quick when they are there.
-targets=(aarch64-apple-darwin x86_64-apple-darwin)
-[ -n "$MACOS" ] || targets+=(aarch64-unknown-linux-gnu)
-installed_targets="$(rustup target list --installed)"
-for target in "${targets[@]}"; do
-  grep -qx "$target" <<<"$installed_targets" || { log "rustup target add $target"; rustup target add "$target" >&2; }
-done
+if [ -n "$ALL" ]; then
+  targets=(aarch64-apple-darwin x86_64-apple-darwin)
+  [ -n "$MACOS" ] || targets+=(aarch64-unknown-linux-gnu)
+  installed_targets="$(rustup target list --installed)"
+  for target in "${targets[@]}"; do
+    grep -qx "$target" <<<"$installed_targets" || { log "rustup target add $target"; rustup target add "$target" >&2; }
+  done
+fi
 
 # --- PyPI -------------------------------------------------------------------------------
 venv_ok() {
   local frozen; frozen="$("$VENV/bin/python" -m pip freeze 2>/dev/null)" || return 1
   grep -qx "ziglang==$ZIGLANG_VERSION" <<<"$frozen" && grep -qx "PyYAML==$PYYAML_VERSION" <<<"$frozen"
 }
-if [ -z "$MACOS" ] && ! venv_ok; then
+if [ -n "$ALL" ] && [ -z "$MACOS" ] && ! venv_ok; then
   log "installing ziglang $ZIGLANG_VERSION and PyYAML $PYYAML_VERSION into $VENV"
   # Debian's python3, not a pyenv or conda shim that may lack venv.
   python=/usr/bin/python3; [ -x "$python" ] || python=python3
@@ -99,6 +112,7 @@ fi
 cargo_tool() {
   local crate="$1" version="$2" bin="$3"; shift 3
   local args="$*"
+  [ -n "$ALL" ] || [[ "$ONLY" == *" $crate "* ]] || return 0
   local stamp="$TOOLS/.$crate-$version${args// /}"
   if [ ! -x "$TOOLS/bin/$bin" ] || [ ! -e "$stamp" ]; then
     log "building $crate $version from crates.io"
@@ -109,9 +123,13 @@ cargo_tool() {
     log "built $crate in $((SECONDS - start)) s"
   fi
 }
-if [ -z "$MACOS" ]; then
+# On macOS, only what the arguments name (`cargo xtask tidy` asks for cargo-deny).
+if [ -z "$MACOS" ] || [ -z "$ALL" ]; then
   cargo_tool cargo-zigbuild "$ZIGBUILD_VERSION" cargo-zigbuild
   cargo_tool cargo-bundle-licenses "$BUNDLE_LICENSES_VERSION" cargo-bundle-licenses
+  cargo_tool cargo-auditable "$AUDITABLE_VERSION" cargo-auditable
+  cargo_tool cargo-cyclonedx "$CYCLONEDX_VERSION" cargo-cyclonedx
+  cargo_tool cargo-deny "$DENY_VERSION" cargo-deny
 fi
 # shellcheck disable=SC2086 # RCODESIGN_ARGS is a list of arguments
 cargo_tool apple-codesign "$APPLE_CODESIGN_VERSION" rcodesign --bin rcodesign $RCODESIGN_ARGS

@@ -15,6 +15,9 @@
 # - its `service do` (what `brew services` hands to launchd or systemd) runs the agent in the
 #   foreground, kept alive; that command, run with the agent in BIN_DIR as systemd runs it (a
 #   runtime folder of its own), listens on the agent's default socket;
+# - its `install`, run with its commands and Homebrew's install folders recorded (nothing is
+#   built), puts the library into lib, the agent into bin and THIRDPARTY.yml into doc (Homebrew
+#   copies LICENSE into the prefix itself);
 # - its `test do`, run as `brew test` runs it (in an empty temporary folder that is also HOME,
 #   with Minitest's assertions), passes against the module in LIB_DIR (where `lib.install` puts
 #   it) and loads it with pkcs11-tool: Debian's (package opensc) stands in for the `opensc`
@@ -205,6 +208,27 @@ lines = ORDER.map { |stanza| [stanza, klass.lines[stanza]] }
 lines.each_cons(2) do |(first, first_line), (second, second_line)|
   fail!("#{second} (line #{second_line}) comes before #{first} (line #{first_line})") if second_line < first_line
 end
+
+# Homebrew's install folders (lib, bin, man1, man5, doc), recording what goes into each.
+InstallFolder = Struct.new(:name, :installed) do
+  def install(*files) = installed.concat(files.flatten.map { |file| [name, file.to_s] })
+end
+
+build = klass.new(lib_dir, bin_dir)
+installed = []
+[:lib, :bin, :man1, :man5, :doc].each do |folder|
+  build.define_singleton_method(folder) { InstallFolder.new(folder, installed) }
+end
+build.define_singleton_method(:system) { |*args| installed << [:system, args.first.to_s] }
+build.install
+{
+  lib: "target/release/#{build.shared_library("libcosmian_pkcs11")}",
+  bin: "target/release/cosmian-ssh-agent",
+  doc: "THIRDPARTY.yml",
+}.each do |folder, file|
+  fail!("install does not put #{file} into #{folder}: it installs #{installed}") unless installed.include?([folder, file])
+end
+puts "install: #{installed.reject { |folder, _| folder == :system }.map { |folder, file| "#{folder} #{file}" }.join(", ")}"
 
 formula = klass.new(lib_dir, bin_dir)
 {

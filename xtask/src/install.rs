@@ -12,17 +12,13 @@ use crate::{cargo, run, step};
 
 const DEFAULT_PREFIX: &str = "/usr/local";
 
-fn file_name() -> String {
+pub fn file_name() -> String {
     format!("{}cosmian_pkcs11{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
 }
 
-/// `cargo xtask install ARGS`.
-pub fn install(args: &[String]) -> Result<(), String> {
-    let prefix = match args {
-        [] => PathBuf::from(DEFAULT_PREFIX),
-        [flag, dir] if flag == "--prefix" => PathBuf::from(dir),
-        _ => return Err("usage: cargo xtask install [--prefix DIR]".into()),
-    };
+/// `cargo xtask install [--prefix DIR]`.
+pub fn install(prefix: Option<PathBuf>) -> Result<(), String> {
+    let prefix = prefix.unwrap_or_else(|| PathBuf::from(DEFAULT_PREFIX));
     let Installed { lib, agent } = build_and_copy(&prefix)?;
     println!(
         "\ninstalled {} and {}\n  ssh -I {} user@host\n  {} -D -a SOCKET",

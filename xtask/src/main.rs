@@ -1,20 +1,7 @@
 //! `cargo xtask <command>`: the project's chores, in Rust so that they run the same everywhere.
-//!
-//! - `tidy`: rustfmt and clippy (warnings denied) on the whole workspace and `fuzz/`, and the
-//!   documentation against the code (`tidy.rs`).
-//! - `test`: `tidy`, then installs the test bed (Debian packages, the real KMS server and
-//!   ckms), builds the provider and runs every test of the workspace against the real
-//!   components (feature `testbed`), the fuzz targets and the packages; `test --local` the same
-//!   without installing anything on the system or testing the packages.
-//! - `demo`: what a user does, step by step, from a fresh machine to an SSH login with keys
-//!   held in a local KMS (see `demo.rs`).
-//! - `kms-start`: a local KMS and a provider configuration to play with by hand.
-//! - `fuzz`: the cargo-fuzz targets of `fuzz/`, each for a bounded time (`fuzz.rs`).
-//! - `bench`: the provider measured against the raw KMS (see `bench.rs`).
-//! - `dist`, `dist-macos`, `dist-macos-cross`, `dist-homebrew`, `package-test`, `licenses`: the release
-//!   artifacts (`package.rs`).
-//! - `install`: the release library into /usr/local/lib, for who builds from source
-//!   (`install.rs`).
+//! The commands are [`Task`]'s variants, parsed by clap: `cargo xtask help` lists them, one
+//! line each. Each lives in its own module: `tidy`, `test` (here), `demo`, `kms-start` (here),
+//! `fuzz`, `bench`, `install`, and the release artifacts and their tests in `package`.
 
 mod bench;
 mod demo;
@@ -27,80 +14,119 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+use clap::{Parser, Subcommand};
 use cosmian_pkcs11_testbed as testbed;
 
-const USAGE: &str = "usage: cargo xtask <command>
+/// `cargo xtask <command>`: `cargo xtask help` lists the commands, `cargo xtask help <command>`
+/// says more of one.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "The chores of cosmian-pkcs11: tests, packages, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
 
-commands:
-  tidy       check the formatting (workspace and fuzz/), lint everything with clippy
-             (--all-features, warnings denied), check the docs against the code
-  test       tidy, then install the test bed, build the provider, run all the workspace's tests,
-             the fuzz targets and the package tests (says first what it changes on the system);
-             test --local: the same, but installs nothing on the system and skips the packages
-  demo       from a fresh machine to an SSH login with keys held in a local KMS, step by step
-  kms-start  start a local KMS and print the environment to use it; Enter stops it
-  bench      the provider against the raw KMS: signature latency, ssh logins, enumeration,
-             requests, throughput (release build; prints figures, takes a few minutes);
-             bench p1 p3 ...: only those parts; over TLS, or --http, or --both;
-             bench remote [--delay-ms 25] [--keys 1000]: the KMS and sshd behind delaying
-             relays, KMS round trips per action, time added to a login, peak memory
-  dist       build and check the Linux release artifacts into target/dist: for x86_64 and
-             aarch64 the .so (glibc 2.28), .deb and .rpm; the source tarball, the Homebrew tap;
-             the signed apt and dnf repositories (COSMIAN_PKCS11_REPO_URL,
-             COSMIAN_PKCS11_REPO_SIGNING_KEY)
-  dist-macos (macOS) the universal .dylib and cosmian-ssh-agent, signed (the .dylib
-             notarized), and a signed, notarized, stapled .pkg of both with the agent's
-             LaunchAgent; the signing secrets come from the environment
-  dist-homebrew  the source tarball and the Homebrew tap (target/dist/homebrew-tap) alone,
-             on any OS with git: what the macOS release workflow installs with brew
-  dist-macos-cross  (Linux) the universal .dylib and cosmian-ssh-agent built without
-             Apple's SDK and checked (architectures, macOS version, install name, imports,
-             exports, no build path), signed self-signed, and the .pkg of them unpacked
-  test-macos (macOS) what runs on a Mac: the cryptoki tests against a KMS built there,
-             ssh -I logins with Homebrew's OpenSSH (COSMIAN_OPENSSH, default brew's openssh),
-             Apple's /usr/bin/ssh-add and ssh through cosmian-ssh-agent
-  package-test  dist, then (as root: a throw-away machine) apt-get and dnf against the
-             repositories served on 127.0.0.1 (install, logins, upgrade, downgrade, refusals,
-             remove), beside the official ckms packages, the arm64 library under qemu-user,
-             dist-macos-cross then the macOS signing plumbing on it, the release workflows,
-             THIRDPARTY.yml, install
-  licenses   regenerate THIRDPARTY.yml (--check: fail if it is out of date)
-  install    build the release library, copy it into /usr/local/lib (--prefix DIR)
-  fuzz       build the cargo-fuzz targets and run each for SECONDS (default 20): fuzz [SECONDS]";
+#[derive(Subcommand)]
+enum Task {
+    /// Check the formatting, lint everything with clippy, check the docs against the code
+    ///
+    /// rustfmt (workspace and fuzz/), clippy --all-features with warnings denied, the module
+    /// edges of src/, the licence and source policy (cargo-deny), the docs against the code
+    /// (settings, environment variables, links, shell blocks).
+    Tidy,
+    /// Tidy, the test bed, every test of the workspace, the fuzz targets and the packages
+    ///
+    /// Says first what it changes on the system (Debian packages, the .deb installed and
+    /// purged, repositories on 127.0.0.1): run it on a throw-away machine, as CI does.
+    Test {
+        /// Change nothing outside the work tree and ~/.cache/cosmian-pkcs11: install no Debian
+        /// package (missing ones are named), skip the packages
+        #[arg(long)]
+        local: bool,
+    },
+    /// From a fresh machine to an SSH login with keys held in a local KMS, step by step
+    Demo,
+    /// Start a local KMS and print the environment to use it; Enter stops it
+    KmsStart,
+    /// The provider against the raw KMS: latency, logins, enumeration, requests, throughput
+    ///
+    /// A release build; prints figures, takes a few minutes. `bench p1 p3 ...`: only those
+    /// parts; over TLS, or --http, or --both; `bench remote [--delay-ms 25] [--keys 1000]`: the
+    /// KMS and sshd behind delaying relays, KMS round trips per action, time added to a login,
+    /// peak memory.
+    Bench {
+        /// Parts (p1 ... p6, remote) and their options (--http, --tls, --both, --delay-ms MS,
+        /// --keys N)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The Linux release artifacts into target/dist, built and checked
+    ///
+    /// For x86_64 and aarch64 the .so (glibc 2.28) and the agent, .deb and .rpm; the source
+    /// tarball, the Homebrew tap; the signed apt and dnf repositories (COSMIAN_PKCS11_REPO_URL,
+    /// COSMIAN_PKCS11_REPO_SIGNING_KEY), the signed checksums.
+    Dist,
+    /// (macOS) The universal .dylib and agent, signed and notarized, and the signed .pkg
+    ///
+    /// The signing secrets come from the environment.
+    DistMacos,
+    /// The source tarball and the Homebrew tap alone (target/dist/homebrew-tap), on any OS
+    DistHomebrew,
+    /// (Linux) The universal .dylib and agent built without Apple's SDK, checked, self-signed
+    ///
+    /// Architectures, macOS version, install name, imports, exports, no build path; signed with
+    /// a self-signed certificate, and the .pkg of them unpacked.
+    DistMacosCross,
+    /// (macOS) What runs on a Mac: cryptoki tests, ssh -I with Homebrew's OpenSSH, Apple's ssh
+    /// through the agent
+    TestMacos,
+    /// Dist, then (as root: a throw-away machine) every artifact installed and used
+    ///
+    /// apt-get and dnf against the repositories served on 127.0.0.1 (install, logins, upgrade,
+    /// downgrade, refusals, remove), beside the official ckms packages, the arm64 library under
+    /// qemu-user, dist-macos-cross and the macOS signing plumbing, the release workflow,
+    /// THIRDPARTY.yml, install.
+    PackageTest,
+    /// Regenerate THIRDPARTY.yml
+    Licenses {
+        /// Fail if THIRDPARTY.yml is out of date instead of writing it
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the release library and agent, copy them into /usr/local (lib/, bin/)
+    Install {
+        /// Another prefix than /usr/local (DIR/lib, DIR/bin)
+        #[arg(long, value_name = "DIR")]
+        prefix: Option<PathBuf>,
+    },
+    /// Build the cargo-fuzz targets and run each for SECONDS
+    Fuzz {
+        #[arg(default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
+}
 
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    let result = match command.as_deref() {
-        Some("tidy") => tidy::run(),
-        Some("test") => match std::env::args().nth(2).as_deref() {
-            None => test(false),
-            Some("--local") => test(true),
-            Some(other) => Err(format!("test: unknown argument {other} (--local)")),
-        },
-        Some("demo") => demo::run(),
-        Some("kms-start") => kms_start(),
-        Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
-            None => fuzz::run(fuzz::DEFAULT_SECONDS),
-            Some(Ok(seconds)) => fuzz::run(seconds),
-            Some(Err(e)) => Err(format!("fuzz: SECONDS: {e}")),
-        },
-        Some("bench") => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("dist") => package::dist().map(drop),
-        Some("dist-macos") => package::macos::dist_macos(),
-        Some("dist-macos-cross") => package::macos_cross::dist_macos_cross(),
-        Some("dist-homebrew") => package::dist_dir().and_then(|dist| package::homebrew::render_tap(&dist)).map(drop),
-        Some("test-macos") => test_macos(),
-        Some("package-test") => package::test(),
-        Some("licenses") => match std::env::args().nth(2).as_deref() {
-            None => package::licenses::regenerate(),
-            Some("--check") => package::Tools::get().and_then(package::licenses::check),
-            Some(other) => Err(format!("licenses: unknown argument {other}")),
-        },
-        Some("install") => install::install(&std::env::args().skip(2).collect::<Vec<_>>()),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let result = match Cli::parse().command {
+        Task::Tidy => tidy::run(),
+        Task::Test { local } => test(local),
+        Task::Demo => demo::run(),
+        Task::KmsStart => kms_start(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Bench { args } => bench::run(&args),
+        Task::Dist => package::dist().map(drop),
+        Task::DistMacos => package::macos::dist_macos(),
+        Task::DistMacosCross => package::macos_cross::dist_macos_cross(),
+        Task::DistHomebrew => package::dist_dir().and_then(|dist| package::homebrew::render_tap(&dist)).map(drop),
+        Task::TestMacos => test_macos(),
+        Task::PackageTest => package::test(),
+        Task::Licenses { check: false } => package::licenses::regenerate(),
+        Task::Licenses { check: true } => package::Tools::get().and_then(package::licenses::check),
+        Task::Install { prefix } => install::install(prefix),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,6 +217,8 @@ fn test(local: bool) -> Result<(), String> {
     println!("    XDG_CACHE_HOME={}", key_cache.display());
     let every_test = ["test", "--workspace", "--all-targets", "--features", "cosmian-pkcs11/testbed"];
     run(cargo_command("run every test", &every_test).env("XDG_CACHE_HOME", &key_cache))?;
+    // The README's first command, as a user runs it: it fails when a login fails.
+    demo::run()?;
     fuzz::run(fuzz::DEFAULT_SECONDS)?;
     if local {
         return Ok(());
@@ -207,7 +235,7 @@ fn test(local: bool) -> Result<(), String> {
 /// macOS.
 fn test_macos() -> Result<(), String> {
     if !cfg!(target_os = "macos") {
-        return Err("test-macos runs on macOS (.github/workflows/release-macos.yml runs it)".into());
+        return Err("test-macos runs on macOS (.github/workflows/release.yml runs it)".into());
     }
     install_test_bed();
     cargo("build the provider and the agent", &["build", "-p", "cosmian-pkcs11"])?;

@@ -36,7 +36,10 @@ mod macos_pkg;
 mod man;
 mod p11kit;
 mod repository;
+mod reproducible;
 mod rpm;
+mod sbom;
+mod workflow;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -336,6 +339,7 @@ pub fn dist() -> Result<Dist, String> {
         artifacts.extend([packages.lib.path.as_path(), &packages.lib.agent, &packages.deb, &packages.rpm]);
     }
     artifacts.extend([tarball.as_path(), &formula]);
+    artifacts.extend([amd64.lib.sbom.as_path(), &arm64.lib.sbom]);
     write_checksums(&dist, repository::SUMS, &artifacts)?;
     repository::dist(tools, &[&amd64, &arm64], &dist)?;
     println!("\nartifacts in {}", dist.display());
@@ -394,7 +398,7 @@ pub fn test() -> Result<(), String> {
     arm64::test(tools, &dist.arm64, &dist.amd64)?;
     repository::test(tools, &dist)?;
     macos_cross::dist_macos_cross()?;
-    macos::check_workflows(tools)?;
+    workflow::check(tools)?;
     check_install()
 }
 
@@ -402,17 +406,44 @@ pub fn test() -> Result<(), String> {
 /// executable, with the three PKCS#11 exports (`objdump -T`), and the agent, which runs.
 fn check_install() -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let prefix = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let installed = crate::install::build_and_copy(prefix.path())?;
-    for path in [&installed.lib, &installed.agent] {
-        let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
-        if mode & 0o777 != 0o755 {
-            return Err(format!("{} has mode {:o}, not 755", path.display(), mode & 0o777));
-        }
+    let installed =
+        [Path::new("/usr/local/lib").join(crate::install::file_name()), Path::new("/usr/local/bin").join(elf::AGENT)];
+    if let Some(there) = installed.iter().find(|path| path.exists()) {
+        return Err(format!(
+            "{} exists: the install check would replace it (a throw-away machine only)",
+            there.display()
+        ));
     }
-    elf::check_exports(&installed.lib)?;
-    println!("    {} (mode 755, the three exports)", installed.lib.display());
-    agent::check_version(Command::new(&installed.agent))
+    let fake_home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let block = cosmian_pkcs11_testbed::docs::shell_block("docs/install.md", "install-from-source")?;
+    step("install from source as docs/install.md says", "cargo xtask install; cargo xtask install --prefix ~/.local");
+    // Another HOME for `~/.local`; cargo's and rustup's homes stay where they are.
+    let user_home = home().ok_or("no HOME")?;
+    let mut bash = Command::new("bash");
+    bash.args(["-ec", &block]).current_dir(workspace_root()).env("HOME", fake_home.path());
+    for (var, default) in [("CARGO_HOME", ".cargo"), ("RUSTUP_HOME", ".rustup")] {
+        bash.env(var, std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| user_home.join(default)));
+    }
+    let result = crate::run(&mut bash).and_then(|()| {
+        let local = fake_home.path().join(".local");
+        for path in installed
+            .iter()
+            .cloned()
+            .chain([local.join("lib").join(crate::install::file_name()), local.join("bin").join(elf::AGENT)])
+        {
+            let mode = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
+            if mode & 0o777 != 0o755 {
+                return Err(format!("{} has mode {:o}, not 755", path.display(), mode & 0o777));
+            }
+        }
+        elf::check_exports(&installed[0])?;
+        println!("    {} and ~/.local/lib (mode 755, the three exports)", installed[0].display());
+        agent::check_version(Command::new(&installed[1]))
+    });
+    for path in &installed {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 #[cfg(test)]

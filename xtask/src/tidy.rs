@@ -7,10 +7,12 @@
 //!
 //! - the documentation against the code and itself ([`docs`]): settings, environment variables,
 //!   links;
-//! - the provider's module edges against its layers ([`modules`]).
+//! - the provider's module edges against its layers ([`modules`]);
+//! - the licence, crate and source policy of `deny.toml`, by cargo-deny offline ([`deny`]).
 //!
 //! Every check runs even when one fails, so that one run shows everything to fix.
 
+mod deny;
 mod docs;
 mod modules;
 
@@ -33,6 +35,7 @@ pub fn run() -> Result<(), String> {
     failed.extend(docs::check(&cosmian_pkcs11_testbed::workspace_root()).err());
     crate::step("check the module edges", "the imports of src/ against the layers of xtask/src/tidy/modules.rs");
     failed.extend(modules::check(&cosmian_pkcs11_testbed::workspace_root()).err());
+    failed.extend(deny::check(&cosmian_pkcs11_testbed::workspace_root()).err());
     if failed.is_empty() {
         Ok(())
     } else {

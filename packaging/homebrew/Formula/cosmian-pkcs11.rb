@@ -26,6 +26,9 @@ class CosmianPkcs11 < Formula
     system "go-md2man", "-in", "docs/man/cosmian-pkcs11.conf.5.md", "-out", "cosmian-pkcs11.conf.5"
     man1.install "cosmian-ssh-agent.1"
     man5.install "cosmian-pkcs11.conf.5"
+    # The licences of the crates built in; Homebrew copies LICENSE (Apache-2.0) into the
+    # prefix itself, as it does every licence file at the top of the source.
+    doc.install "THIRDPARTY.yml"
   end
 
   def caveats

@@ -1,6 +1,7 @@
 //! The .deb, one per architecture (`amd64`, `arm64`): `/usr/local/lib/libcosmian_pkcs11.so` and
-//! the agent `/usr/local/bin/cosmian-ssh-agent`, with the copyright, the changelog and the
-//! third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the p11-kit module file
+//! the agent `/usr/local/bin/cosmian-ssh-agent`, with the copyright, the changelog, the
+//! third-party licenses and the SBOM ([`super::sbom`]) in `/usr/share/doc/cosmian-pkcs11/`, the
+//! p11-kit module file
 //! (installed, not enabled: `packaging/p11-kit/`), the agent's systemd user units in
 //! `/usr/lib/systemd/user/` (installed, not enabled: `packaging/systemd/`), the man pages in
 //! `/usr/local/share/man/` ([`super::man`]), the lintian overrides, and the maintainer scripts
@@ -64,6 +65,7 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, 
         format!("-rw-r--r-- root/root ./{DOC}/copyright"),
         format!("-rw-r--r-- root/root ./{DOC}/changelog.Debian.gz"),
         format!("-rw-r--r-- root/root ./{DOC}/THIRDPARTY.yml.gz"),
+        format!("-rw-r--r-- root/root ./{DOC}/{}", super::sbom::INSTALLED),
         format!("-rw-r--r-- root/root ./{OVERRIDES}"),
         format!("-rw-r--r-- root/root ./{P11KIT_MODULE}"),
     ];
@@ -122,6 +124,8 @@ fn build(tools: &Tools, lib: &LinuxLib, epoch: u64, release: u32, changelog: &st
     put(&format!("{DOC}/copyright"), packaging_file("debian/copyright")?.as_bytes())?;
     put(&format!("{DOC}/changelog.Debian.gz"), &super::gzip(changelog.as_bytes())?)?;
     put(&format!("{DOC}/THIRDPARTY.yml.gz"), &super::gzip(super::licenses::read()?.as_bytes())?)?;
+    let sbom = std::fs::read(&lib.sbom).map_err(|e| format!("cannot read {}: {e}", lib.sbom.display()))?;
+    put(&format!("{DOC}/{}", super::sbom::INSTALLED), &sbom)?;
     put(OVERRIDES, lintian_overrides(release)?.as_bytes())?;
     put(P11KIT_MODULE, packaging_file("p11-kit/cosmian-pkcs11.module")?.as_bytes())?;
     let agent = root.join(BIN).join(elf::AGENT);

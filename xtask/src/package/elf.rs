@@ -1,11 +1,15 @@
 //! The Linux release builds, one per [`Arch`] (x86_64 and aarch64): the library and the agent
 //! program (`cosmian-ssh-agent`), both from one cargo-zigbuild run against glibc 2.28 (RHEL 8,
-//! Debian 10 and later), with the release profile (LTO, stripped, `panic = "unwind"`) and the
-//! build machine's paths remapped ([`super::BuildPaths`]), then checked: each ELF header names
+//! Debian 10 and later), with the release profile (LTO, stripped, `panic = "unwind"`), the build
+//! machine's paths remapped ([`super::BuildPaths`]) and, through cargo-auditable, the list of the
+//! crates they are built from embedded (section `.dep-v0`), then checked: each ELF header names
 //! the architecture it was built for (the agent's loader is glibc's for it), `objdump` shows
 //! that the library exports exactly the three PKCS#11 entry points, and that neither needs a
 //! glibc symbol version above 2.28 nor a library glibc does not provide, which gives the .deb's
-//! `Depends`; and no path of the build machine is left in either.
+//! `Depends`; no path of the build machine is left in either; their embedded list and the SBOM
+//! written beside them agree with Cargo.lock ([`super::sbom`]); and the x86_64 build, made again
+//! elsewhere, gives the same bytes ([`super::reproducible`]). [`cargo_build`] is the build, in
+//! whichever [`BuildTree`].
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +109,8 @@ pub struct LinuxLib {
     pub path: PathBuf,
     /// `target/dist/cosmian-ssh-agent` ([`Arch::dist_agent`]).
     pub agent: PathBuf,
+    /// `target/dist/cosmian-pkcs11-0.1.0-x86_64.cdx.json`: the SBOM of both ([`super::sbom`]).
+    pub sbom: PathBuf,
     /// The newest glibc symbol version the library or the agent needs, e.g. `[2, 28]`.
     pub glibc: Vec<u32>,
     /// The architecture their ELF headers name.
@@ -119,26 +125,66 @@ impl LinuxLib {
     }
 }
 
-/// Builds the library and the agent for `arch` with `cargo zigbuild --release` (one run),
-/// copies them into `dist` and checks them.
+/// Where a release build runs: the workspace and cargo's home (whose paths are remapped), the
+/// target folder, and `home`: `None` for this process's environment, or another `HOME` for a
+/// build that shares nothing with it but the toolchain, the crates' downloads and the tools
+/// ([`super::reproducible`]).
+pub struct BuildTree {
+    pub paths: super::BuildPaths,
+    pub target_dir: PathBuf,
+    pub home: Option<PathBuf>,
+}
+
+impl BuildTree {
+    /// This workspace, with this process's target folder and cargo home.
+    pub fn here() -> Result<BuildTree, String> {
+        Ok(BuildTree { paths: super::BuildPaths::get()?, target_dir: crate::target_dir(), home: None })
+    }
+}
+
+/// `cargo auditable zigbuild --release` of the library and the agent for `arch` in `tree`; the
+/// folder they are in.
+pub fn cargo_build(tools: &Tools, arch: Arch, tree: &BuildTree) -> Result<PathBuf, String> {
+    let target = format!("{}{GLIBC_SUFFIX}", arch.rust_target());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let env_target = arch.rust_target().replace('-', "_");
+    let mut command = tools.command(cargo);
+    command
+        .current_dir(&tree.paths.root)
+        .args(["auditable", "zigbuild", "--release", "--locked", "--target", &target, "-p", "cosmian-pkcs11"])
+        .args(["--lib", "--bin", AGENT])
+        .env("CARGO_TARGET_DIR", &tree.target_dir)
+        .env(format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()), tree.paths.rustflags())
+        .env(format!("CFLAGS_{env_target}"), tree.paths.cflags());
+    if let Some(home) = &tree.home {
+        // rustup's toolchains stay where they are; zig and cargo-zigbuild cache under HOME.
+        let rustup_home = std::env::var_os("RUSTUP_HOME")
+            .map(PathBuf::from)
+            .or_else(|| super::home().map(|home| home.join(".rustup")))
+            .ok_or("no RUSTUP_HOME and no HOME")?;
+        command
+            .arg("--offline")
+            .env("HOME", home)
+            .env("CARGO_HOME", &tree.paths.cargo_home)
+            .env("RUSTUP_HOME", rustup_home)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("ZIG_GLOBAL_CACHE_DIR")
+            .env_remove("ZIG_LOCAL_CACHE_DIR");
+    }
+    crate::run(&mut command)?;
+    Ok(tree.target_dir.join(arch.rust_target()).join("release"))
+}
+
+/// Builds the library and the agent for `arch` ([`cargo_build`], in this workspace), copies
+/// them into `dist` with their SBOM, and checks them; the x86_64 ones are built again elsewhere
+/// and compared.
 pub fn build(tools: &Tools, arch: Arch, dist: &Path) -> Result<LinuxLib, String> {
     let target = format!("{}{GLIBC_SUFFIX}", arch.rust_target());
     step(
         &format!("build the {} release library and agent against glibc 2.28", arch.rpm()),
-        &format!("cargo zigbuild --release --target {target} -p cosmian-pkcs11 --lib --bin {AGENT}"),
+        &format!("cargo auditable zigbuild --release --target {target} -p cosmian-pkcs11 --lib --bin {AGENT}"),
     );
-    let paths = super::BuildPaths::get()?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let env_target = arch.rust_target().replace('-', "_");
-    crate::run(
-        tools
-            .command(cargo)
-            .args(["zigbuild", "--release", "--locked", "--target", &target, "-p", "cosmian-pkcs11"])
-            .args(["--lib", "--bin", AGENT])
-            .env(format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()), paths.rustflags())
-            .env(format!("CFLAGS_{env_target}"), paths.cflags()),
-    )?;
-    let built = crate::target_dir().join(arch.rust_target()).join("release");
+    let built = cargo_build(tools, arch, &BuildTree::here()?)?;
     let copy = |name: &str, dist_name: &str| {
         let (from, to) = (built.join(name), dist.join(dist_name));
         std::fs::copy(&from, &to).map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
@@ -146,13 +192,19 @@ pub fn build(tools: &Tools, arch: Arch, dist: &Path) -> Result<LinuxLib, String>
     };
     let path = copy(FILE, arch.dist_file())?;
     let agent = copy(AGENT, arch.dist_agent())?;
-    check(tools, arch, &path, &agent)
+    let sbom = super::sbom::write(tools, arch, dist)?;
+    let lib = check(tools, arch, &path, &agent, &sbom)?;
+    if arch == Arch::X86_64 {
+        super::reproducible::check(tools, &lib)?;
+    }
+    Ok(lib)
 }
 
 /// The library and the agent checked: ELF files for `arch` (their headers, the agent's
 /// loader), and by `objdump -T` and `objdump -p`: the library's three exports, glibc symbol
-/// versions up to [`GLIBC_FLOOR`], only glibc's libraries needed; no build path in either.
-pub fn check(tools: &Tools, arch: Arch, path: &Path, agent: &Path) -> Result<LinuxLib, String> {
+/// versions up to [`GLIBC_FLOOR`], only glibc's libraries needed; no build path in either; their
+/// embedded dependency list and `sbom` against Cargo.lock ([`super::sbom::check`]).
+pub fn check(tools: &Tools, arch: Arch, path: &Path, agent: &Path, sbom: &Path) -> Result<LinuxLib, String> {
     step(
         &format!("check their architecture ({}), exports, glibc floor and paths", arch.rpm()),
         &format!("ELF header; objdump -T -p {} {}", path.display(), agent.display()),
@@ -166,7 +218,9 @@ pub fn check(tools: &Tools, arch: Arch, path: &Path, agent: &Path) -> Result<Lin
         arch.rpm(),
         arch.interpreter()
     );
-    Ok(LinuxLib { path: path.to_owned(), agent: agent.to_owned(), glibc, arch })
+    let lib = LinuxLib { path: path.to_owned(), agent: agent.to_owned(), sbom: sbom.to_owned(), glibc, arch };
+    super::sbom::check(tools, &lib)?;
+    Ok(lib)
 }
 
 /// What an ELF file of the release is: the library, or a program (PIE: `ET_DYN` too, with an
@@ -376,7 +430,13 @@ DYNAMIC SYMBOL TABLE:
 
     #[test]
     fn depends_on_glibc_at_the_needed_version() {
-        let lib = LinuxLib { path: PathBuf::new(), agent: PathBuf::new(), glibc: vec![2, 28], arch: Arch::X86_64 };
+        let lib = LinuxLib {
+            path: PathBuf::new(),
+            agent: PathBuf::new(),
+            sbom: PathBuf::new(),
+            glibc: vec![2, 28],
+            arch: Arch::X86_64,
+        };
         assert_eq!(lib.debian_depends(), "libc6 (>= 2.28)");
     }
 }

@@ -12,8 +12,9 @@
 //! command (the agent in the foreground, which `brew services` hands to launchd or systemd)
 //! until it listens on its default socket. Each check must fail on a formula broken for it.
 //! Homebrew itself (`brew style`, `brew audit`, `brew install`, `brew test`, `brew services`,
-//! `brew uninstall`) reads the same files in the macOS release workflow, which
-//! `super::macos::check_workflows` checks.
+//! `brew uninstall`) reads the same files in the release workflow, which `super::workflow`
+//! checks. The tarball holds `LICENSE`, which Homebrew installs into the prefix, and
+//! `THIRDPARTY.yml`, which the formula installs into `doc`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,6 +103,11 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(Pa
         tap.text.lines().filter(|l| !l.trim_start().starts_with("license ")).map(|l| format!("{l}\n")).collect();
     super::write(&variant, without_license)?;
     must_fail("a formula without its license", check_formula(tools, &variant, dirs), "no license")?;
+    // THIRDPARTY.yml left in the build folder: the install would ship no third-party licence.
+    let licences = "doc.install \"THIRDPARTY.yml\"";
+    super::write(&variant, tap.text.replace(licences, "# no licences"))?;
+    let without = check_formula(tools, &variant, dirs);
+    must_fail("a formula that does not install THIRDPARTY.yml", without, "THIRDPARTY.yml into doc")?;
     // A service that would go to the background: launchd and systemd would lose it.
     let foreground = "run [opt_bin/\"cosmian-ssh-agent\", \"-D\"]";
     if !tap.text.contains(foreground) {
@@ -182,6 +188,12 @@ fn source_tarball(dist: &Path) -> Result<PathBuf, String> {
         return Err(format!("git archive failed: {}", String::from_utf8_lossy(&tar.stderr)));
     }
     super::write(&tarball, super::gzip(&tar.stdout)?)?;
+    let listing = capture(Command::new("tar").arg("-tzf").arg(&tarball))?;
+    for file in super::macos::LICENSE_FILES {
+        if !listing.lines().any(|line| line == format!("{prefix}/{file}")) {
+            return Err(format!("{} has no {prefix}/{file} (is it committed?)", tarball.display()));
+        }
+    }
     let dirty = capture(git().args(["status", "--porcelain", "--untracked-files=no"]))?;
     println!(
         "    from commit {}{}",

@@ -68,6 +68,7 @@ pub fn dist(tools: &Tools, packages: &[&Packages], dist: &Path) -> Result<(), St
     publish(tools, &key, &files, &root, &url)?;
     check(tools, &root)?;
     sign_checksums(tools, &key, &dist.join(SUMS), &root)?;
+    verify_as_documented(tools, dist, &root)?;
     let size = |dir: &str| -> Result<String, String> {
         let du = capture(tools.command("du").args(["-sh", dir]).current_dir(&root))?;
         Ok(du.split_whitespace().next().unwrap_or_default().to_owned())
@@ -189,6 +190,53 @@ fn sign_checksums(tools: &Tools, key: &SigningKey, sums: &Path, root: &Path) -> 
         return Err(format!("gpgv accepted a changed copy of {SUMS}"));
     }
     println!("    {}: good with the published key, a changed copy refused", signature.display());
+    Ok(())
+}
+
+/// docs/install.md's "Verify a downloaded file" block, run as written by bash in a folder of
+/// downloaded files, the repository served on 127.0.0.1 in place of [`DEFAULT_URL`]: it passes;
+/// with one byte of one file changed, it fails.
+fn verify_as_documented(tools: &Tools, dist: &Path, root: &Path) -> Result<(), String> {
+    let block = cosmian_pkcs11_testbed::docs::shell_block("docs/install.md", "verify-download")?;
+    let server = http::FileServer::start(root)?;
+    let script = format!("set -e\n{}", block.replace(DEFAULT_URL, &server.url()));
+    step("verify the downloads as docs/install.md says", "curl the keyring; gpgv; sha256sum --check");
+    let sums = std::fs::read_to_string(dist.join(SUMS)).map_err(|e| e.to_string())?;
+    let names: Vec<&str> = sums.lines().filter_map(|line| line.split_once("  ").map(|(_, name)| name)).collect();
+    let run = |downloads: &Path| -> Result<std::process::Output, String> {
+        for file in [SUMS.to_owned(), format!("{SUMS}.asc")] {
+            std::fs::copy(dist.join(&file), downloads.join(&file)).map_err(|e| e.to_string())?;
+        }
+        let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
+        tools
+            .command("bash")
+            .args(["-c", &script])
+            .current_dir(downloads)
+            .env("GNUPGHOME", empty.path())
+            .output()
+            .map_err(|e| format!("cannot run bash: {e}"))
+    };
+    let good = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for name in &names {
+        let link = good.path().join(name);
+        std::fs::create_dir_all(link.parent().unwrap_or(good.path())).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(dist.join(name), link).map_err(|e| e.to_string())?;
+    }
+    let out = run(good.path())?;
+    if !out.status.success() {
+        return Err(format!("the documented verification failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let bad = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let changed = names.first().ok_or_else(|| format!("{SUMS} lists no file"))?;
+    let mut bytes = std::fs::read(dist.join(changed)).map_err(|e| e.to_string())?;
+    bytes[0] ^= 1;
+    std::fs::write(bad.path().join(changed), bytes).map_err(|e| e.to_string())?;
+    let out = run(bad.path())?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() || !said.contains(&format!("{changed}: FAILED")) {
+        return Err(format!("the documented verification accepted a changed {changed}: {said}"));
+    }
+    println!("    {} files verified as documented; a changed {changed} refused: {}", names.len(), said.trim());
     Ok(())
 }
 

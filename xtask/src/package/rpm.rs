@@ -1,7 +1,7 @@
 //! The .rpm, one per architecture (`x86_64`, `aarch64`): the library in a folder of its own,
 //! `/usr/local/lib/cosmian-pkcs11/libcosmian_pkcs11.so`, with `/usr/local/lib/libcosmian_pkcs11.so`
 //! a link to it that its scriptlets keep (the spec says why: beside Cosmian's `ckms`), and the
-//! copyright, changelog and third-party licenses in `/usr/share/doc/cosmian-pkcs11/`, the
+//! copyright, changelog, third-party licenses and SBOM in `/usr/share/doc/cosmian-pkcs11/`, the
 //! p11-kit module file (installed, not enabled: `packaging/p11-kit/`), the agent
 //! `/usr/local/bin/cosmian-ssh-agent` and its systemd user units in `/usr/lib/systemd/user/`
 //! (installed, not enabled: `packaging/systemd/`), the man pages in `/usr/local/share/man/`
@@ -106,6 +106,7 @@ fn install_and_verify(tools: &Tools, lib: &LinuxLib, rpm: &Path) -> Result<(), S
         installed.clone(),
         root.path().join(DOC).join("copyright"),
         root.path().join(DOC).join("THIRDPARTY.yml"),
+        root.path().join(DOC).join(super::sbom::INSTALLED),
         root.path().join(super::P11KIT_MODULE),
     ] {
         if !path.is_file() {
@@ -156,6 +157,7 @@ fn build(
     let spec_file = work.path().join(format!("{NAME}.spec"));
     super::write(&spec_file, spec)?;
     super::write(&staged.join("THIRDPARTY.yml"), super::licenses::read()?)?;
+    std::fs::copy(&lib.sbom, staged.join(super::sbom::INSTALLED)).map_err(|e| e.to_string())?;
     super::write(&staged.join("cosmian-pkcs11.module"), packaging_file("p11-kit/cosmian-pkcs11.module")?)?;
     std::fs::copy(&lib.agent, staged.join(elf::AGENT)).map_err(|e| e.to_string())?;
     for unit in UNITS {

@@ -6,10 +6,16 @@
 //!   `src/config.rs`) is in the man page, in bold as its FORMAT section lists them (a table as
 //!   its section header);
 //! - every relative link of the Markdown documents leads to a file that exists and, with an
-//!   anchor, to a heading of that file.
+//!   anchor, to a heading of that file;
+//! - every shell block of the Markdown documents is either run by a test as written (marked
+//!   `<!-- run-by-test: ID -->`, and a test in `tests/` or `xtask/` runs `shell_block(.., "ID")`)
+//!   or says why it is not run here (`<!-- not-run-here: why -->`): a macOS command, a real
+//!   download from Cosmian's site.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use cosmian_pkcs11_testbed::docs::{run_by_test_id, shell_blocks, NOT_RUN_HERE, RUN_BY_TEST};
 
 /// The man page that documents the configuration (source of `cosmian-pkcs11.conf(5)`).
 pub const CONFIG_MAN_PAGE: &str = "docs/man/cosmian-pkcs11.conf.5.md";
@@ -37,8 +43,10 @@ pub fn check(root: &Path) -> Result<(), String> {
             problems.push(format!("{CONFIG_MAN_PAGE}: the configuration key {key} (src/config.rs) is not documented"));
         }
     }
+    let runners = shell_block_runners(root)?;
     for document in markdown_documents(root)? {
         problems.extend(dead_links(root, &document)?);
+        problems.extend(unmarked_shell_blocks(root, &document, &runners)?);
     }
     if problems.is_empty() {
         Ok(())
@@ -164,6 +172,45 @@ fn dead_links(root: &Path, document: &Path) -> Result<Vec<String>, String> {
     Ok(dead)
 }
 
+/// The text of the Rust files of `tests/` and `xtask/src` that run documentation blocks (they
+/// call `shell_block`).
+fn shell_block_runners(root: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    for folder in [root.join("tests"), root.join("xtask/src")] {
+        if !folder.exists() {
+            continue;
+        }
+        for file in files_under(&folder, "rs")? {
+            let code = read(&file)?;
+            if code.contains("shell_block(") && !file.ends_with("testbed/src/docs.rs") {
+                text.push_str(&code);
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// The shell blocks of `document` that are neither run by a test (a marker whose id a runner
+/// names) nor marked as not run here with a reason.
+fn unmarked_shell_blocks(root: &Path, document: &Path, runners: &str) -> Result<Vec<String>, String> {
+    let name = document.strip_prefix(root).unwrap_or(document).display().to_string();
+    let mut problems = Vec::new();
+    for block in shell_blocks(&read(document)?) {
+        let marker = block.marker.as_deref().unwrap_or("");
+        if let Some(id) = run_by_test_id(marker) {
+            if !runners.contains(&format!("\"{id}\"")) {
+                problems.push(format!("{name}:{}: the block marked run-by-test: {id} is run by no test", block.line));
+            }
+        } else if marker.strip_prefix(NOT_RUN_HERE).is_none_or(|why| why.trim_end_matches("-->").trim().len() <= 3) {
+            problems.push(format!(
+                "{name}:{}: a shell block neither run by a test ({RUN_BY_TEST} ID -->) nor marked {NOT_RUN_HERE} why -->",
+                block.line
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 /// GitHub's anchors of a Markdown text's headings: lower case, spaces as `-`, punctuation other
 /// than `-` and `_` dropped; a repeated heading gets `-1`, `-2`...
 fn headings(text: &str) -> BTreeSet<String> {
@@ -236,14 +283,20 @@ mod tests {
         }
         // A link to a document that does not exist, built here so that no file names one.
         let missing = ["docs/", "missing-document", ".md"].concat();
-        std::fs::write(copy.path().join("CHANGELOG.md"), format!("[gone]({missing}) [bad](README.md#no-such)\n"))
-            .unwrap();
+        let blocks = "```sh\nrm -rf /\n```\n<!-- run-by-test: nobody-runs-this -->\n```sh\ntrue\n```\n";
+        std::fs::write(
+            copy.path().join("CHANGELOG.md"),
+            format!("[gone]({missing}) [bad](README.md#no-such)\n{blocks}"),
+        )
+        .unwrap();
         let said = check(copy.path()).unwrap_err();
         for expected in [
             "COSMIAN_PKCS11_NEW is read by the code but not documented",
             "the configuration key verified_cert (src/config.rs) is not documented",
             &format!("the link {missing} leads to no file"),
             "the link README.md#no-such names no heading",
+            "CHANGELOG.md:3: a shell block neither run by a test",
+            "CHANGELOG.md:7: the block marked run-by-test: nobody-runs-this is run by no test",
         ] {
             assert!(said.contains(expected), "{expected}: {said}");
         }
