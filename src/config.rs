@@ -441,7 +441,9 @@ impl KmsConfig {
         if self.allow_cleartext_credentials {
             Ok(Some(format!("{what}: allowed by pkcs11_allow_cleartext_credentials = true")))
         } else {
-            Err(format!("{what}: refused; use {instead}, or set pkcs11_allow_cleartext_credentials = true at the top of the file to allow it"))
+            Err(format!(
+                "{what}: refused; use {instead}, or set pkcs11_allow_cleartext_credentials = true at the top of the file to allow it"
+            ))
         }
     }
 }
@@ -929,7 +931,9 @@ mod tests {
             assert!(!p.excludes(host), "{host}");
         }
         let excluded = |server: &str| {
-            let text = format!("[http_config]\nserver_url = \"{server}\"\nproxy_params = {{ url = \"http://p\", exclusion_list = [\".example.com\"] }}\n");
+            let text = format!(
+                "[http_config]\nserver_url = \"{server}\"\nproxy_params = {{ url = \"http://p\", exclusion_list = [\".example.com\"] }}\n"
+            );
             parse(&text).unwrap().0.kms_proxy().is_none()
         };
         assert!(excluded("https://kms.example.com:9998/kmip") && excluded("http://EXAMPLE.COM"));
@@ -939,7 +943,9 @@ mod tests {
     #[test]
     fn proxy_credentials_never_go_in_cleartext_to_a_remote_proxy_without_the_opt_in() {
         let check = |head: &str, url: &str, server: &str, lines: &str| {
-            let text = format!("{head}\n[http_config]\nserver_url = \"{server}\"\n[http_config.proxy_params]\nurl = \"{url}\"\n{lines}\n");
+            let text = format!(
+                "{head}\n[http_config]\nserver_url = \"{server}\"\n[http_config.proxy_params]\nurl = \"{url}\"\n{lines}\n"
+            );
             parse(&text).unwrap().0.cleartext_check()
         };
         let kms = "https://kms.example.com:9998";

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::config::{ClientCertificate, KmsConfig, Secret, Settings};
-use crate::kmip::{operations, KmsClient, KmsError, KmsErrorKind};
+use crate::kmip::{KmsClient, KmsError, KmsErrorKind, operations};
 use crate::platform;
 use crate::token::{self, Kms};
 

@@ -23,7 +23,9 @@
 // Every entry point catches panics (`catch_unwind` in src/ffi) so that none unwinds into the
 // C caller; with `panic = "abort"` a panic would instead kill the caller (ssh, ssh-agent).
 #[cfg(panic = "abort")]
-compile_error!("cosmian-pkcs11 must be built with panic = \"unwind\": a panic must become CKR_GENERAL_ERROR, not abort the PKCS#11 client");
+compile_error!(
+    "cosmian-pkcs11 must be built with panic = \"unwind\": a panic must become CKR_GENERAL_ERROR, not abort the PKCS#11 client"
+);
 
 pub mod agent;
 mod asn1;
@@ -45,7 +47,7 @@ use cosmian_pkcs11_platform as platform;
 #[cfg(feature = "internals")]
 pub mod internals {
     pub use crate::agent::read_message as read_agent_message;
-    pub use crate::asn1::{ecdsa_der_to_raw, parse_digest_info, Curve, PublicKey};
+    pub use crate::asn1::{Curve, PublicKey, ecdsa_der_to_raw, parse_digest_info};
     pub use crate::config::KmsConfig;
     pub use crate::kmip::ttlv::Ttlv;
     #[cfg(target_os = "linux")]

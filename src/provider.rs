@@ -9,7 +9,7 @@ use cryptoki_sys::*;
 // What the C ABI layer (src/ffi) uses besides `Provider`, all through this module: the
 // mechanisms offered, the mechanism parameters and attribute answers it converts, the logger.
 pub(crate) use crate::platform::logging::dispatch as logger;
-pub(crate) use crate::signing::{Parameter, OFFERED as MECHANISMS};
+pub(crate) use crate::signing::{OFFERED as MECHANISMS, Parameter};
 pub(crate) use crate::token::{Attr, Template};
 
 use crate::asn1::Hasher;
@@ -56,11 +56,7 @@ pub(crate) struct Provider {
 }
 
 fn check_slot(slot: CK_SLOT_ID) -> Result<()> {
-    if slot == SLOT_ID {
-        Ok(())
-    } else {
-        Err(Error::new(CKR_SLOT_ID_INVALID, format!("no slot {slot}")))
-    }
+    if slot == SLOT_ID { Ok(()) } else { Err(Error::new(CKR_SLOT_ID_INVALID, format!("no slot {slot}"))) }
 }
 
 impl Provider {

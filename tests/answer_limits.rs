@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use cosmian_pkcs11_testbed::{
-    body_in_child, create_p256_key_pairs, cryptoki_session, write_provider_config, KmsServer,
+    KmsServer, body_in_child, create_p256_key_pairs, cryptoki_session, write_provider_config,
 };
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};

@@ -7,7 +7,7 @@
 use std::ptr::null_mut;
 
 use cosmian_pkcs11_testbed::{
-    body_in_child, provider_lib, write_pin_mode_config, write_provider_config, CallZeroed, Ckms, KeyKind, KmsServer,
+    CallZeroed, Ckms, KeyKind, KmsServer, body_in_child, provider_lib, write_pin_mode_config, write_provider_config,
 };
 use cryptoki_sys::*;
 

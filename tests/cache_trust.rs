@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cosmian_pkcs11_testbed::{
-    body_in_child, create_p256_key_pairs, cryptoki_session, output_text, provider_lib, settled_audit_events,
-    ssh_command, ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KmsServer, Sshd,
+    Ckms, DelayRelay, KmsServer, Sshd, body_in_child, create_p256_key_pairs, cryptoki_session, output_text,
+    provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config,
 };
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cosmian_pkcs11_testbed::{
-    child_part, provider_lib, run_in_child, write_provider_config, Ckms, KeyKind, KmsServer, KEY_TYPES,
+    Ckms, KEY_TYPES, KeyKind, KmsServer, child_part, provider_lib, run_in_child, write_provider_config,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};

@@ -10,7 +10,7 @@ use std::process::Output;
 use base64::Engine;
 use cosmian_pkcs11_testbed::docs::shell_block;
 use cosmian_pkcs11_testbed::{
-    clean_command, output_text as text, write_provider_config, Ckms, KeyKind, KmsServer, TestCa,
+    Ckms, KeyKind, KmsServer, TestCa, clean_command, output_text as text, write_provider_config,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_cosmian-ssh-agent");

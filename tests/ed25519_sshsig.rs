@@ -5,10 +5,10 @@
 //! provider's environment.
 
 use base64::Engine;
-use cosmian_pkcs11_testbed::{body_in_child, provider_lib, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{Ckms, KeyKind, KmsServer, body_in_child, provider_lib, write_provider_config};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use sha2::Digest;
 

@@ -11,8 +11,8 @@ use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    body_in_child, function_list, provider_lib, ssh_keygen_d, write_provider_config, Ckms, DelayRelay, KeyKind,
-    KeyPair, KmsServer,
+    Ckms, DelayRelay, KeyKind, KeyPair, KmsServer, body_in_child, function_list, provider_lib, ssh_keygen_d,
+    write_provider_config,
 };
 use cryptoki_sys::*;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;

@@ -10,14 +10,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    current_user, output_text as text, provider_lib, ssh_command, write_provider_config, Ckms, CosmianAgent, Haproxy,
-    KmsServer, OpenSsh, Postgres, Sshd,
+    Ckms, CosmianAgent, Haproxy, KmsServer, OpenSsh, Postgres, Sshd, current_user, output_text as text, provider_lib,
+    ssh_command, write_provider_config,
 };
 
 /// The agent cargo built with this test.

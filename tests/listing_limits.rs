@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cosmian_pkcs11_testbed::{
-    child_part, copy_key_pairs, cryptoki_session, run_in_child, settled_audit_events, write_provider_config, Ckms,
-    KeyKind, KmsServer,
+    Ckms, KeyKind, KmsServer, child_part, copy_key_pairs, cryptoki_session, run_in_child, settled_audit_events,
+    write_provider_config,
 };
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const TAG: &str = "limits";
 

@@ -24,9 +24,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    ask_parent, child_part, create_p256_key_pairs, provider_lib, run_in_child_serving, settled_audit_events,
-    ssh_command, ssh_keygen_d, write_provider_config, AuditEvent, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer,
-    Sshd, TestCa,
+    AuditEvent, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer, Sshd, TestCa, ask_parent, child_part,
+    create_p256_key_pairs, provider_lib, run_in_child_serving, settled_audit_events, ssh_command, ssh_keygen_d,
+    write_provider_config,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -370,12 +370,14 @@ fn in_process_only_signatures_and_expired_public_key_searches_reach_the_kms() {
             .unwrap();
         ssh_session.sign_init(&Mechanism::Ecdsa, private).unwrap();
     }
-    assert!(pkcs11
-        .open_ro_session(slot)
-        .unwrap()
-        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
-        .unwrap()
-        .is_empty());
+    assert!(
+        pkcs11
+            .open_ro_session(slot)
+            .unwrap()
+            .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(proxy.requests(), ENUMERATION, "searches, attributes, SignInit");
     let signer = pkcs11.open_ro_session(slot).unwrap();
     let private = private_key(&signer, first).unwrap();
@@ -501,9 +503,11 @@ fn over_tls_the_counts_are_the_same_and_the_system_roots_wait() {
     assert_eq!(requests_since(http), ["POST /kmip", "POST /kmip/2_1"], "login");
     assert_eq!(proxy.connections(), 1, "login: one connection");
     assert_eq!(operations_since(audit), ["Locate", "Locate", "Sign"]);
-    assert!(settled_audit_events(&kms)
-        .iter()
-        .any(|e| e.operation == "Sign" && e.object_uid.as_deref() == Some(&key.private_id)));
+    assert!(
+        settled_audit_events(&kms)
+            .iter()
+            .any(|e| e.operation == "Sign" && e.object_uid.as_deref() == Some(&key.private_id))
+    );
 
     // verified_cert names another CA; the KMS's CA is a system root (SSL_CERT_FILE).
     let other = TestCa::new();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    body_in_child, function_list, output_text as text, write_pin_mode_config, Ckms, KeyKind, KmsServer,
+    Ckms, KeyKind, KmsServer, body_in_child, function_list, output_text as text, write_pin_mode_config,
 };
 use cryptoki_sys::*;
 

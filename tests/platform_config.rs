@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use cosmian_pkcs11_testbed::{provider_lib, ssh_keygen_d, Ckms, KeyKind, KmsServer};
-use platform_support::{folder, provider_log, text, LOG_FILE};
+use cosmian_pkcs11_testbed::{Ckms, KeyKind, KmsServer, provider_lib, ssh_keygen_d};
+use platform_support::{LOG_FILE, folder, provider_log, text};
 
 const SYSTEM_FILE: &str = "/etc/cosmian/ckms.toml";
 

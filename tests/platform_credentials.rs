@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    binaries, clean_command, current_user, provider_lib, ssh_command, write_pin_mode_config, Ckms, KeyKind, KmsServer,
-    OpenSsh, SshAgent, Sshd,
+    Ckms, KeyKind, KmsServer, OpenSsh, SshAgent, Sshd, binaries, clean_command, current_user, provider_lib,
+    ssh_command, write_pin_mode_config,
 };
 use platform_support::{
-    assert_log_is_trace_and_clean, case, folder, keygen_d, provider_env, provider_log, run_ok, text, KeyringEntry,
+    KeyringEntry, assert_log_is_trace_and_clean, case, folder, keygen_d, provider_env, provider_log, run_ok, text,
 };
 
 /// The identifier of the symmetric key whose bytes are the token.

@@ -10,7 +10,7 @@ mod platform_support;
 use std::path::Path;
 
 use cosmian_pkcs11_testbed::{Ckms, KeyKind, KmsServer, TestCa, X509Version};
-use platform_support::{assert_log_is_trace_and_clean, case, keygen_d, provider_log, text, KeyringEntry};
+use platform_support::{KeyringEntry, assert_log_is_trace_and_clean, case, keygen_d, provider_log, text};
 
 const P12_PASSWORD: &str = "p12-s3cret-pw";
 

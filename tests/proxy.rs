@@ -15,7 +15,7 @@ use std::thread;
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    child_command, child_part, create_p256_key_pairs, cryptoki_session, Ckms, KeyKind, KmsServer, TestCa,
+    Ckms, KeyKind, KmsServer, TestCa, child_command, child_part, create_p256_key_pairs, cryptoki_session,
 };
 use cryptoki::object::{Attribute, ObjectClass};
 

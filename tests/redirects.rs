@@ -7,8 +7,8 @@ mod platform_support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use platform_support::{assert_log_is_trace_and_clean, case, keygen_d, provider_log, text};
 

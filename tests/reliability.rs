@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    ask_parent, child_part, free_port, provider_lib, run_in_child_serving, ssh_command, ssh_keygen_d,
-    write_provider_config, Ckms, KeyKind, KmsServer, OpenSsh, SshAgent, Sshd,
+    Ckms, KeyKind, KmsServer, OpenSsh, SshAgent, Sshd, ask_parent, child_part, free_port, provider_lib,
+    run_in_child_serving, ssh_command, ssh_keygen_d, write_provider_config,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};

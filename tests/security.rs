@@ -13,8 +13,8 @@ use std::path::Path;
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    clean_command, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KeyKind,
-    KmsServer, Sshd,
+    Ckms, KeyKind, KmsServer, Sshd, clean_command, provider_lib, settled_audit_events, ssh_command, ssh_keygen_d,
+    write_provider_config,
 };
 use sha2::Digest;
 

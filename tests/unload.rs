@@ -24,7 +24,7 @@ use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    body_in_child, provider_lib, write_provider_config, Ckms, DelayRelay, KeyKind, KmsServer, RELAY_THREAD,
+    Ckms, DelayRelay, KeyKind, KmsServer, RELAY_THREAD, body_in_child, provider_lib, write_provider_config,
 };
 use cryptoki_sys::*;
 

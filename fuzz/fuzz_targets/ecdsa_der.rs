@@ -2,7 +2,7 @@
 //! or exactly two field-sized halves, never a panic.
 #![no_main]
 
-use cosmian_pkcs11::internals::{ecdsa_der_to_raw, Curve};
+use cosmian_pkcs11::internals::{Curve, ecdsa_der_to_raw};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -214,11 +214,7 @@ fn message_length(fixed: &[u8; 16]) -> Result<(usize, usize, bool), String> {
     };
     let number = |at: usize| {
         let bytes = [fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]];
-        if big_endian {
-            u32::from_be_bytes(bytes)
-        } else {
-            u32::from_le_bytes(bytes)
-        }
+        if big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) }
     };
     let (body_len, fields_len) = (number(4) as usize, number(12) as usize);
     let fields_end = 16 + fields_len;
@@ -273,7 +269,7 @@ fn connect(address: &str, deadline: Instant) -> std::io::Result<Option<UnixStrea
             Some(("path", p)) => return connect_by(unescape(p).as_bytes(), deadline).map(Some),
             // An abstract name is a path that starts with a NUL byte.
             Some(("abstract", name)) => {
-                return connect_by(&[&b"\0"[..], unescape(name).as_bytes()].concat(), deadline).map(Some)
+                return connect_by(&[&b"\0"[..], unescape(name).as_bytes()].concat(), deadline).map(Some);
             }
             _ => {}
         }

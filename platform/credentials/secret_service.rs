@@ -22,11 +22,7 @@ pub fn lookup(service: &str, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>
     let started = Instant::now();
     search(service, account, started + TIMEOUT).map_err(|e| {
         // Whatever failed last, the cause was the time.
-        if started.elapsed() >= TIMEOUT {
-            format!("no answer within {} ms", TIMEOUT.as_millis())
-        } else {
-            e
-        }
+        if started.elapsed() >= TIMEOUT { format!("no answer within {} ms", TIMEOUT.as_millis()) } else { e }
     })
 }
 
@@ -80,7 +76,7 @@ pub fn secret_of(reply: &Reply) -> Result<Zeroizing<Vec<u8>>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::dbus::{method_return, parse_message, Writer};
+    use super::super::dbus::{Writer, method_return, parse_message};
     use super::*;
 
     fn reply(signature: &str, body: Writer) -> Reply {

@@ -76,11 +76,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Request<'_>, String> {
         }
         LOCK | UNLOCK => {
             let passphrase = Zeroizing::new(r.string()?.to_vec());
-            if kind == LOCK {
-                Request::Lock(passphrase)
-            } else {
-                Request::Unlock(passphrase)
-            }
+            if kind == LOCK { Request::Lock(passphrase) } else { Request::Unlock(passphrase) }
         }
         EXTENSION => return Ok(Request::Extension(r.text()?)),
         other => return Ok(Request::Unknown(other)),

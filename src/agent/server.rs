@@ -8,11 +8,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::protocol::{frame, MAX_MESSAGE_LEN};
+use super::protocol::{MAX_MESSAGE_LEN, frame};
 use super::service::Agent;
 
 /// Clients served at once; more wait in the listen queue.

@@ -9,13 +9,13 @@
 //! else during the call. Each raw-pointer operation is an `unsafe` block of its own, with the
 //! reason it is sound (`clippy::multiple_unsafe_ops_per_block`, `clippy::undocumented_unsafe_blocks`).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, RwLock};
 
 use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
-use crate::provider::{logger, Attr, Parameter, Provider, SignOutput, Template, MAX_SIGN_DATA, MECHANISMS};
+use crate::provider::{Attr, MAX_SIGN_DATA, MECHANISMS, Parameter, Provider, SignOutput, Template, logger};
 
 /// The initialized provider, between C_Initialize and C_Finalize.
 static PROVIDER: RwLock<Option<Arc<Provider>>> = RwLock::new(None);
@@ -223,7 +223,7 @@ pub(super) unsafe extern "C" fn C_Finalize(pReserved: *mut std::os::raw::c_void)
 /// provider is a forked parent's.
 #[cfg(target_os = "linux")]
 #[used]
-#[link_section = ".fini_array"]
+#[unsafe(link_section = ".fini_array")]
 static AT_UNLOAD: extern "C" fn() = at_unload;
 
 #[cfg(target_os = "linux")]

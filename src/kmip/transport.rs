@@ -28,11 +28,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use ureq::Error;
 use ureq::unversioned::transport::{
     Buffers, ConnectProxyConnector, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, RustlsConnector,
     ShutdownHandle, Transport,
 };
-use ureq::Error;
 use zeroize::Zeroizing;
 
 use crate::config::{KmsConfig, ProxyAuth, ProxyParams};
@@ -102,7 +102,7 @@ fn is_connect(protocol: ureq::ProxyProtocol) -> bool {
 
 /// The connector chain of an agent on `route`: the `proxy_params` tunnel, else a `CONNECT`
 /// proxy from the environment, else TCP; then TLS for `https://`.
-pub(super) fn connector(route: &Route) -> impl Connector<()> {
+pub(super) fn connector(route: &Route) -> impl Connector<()> + use<> {
     let tunnel = match route {
         Route::Tunnel(proxy) => Some(proxy.clone()),
         Route::Environment(_) | Route::Direct => None,

@@ -160,11 +160,7 @@ pub(crate) enum ReadError {
 }
 
 fn decode_error(e: serde_json::Error) -> DecodeError {
-    if e.is_data() {
-        DecodeError(e.to_string())
-    } else {
-        DecodeError(format!("not JSON: {e}"))
-    }
+    if e.is_data() { DecodeError(e.to_string()) } else { DecodeError(format!("not JSON: {e}")) }
 }
 
 /// Decodes one item, `depth` structures deep, straight from the JSON parser; its children

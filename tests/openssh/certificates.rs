@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cosmian_pkcs11_testbed::{current_user, output_text as text, provider_lib, ssh_command, OpenSsh, Sshd};
+use cosmian_pkcs11_testbed::{OpenSsh, Sshd, current_user, output_text as text, provider_lib, ssh_command};
 
 use crate::{
-    agent_with_provider, assert_logged_in, case_dir, provider_env, ssh_with_config, using_kms, Bed, CA_TAG, MANY_KEYS,
+    Bed, CA_TAG, MANY_KEYS, agent_with_provider, assert_logged_in, case_dir, provider_env, ssh_with_config, using_kms,
 };
 
 /// `ssh-keygen -s ca.pub -D lib -I id -n principals -V validity -z serial [-h] key.pub`, the

@@ -16,14 +16,14 @@ use std::process::{Command, Stdio};
 use base64::Engine;
 use cosmian_pkcs11_testbed::docs::shell_block;
 use cosmian_pkcs11_testbed::{
-    clean_command, current_user, output_text as text, provider_lib, ssh_command, write_pin_mode_config,
-    write_provider_config, Ckms, CosmianAgent, DelayRelay, KeyKind, KmsServer, OpenSsh, Sshd,
+    Ckms, CosmianAgent, DelayRelay, KeyKind, KmsServer, OpenSsh, Sshd, clean_command, current_user,
+    output_text as text, provider_lib, ssh_command, write_pin_mode_config, write_provider_config,
 };
 
 use crate::certificates::{sign, trusting_sshd};
 use crate::logins::rsa_logs_in_with_each_algorithm;
-use crate::signing::{allowed_signers, verify, SIGNER};
-use crate::{assert_logged_in, case_dir, provider_env, restarting_kms, using_kms, Bed, MANY_KEYS};
+use crate::signing::{SIGNER, allowed_signers, verify};
+use crate::{Bed, MANY_KEYS, assert_logged_in, case_dir, provider_env, restarting_kms, using_kms};
 
 /// The agent cargo built with this test.
 const AGENT: &str = env!("CARGO_BIN_EXE_cosmian-ssh-agent");

@@ -7,13 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    free_port, output_text as text, provider_lib, ssh_command, ssh_keygen_d, write_provider_config, Ckms, KmsServer,
-    OpenSsh, SshCommand, Sshd,
+    Ckms, KmsServer, OpenSsh, SshCommand, Sshd, free_port, output_text as text, provider_lib, ssh_command,
+    ssh_keygen_d, write_provider_config,
 };
 
 use crate::{
-    agent_with_provider, assert_logged_in, case_dir, provider_env, restarting_kms, ssh_with_config, ssh_with_provider,
-    using_kms, MANY_KEYS,
+    MANY_KEYS, agent_with_provider, assert_logged_in, case_dir, provider_env, restarting_kms, ssh_with_config,
+    ssh_with_provider, using_kms,
 };
 
 /// `ssh-keygen -D` prints exactly the tagged keys this OpenSSH loads, each with its label as

@@ -26,8 +26,8 @@ use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use base64::Engine;
 use cosmian_pkcs11_testbed::{
-    current_user, output_text as text, provider_lib, ssh_command, write_provider_config, Ckms, KeyKind, KmsServer,
-    OpenSsh, SshAgent, SshCommand, Sshd, KEY_TYPES,
+    Ckms, KEY_TYPES, KeyKind, KmsServer, OpenSsh, SshAgent, SshCommand, Sshd, current_user, output_text as text,
+    provider_lib, ssh_command, write_provider_config,
 };
 
 /// Runs each listed case (`module::function`, taking the `&OpenSsh`) as a test on Debian's
@@ -141,11 +141,7 @@ pub struct Bed {
 impl Bed {
     /// The CA key this OpenSSH signs with: Ed25519 when it loads such keys, else P-384.
     pub fn ca(&self, openssh: &OpenSsh) -> &Key {
-        if self.ca_ed25519.loads_on(openssh) {
-            &self.ca_ed25519
-        } else {
-            &self.ca_p384
-        }
+        if self.ca_ed25519.loads_on(openssh) { &self.ca_ed25519 } else { &self.ca_p384 }
     }
 
     /// The keys of [`KEY_TYPES`] this OpenSSH takes from a provider.

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use cosmian_pkcs11_testbed::{clean_command, output_text as text, OpenSsh};
+use cosmian_pkcs11_testbed::{OpenSsh, clean_command, output_text as text};
 
-use crate::{agent_with_provider, case_dir, using_kms, Key};
+use crate::{Key, agent_with_provider, case_dir, using_kms};
 
 pub(crate) const SIGNER: &str = "tester@example.com";
 

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use cosmian_pkcs11_testbed::{provider_lib, KeyKind};
+use cosmian_pkcs11_testbed::{KeyKind, provider_lib};
 
-use crate::{text, threads_created, Bed};
+use crate::{Bed, text, threads_created};
 
 /// Every key type GnuTLS 3.7 signs with through PKCS#11.
 const KEYS: [(&str, KeyKind); 5] = [

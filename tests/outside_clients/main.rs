@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cosmian_pkcs11_testbed::{clean_command, write_provider_config, Ckms, KeyKind, KmsServer};
+use cosmian_pkcs11_testbed::{Ckms, KeyKind, KmsServer, clean_command, write_provider_config};
 
 pub(crate) use cosmian_pkcs11_testbed::output_text as text;
 

@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use cosmian_pkcs11_testbed::{provider_lib, KeyKind};
+use cosmian_pkcs11_testbed::{KeyKind, provider_lib};
 
-use crate::{text, Bed};
+use crate::{Bed, text};
 
 const KEYS: [(&str, KeyKind); 4] = [
     ("p256", KeyKind::Ec("nist-p256")),

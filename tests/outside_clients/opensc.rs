@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cosmian_pkcs11_testbed::{provider_lib, KeyKind};
+use cosmian_pkcs11_testbed::{KeyKind, provider_lib};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
 use sha2::Digest;
 
-use crate::{hex, text, Bed};
+use crate::{Bed, hex, text};
 
 fn bed() -> Bed {
     Bed::new(&[("p256", KeyKind::Ec("nist-p256")), ("rsa2048", KeyKind::Rsa(2048))])

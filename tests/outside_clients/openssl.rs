@@ -4,9 +4,9 @@
 //! RSA; libp11 0.4.12 has no EdDSA), `openssl pkey` reads the public key through the engine,
 //! and OpenSSL verifies each signature with the public key ckms exported.
 
-use cosmian_pkcs11_testbed::{provider_lib, KeyKind};
+use cosmian_pkcs11_testbed::{KeyKind, provider_lib};
 
-use crate::{text, Bed, Key};
+use crate::{Bed, Key, text};
 
 const KEYS: [(&str, KeyKind); 4] = [
     ("p256", KeyKind::Ec("nist-p256")),

@@ -47,8 +47,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cosmian_pkcs11_testbed::{
-    self as testbed, settled_audit_events, write_provider_config, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer,
-    TestCa,
+    self as testbed, Ckms, CountingProxy, KeyKind, KeyPair, KmsServer, TestCa, settled_audit_events,
+    write_provider_config,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::Session;
@@ -170,7 +170,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 return Err(format!(
                     "bench: unknown argument {arg} (parts: {}; --http, --tls, --both; remote: --delay-ms MS, --keys N)",
                     PARTS.join(" ")
-                ))
+                ));
             }
         }
     }
@@ -308,7 +308,10 @@ impl Bench {
                 || key == "CKMS_CONF"
                 || key == "COSMIAN_KMS_CLI_CONF"
             {
-                std::env::remove_var(key);
+                // SAFETY: before the provider is loaded: the only other threads (the test bed's
+                // process spawner) reach the environment through std alone, which locks it; no
+                // C code reads it meanwhile.
+                unsafe { std::env::remove_var(key) };
             }
         }
         let module = Pkcs11::new(&lib).map_err(failed("dlopen the provider"))?;
@@ -366,7 +369,10 @@ impl Bench {
     /// is ours to set), and the slot.
     fn open(&self, config: &Path, tag: &str) -> Result<Slot, String> {
         for (key, value) in self.provider_env(config, tag) {
-            std::env::set_var(key, value);
+            // SAFETY: between C_Finalize (which joins the provider's threads) and the next
+            // C_Initialize; the bench's other threads (the test bed's spawner, relays) reach the
+            // environment through std alone, which locks it; no C code reads it meanwhile.
+            unsafe { std::env::set_var(key, value) };
         }
         self.module
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))

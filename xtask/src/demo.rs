@@ -104,11 +104,7 @@ pub fn run() -> Result<(), String> {
     } else {
         failures.push(format!("private keys were fetched from the KMS: {exported:?}"));
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) }
 }
 
 /// On one OpenSSH: list the keys with `ssh-keygen -D`, log in with all of them through
@@ -142,7 +138,9 @@ fn logins_on(
     if !listed.status.success() || authorized_keys.trim().is_empty() {
         return Err(format!("{banner}: ssh-keygen -D listed no key ({})", listed.status));
     }
-    println!("    (each line matched with the KMS's public key: ckms ec keys export --key-format pkcs8-pem | ssh-keygen -i -m PKCS8)");
+    println!(
+        "    (each line matched with the KMS's public key: ckms ec keys export --key-format pkcs8-pem | ssh-keygen -i -m PKCS8)"
+    );
     let offered =
         keys.iter().map(|key| find_offered(&authorized_keys, key, ckms, dir)).collect::<Result<Vec<_>, _>>()?;
 

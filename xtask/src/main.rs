@@ -147,10 +147,11 @@ fn step(what: &str, command: &str) {
 fn install_test_bed() {
     step("install the test bed", "scripts/install-test-bed.sh");
     let binaries = testbed::install_test_bed();
-    // Single-threaded at this point: nothing else reads the environment concurrently.
     let paths = [&binaries.kms_server, &binaries.ckms, &binaries.openssh];
     for (key, path) in testbed::BINARIES_ENV.into_iter().zip(paths) {
-        std::env::set_var(key, path);
+        // SAFETY: called by xtask's main thread before it starts any thread of its own (the
+        // commands it ran so far have ended), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var(key, path) };
         println!("    {key}={}", path.display());
     }
 }
@@ -176,11 +177,7 @@ fn target_dir() -> PathBuf {
 /// Runs a command to completion, stdio inherited; `Err` when it fails.
 fn run(command: &mut Command) -> Result<(), String> {
     let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{command:?} failed: {status}"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("{command:?} failed: {status}")) }
 }
 
 /// What a full run changes outside the work tree and `~/.cache/cosmian-pkcs11`, said first.
@@ -200,8 +197,9 @@ const SYSTEM_CHANGES: &str = "\
 /// the system: no Debian package installed (missing ones are named), no package test.
 fn test(local: bool) -> Result<(), String> {
     if local {
-        // Single-threaded: the install scripts read it.
-        std::env::set_var("COSMIAN_PKCS11_NO_SYSTEM_CHANGES", "1");
+        // SAFETY: the first thing xtask's main thread does, no other thread exists yet. (The
+        // install scripts it runs read it.)
+        unsafe { std::env::set_var("COSMIAN_PKCS11_NO_SYSTEM_CHANGES", "1") };
         println!("local run: nothing is installed on the system; the packages are not tested");
     } else {
         println!("{SYSTEM_CHANGES}");

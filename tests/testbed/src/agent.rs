@@ -9,7 +9,7 @@ use std::process::Command;
 use tempfile::TempDir;
 
 use crate::clean_command;
-use crate::process::{log_file, read_log, spawn_agent, temp_dir, Daemon};
+use crate::process::{Daemon, log_file, read_log, spawn_agent, temp_dir};
 use crate::ssh::OpenSsh;
 
 /// A running `cosmian-ssh-agent -D -a SOCKET`.

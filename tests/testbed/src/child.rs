@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::{binaries, clean_command, output_text, provider_lib, BINARIES_ENV};
+use crate::{BINARIES_ENV, binaries, clean_command, output_text, provider_lib};
 
 /// Set in a child of [`run_in_child`]: the part of the test it runs.
 const CHILD_ENV: &str = "COSMIAN_PKCS11_TEST_CHILD";

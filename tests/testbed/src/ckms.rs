@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use tempfile::TempDir;
 
 use crate::process::temp_dir;
-use crate::{binaries, clean_command, scrub_env, write_provider_config, KmsServer};
+use crate::{KmsServer, binaries, clean_command, scrub_env, write_provider_config};
 
 /// The two halves of a key pair, as the KMS names them (the public id is the private id
 /// followed by `_pk`).

@@ -4,7 +4,7 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::Session;
-use cryptoki_sys::{CKR_OK, CK_FUNCTION_LIST, CK_RV};
+use cryptoki_sys::{CK_FUNCTION_LIST, CK_RV, CKR_OK};
 
 use crate::provider_lib;
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
+use crate::process::{Daemon, log_file, log_tail, read_log, temp_dir, wait_until};
 use crate::{clean_command, free_port};
 
 /// Debian 12's PostgreSQL programs (`initdb`, `pg_ctl`, `postgres`, `createdb`).

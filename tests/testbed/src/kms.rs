@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{log_file, log_tail, read_log, temp_dir, wait_until, Daemon};
+use crate::process::{Daemon, log_file, log_tail, read_log, temp_dir, wait_until};
 use crate::{binaries, free_port, scrub_env};
 
 /// How long the server may take to answer its first request.

@@ -46,9 +46,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use agent::CosmianAgent;
-pub use binaries::{binaries, install_test_bed, Binaries, BINARIES_ENV};
+pub use binaries::{BINARIES_ENV, Binaries, binaries, install_test_bed};
 pub use child::{ask_parent, body_in_child, child_command, child_part, run_in_child, run_in_child_serving};
-pub use ckms::{Ckms, KeyKind, KeyPair, KEY_TYPES};
+pub use ckms::{Ckms, KEY_TYPES, KeyKind, KeyPair};
 pub use client::{cryptoki_session, function_list};
 pub use cluster::{Haproxy, HaproxySession, Postgres};
 pub use kmip::{copy_key_pairs, create_p256_key_pairs, settled_audit_events};
@@ -56,7 +56,7 @@ pub use kms::{AuditEvent, KmsServer};
 pub use pki::{TestCa, X509Version};
 pub use proxy::CountingProxy;
 pub use relay::{DelayRelay, RoundTrips, THREAD_NAME as RELAY_THREAD};
-pub use ssh::{current_user, ssh_command, ssh_keygen_d, OpenSsh, SshAgent, SshCommand, Sshd};
+pub use ssh::{OpenSsh, SshAgent, SshCommand, Sshd, current_user, ssh_command, ssh_keygen_d};
 pub use zeroed::CallZeroed;
 
 /// A command for `program` whose environment holds none of the provider's configuration

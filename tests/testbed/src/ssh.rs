@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{log_file, log_tail, read_log, spawn_agent, temp_dir, wait_until, Daemon};
+use crate::process::{Daemon, log_file, log_tail, read_log, spawn_agent, temp_dir, wait_until};
 use crate::{clean_command, free_port};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);

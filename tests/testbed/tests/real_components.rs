@@ -1,6 +1,6 @@
 //! The test bed against the real components: a KMS with keys made by ckms, sshd, ssh-agent.
 
-use cosmian_pkcs11_testbed::{ssh_command, Ckms, KmsServer, SshAgent, Sshd};
+use cosmian_pkcs11_testbed::{Ckms, KmsServer, SshAgent, Sshd, ssh_command};
 
 #[test]
 fn kms_keys_by_ckms_and_audit_log() {
@@ -22,9 +22,11 @@ fn kms_keys_by_ckms_and_audit_log() {
     let events = kms.audit_events();
     let created = events.iter().filter(|e| e.operation == "CreateKeyPair").count();
     assert_eq!(created, 2, "{events:?}");
-    assert!(events
-        .iter()
-        .all(|e| e.object_uid.as_deref() != Some(pair.private_id.as_str()) || e.operation == "CreateKeyPair"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.object_uid.as_deref() != Some(pair.private_id.as_str()) || e.operation == "CreateKeyPair")
+    );
     assert!(kms.log().contains("kmip"), "the server logs each KMIP request");
 }
 

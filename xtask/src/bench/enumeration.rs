@@ -4,12 +4,12 @@
 
 use std::time::Instant;
 
-use cosmian_pkcs11_testbed::{create_p256_key_pairs, settled_audit_events, KmsServer};
+use cosmian_pkcs11_testbed::{KmsServer, create_p256_key_pairs, settled_audit_events};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::slot::Slot;
 
 use super::raw::RawKmip;
-use super::{failed, median, ms, operation_counts, Bench, Targets, Transport};
+use super::{Bench, Targets, Transport, failed, median, ms, operation_counts};
 
 /// The numbers of tagged keys.
 const SIZES: [usize; 4] = [1, 10, 100, 1000];

@@ -7,10 +7,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use cosmian_pkcs11_testbed::{
-    settled_audit_events, ssh_command, ssh_keygen_d, CountingProxy, KeyKind, SshCommand, Sshd,
+    CountingProxy, KeyKind, SshCommand, Sshd, settled_audit_events, ssh_command, ssh_keygen_d,
 };
 
-use super::{failed, median, ms, operation_counts, Bench, KeyType, Targets, KEY_TYPES, SIGNING_TAG};
+use super::{Bench, KEY_TYPES, KeyType, SIGNING_TAG, Targets, failed, median, ms, operation_counts};
 
 /// P2: logins per key type and side.
 const LOGINS: usize = 10;

@@ -15,12 +15,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{
-    create_p256_key_pairs, ssh_command, ssh_keygen_d, write_provider_config, CosmianAgent, DelayRelay, KmsServer,
-    OpenSsh, RoundTrips, SshAgent, SshCommand, Sshd,
+    CosmianAgent, DelayRelay, KmsServer, OpenSsh, RoundTrips, SshAgent, SshCommand, Sshd, create_p256_key_pairs,
+    ssh_command, ssh_keygen_d, write_provider_config,
 };
 
 use super::logins::timed_login;
-use super::{failed, median, ms, Bench, Targets, KEY_TYPES};
+use super::{Bench, KEY_TYPES, Targets, failed, median, ms};
 
 /// The tag of the keys whose listing's memory is measured.
 const MANY_TAG: &str = "remote-many";

@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::KeyKind;
-use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::{failed, median, ms, Bench, KeyType, Targets, KEY_TYPES, SIGNING_TAG};
+use super::{Bench, KEY_TYPES, KeyType, SIGNING_TAG, Targets, failed, median, ms};
 use cosmian_pkcs11::internals::Ttlv;
 
 /// P5: how long each throughput measurement lasts, and how many of them per side.

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cosmian_pkcs11_testbed::{create_p256_key_pairs, ssh_keygen_d, write_provider_config, KmsServer};
+use cosmian_pkcs11_testbed::{KmsServer, create_p256_key_pairs, ssh_keygen_d, write_provider_config};
 
-use super::{failed, median, ms, Bench, Targets, Transport};
+use super::{Bench, Targets, Transport, failed, median, ms};
 
 /// Runs per side, after one that fills the disk cache.
 const RUNS: usize = 40;

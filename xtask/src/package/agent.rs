@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use cosmian_pkcs11_testbed::{self as testbed, OpenSsh};
 
-use super::elf::{LinuxLib, AGENT};
-use super::{capture, packaging_file, sha256_file, version, BIN_DIR, UNITS, USER_UNIT_DIR};
+use super::elf::{AGENT, LinuxLib};
+use super::{BIN_DIR, UNITS, USER_UNIT_DIR, capture, packaging_file, sha256_file, version};
 use crate::step;
 
 /// How long the program may take to answer one `ssh-add`.
@@ -192,7 +192,7 @@ pub fn check_lists(agent: &SocketActivated, authorized: &str) -> Result<(), Stri
     match out.status.code() {
         Some(0) if listed.contains(&expected) => {}
         Some(2) => {
-            return Err(format!("ssh-add could not reach the agent: {}\n{}", testbed::output_text(&out), agent.log()))
+            return Err(format!("ssh-add could not reach the agent: {}\n{}", testbed::output_text(&out), agent.log()));
         }
         _ => {
             return Err(format!(
@@ -200,7 +200,7 @@ pub fn check_lists(agent: &SocketActivated, authorized: &str) -> Result<(), Stri
                 out.status,
                 testbed::output_text(&out),
                 agent.log()
-            ))
+            ));
         }
     }
     agent.check_quiet_stdout()?;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer};
 
-use super::{capture, sha256_file, Packages, Tools, BIN_DIR, LIB_DIR};
+use super::{BIN_DIR, LIB_DIR, Packages, Tools, capture, sha256_file};
 use crate::step;
 
 /// Debian 12's arm64 packages of the sysroot: `openssh-client` (`ssh-keygen`) and the

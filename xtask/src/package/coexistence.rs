@@ -29,9 +29,9 @@ use std::process::Command;
 
 use super::installed::{as_root, package_status};
 use super::repository::dnf_test::InstallRoot;
-use super::repository::fixture::{Fixture, BASE};
+use super::repository::fixture::{BASE, Fixture};
 use super::rpm::LINK_TARGET;
-use super::{capture, sha256_file, write, Tools, NAME};
+use super::{NAME, Tools, capture, sha256_file, write};
 use crate::step;
 
 const LIB: &str = "usr/local/lib/libcosmian_pkcs11.so";

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::elf::{self, LinuxLib};
-use super::{capture, packaging_file, render, version, Tools, NAME};
+use super::{NAME, Tools, capture, packaging_file, render, version};
 use crate::step;
 
 use super::{BIN_DIR as BIN, DOC_DIR as DOC, LIB_DIR as LIB, P11KIT_MODULE, UNITS, USER_UNIT_DIR};

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{capture, Tools};
+use super::{Tools, capture};
 use crate::step;
 
 /// cargo-zigbuild's suffix to the Rust target that picks the glibc version to link against.
@@ -246,7 +246,7 @@ fn check_elf(tools: &Tools, arch: Arch, path: &Path, kind: ElfType) -> Result<Ve
                 "{} does not name {} as its loader:\n{interpreter}",
                 path.display(),
                 arch.interpreter()
-            ))
+            ));
         }
         (ElfType::SharedObject, true) => return Err(format!("{} is a program, not a library", path.display())),
         _ => {}

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::elf::LinuxLib;
-use super::{capture, packaging_file, render, sha256_file, version, workspace_root, Tools, NAME};
+use super::{NAME, Tools, capture, packaging_file, render, sha256_file, version, workspace_root};
 use crate::step;
 
 /// The tap's name for `brew tap`: the GitHub repository `cosmian/homebrew-tap`.
@@ -68,7 +68,9 @@ pub fn build_and_check(tools: &Tools, lib: &LinuxLib, dist: &Path) -> Result<(Pa
     step("check the formula's syntax and style", "ruby -c; rubocop --config packaging/homebrew/rubocop.yml");
     capture(tools.command("ruby").arg("-c").arg(&tap.formula))?;
     rubocop(tools, &tap.formula)?;
-    println!("    no offense with Homebrew's RuboCop settings (RuboCop's cops; Homebrew's own run in brew style, on the Mac)");
+    println!(
+        "    no offense with Homebrew's RuboCop settings (RuboCop's cops; Homebrew's own run in brew style, on the Mac)"
+    );
     // A variant keeps the formula's name and folder: the configuration applies to it as to the
     // formula (an exclusion by path would let both pass).
     let variant = work.path().join(TAP_DIR).join(FORMULA);

@@ -19,7 +19,7 @@ use std::process::Command;
 use cosmian_pkcs11_testbed::{self as testbed, Ckms, KeyKind, KmsServer, SshAgent, Sshd};
 
 use super::elf::LinuxLib;
-use super::{agent, capture, sha256_file, NAME};
+use super::{NAME, agent, capture, sha256_file};
 use crate::step;
 
 pub(super) const INSTALLED: &str = "/usr/local/lib/libcosmian_pkcs11.so";

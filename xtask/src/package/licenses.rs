@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use super::{capture, workspace_root, Tools};
+use super::{Tools, capture, workspace_root};
 use crate::step;
 
 const FILE: &str = "THIRDPARTY.yml";

@@ -29,8 +29,8 @@ use cosmian_pkcs11_testbed::{self as testbed, CosmianAgent};
 use tempfile::TempDir;
 
 use super::elf::AGENT;
-use super::macos_pkg::{build_pkg, check_pkg, pkg_files, LAUNCH_AGENT_LABEL};
-use super::{capture, dist_dir, version, workspace_root, Tools, NAME};
+use super::macos_pkg::{LAUNCH_AGENT_LABEL, build_pkg, check_pkg, pkg_files};
+use super::{NAME, Tools, capture, dist_dir, version, workspace_root};
 use crate::step;
 
 /// The environment variables `dist-macos` reads, all required.

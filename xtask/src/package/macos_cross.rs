@@ -24,9 +24,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::macos::macho::{self, Readers, LLVM};
-use super::macos::{self, MachO, Universal, MIN_MACOS, TARGETS};
-use super::{capture, workspace_root, write, Tools};
+use super::macos::macho::{self, LLVM, Readers};
+use super::macos::{self, MIN_MACOS, MachO, TARGETS, Universal};
+use super::{Tools, capture, workspace_root, write};
 
 use crate::{step, target_dir};
 

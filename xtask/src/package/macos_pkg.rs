@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::Command;
 
 use super::elf::AGENT;
-use super::macos::{Universal, DYLIB, IDENTIFIER, LICENSE_FILES};
-use super::{capture, packaging_file, version, workspace_root, BIN_DIR, LIB_DIR, NAME};
+use super::macos::{DYLIB, IDENTIFIER, LICENSE_FILES, Universal};
+use super::{BIN_DIR, LIB_DIR, NAME, capture, packaging_file, version, workspace_root};
 use crate::step;
 
 /// The LaunchAgent's label, also the agent's code signature identifier.

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use cosmian_pkcs11_testbed::workspace_root;
 
-use super::{capture, Tools};
+use super::{Tools, capture};
 use crate::step;
 
 /// Where the packages install the pages, relative to `/`: beside the agent in `/usr/local`

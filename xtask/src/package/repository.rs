@@ -27,7 +27,7 @@ pub(super) mod signing;
 
 use std::path::{Path, PathBuf};
 
-use super::{capture, packaging_file, render, write, Dist, Packages, Tools};
+use super::{Dist, Packages, Tools, capture, packaging_file, render, write};
 use crate::step;
 use signing::SigningKey;
 
@@ -116,11 +116,7 @@ fn output(command: &mut std::process::Command) -> Result<String, String> {
     let out =
         command.stdin(std::process::Stdio::null()).output().map_err(|e| format!("cannot run {command:?}: {e}"))?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{command:?} failed ({}):\n{text}", out.status))
-    }
+    if out.status.success() { Ok(text) } else { Err(format!("{command:?} failed ({}):\n{text}", out.status)) }
 }
 
 /// `Ok` when `result`, of the command `shown`, is a failure whose output holds every one of

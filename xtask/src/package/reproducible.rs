@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::elf::{self, BuildTree, LinuxLib};
-use super::{capture, sha256_file, workspace_root, BuildPaths, Tools};
+use super::{BuildPaths, Tools, capture, sha256_file, workspace_root};
 use crate::step;
 
 /// Builds `lib`'s library and agent again elsewhere; `Err` with both SHA-256 when one differs.

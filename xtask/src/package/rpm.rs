@@ -15,8 +15,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::elf::{self, LinuxLib, GLIBC_FLOOR};
-use super::{capture, packaging_file, sha256_file, version, Tools, NAME};
+use super::elf::{self, GLIBC_FLOOR, LinuxLib};
+use super::{NAME, Tools, capture, packaging_file, sha256_file, version};
 use crate::step;
 
 use super::{DOC_DIR as DOC, LIB_DIR as LIB, UNITS};

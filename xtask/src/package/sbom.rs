@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::elf::{Arch, LinuxLib};
-use super::{capture, version, workspace_root, Tools, NAME};
+use super::{NAME, Tools, capture, version, workspace_root};
 use crate::step;
 
 /// The SBOM's name in the packages' document folder.

@@ -27,9 +27,9 @@ use serde_json::Value;
 use super::elf::Arch;
 use super::homebrew::{FORMULA, TAP, TAP_DIR};
 use super::macos::{DYLIB, IDENTIFIER, SECRETS};
-use super::macos_pkg::{LAUNCH_AGENT, LAUNCH_AGENTS_DIR, LAUNCH_AGENT_LABEL, UNINSTALL_BLOCK};
+use super::macos_pkg::{LAUNCH_AGENT, LAUNCH_AGENT_LABEL, LAUNCH_AGENTS_DIR, UNINSTALL_BLOCK};
 use super::repository::{ASC, KEYRING, REPO, SOURCES, SUMS};
-use super::{capture, workspace_root, Tools, NAME};
+use super::{NAME, Tools, capture, workspace_root};
 use crate::step;
 
 /// The release workflow, from the workspace root.
@@ -343,7 +343,7 @@ fn runs_in_order(job: &Value, name: &str, what: &str, commands: &[Vec<String>]) 
                     "{what}: the job {name} does not run `{}` (a line with all these words) after `{}`",
                     command.join(" "),
                     if i == 0 { "its start".into() } else { commands[i - 1].join(" ") }
-                ))
+                ));
             }
         }
     }
@@ -549,7 +549,7 @@ pub fn draft_and_publish(workflow: &Value) -> Result<String, String> {
             return Err(format!(
                 "{publish} must create a draft, upload to it, push gh-pages, then publish it last \
                  (`gh release edit ... --draft=false`): create {create:?}, upload {upload:?}, push {push:?}, publish {undraft:?}"
-            ))
+            ));
         }
     }
     let after: BTreeSet<&str> =
@@ -686,9 +686,9 @@ pub fn attestations(workflow: &Value) -> Result<String, String> {
                 (Some(dist), Some(attest)) if dist < attest => attested += paths.len(),
                 _ => {
                     return Err(format!(
-                    "the job {name} uploads {artifact} without an actions/attest-build-provenance step after its dist \
+                        "the job {name} uploads {artifact} without an actions/attest-build-provenance step after its dist \
                          whose subject-path lists exactly its files"
-                ))
+                    ));
                 }
             }
         }

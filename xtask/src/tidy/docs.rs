@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use cosmian_pkcs11_testbed::docs::{run_by_test_id, shell_blocks, NOT_RUN_HERE, RUN_BY_TEST};
+use cosmian_pkcs11_testbed::docs::{NOT_RUN_HERE, RUN_BY_TEST, run_by_test_id, shell_blocks};
 
 /// The man page that documents the configuration (source of `cosmian-pkcs11.conf(5)`).
 pub const CONFIG_MAN_PAGE: &str = "docs/man/cosmian-pkcs11.conf.5.md";
@@ -254,8 +254,7 @@ mod tests {
 
     #[test]
     fn schema_fields_and_renames_are_keys() {
-        let rs =
-            "struct FileSchema {\n    a: u8,\n    // note: no\n}\nstruct HttpSchema {\n    #[serde(default)]\n    \
+        let rs = "struct FileSchema {\n    a: u8,\n    // note: no\n}\nstruct HttpSchema {\n    #[serde(default)]\n    \
                   b: bool,\n    #[serde(rename = \"c\")]\n    _c: u8,\n}\nstruct ProxySchema {\n    d: u8,\n}\n";
         assert_eq!(schema_keys(rs).unwrap(), ["a", "b", "c", "d"]);
     }

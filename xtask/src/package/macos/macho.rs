@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use super::{MachO, Universal, MIN_MACOS, TARGETS};
-use crate::package::{capture, check_no_build_paths, workspace_root, Tools};
+use super::{MIN_MACOS, MachO, TARGETS, Universal};
+use crate::package::{Tools, capture, check_no_build_paths, workspace_root};
 use crate::step;
 
 /// Debian 12's newest LLVM: `clang-16`, `ld64.lld-16`, `llvm-nm-16`, ...
@@ -177,7 +177,7 @@ fn check_load_commands(kind: MachO, otool: &str) -> Result<(), String> {
         MachO::Agent if !id.is_empty() || dyld != ["/usr/lib/dyld"] || main != 1 => {
             return Err(format!(
                 "not an executable run by /usr/lib/dyld: install name {id:?}, dynamic linker {dyld:?}, {main} LC_MAIN"
-            ))
+            ));
         }
         _ => {}
     }

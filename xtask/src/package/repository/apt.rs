@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::super::elf::Arch;
-use super::super::{capture, gzip, write, Tools, NAME};
+use super::super::{NAME, Tools, capture, gzip, write};
 use super::signing::SigningKey;
 
 /// The suite and the component: `Suites: stable`, `Components: main` in the `.sources`.

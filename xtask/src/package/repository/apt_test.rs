@@ -15,9 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::super::coexistence::{Machine, Theirs, THEIRS};
-use super::super::installed::{self, as_root, package_status, INSTALLED};
-use super::super::{capture, sha256_file, write, NAME};
+use super::super::coexistence::{Machine, THEIRS, Theirs};
+use super::super::installed::{self, INSTALLED, as_root, package_status};
+use super::super::{NAME, capture, sha256_file, write};
 use super::fixture::Fixture;
 use crate::step;
 

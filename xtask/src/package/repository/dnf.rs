@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::super::{capture, Tools};
+use super::super::{Tools, capture};
 use super::signing::SigningKey;
 
 /// The folder of the rpm `file`'s architecture under the dnf repositories' root.

@@ -15,8 +15,8 @@ use std::process::Command;
 use super::super::agent;
 use super::super::elf::LinuxLib;
 use super::super::rpm::LINK_TARGET;
-use super::super::{capture, sha256_file, write, NAME};
-use super::fixture::{Fixture, BASE};
+use super::super::{NAME, capture, sha256_file, write};
+use super::fixture::{BASE, Fixture};
 use crate::step;
 
 /// The repository this test publishes.

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use super::super::coexistence::LookAlike;
-use super::super::{capture, write, Dist, Tools};
+use super::super::{Dist, Tools, capture, write};
 use super::http::FileServer;
 use super::signing::SigningKey;
 use crate::step;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::super::{capture, Tools};
+use super::super::{Tools, capture};
 
 /// The environment variable holding the release's armoured private key.
 pub const KEY_ENV: &str = "COSMIAN_PKCS11_REPO_SIGNING_KEY";
