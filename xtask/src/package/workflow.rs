@@ -7,20 +7,26 @@
 //!   step is run here, on a good and on broken inputs, and must write the section as the notes);
 //! - [`toolchain`]: the toolchain of `rust-toolchain.toml` (`rustup toolchain install`, the
 //!   Linux container the Rust image of that version), no installer piped into a shell;
-//! - [`builds`]: `cargo xtask test` then `cargo xtask dist` on Linux with the repository key,
-//!   `cargo xtask test-macos`, then `cargo xtask dist-macos` with every Apple secret, the `.pkg`
-//!   installed and uninstalled as docs/install.md says, Homebrew's commands on the formula;
+//! - [`builds`]: `cargo xtask test` then `cargo xtask dist` on Linux, `cargo xtask test-macos`,
+//!   then `cargo xtask dist-macos`, the `.pkg` installed and uninstalled as docs/install.md says,
+//!   Homebrew's commands on the formula;
+//! - [`secrets`]: each secret in the `env` of the one step that reads it, nowhere else;
+//! - [`macos_sums_signed`]: SHA256SUMS-macos signed by the repository key on Linux, after
+//!   dist-macos (the job's steps are run here with a throw-away key, and on broken inputs), both
+//!   checksum files' signatures checked once published;
 //! - [`draft_and_publish`]: the only job that writes to the release creates a DRAFT, uploads to
 //!   it, pushes the repositories, then publishes it, and needs every job before it;
 //! - [`concurrency`]: one group for the whole workflow, never cancelled;
 //! - [`pins`]: every action pinned by a 40-hex commit, its tag in a comment;
 //! - [`permissions`]: nothing at the top; per job, only what its steps use;
-//! - [`attestations`] and [`artifacts`]: every artifact `dist` and `dist-macos` make is attested
-//!   and handed to the publish job, which attaches all it receives.
+//! - [`attestations`] and [`artifacts`]: every artifact `dist` and `dist-macos` make, and
+//!   SHA256SUMS-macos.asc, is attested and handed to the publish job, which attaches all it
+//!   receives.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -28,6 +34,7 @@ use super::elf::Arch;
 use super::homebrew::{FORMULA, TAP, TAP_DIR};
 use super::macos::{DYLIB, IDENTIFIER, SECRETS};
 use super::macos_pkg::{LAUNCH_AGENT, LAUNCH_AGENT_LABEL, LAUNCH_AGENTS_DIR, UNINSTALL_BLOCK};
+use super::repository::signing::SigningKey;
 use super::repository::{ASC, KEYRING, REPO, SOURCES, SUMS};
 use super::{NAME, Tools, capture, workspace_root};
 use crate::step;
@@ -38,6 +45,8 @@ pub const WORKFLOW: &str = ".github/workflows/release.yml";
 const APPLE_SSH_ADD: &str = "/usr/bin/ssh-add";
 /// The secret `cargo xtask dist` signs the repositories and the checksums with.
 const REPO_KEY: &str = super::repository::signing::KEY_ENV;
+/// The checksums of what `cargo xtask dist-macos` makes, signed on Linux by the repository key.
+const MACOS_SUMS: &str = "SHA256SUMS-macos";
 
 /// `cargo xtask package-test`'s check of the workflows: each is valid YAML; release.yml keeps
 /// every rule of this module.
@@ -64,7 +73,7 @@ pub fn check(tools: &Tools) -> Result<(), String> {
         }
     }
     let release = Release::load(tools)?;
-    for line in release.check()? {
+    for line in release.check(tools)? {
         println!("    {WORKFLOW}: {line}");
     }
     Ok(())
@@ -84,7 +93,7 @@ impl Release {
     }
 
     /// Every rule; what each found, to print.
-    pub fn check(&self) -> Result<Vec<String>, String> {
+    pub fn check(&self, tools: &Tools) -> Result<Vec<String>, String> {
         let w = &self.json;
         Ok(vec![
             trigger(w)?,
@@ -95,6 +104,8 @@ impl Release {
             concurrency(w)?,
             pins(w, &self.text)?,
             permissions(w)?,
+            secrets(w)?,
+            macos_sums_signed(w, tools)?,
             attestations(w)?,
             artifacts(w)?,
         ])
@@ -163,6 +174,11 @@ fn steps(job: &Value) -> &[Value] {
 /// Every line of every `run:` of a job, trimmed, in order.
 fn run_lines(job: &Value) -> Vec<&str> {
     steps(job).iter().filter_map(|step| step["run"].as_str()).flat_map(str::lines).map(str::trim).collect()
+}
+
+/// The first step of `job` with a `run:` line (trimmed) for which `line` holds.
+fn step_with(job: &Value, line: impl Fn(&str) -> bool) -> Option<usize> {
+    steps(job).iter().position(|s| s["run"].as_str().is_some_and(|r| r.lines().any(|l| line(l.trim()))))
 }
 
 /// A line that ends with the words `cargo xtask <command>` (no other argument after them).
@@ -436,9 +452,9 @@ fn pkg_commands() -> Result<Vec<Vec<String>>, String> {
     Ok(commands)
 }
 
-/// Linux: one job runs `cargo xtask test`, then `cargo xtask dist` with the repository key.
-/// macOS: a job runs `cargo xtask test-macos`; the job that runs `cargo xtask dist-macos`, with
-/// every Apple secret in that step's environment, needs it, then installs the `.pkg`
+/// Linux: one job runs `cargo xtask test`, then `cargo xtask dist` (with the repository key:
+/// [`secrets`]). macOS: a job runs `cargo xtask test-macos`; the job that runs `cargo xtask
+/// dist-macos` (with every Apple secret: [`secrets`]) needs it, then installs the `.pkg`
 /// ([`pkg_commands`]). Homebrew's commands run in a macOS job ([`brew_commands`]), and once
 /// published in a job that needs the publish job ([`published_brew_commands`]).
 pub fn builds(workflow: &Value) -> Result<String, String> {
@@ -453,13 +469,6 @@ pub fn builds(workflow: &Value) -> Result<String, String> {
     if !matches!((test, dist), (Some(test), Some(dist)) if test < dist) {
         return Err(format!("the job {linux} does not run `cargo xtask test` before `cargo xtask dist`"));
     }
-    let dist_step =
-        steps(job).iter().find(|s| s["run"].as_str().is_some_and(|r| r.lines().any(|l| runs_xtask(l, "dist"))));
-    if !dist_step
-        .is_some_and(|s| s["env"][REPO_KEY].as_str().is_some_and(|v| v.contains(&format!("secrets.{REPO_KEY}"))))
-    {
-        return Err(format!("the `cargo xtask dist` step of {linux} lacks {REPO_KEY} from the secrets in its env"));
-    }
     let (test_macos, test_job) = job_running(workflow, "test-macos")?;
     let (dist_macos, dist_job) = job_running(workflow, "dist-macos")?;
     for (name, job) in [(test_macos, test_job), (dist_macos, dist_job)] {
@@ -472,19 +481,6 @@ pub fn builds(workflow: &Value) -> Result<String, String> {
             "the job {dist_macos} (cargo xtask dist-macos) does not need {test_macos} (cargo xtask test-macos)"
         ));
     }
-    let step = steps(dist_job)
-        .iter()
-        .find(|s| s["run"].as_str().is_some_and(|r| r.lines().any(|l| runs_xtask(l, "dist-macos"))));
-    let missing: Vec<&str> = SECRETS
-        .iter()
-        .copied()
-        .filter(|name| {
-            !step.is_some_and(|s| s["env"][name].as_str().unwrap_or_default().contains(&format!("secrets.{name}")))
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!("the dist-macos step lacks {missing:?} from the secrets in its env"));
-    }
     runs_in_order(dist_job, dist_macos, "the .pkg", &pkg_commands()?)?;
     let (homebrew, _) = macos_job_running(workflow, "Homebrew", &brew_commands())?;
     let (published, _) = macos_job_running(workflow, "Homebrew once published", &published_brew_commands())?;
@@ -495,10 +491,9 @@ pub fn builds(workflow: &Value) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{linux}: cargo xtask test, then dist with {REPO_KEY}; {test_macos}: test-macos; {dist_macos} (needs it): dist-macos \
-         with the {} Apple secrets, the .pkg installed, launchd's agent reached, uninstalled as docs/install.md says; \
-         {homebrew}: Homebrew's {} commands; {published}, after {publish}: brew audit --online, brew fetch",
-        SECRETS.len(),
+        "{linux}: cargo xtask test, then dist; {test_macos}: test-macos; {dist_macos} (needs it): dist-macos, the .pkg \
+         installed, launchd's agent reached, uninstalled as docs/install.md says; {homebrew}: Homebrew's {} commands; \
+         {published}, after {publish}: brew audit --online, brew fetch",
         brew_commands().len()
     ))
 }
@@ -656,6 +651,222 @@ pub fn permissions(workflow: &Value) -> Result<String, String> {
     Ok(format!("permissions {{}} at the top; per job: {}", summary.join("; ")))
 }
 
+/// Every `secrets.<NAME>` of `value` (the workflow), with where it is (`jobs.<job>.steps[<i>].env.<NAME>`).
+fn secret_uses(value: &Value, at: &str, found: &mut BTreeSet<(String, String)>) {
+    let inner = |key: &str| if at.is_empty() { key.to_owned() } else { format!("{at}.{key}") };
+    match value {
+        Value::String(text) => {
+            for rest in text.split("secrets.").skip(1) {
+                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                found.insert((name, at.to_owned()));
+            }
+        }
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| secret_uses(v, &format!("{at}[{i}]"), found)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| secret_uses(v, &inner(k), found)),
+        _ => {}
+    }
+}
+
+/// Each secret reaches the steps that read it, and no other, through their `env` under its own
+/// name: the repository key the `cargo xtask dist` step and the step that signs
+/// SHA256SUMS-macos, each Apple secret the `cargo xtask dist-macos` step. No secret in a job's
+/// or the workflow's `env`, a `with:`, a `run:`, another step.
+pub fn secrets(workflow: &Value) -> Result<String, String> {
+    let env = |job: &str, step: Option<usize>, name: &str| {
+        (name.to_owned(), format!("jobs.{job}.steps[{}].env.{name}", step.map_or("?".into(), |i| i.to_string())))
+    };
+    let (linux, job) = job_running(workflow, "dist")?;
+    let (dist_macos, dist_job) = job_running(workflow, "dist-macos")?;
+    let (signer, _, sign_step) = macos_sums_signer(workflow)?;
+    let mut expected = BTreeSet::from([
+        env(linux, step_with(job, |l| runs_xtask(l, "dist")), REPO_KEY),
+        env(signer, Some(sign_step), REPO_KEY),
+    ]);
+    let apple_step = step_with(dist_job, |l| runs_xtask(l, "dist-macos"));
+    expected.extend(SECRETS.iter().map(|name| env(dist_macos, apple_step, name)));
+    let mut found = BTreeSet::new();
+    secret_uses(workflow, "", &mut found);
+    if let Some((name, at)) = found.difference(&expected).next() {
+        let readers: Vec<&str> = expected.iter().filter(|(n, _)| n == name).map(|(_, at)| at.as_str()).collect();
+        return Err(format!("{at} reads secrets.{name}: a secret reaches only the steps that need it, {readers:?}"));
+    }
+    if let Some((name, at)) = expected.difference(&found).next() {
+        return Err(format!("{at} lacks {name}: `{name}: ${{{{ secrets.{name} }}}}` in that step's env"));
+    }
+    Ok(format!(
+        "{REPO_KEY} in {linux}'s dist step and {signer}'s signing step alone, the {} Apple secrets in {dist_macos}'s \
+         dist-macos step alone",
+        SECRETS.len()
+    ))
+}
+
+/// The job that signs SHA256SUMS-macos (a `gpg ... --detach-sign ... SHA256SUMS-macos` line),
+/// and its signing step.
+fn macos_sums_signer(workflow: &Value) -> Result<(&str, &Value, usize), String> {
+    jobs(workflow)?
+        .iter()
+        .find_map(|(name, job)| {
+            let signs = |l: &str| l.starts_with("gpg ") && l.contains("--detach-sign") && l.contains(MACOS_SUMS);
+            step_with(job, signs).map(|step| (name.as_str(), job, step))
+        })
+        .ok_or_else(|| {
+            format!(
+                "no job signs {MACOS_SUMS} (`gpg ... --detach-sign --armor ... {MACOS_SUMS}`): the macOS checksums \
+                 would be published unsigned"
+            )
+        })
+}
+
+/// A throw-away key in the repository key's place, made once per process: its armoured
+/// private key (the secret's form) and its public keyring (the published keyring's form).
+fn throw_away_key(tools: &Tools) -> Result<&'static (String, Vec<u8>), String> {
+    static KEY: OnceLock<Result<(String, Vec<u8>), String>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let key = SigningKey::throw_away(tools, "cosmian-pkcs11 throw-away key of the workflow rules")?;
+        let armoured = capture(key.gpg(tools).args(["--export-secret-keys", "--armor", &key.fingerprint]))?;
+        Ok((armoured, key.export_public(tools, false)?))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// What a run of the signing job's steps is given: the secret, a file of the download changed
+/// after its checksum, a `gpgv` first on `PATH` that accepts anything.
+struct SigningRun<'a> {
+    secret: &'a str,
+    file_changed: bool,
+    gpgv_accepts_all: bool,
+}
+
+/// Runs the `run:` steps of `job` in order with bash, as the runner does, in a folder where
+/// `download` (relative) holds two files and their SHA256SUMS-macos; each step in its
+/// `working-directory`, with `RUNNER_TEMP` and its `env` (the repository key's value
+/// `run.secret`). `Ok(Err(why))` when a step fails; when all pass, `Ok(Ok((SHA256SUMS-macos,
+/// SHA256SUMS-macos.asc)))`.
+fn run_signing_job(job: &Value, download: &str, run: &SigningRun) -> Result<Result<[Vec<u8>; 2], String>, String> {
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (dist, temp, bin) = (root.path().join(download), root.path().join("runner-temp"), root.path().join("bin"));
+    for dir in [&dist, &temp, &bin] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let files = [dist.join(DYLIB), dist.join(format!("{NAME}-0.0.0.pkg"))];
+    for (i, file) in files.iter().enumerate() {
+        super::write(file, format!("not a Mach-O file {i}\n"))?;
+    }
+    super::write_checksums(&dist, MACOS_SUMS, &files.iter().map(|f| f.as_path()).collect::<Vec<_>>())?;
+    if run.file_changed {
+        super::write(&files[0], "changed after its checksum\n")?;
+    }
+    let mut path = std::ffi::OsString::new();
+    if run.gpgv_accepts_all {
+        use std::os::unix::fs::PermissionsExt;
+        let gpgv = bin.join("gpgv");
+        super::write(&gpgv, "#!/bin/sh\nexit 0\n")?;
+        std::fs::set_permissions(&gpgv, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        path.push(&bin);
+        path.push(":");
+    }
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    for (i, step) in steps(job).iter().enumerate() {
+        let Some(script) = step["run"].as_str() else { continue };
+        let mut bash = Command::new("bash");
+        bash.args(["-e", "-c", script])
+            .current_dir(root.path().join(step["working-directory"].as_str().unwrap_or(".")))
+            .env("RUNNER_TEMP", &temp)
+            .env("PATH", &path)
+            .env_remove("GNUPGHOME");
+        for (name, value) in step["env"].as_object().into_iter().flatten() {
+            bash.env(name, if name == REPO_KEY { run.secret } else { value.as_str().unwrap_or_default() });
+        }
+        let out = bash.output().map_err(|e| format!("cannot run bash: {e}"))?;
+        if !out.status.success() {
+            let name = step["name"].as_str().map_or_else(|| format!("step {i}"), str::to_owned);
+            return Ok(Err(format!("{name}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+    }
+    let read = |name: String| std::fs::read(dist.join(&name)).map_err(|e| format!("no {download}/{name}: {e}"));
+    Ok(read(MACOS_SUMS.to_owned()).and_then(|sums| Ok([sums, read(format!("{MACOS_SUMS}.asc"))?])))
+}
+
+/// SHA256SUMS-macos is signed by the repository key on Linux (the Mac jobs never see the key),
+/// in a job that needs dist-macos and downloads what it hands over. That job's steps are run
+/// here with bash ([`run_signing_job`]), a throw-away key in the secret's place: they must
+/// write SHA256SUMS-macos.asc, which gpgv accepts with the throw-away public key alone; and they
+/// must fail with the secret empty, with a file changed after its checksum, and with a `gpgv`
+/// that accepts anything (so a changed copy too: the job checks that gpgv refuses one). Once
+/// published, a job checks both checksum files' signatures with the release's keyring.
+pub fn macos_sums_signed(workflow: &Value, tools: &Tools) -> Result<String, String> {
+    let jobs = jobs(workflow)?;
+    let (signer, job, _) = macos_sums_signer(workflow)?;
+    let (dist_macos, dist_job) = job_running(workflow, "dist-macos")?;
+    if !job["runs-on"].as_str().unwrap_or_default().starts_with("ubuntu") {
+        return Err(format!("the job {signer} signs {MACOS_SUMS} on {}, not on Linux", job["runs-on"]));
+    }
+    if !ancestors(jobs, signer).contains(dist_macos) {
+        return Err(format!("the job {signer} (signs {MACOS_SUMS}) does not need {dist_macos}, which makes it"));
+    }
+    let handed: BTreeSet<&str> = release_uploads(dist_job).into_iter().map(|(_, name, _)| name).collect();
+    let download = steps(job)
+        .iter()
+        .filter(|s| action(s) == Some("actions/download-artifact"))
+        .find(|s| s["with"]["name"].as_str().is_some_and(|n| handed.contains(n)))
+        .and_then(|s| s["with"]["path"].as_str())
+        .ok_or_else(|| format!("the job {signer} does not download {handed:?}, what {dist_macos} hands over"))?;
+    let (armoured, keyring) = throw_away_key(tools)?;
+    let good = SigningRun { secret: armoured, file_changed: false, gpgv_accepts_all: false };
+    let [sums, signature] = run_signing_job(job, download, &good)?
+        .map_err(|e| format!("the job {signer}, run here with a throw-away key, fails: {e}"))?;
+    let checked = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for (file, bytes) in [("keyring.gpg", keyring), ("sums.asc", &signature), ("sums", &sums)] {
+        super::write(&checked.path().join(file), bytes)?;
+    }
+    let gpgv = tools
+        .command("gpgv")
+        .env("GNUPGHOME", checked.path())
+        .current_dir(checked.path())
+        .args(["--keyring", "./keyring.gpg", "sums.asc", "sums"])
+        .output()
+        .map_err(|e| format!("cannot run gpgv: {e}"))?;
+    if !gpgv.status.success() {
+        return Err(format!(
+            "the {MACOS_SUMS}.asc the job {signer} writes is not a signature of {MACOS_SUMS} by the key of {REPO_KEY}: {}",
+            String::from_utf8_lossy(&gpgv.stderr)
+        ));
+    }
+    let broken = [
+        (SigningRun { secret: "", ..good }, "an empty secret"),
+        (SigningRun { file_changed: true, ..good }, "a file changed after its checksum"),
+        (SigningRun { gpgv_accepts_all: true, ..good }, "a gpgv that accepts a changed copy"),
+    ];
+    for (run, what) in &broken {
+        match run_signing_job(job, download, run)? {
+            Ok(_) => return Err(format!("the job {signer} passes {what}")),
+            Err(why) if why.ends_with(": ") => {
+                return Err(format!("the job {signer} refuses {what} without saying why"));
+            }
+            Err(_) => {}
+        }
+    }
+    let publish = publish_job(workflow)?.0;
+    for sums in [SUMS, MACOS_SUMS] {
+        let command = format!("{sums}.asc {sums}");
+        let checks = jobs.iter().any(|(name, job)| {
+            ancestors(jobs, name).contains(publish)
+                && run_lines(job)
+                    .iter()
+                    .any(|l| l.contains("gpgv --keyring") && l.contains(KEYRING) && l.ends_with(&command))
+        });
+        if !checks {
+            return Err(format!("no job after {publish} runs `gpgv --keyring ./{KEYRING} {command}` on the release"));
+        }
+    }
+    Ok(format!(
+        "{signer} (Linux, after {dist_macos}) signs {MACOS_SUMS} with {REPO_KEY} (run here: gpgv accepts the signature \
+         with the public key alone; refuses {}); once published, both signatures checked with {KEYRING}",
+        broken.iter().map(|(_, what)| *what).collect::<Vec<_>>().join(", ")
+    ))
+}
+
 /// The `release-*` artifacts of a job: (upload step index, name, paths).
 fn release_uploads(job: &Value) -> Vec<(usize, &str, BTreeSet<&str>)> {
     steps(job)
@@ -669,7 +880,8 @@ fn release_uploads(job: &Value) -> Vec<(usize, &str, BTreeSet<&str>)> {
 }
 
 /// Every file a job hands over for the release (a `release-*` artifact) is the subject of an
-/// `actions/attest-build-provenance` step of that job, after its dist step, before the upload.
+/// `actions/attest-build-provenance` step of that job, after every `run:` step before the
+/// upload (the steps that make and check the files), before the upload.
 pub fn attestations(workflow: &Value) -> Result<String, String> {
     let mut attested = 0;
     for (name, job) in jobs(workflow)? {
@@ -677,17 +889,13 @@ pub fn attestations(workflow: &Value) -> Result<String, String> {
             let attest = steps(job)[..upload].iter().rposition(|s| {
                 action(s) == Some("actions/attest-build-provenance") && input_lines(s, "subject-path") == paths
             });
-            let dist = steps(job).iter().position(|s| {
-                s["run"]
-                    .as_str()
-                    .is_some_and(|r| r.lines().any(|l| runs_xtask(l, "dist") || runs_xtask(l, "dist-macos")))
-            });
-            match (dist, attest) {
-                (Some(dist), Some(attest)) if dist < attest => attested += paths.len(),
+            let made = steps(job)[..upload].iter().rposition(|s| s["run"].is_string());
+            match (made, attest) {
+                (Some(made), Some(attest)) if made < attest => attested += paths.len(),
                 _ => {
                     return Err(format!(
-                        "the job {name} uploads {artifact} without an actions/attest-build-provenance step after its dist \
-                         whose subject-path lists exactly its files"
+                        "the job {name} uploads {artifact} without an actions/attest-build-provenance step after its \
+                         last run: step whose subject-path lists exactly its files"
                     ));
                 }
             }
@@ -719,23 +927,31 @@ fn linux_artifacts() -> BTreeSet<String> {
 
 /// What `cargo xtask dist-macos` makes for the release.
 fn macos_artifacts() -> BTreeSet<String> {
-    [DYLIB.to_owned(), format!("{NAME}-*-macos-dylib.zip"), format!("{NAME}-*.pkg"), "SHA256SUMS-macos".to_owned()]
+    [DYLIB.to_owned(), format!("{NAME}-*-macos-dylib.zip"), format!("{NAME}-*.pkg"), MACOS_SUMS.to_owned()]
         .into_iter()
         .map(|f| format!("target/dist/{f}"))
         .collect()
 }
 
 /// The job that runs `cargo xtask dist` hands over exactly [`linux_artifacts`], the one that
-/// runs `dist-macos` exactly [`macos_artifacts`] (`release-*` artifacts); the publish job
-/// downloads every `release-*` artifact into one folder and attaches every file of it.
+/// runs `dist-macos` exactly [`macos_artifacts`], the one that signs SHA256SUMS-macos its
+/// signature alone (`release-*` artifacts); the publish job downloads every `release-*`
+/// artifact into one folder and attaches every file of it.
 pub fn artifacts(workflow: &Value) -> Result<String, String> {
-    for (command, expected) in [("dist", linux_artifacts()), ("dist-macos", macos_artifacts())] {
-        let (name, job) = job_running(workflow, command)?;
+    let (linux, linux_job) = job_running(workflow, "dist")?;
+    let (macos, macos_job) = job_running(workflow, "dist-macos")?;
+    let (signer, signer_job, _) = macos_sums_signer(workflow)?;
+    let signature = BTreeSet::from([format!("target/dist/{MACOS_SUMS}.asc")]);
+    for (name, job, what, expected) in [
+        (linux, linux_job, "cargo xtask dist", linux_artifacts()),
+        (macos, macos_job, "cargo xtask dist-macos", macos_artifacts()),
+        (signer, signer_job, "signs SHA256SUMS-macos", signature),
+    ] {
         let handed: BTreeSet<String> =
             release_uploads(job).into_iter().flat_map(|(_, _, paths)| paths).map(str::to_owned).collect();
         if handed != expected {
             return Err(format!(
-                "the job {name} (cargo xtask {command}) hands over {:?} it should not and lacks {:?}",
+                "the job {name} ({what}) hands over {:?} it should not and lacks {:?}",
                 handed.difference(&expected).collect::<Vec<_>>(),
                 expected.difference(&handed).collect::<Vec<_>>()
             ));
@@ -757,7 +973,7 @@ pub fn artifacts(workflow: &Value) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{} Linux and {} macOS artifacts handed over, all attached by {publish}",
+        "{} Linux and {} macOS artifacts handed over, and {MACOS_SUMS}.asc by {signer}, all attached by {publish}",
         linux_artifacts().len(),
         macos_artifacts().len()
     ))
@@ -855,21 +1071,11 @@ mod tests {
     }
 
     #[test]
-    fn builds_refuse_a_linux_job_without_tests_and_a_mac_job_without_a_secret() {
+    fn builds_refuse_a_linux_job_without_tests_and_a_mac_job_out_of_order() {
         refused(
             builds,
             |w| edit_run(w, "linux", "cargo xtask test\n", "cargo xtask test --local\n"),
             "does not run `cargo xtask test` before `cargo xtask dist`",
-        );
-        refused(
-            builds,
-            |w| {
-                step_running(&mut w["jobs"]["dist-macos"], "cargo xtask dist-macos")["env"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("APPLE_API_KEY_ID");
-            },
-            "APPLE_API_KEY_ID",
         );
         refused(builds, |w| w["jobs"]["dist-macos"]["needs"] = "version".into(), "does not need test-macos");
         // The .pkg uninstalled otherwise than docs/install.md says.
@@ -883,10 +1089,137 @@ mod tests {
     }
 
     #[test]
+    fn secrets_refuse_a_missing_one_and_one_in_another_step() {
+        refused(
+            secrets,
+            |w| {
+                step_running(&mut w["jobs"]["dist-macos"], "cargo xtask dist-macos")["env"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("APPLE_API_KEY_ID");
+            },
+            "jobs.dist-macos.steps[3].env.APPLE_API_KEY_ID lacks APPLE_API_KEY_ID",
+        );
+        // The repository key for the whole signing job: its download and its checks would see it.
+        refused(
+            secrets,
+            |w| {
+                let key = format!("${{{{ secrets.{REPO_KEY} }}}}");
+                w["jobs"]["sign-macos-sums"]["env"] = serde_json::json!({ REPO_KEY: key });
+            },
+            "jobs.sign-macos-sums.env.COSMIAN_PKCS11_REPO_SIGNING_KEY reads secrets.COSMIAN_PKCS11_REPO_SIGNING_KEY",
+        );
+        refused(
+            secrets,
+            |w| {
+                step_running(&mut w["jobs"]["sign-macos-sums"], "--detach-sign")["env"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove(REPO_KEY);
+            },
+            "jobs.sign-macos-sums.steps[2].env.COSMIAN_PKCS11_REPO_SIGNING_KEY lacks",
+        );
+    }
+
+    /// `macos_sums_signed` with the packaging tools (gpg).
+    fn sums_signed(workflow: &Value) -> Result<String, String> {
+        macos_sums_signed(workflow, Tools::get().unwrap())
+    }
+
+    #[test]
+    fn a_missing_macos_signature_is_refused() {
+        let unsigned = |w: &mut Value| {
+            w["jobs"].as_object_mut().unwrap().remove("sign-macos-sums").unwrap();
+            w["jobs"]["publish"]["needs"] =
+                serde_json::json!(["version", "linux", "test-macos", "dist-macos", "homebrew"]);
+        };
+        refused(sums_signed, unsigned, "no job signs SHA256SUMS-macos");
+        refused(artifacts, unsigned, "the macOS checksums would be published unsigned");
+        refused(
+            draft_and_publish,
+            |w| {
+                w["jobs"]["publish"]["needs"] =
+                    serde_json::json!(["version", "linux", "test-macos", "dist-macos", "homebrew"])
+            },
+            "does not need [\"sign-macos-sums\"]",
+        );
+        // Signed, not handed over.
+        refused(
+            artifacts,
+            |w| drop(w["jobs"]["sign-macos-sums"]["steps"].as_array_mut().unwrap().pop()),
+            "lacks [\"target/dist/SHA256SUMS-macos.asc\"]",
+        );
+        refused(
+            attestations,
+            |w| drop(w["jobs"]["sign-macos-sums"]["steps"].as_array_mut().unwrap().remove(4)),
+            "the job sign-macos-sums uploads release-macos-signature without an actions/attest-build-provenance step",
+        );
+        refused(
+            permissions,
+            |w| drop(w["jobs"]["sign-macos-sums"]["permissions"].as_object_mut().unwrap().remove("attestations")),
+            "the job sign-macos-sums has the permissions",
+        );
+        refused(sums_signed, |w| w["jobs"]["sign-macos-sums"]["needs"] = "version".into(), "does not need dist-macos");
+        // Not checked once published.
+        refused(
+            sums_signed,
+            |w| {
+                edit_run(
+                    w,
+                    "published",
+                    "GNUPGHOME=\"$RUNNER_TEMP/empty-gnupg\" gpgv --keyring ./cosmian-pkcs11-archive-keyring.gpg \
+                     SHA256SUMS-macos.asc SHA256SUMS-macos\n",
+                    "",
+                )
+            },
+            "no job after publish runs `gpgv --keyring ./cosmian-pkcs11-archive-keyring.gpg SHA256SUMS-macos.asc",
+        );
+    }
+
+    #[test]
+    fn the_signing_job_refuses_what_it_must_when_run_here() {
+        // No check that gpgv refuses a changed copy.
+        refused(
+            sums_signed,
+            |w| {
+                edit_run(
+                    w,
+                    "sign-macos-sums",
+                    "if gpgv --keyring \"$RUNNER_TEMP/repository-key.gpg\" SHA256SUMS-macos.asc \"$changed\"; then",
+                    "if false; then",
+                )
+            },
+            "passes a gpgv that accepts a changed copy",
+        );
+        // The checksums signed without checking them against the files.
+        refused(
+            sums_signed,
+            |w| drop(w["jobs"]["sign-macos-sums"]["steps"].as_array_mut().unwrap().remove(1)),
+            "passes a file changed after its checksum",
+        );
+        // Signed by a key of its own, not the secret's: its own gpgv, with that key, accepts it.
+        refused(
+            sums_signed,
+            |w| {
+                edit_run(
+                    w,
+                    "sign-macos-sums",
+                    "printf '%s\\n' \"$COSMIAN_PKCS11_REPO_SIGNING_KEY\" | gpg --batch --quiet --import",
+                    "gpg --batch --passphrase '' --quick-generate-key other rsa2048 sign never",
+                )
+            },
+            "is not a signature of SHA256SUMS-macos by the key of COSMIAN_PKCS11_REPO_SIGNING_KEY",
+        );
+    }
+
+    #[test]
     fn draft_and_publish_refuse_a_public_release_and_a_missing_need() {
         refused(
             draft_and_publish,
-            |w| w["jobs"]["publish"]["needs"] = serde_json::json!(["version", "linux", "test-macos", "homebrew"]),
+            |w| {
+                w["jobs"]["publish"]["needs"] =
+                    serde_json::json!(["version", "linux", "test-macos", "sign-macos-sums", "homebrew"])
+            },
             "does not need [\"dist-macos\"]",
         );
         refused(
