@@ -12,6 +12,7 @@
 //! whichever [`BuildTree`].
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::{Tools, capture};
 use crate::step;
@@ -140,37 +141,42 @@ impl BuildTree {
     pub fn here() -> Result<BuildTree, String> {
         Ok(BuildTree { paths: super::BuildPaths::get()?, target_dir: crate::target_dir(), home: None })
     }
+
+    /// `cargo` with the packaging tools on `PATH`, run in this tree: its workspace, target
+    /// folder and, with another `home`, that `HOME` and cargo home (offline; rustup's
+    /// toolchains stay where they are; zig and cargo-zigbuild cache under `HOME`).
+    pub fn cargo(&self, tools: &Tools) -> Result<Command, String> {
+        let mut command = tools.command(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        command.current_dir(&self.paths.root).env("CARGO_TARGET_DIR", &self.target_dir);
+        if let Some(home) = &self.home {
+            let rustup_home = std::env::var_os("RUSTUP_HOME")
+                .map(PathBuf::from)
+                .or_else(|| super::home().map(|home| home.join(".rustup")))
+                .ok_or("no RUSTUP_HOME and no HOME")?;
+            command
+                .env("CARGO_NET_OFFLINE", "true")
+                .env("HOME", home)
+                .env("CARGO_HOME", &self.paths.cargo_home)
+                .env("RUSTUP_HOME", rustup_home)
+                .env_remove("XDG_CACHE_HOME")
+                .env_remove("ZIG_GLOBAL_CACHE_DIR")
+                .env_remove("ZIG_LOCAL_CACHE_DIR");
+        }
+        Ok(command)
+    }
 }
 
 /// `cargo auditable zigbuild --release` of the library and the agent for `arch` in `tree`; the
 /// folder they are in.
 pub fn cargo_build(tools: &Tools, arch: Arch, tree: &BuildTree) -> Result<PathBuf, String> {
     let target = format!("{}{GLIBC_SUFFIX}", arch.rust_target());
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let env_target = arch.rust_target().replace('-', "_");
-    let mut command = tools.command(cargo);
+    let mut command = tree.cargo(tools)?;
     command
-        .current_dir(&tree.paths.root)
         .args(["auditable", "zigbuild", "--release", "--locked", "--target", &target, "-p", "cosmian-pkcs11"])
         .args(["--lib", "--bin", AGENT])
-        .env("CARGO_TARGET_DIR", &tree.target_dir)
         .env(format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()), tree.paths.rustflags())
         .env(format!("CFLAGS_{env_target}"), tree.paths.cflags());
-    if let Some(home) = &tree.home {
-        // rustup's toolchains stay where they are; zig and cargo-zigbuild cache under HOME.
-        let rustup_home = std::env::var_os("RUSTUP_HOME")
-            .map(PathBuf::from)
-            .or_else(|| super::home().map(|home| home.join(".rustup")))
-            .ok_or("no RUSTUP_HOME and no HOME")?;
-        command
-            .arg("--offline")
-            .env("HOME", home)
-            .env("CARGO_HOME", &tree.paths.cargo_home)
-            .env("RUSTUP_HOME", rustup_home)
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("ZIG_GLOBAL_CACHE_DIR")
-            .env_remove("ZIG_LOCAL_CACHE_DIR");
-    }
     crate::run(&mut command)?;
     Ok(tree.target_dir.join(arch.rust_target()).join("release"))
 }

@@ -28,7 +28,7 @@ use base64::Engine;
 use cosmian_pkcs11_testbed::{self as testbed, CosmianAgent};
 use tempfile::TempDir;
 
-use super::elf::AGENT;
+use super::elf::{AGENT, BuildTree};
 use super::macos_pkg::{LAUNCH_AGENT_LABEL, build_pkg, check_pkg, pkg_files};
 use super::{NAME, Tools, capture, dist_dir, version, workspace_root};
 use crate::step;
@@ -54,25 +54,25 @@ pub const TARGETS: [(&str, &str); 2] = [("aarch64-apple-darwin", "arm64"), ("x86
 pub const MIN_MACOS: &str = "11.0";
 /// The agent's link arguments, the library's (`build.rs`, which gives them to the cdylib only):
 /// no library it does not call (Rust's standard library asks for libiconv), room in the header
-/// for the code signature's load command.
-const LINK_ARGS: &str = "-C link-arg=-Wl,-dead_strip_dylibs -C link-arg=-Wl,-headerpad_max_install_names";
+/// for the code signature's load command, no debug map (whose object paths would make LC_UUID
+/// depend on the build folder).
+const LINK_ARGS: &str =
+    "-C link-arg=-Wl,-dead_strip_dylibs -C link-arg=-Wl,-headerpad_max_install_names -C link-arg=-Wl,-S";
 
 /// `cargo build --release` of the library and the agent for an Apple `target`, for
 /// [`MIN_MACOS`], with the build machine's paths remapped ([`super::BuildPaths`]); the results
 /// are [`slice()`]s. The cross build adds its compilers to the command.
-pub fn release_build(tools: &Tools, target: &str) -> Result<Command, String> {
-    let paths = super::BuildPaths::get()?;
+pub fn release_build(tools: &Tools, target: &str, tree: &BuildTree) -> Result<Command, String> {
     let env_target = target.replace('-', "_");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = tools.command(cargo);
+    let mut command = tree.cargo(tools)?;
     command
         .args(["build", "--release", "--locked", "--target", target, "-p", "cosmian-pkcs11", "--lib", "--bin", AGENT])
         .env("MACOSX_DEPLOYMENT_TARGET", MIN_MACOS)
         .env(
             format!("CARGO_TARGET_{}_RUSTFLAGS", env_target.to_uppercase()),
-            format!("{} {LINK_ARGS}", paths.rustflags()),
+            format!("{} {LINK_ARGS}", tree.paths.rustflags()),
         )
-        .env(format!("CFLAGS_{env_target}"), paths.cflags());
+        .env(format!("CFLAGS_{env_target}"), tree.paths.cflags());
     Ok(command)
 }
 
@@ -126,9 +126,9 @@ impl Universal {
     }
 }
 
-/// Where [`release_build`] leaves `kind` for `target`.
-pub fn slice(target: &str, kind: MachO) -> PathBuf {
-    crate::target_dir().join(target).join("release").join(kind.file_name())
+/// Where [`release_build`] in `tree` leaves `kind` for `target`.
+pub fn slice(tree: &BuildTree, target: &str, kind: MachO) -> PathBuf {
+    tree.target_dir.join(target).join("release").join(kind.file_name())
 }
 pub const DYLIB: &str = "libcosmian_pkcs11.dylib";
 /// The library's code signature identifier, and the `.pkg`'s.
@@ -259,16 +259,17 @@ pub fn dist_macos() -> Result<(), String> {
     let api_key = api_key_json(tools, &env, &secrets)?;
     let dist = dist_dir()?;
 
+    let tree = BuildTree::here()?;
     for (target, _) in TARGETS {
         step(&format!("build for {target}"), &format!("cargo build --release --target {target} --lib --bin {AGENT}"));
-        crate::run(&mut release_build(tools, target)?)?;
+        crate::run(&mut release_build(tools, target, &tree)?)?;
     }
     let files = Universal::in_dist()?;
     for kind in MachO::ALL {
         let path = files.get(kind);
         let _ = std::fs::remove_file(path);
         step("join them", &format!("lipo -create -output {}", path.display()));
-        let slices: Vec<PathBuf> = TARGETS.iter().map(|(target, _)| slice(target, kind)).collect();
+        let slices: Vec<PathBuf> = TARGETS.iter().map(|(target, _)| slice(&tree, target, kind)).collect();
         crate::run(tools.command("lipo").arg("-create").arg("-output").arg(path).args(&slices))?;
     }
 

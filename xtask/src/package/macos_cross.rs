@@ -28,7 +28,8 @@ use super::macos::macho::{self, LLVM, Readers};
 use super::macos::{self, MIN_MACOS, MachO, TARGETS, Universal};
 use super::{Tools, capture, workspace_root, write};
 
-use crate::{step, target_dir};
+use super::elf::BuildTree;
+use crate::step;
 
 /// An LLVM tool of Debian's versioned packages (`llvm-nm` → `llvm-nm-16`).
 fn llvm(tools: &Tools, name: &str) -> std::process::Command {
@@ -41,17 +42,19 @@ fn llvm(tools: &Tools, name: &str) -> std::process::Command {
 /// unsigned universal files stay in `target/dist/`.
 pub fn dist_macos_cross() -> Result<(), String> {
     let tools = Tools::get()?;
-    let files = build(tools)?;
+    let files = Universal::in_dist()?;
+    build(tools, &BuildTree::here()?, &files)?;
     macho::check(tools, Readers::Llvm, &files)?;
+    super::reproducible::check_macos(tools, &files)?;
     macos::signing_selftest(tools, &files)?;
     println!("\n{}\n{}", files.dylib.display(), files.agent.display());
     Ok(())
 }
 
-/// Builds both architectures and joins each file into `target/dist/libcosmian_pkcs11.dylib`
-/// and `target/dist/cosmian-ssh-agent`.
-pub fn build(tools: &Tools) -> Result<Universal, String> {
-    let work = target_dir().join("macos-cross");
+/// Builds both architectures in `tree` and joins each file into `files` (for a release:
+/// `target/dist/libcosmian_pkcs11.dylib` and `target/dist/cosmian-ssh-agent-macos`).
+pub fn build(tools: &Tools, tree: &BuildTree, files: &Universal) -> Result<(), String> {
+    let work = tree.target_dir.join("macos-cross");
     let sdk = stub_sdk(tools, &work)?;
     let python = tools.python_path();
     for (target, arch) in TARGETS {
@@ -86,21 +89,20 @@ pub fn build(tools: &Tools) -> Result<Universal, String> {
         );
         let env_target = target.replace('-', "_");
         crate::run(
-            macos::release_build(tools, target)?
+            macos::release_build(tools, target, tree)?
                 .env(format!("CC_{env_target}"), &cc)
                 .env(format!("AR_{env_target}"), format!("llvm-ar-{LLVM}"))
                 .env(format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()), &linker)
                 .env("SDKROOT", &sdk),
         )?;
     }
-    let files = Universal::in_dist()?;
     step("join them", &format!("llvm-lipo-{LLVM} -create"));
     for kind in MachO::ALL {
         let _ = std::fs::remove_file(files.get(kind));
-        let slices: Vec<PathBuf> = TARGETS.iter().map(|(target, _)| macos::slice(target, kind)).collect();
+        let slices: Vec<PathBuf> = TARGETS.iter().map(|(target, _)| macos::slice(tree, target, kind)).collect();
         capture(llvm(tools, "llvm-lipo").arg("-create").args(&slices).arg("-output").arg(files.get(kind)))?;
     }
-    Ok(files)
+    Ok(())
 }
 
 /// An executable `sh` script.

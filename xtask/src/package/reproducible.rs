@@ -2,44 +2,71 @@
 //! time with the same function ([`elf::cargo_build`]) from a copy of the work tree in another
 //! folder ([`copy_tree`]), with another `CARGO_HOME` (the crates' downloads and the index linked
 //! from this one, their sources unpacked anew, offline), another `HOME` (zig's and
-//! cargo-zigbuild's caches) and another target folder, and compares the bytes. The build paths
+//! cargo-zigbuild's caches) and another target folder, and compares the bytes; [`check_macos`]
+//! does the same for the universal macOS library and agent of the cross build. The build paths
 //! are remapped in both ([`super::BuildPaths`]), so neither names its folder.
 
 use std::path::Path;
 use std::time::Instant;
 
 use super::elf::{self, BuildTree, LinuxLib};
+use super::macos::{MachO, Universal};
 use super::{BuildPaths, Tools, capture, sha256_file, workspace_root};
 use crate::step;
 
 /// Builds `lib`'s library and agent again elsewhere; `Err` with both SHA-256 when one differs.
 pub fn check(tools: &Tools, lib: &LinuxLib) -> Result<(), String> {
-    let again = tempfile::Builder::new().prefix("rebuild-").tempdir().map_err(|e| e.to_string())?;
-    let root = again.path().join("cosmian-pkcs11-again");
-    step(
-        &format!("check that the {} library and agent are reproducible", lib.arch.rpm()),
-        &format!(
-            "build them again in {} (another CARGO_HOME, HOME, CARGO_TARGET_DIR), compare SHA-256",
-            root.display()
-        ),
-    );
+    let what = format!("the {} library and agent", lib.arch.rpm());
+    let (again, tree) = elsewhere(&what)?;
     let start = Instant::now();
-    copy_tree(&workspace_root(), &root)?;
-    let cargo_home = again.path().join("cargo-home");
-    link_downloads(&BuildPaths::get()?.cargo_home, &cargo_home)?;
-    let tree = BuildTree {
-        paths: BuildPaths { root, cargo_home },
-        target_dir: again.path().join("target"),
-        home: Some(again.path().join("home")),
-    };
-    std::fs::create_dir_all(again.path().join("home")).map_err(|e| e.to_string())?;
     let built = elf::cargo_build(tools, lib.arch, &tree)?;
     for (first, name) in [(&lib.path, elf::FILE), (&lib.agent, elf::AGENT)] {
         let sha256 = compare(first, &built.join(name))?;
         println!("    {name}: sha256 {sha256}, twice");
     }
     println!("    built again in {:.0?}", start.elapsed());
+    drop(again);
     Ok(())
+}
+
+/// Builds the universal macOS library and agent (`files`) again elsewhere with the cross build;
+/// `Err` with both SHA-256 when one differs.
+pub fn check_macos(tools: &Tools, files: &Universal) -> Result<(), String> {
+    let (again, tree) = elsewhere("the universal macOS library and agent")?;
+    let start = Instant::now();
+    let second = Universal { dylib: again.path().join("dylib"), agent: again.path().join("agent") };
+    super::macos_cross::build(tools, &tree, &second)?;
+    for kind in MachO::ALL {
+        let sha256 = compare(files.get(kind), second.get(kind))?;
+        println!("    {}: sha256 {sha256}, twice", kind.file_name());
+    }
+    println!("    built again in {:.0?}", start.elapsed());
+    drop(again);
+    Ok(())
+}
+
+/// A copy of the work tree in a new temporary folder, with its own cargo home (the downloads
+/// linked), `HOME` and target folder: the tree a second build runs in.
+fn elsewhere(what: &str) -> Result<(tempfile::TempDir, BuildTree), String> {
+    let again = tempfile::Builder::new().prefix("rebuild-").tempdir().map_err(|e| e.to_string())?;
+    let root = again.path().join("cosmian-pkcs11-again");
+    step(
+        &format!("check that {what} are reproducible"),
+        &format!(
+            "build them again in {} (another CARGO_HOME, HOME, CARGO_TARGET_DIR), compare SHA-256",
+            root.display()
+        ),
+    );
+    copy_tree(&workspace_root(), &root)?;
+    let cargo_home = again.path().join("cargo-home");
+    link_downloads(&BuildPaths::get()?.cargo_home, &cargo_home)?;
+    std::fs::create_dir_all(again.path().join("home")).map_err(|e| e.to_string())?;
+    let tree = BuildTree {
+        paths: BuildPaths { root, cargo_home },
+        target_dir: again.path().join("target"),
+        home: Some(again.path().join("home")),
+    };
+    Ok((again, tree))
 }
 
 /// The SHA-256 of `first`, `Err` with both when `second` differs.
