@@ -1037,7 +1037,7 @@ mod tests {
         // A CHANGELOG looked up with grep alone: the empty section passes.
         refused(
             version_check,
-            |w| edit_run(w, "version", "if ! grep -q '[^[:space:]]' notes/release-notes.md", "if false"),
+            |w| edit_run(w, "version", "if ! grep -q '[^[:space:]]' notes/release-notes.txt", "if false"),
             "passes an empty section",
         );
         // A build that does not wait for it.
